@@ -1,0 +1,353 @@
+"""The lab bus broker: named services, request/reply, heartbeats and the event stream.
+
+In the spirit of the ZeroMQ guide's Majordomo broker: one ROUTER socket faces both clients
+(the campaign, the CLI) and workers (agents, instrument drivers); a worker announces the service it
+serves with ``ready``, the broker queues requests per service and hands each to a worker with free
+capacity, and routes the reply back. A PUB socket carries the event stream.
+
+Guarantees:
+
+* A worker silent for ``HEARTBEAT_LIVENESS`` heartbeat intervals is dead (about 3 s). Its in-flight
+  requests are re-queued when they carry an idempotency key (the driver's journal makes a repeat
+  safe) and otherwise answered with a ``worker_lost`` error: never silently dropped.
+* A request that no worker takes before its ``timeout_ms`` gets a ``service_unavailable`` reply.
+* Garbage frames, unknown kinds and invalid messages get an error reply and a log line; the loop
+  catches everything a single message can raise, so one bad peer never stops the broker.
+
+The broker is the only role in this module; the worker API is :mod:`sdl.service` and the client API
+:mod:`sdl.client` (one module per role, as in Majordomo).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import zmq
+
+from sdl import protocol
+from sdl.protocol import (
+    CLIENT_HEADER,
+    HEARTBEAT_INTERVAL_S,
+    HEARTBEAT_LIVENESS,
+    WORKER_HEADER,
+    Disconnect,
+    Event,
+    Heartbeat,
+    ProtocolError,
+    Ready,
+    Reply,
+    Request,
+    error_reply,
+)
+
+log = logging.getLogger(__name__)
+
+# How often a request whose worker died may be handed to another worker before it fails.
+REQUEUE_LIMIT = 3
+BROKER_EVENT_TOPIC = "bus"
+
+
+@dataclass
+class _Pending:
+    client: bytes
+    request: Request
+    deadline_s: float
+    requeues: int = 0
+
+
+@dataclass
+class _Worker:
+    identity: bytes
+    name: str
+    service: str
+    capacity: int
+    expires_at_s: float
+    in_flight: dict[str, _Pending] = field(default_factory=dict)
+
+    @property
+    def free(self) -> int:
+        return self.capacity - len(self.in_flight)
+
+
+class Broker:
+    """Routes requests to named services. Bind, then :meth:`run` (or :meth:`start` a thread).
+
+    ``frontend`` and ``events`` are ZeroMQ endpoints; ``tcp://127.0.0.1:*`` picks a free
+    loopback port, ``tcp://0.0.0.0:5555`` serves a lab network. The resolved addresses are in
+    :attr:`frontend_address` and :attr:`events_address` after :meth:`bind`.
+    """
+
+    def __init__(
+        self,
+        frontend: str = "tcp://127.0.0.1:*",
+        events: str = "tcp://127.0.0.1:*",
+        *,
+        context: zmq.Context | None = None,
+    ) -> None:
+        self._frontend_endpoint = frontend
+        self._events_endpoint = events
+        self._context = context or zmq.Context.instance()
+        self._router: zmq.Socket | None = None
+        self._publisher: zmq.Socket | None = None
+        self._workers: dict[bytes, _Worker] = {}
+        self._queues: dict[str, collections.deque[_Pending]] = collections.defaultdict(collections.deque)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.frontend_address: str | None = None
+        self.events_address: str | None = None
+        self.counters: collections.Counter[str] = collections.Counter()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def bind(self) -> Broker:
+        self._router = self._context.socket(zmq.ROUTER)
+        self._router.setsockopt(zmq.LINGER, 0)
+        self._router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted worker may reuse its identity
+        self._router.bind(self._frontend_endpoint)
+        self.frontend_address = _connectable(self._router.getsockopt_string(zmq.LAST_ENDPOINT))
+        self._publisher = self._context.socket(zmq.PUB)
+        self._publisher.setsockopt(zmq.LINGER, 0)
+        self._publisher.bind(self._events_endpoint)
+        self.events_address = _connectable(self._publisher.getsockopt_string(zmq.LAST_ENDPOINT))
+        log.info("broker on %s, events on %s", self.frontend_address, self.events_address)
+        return self
+
+    def start(self) -> Broker:
+        """Bind if needed and run the broker loop in a daemon thread."""
+        if self._router is None:
+            self.bind()
+        self._thread = threading.Thread(target=self.run, name="sdl-broker", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+
+    def __enter__(self) -> Broker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def services(self) -> dict[str, int]:
+        """Live services and how many workers each has (a snapshot, for status displays)."""
+        counts: collections.Counter[str] = collections.Counter(w.service for w in list(self._workers.values()))
+        return dict(counts)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        if self._router is None:
+            self.bind()
+        poller = zmq.Poller()
+        poller.register(self._router, zmq.POLLIN)
+        next_heartbeat_s = time.monotonic() + HEARTBEAT_INTERVAL_S
+        try:
+            while not self._stop.is_set():
+                if poller.poll(timeout=100):
+                    # Drain what is waiting before housekeeping, so a burst is not interleaved
+                    # with a heartbeat sweep per message.
+                    for _ in range(1000):
+                        try:
+                            frames = self._router.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self._handle_frames(frames)
+                now = time.monotonic()
+                self._expire_requests(now)
+                if now >= next_heartbeat_s:
+                    self._purge_dead_workers(now)
+                    for worker in list(self._workers.values()):
+                        self._send(worker.identity, WORKER_HEADER, Heartbeat())
+                    next_heartbeat_s = now + HEARTBEAT_INTERVAL_S
+        finally:
+            for worker in list(self._workers.values()):
+                self._send(worker.identity, WORKER_HEADER, Disconnect(reason="broker stopping"))
+            self._router.close(0)
+            self._publisher.close(0)
+            self._router = self._publisher = None
+
+    def _handle_frames(self, frames: list[bytes]) -> None:
+        identity = frames[0]
+        try:
+            if len(frames) != 3 or frames[1] not in (CLIENT_HEADER, WORKER_HEADER):
+                raise ProtocolError(
+                    f"expected 2 frames [header, body] with header {CLIENT_HEADER!r} or {WORKER_HEADER!r}, "
+                    f"got {len(frames) - 1} frame(s) starting {frames[1][:16]!r}"
+                    if len(frames) > 1
+                    else "expected 2 frames [header, body], got none"
+                )
+            header, body = frames[1], frames[2]
+            message = protocol.decode(body)
+            if header == CLIENT_HEADER:
+                self._from_client(identity, message)
+            else:
+                self._from_worker(identity, message)
+        except ProtocolError as e:
+            self.counters["bad_message"] += 1
+            log.warning("rejected message from peer %s: %s", identity.hex(), e)
+            header = frames[1] if len(frames) > 1 and frames[1] in (CLIENT_HEADER, WORKER_HEADER) else CLIENT_HEADER
+            self._send(identity, header, error_reply(_request_id(frames), "bad_message", str(e)))
+        except Exception:  # the broker outlives any single message
+            self.counters["internal_error"] += 1
+            log.exception("broker error while handling a message from %s", identity.hex())
+
+    # -- clients -------------------------------------------------------------------------------
+
+    def _from_client(self, identity: bytes, message: protocol.Message) -> None:
+        if isinstance(message, Request):
+            self.counters["requests"] += 1
+            pending = _Pending(identity, message, time.monotonic() + message.timeout_ms / 1000.0)
+            self._queues[message.service].append(pending)
+            self._dispatch(message.service)
+        elif isinstance(message, Event):
+            self._publish(message)
+        elif isinstance(message, Heartbeat):
+            pass
+        else:
+            raise ProtocolError(f"a client may send 'request' or 'event', not {message.kind!r}")
+
+    # -- workers -------------------------------------------------------------------------------
+
+    def _from_worker(self, identity: bytes, message: protocol.Message) -> None:
+        worker = self._workers.get(identity)
+        if isinstance(message, Ready):
+            if worker is not None:
+                self._drop_worker(worker, "re-registered")
+            worker = _Worker(identity, message.worker, message.service, message.capacity, 0.0)
+            self._workers[identity] = worker
+            worker.expires_at_s = _expiry()
+            log.info("worker %s joined service %s (capacity %d)", message.worker, message.service, message.capacity)
+            self._publish(Event(topic=f"{BROKER_EVENT_TOPIC}.joined", payload={"service": message.service, "worker": message.worker}))
+            self._dispatch(message.service)
+            return
+        if worker is None:
+            # Unknown worker (for instance after a broker restart): tell it to reconnect and register.
+            self._send(identity, WORKER_HEADER, Disconnect(reason="not registered; send ready first"))
+            return
+        worker.expires_at_s = _expiry()
+        if isinstance(message, Reply):
+            pending = worker.in_flight.pop(message.correlation_id or "", None)
+            if pending is None:
+                log.info("late or unknown reply %s from %s dropped", message.correlation_id, worker.name)
+                return
+            reply = message if message.worker else message.model_copy(update={"worker": worker.name})
+            self._send(pending.client, CLIENT_HEADER, reply)
+            self.counters["replies"] += 1
+            self._dispatch(worker.service)
+        elif isinstance(message, Heartbeat):
+            pass
+        elif isinstance(message, Event):
+            self._publish(message)
+        elif isinstance(message, Disconnect):
+            self._drop_worker(worker, message.reason or "disconnected")
+        else:
+            raise ProtocolError(f"a worker may send ready, reply, heartbeat, event or disconnect, not {message.kind!r}")
+
+    def _dispatch(self, service: str) -> None:
+        queue = self._queues.get(service)
+        if not queue:
+            return
+        workers = [w for w in self._workers.values() if w.service == service]
+        while queue:
+            free = [w for w in workers if w.free > 0]
+            if not free:
+                return
+            worker = max(free, key=lambda w: w.free)  # least loaded first
+            pending = queue.popleft()
+            worker.in_flight[pending.request.id] = pending
+            self._send(worker.identity, WORKER_HEADER, pending.request)
+
+    def _purge_dead_workers(self, now: float) -> None:
+        for worker in [w for w in self._workers.values() if w.expires_at_s < now]:
+            self._drop_worker(worker, "heartbeat lost")
+
+    def _drop_worker(self, worker: _Worker, reason: str) -> None:
+        self._workers.pop(worker.identity, None)
+        log.warning("worker %s of service %s removed: %s", worker.name, worker.service, reason)
+        self._publish(Event(topic=f"{BROKER_EVENT_TOPIC}.lost", payload={"service": worker.service, "worker": worker.name, "reason": reason}))
+        requeued = []
+        for pending in worker.in_flight.values():
+            if pending.request.idempotency_key is not None and pending.requeues < REQUEUE_LIMIT:
+                pending.requeues += 1
+                requeued.append(pending)
+            else:
+                self.counters["worker_lost"] += 1
+                self._send(
+                    pending.client,
+                    CLIENT_HEADER,
+                    error_reply(
+                        pending.request.id,
+                        "worker_lost",
+                        f"worker {worker.name} of {worker.service} was lost ({reason}) while handling "
+                        f"{pending.request.method}; the request carried no idempotency key, so it was not repeated",
+                        service=worker.service,
+                    ),
+                )
+        self._queues[worker.service].extendleft(reversed(requeued))
+        self.counters["requeued"] += len(requeued)
+        worker.in_flight.clear()
+        self._dispatch(worker.service)
+
+    def _expire_requests(self, now: float) -> None:
+        for service, queue in self._queues.items():
+            if all(p.deadline_s > now for p in queue):
+                continue
+            keep: collections.deque[_Pending] = collections.deque()
+            for pending in queue:
+                if pending.deadline_s > now:
+                    keep.append(pending)
+                    continue
+                live = sorted({w.service for w in self._workers.values()})
+                self.counters["service_unavailable"] += 1
+                self._send(
+                    pending.client,
+                    CLIENT_HEADER,
+                    error_reply(
+                        pending.request.id,
+                        "service_unavailable",
+                        f"no worker of service {service!r} took the request within "
+                        f"{pending.request.timeout_ms} ms; live services: {live or 'none'}",
+                        service=service,
+                    ),
+                )
+            self._queues[service] = keep
+
+    # -- output --------------------------------------------------------------------------------
+
+    def _send(self, identity: bytes, header: bytes, message: protocol._Envelope) -> None:
+        try:
+            self._router.send_multipart([identity, header, protocol.encode(message)], zmq.NOBLOCK)
+        except zmq.ZMQError as e:  # peer gone or its queue full: log, never crash
+            log.warning("could not send %s to %s: %s", message.kind, identity.hex(), e)
+
+    def _publish(self, event: Event) -> None:
+        self._publisher.send_multipart([event.topic.encode(), protocol.encode(event)])
+
+
+def _expiry() -> float:
+    return time.monotonic() + HEARTBEAT_INTERVAL_S * HEARTBEAT_LIVENESS
+
+
+def _request_id(frames: list[bytes]) -> str | None:
+    """Best effort: the id of an invalid request, so the sender can match the error to its call."""
+    if len(frames) < 3:
+        return None
+    try:
+        value = json.loads(frames[2]).get("id")
+        return value if isinstance(value, str) and len(value) <= 64 else None
+    except Exception:
+        return None
+
+
+def _connectable(endpoint: str) -> str:
+    """A bound wildcard address (tcp://0.0.0.0:P) is not connectable; point peers at loopback."""
+    return endpoint.replace("tcp://0.0.0.0:", "tcp://127.0.0.1:")

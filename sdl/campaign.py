@@ -1,0 +1,491 @@
+"""The closed loop: plan, dispatch to instruments, record, repeat until a stop rule fires.
+
+One thread drives everything through an asynchronous bus client, keeping up to ``max_in_flight``
+experiments running across several instruments. The ledger is written before anything acts on a
+transition: an experiment is recorded ``planned`` before it is dispatched, ``dispatched`` before the
+command leaves, and its result is committed before the planner, the progress bar or the event
+stream hear of it. A campaign killed at any instant is resumed with ``resume=True``: planned
+experiments are dispatched, dispatched ones are sent again with the same idempotency key to the
+same instrument (whose journal returns the result if it already ran), and nothing finished is redone.
+
+Ctrl-C (or SIGTERM) stops planning and waits for the experiments in flight, recording them;
+a second Ctrl-C leaves at once, and the next ``--resume`` reconciles what was in flight.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import signal
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from tqdm import tqdm
+
+from sdl.bus import Broker
+from sdl.client import BusClient, BusError, CallOutcome
+from sdl.config import CampaignConfig
+from sdl.ledger import LEDGER_FILENAME, ExperimentRecord, Ledger, PlannedExperiment
+from sdl.protocol import (
+    DesignPoint,
+    ErrorInfo,
+    EvaluateRequest,
+    ExperimentResult,
+    ExperimentSpec,
+    FitRequest,
+    FitSummary,
+    Observation,
+    Proposal,
+    ProposeRequest,
+    RunExperiment,
+)
+
+log = logging.getLogger(__name__)
+
+BUS_FILENAME = "bus.json"
+# After this many planner failures in a row the campaign gives up (a restart takes a few).
+MAX_PLANNER_FAILURES = 20
+
+
+class CampaignError(RuntimeError):
+    """The campaign cannot start or go on (wrong directory, mismatched resume, agents missing)."""
+
+
+@dataclass
+class CampaignSummary:
+    campaign_id: str
+    state: str
+    stop_reason: str
+    counts: dict[str, int]
+    best_value: float | None
+    best_point: DesignPoint | None
+    wall_s: float
+
+
+@dataclass
+class _Stop:
+    """Set by signal handlers; read by the loop."""
+
+    graceful: threading.Event = field(default_factory=threading.Event)
+    immediate: threading.Event = field(default_factory=threading.Event)
+
+
+class Campaign:
+    def __init__(
+        self,
+        config: CampaignConfig,
+        campaign_dir: str | Path | None = None,
+        *,
+        resume: bool = False,
+        ray_address: str | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.config = config
+        self.campaign_dir = Path(campaign_dir or config.campaign_dir or Path("runs") / config.name)
+        self.resume = resume
+        self.ray_address = ray_address if ray_address is not None else config.ray.address
+        self.progress = progress
+        self.stop = _Stop()
+        self.broker: Broker | None = None
+        self.actors: dict[str, Any] = {}
+
+    # -- public --------------------------------------------------------------------------------
+
+    def run(self) -> CampaignSummary:
+        started = time.monotonic()
+        ledger = self._open_ledger()
+        started_ray = False
+        client: BusClient | None = None
+        state, reason = "failed", "error"
+        try:
+            self.broker = Broker(self.config.bus.frontend, self.config.bus.events).start()
+            started_ray = self._start_ray()
+            address = self._advertised(self.broker.frontend_address)
+            (self.campaign_dir / BUS_FILENAME).write_text(
+                json.dumps({"frontend": address, "events": self._advertised(self.broker.events_address), "pid": os.getpid()})
+            )
+            log.info("campaign %s: bus on %s", self.campaign_id, address)
+            client = BusClient(self.broker.frontend_address)
+            self._spawn_agents(address)
+            self._wait_for_services(address)
+            with _signals(self.stop):
+                reason = self._loop(ledger, client)
+            state = "interrupted" if reason == "interrupted" else "completed"
+            if state == "completed":
+                self._recommend(ledger, client)
+            return self._summary(ledger, state, reason, started)
+        finally:
+            wall_s = time.monotonic() - started
+            ledger.set_meta(state=state, stop_reason=reason, finished_at_unix_s=time.time(),
+                            wall_s=ledger.get_meta("wall_s", 0.0) + wall_s)
+            ledger.log_event("campaign.stopped", {"state": state, "reason": reason, "wall_s": wall_s})
+            if client is not None:
+                client.close()
+            self._shutdown_agents(started_ray)
+            if self.broker is not None:
+                self.broker.stop()
+            ledger.close()
+
+    @property
+    def service_names(self) -> list[str]:
+        names = [f"planner.{self.config.planner.kind}"] + [i.service_name for i in self.config.instruments]
+        if self.config.surrogate is not None:
+            names.append(f"surrogate.{self.config.surrogate.model}")
+        if self.config.problem is not None:
+            names.append(f"simulator.{self.config.problem}")
+        return names
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def _open_ledger(self) -> Ledger:
+        exists = (self.campaign_dir / LEDGER_FILENAME).exists()
+        if exists and not self.resume:
+            raise CampaignError(
+                f"{self.campaign_dir} already holds a campaign; pass --resume to continue it or choose another --campaign-dir"
+            )
+        if self.resume and not exists:
+            raise CampaignError(f"nothing to resume: no ledger in {self.campaign_dir}")
+        ledger = Ledger.in_campaign(self.campaign_dir, synchronous=self.config.ledger.synchronous)
+        fingerprint = self.config.design_fingerprint()
+        if exists:
+            recorded = ledger.get_meta("design_fingerprint")
+            if recorded != fingerprint:
+                ledger.close()
+                raise CampaignError(
+                    "this config designs different experiments than the campaign being resumed "
+                    f"(fingerprint {fingerprint} vs {recorded}); only stop rules, bus, ray and ledger settings may change"
+                )
+            self.campaign_id = ledger.get_meta("campaign_id")
+            ledger.log_event("campaign.resumed", {"counts": ledger.counts()})
+        else:
+            self.campaign_id = f"{self.config.name}-{uuid.uuid4().hex[:8]}"
+            ledger.set_meta(
+                campaign_id=self.campaign_id,
+                design_fingerprint=fingerprint,
+                config=self.config.model_dump(mode="json"),
+                created_at_unix_s=time.time(),
+            )
+            ledger.log_event("campaign.started", {"campaign_id": self.campaign_id})
+        ledger.set_meta(state="running", config=self.config.model_dump(mode="json"))
+        return ledger
+
+    def _start_ray(self) -> bool:
+        import ray
+
+        if ray.is_initialized():
+            return False
+        if self.ray_address:
+            ray.init(address=self.ray_address, include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(num_cpus=self.config.ray.num_cpus, include_dashboard=False, log_to_driver=False)
+        return True
+
+    def _advertised(self, address: str) -> str:
+        """The address agents on other nodes should use to reach a broker bound on every interface."""
+        if "tcp://0.0.0.0:" not in self.config.bus.frontend:
+            return address
+        import ray
+
+        host = self.config.bus.advertise_host or ray.util.get_node_ip_address()
+        return address.replace("tcp://127.0.0.1:", f"tcp://{host}:")
+
+    def _spawn_agents(self, address: str) -> None:
+        from sdl.agents.actor import spawn_agent
+
+        cfg = self.config
+        space = cfg.space.model_dump(mode="json")
+        common = {"broker_address": address, "max_restarts": cfg.ray.max_restarts}
+        self.actors[f"planner.{cfg.planner.kind}"] = spawn_agent(
+            "planner", {"planner": cfg.planner.kind, "space": space, "seed": cfg.seed},
+            service_name=f"planner.{cfg.planner.kind}", num_cpus=cfg.planner.num_cpus, **common,
+        )
+        if cfg.surrogate is not None:
+            name = f"surrogate.{cfg.surrogate.model}"
+            self.actors[name] = spawn_agent(
+                "surrogate", {"model": cfg.surrogate.model, "space": space}, service_name=name,
+                num_cpus=cfg.surrogate.num_cpus, num_gpus=cfg.surrogate.num_gpus, **common,
+            )
+        if cfg.problem is not None:
+            name = f"simulator.{cfg.problem}"
+            self.actors[name] = spawn_agent("simulator", {"problem": cfg.problem}, service_name=name, **common)
+        for instrument in cfg.instruments:
+            if instrument.host != "ray":
+                continue
+            # The journal lives with the campaign so that a resumed campaign's restarted drivers
+            # still know which commands they already executed.
+            journal = self.campaign_dir / "instruments" / f"{instrument.name}.sqlite"
+            self.actors[instrument.service_name] = spawn_agent(
+                "instrument",
+                {"driver": instrument.driver, "options": instrument.options, "journal_path": str(journal.resolve())},
+                service_name=instrument.service_name, capacity=instrument.capacity, **common,
+            )
+
+    def _wait_for_services(self, address: str) -> None:
+        deadline = time.monotonic() + self.config.bus.join_timeout_s
+        announced = False
+        while True:
+            missing = [s for s in self.service_names if s not in self.broker.services()]
+            if not missing:
+                return
+            external = [i.service_name for i in self.config.instruments if i.host == "external" and i.service_name in missing]
+            if external and not announced:
+                log.warning("waiting for external instruments %s; start each with: sdl instrument serve DRIVER --bus %s --name NAME",
+                            external, address)
+                announced = True
+            if time.monotonic() > deadline:
+                raise CampaignError(
+                    f"agents did not join the bus within {self.config.bus.join_timeout_s:g} s: {missing}"
+                )
+            if self.stop.graceful.is_set():
+                raise CampaignError(f"interrupted while waiting for agents {missing}")
+            time.sleep(0.05)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def _loop(self, ledger: Ledger, client: BusClient) -> str:
+        cfg = self.config
+        budget = cfg.stop.max_experiments
+        capacity = {i.name: i.capacity for i in cfg.instruments}
+        load: collections.Counter[str] = collections.Counter()
+        in_flight: dict[str, ExperimentRecord] = {}
+        records = ledger.experiments()
+        observations = [_observation(r) for r in records if r.status in ("done", "failed")]
+        # Reconcile: what was planned or dispatched when the last run stopped goes out (again).
+        to_dispatch = collections.deque(r for r in records if r.status in ("planned", "dispatched"))
+        if to_dispatch:
+            log.info("reconciling %d experiments left planned or dispatched", len(to_dispatch))
+        n_planned = len(records)
+        best = self._best(observations)
+        reason: str | None = None
+        planner_failures = 0
+        started = time.monotonic()
+        bar = tqdm(total=budget, initial=len(observations), desc=cfg.name, unit="exp", disable=not self.progress,
+                   dynamic_ncols=True)
+        try:
+            while True:
+                if self.stop.immediate.is_set():
+                    return "interrupted"
+                if reason is None and self.stop.graceful.is_set():
+                    reason = "interrupted"
+                if reason is None and cfg.stop.max_wall_s and time.monotonic() - started > cfg.stop.max_wall_s:
+                    reason = "wall_time"
+                # Plan just enough to fill the free instrument slots.
+                free_slots = min(
+                    cfg.stop.max_in_flight - len(in_flight) - len(to_dispatch),
+                    sum(capacity.values()) - len(in_flight) - len(to_dispatch),
+                    budget - n_planned,
+                )
+                if reason is None and free_slots > 0:
+                    try:
+                        planned = self._plan(ledger, client, free_slots, n_planned, observations,
+                                             [r.point for r in in_flight.values()] + [r.point for r in to_dispatch])
+                        planner_failures = 0
+                    except BusError as e:
+                        planner_failures += 1
+                        log.warning("planner failed (%d in a row): %s", planner_failures, e)
+                        ledger.log_event("planner.failed", {"error": str(e)})
+                        if planner_failures >= MAX_PLANNER_FAILURES:
+                            raise CampaignError(f"planner failed {planner_failures} times in a row: {e}") from e
+                        planned = []
+                    n_planned += len(planned)
+                    to_dispatch.extend(planned)
+                # Dispatch while instruments have room (not once the operator asked to stop).
+                while to_dispatch and reason != "interrupted":
+                    record = to_dispatch[0]
+                    instrument = self._pick_instrument(record, capacity, load)
+                    if instrument is None:
+                        break
+                    to_dispatch.popleft()
+                    self._dispatch(ledger, client, record, instrument)
+                    load[instrument.name] += 1
+                    in_flight[record.experiment_id] = record
+                if not in_flight and (reason is not None or (n_planned >= budget and not to_dispatch)):
+                    return reason or "budget"
+                for outcome in client.poll(timeout_s=0.1):
+                    record = in_flight.pop(outcome.tag, None)
+                    if record is None:
+                        continue
+                    load[_instrument_name(outcome.service)] -= 1
+                    observation = self._record(ledger, client, record, outcome)
+                    observations.append(observation)
+                    bar.update(1)
+                    value = observation.measurements.get(cfg.objective.measurement)
+                    if observation.status == "done" and value is not None and (best is None or cfg.objective.better(value, best)):
+                        best = value
+                        bar.set_postfix({"best": f"{best:.4g}"})
+                    if reason is None and best is not None and cfg.objective.reached(best):
+                        reason = "target"
+                        ledger.log_event("campaign.target_reached", {"best": best, "target": cfg.objective.target})
+        finally:
+            bar.close()
+
+    def _plan(self, ledger: Ledger, client: BusClient, n: int, n_planned: int,
+              observations: list[Observation], pending: list[DesignPoint]) -> list[ExperimentRecord]:
+        payload = client.request(
+            f"planner.{self.config.planner.kind}", "propose",
+            ProposeRequest(n=n, observations=observations, pending=pending),
+            timeout_s=self.config.planner.timeout_s, retries=2,
+        )
+        proposal = Proposal.model_validate(payload)
+        for point in proposal.points:
+            self.config.space.check(point)  # a planner bug must not reach an instrument
+        process = tuple(self.config.process)
+        planned = [
+            PlannedExperiment(
+                experiment_id=f"e{n_planned + i:05d}",
+                point=point,
+                process=process,
+                planner=proposal.planner,
+                idempotency_key=f"{self.campaign_id}:e{n_planned + i:05d}",
+            )
+            for i, point in enumerate(proposal.points[:n])
+        ]
+        ledger.plan(planned)
+        return [r for r in ledger.experiments(("planned",)) if r.experiment_id in {p.experiment_id for p in planned}]
+
+    def _pick_instrument(self, record: ExperimentRecord, capacity: dict[str, int], load: collections.Counter):
+        by_name = {i.name: i for i in self.config.instruments}
+        previous = _instrument_name(record.instrument) if record.instrument else None
+        if previous in by_name:
+            # A reconciled experiment goes back to the instrument that holds (or held) its specimen.
+            return by_name[previous] if load[previous] < capacity[previous] else None
+        free = [i for i in self.config.instruments if load[i.name] < capacity[i.name]]
+        return min(free, key=lambda i: load[i.name] / capacity[i.name]) if free else None
+
+    def _dispatch(self, ledger: Ledger, client: BusClient, record: ExperimentRecord, instrument) -> None:
+        ledger.mark_dispatched(record.experiment_id, instrument.service_name)
+        spec = ExperimentSpec(
+            experiment_id=record.experiment_id, campaign_id=self.campaign_id, point=record.point, process=list(record.process)
+        )
+        client.submit(
+            instrument.service_name, "run", RunExperiment(experiment=spec),
+            timeout_s=instrument.timeout_s, retries=instrument.retries,
+            idempotency_key=record.idempotency_key, tag=record.experiment_id,
+        )
+
+    def _record(self, ledger: Ledger, client: BusClient, record: ExperimentRecord, outcome: CallOutcome) -> Observation:
+        """Commit the outcome, then tell the event stream; return what the planner will see."""
+        error = outcome.error
+        if outcome.ok:
+            try:
+                result = ExperimentResult.model_validate(outcome.payload)
+            except ValidationError as e:
+                error = ErrorInfo(code="bad_message", message=f"instrument reply is not a result: {e.errors()[0]['msg']}")
+            else:
+                ledger.record_result(record.experiment_id, result)
+                client.publish("campaign.experiment.done", {"experiment_id": record.experiment_id,
+                                                            "measurements": result.measurements})
+                return Observation(point=record.point, status="done", measurements=result.measurements)
+        ledger.record_failure(record.experiment_id, error.code, error.message)
+        ledger.log_event("experiment.failed", {"experiment_id": record.experiment_id, "code": error.code,
+                                               "message": error.message})
+        client.publish("campaign.experiment.failed", {"experiment_id": record.experiment_id, "code": error.code})
+        log.info("experiment %s failed [%s]: %s", record.experiment_id, error.code, error.message)
+        return Observation(point=record.point, status="failed")
+
+    def _best(self, observations: list[Observation]) -> float | None:
+        values = [o.measurements[self.config.objective.measurement] for o in observations
+                  if o.status == "done" and self.config.objective.measurement in o.measurements]
+        if not values:
+            return None
+        return min(values) if self.config.objective.direction == "minimize" else max(values)
+
+    # -- wrap-up -------------------------------------------------------------------------------
+
+    def _recommend(self, ledger: Ledger, client: BusClient) -> None:
+        """Ask the surrogate for the recommended point and, on a benchmark, the simulator for its truth."""
+        cfg = self.config
+        observations = [_observation(r) for r in ledger.experiments(("done", "failed"))]
+        recommendation: dict[str, Any] = {}
+        try:
+            if cfg.surrogate is not None and sum(o.status == "done" for o in observations) >= 2:
+                summary = FitSummary.model_validate(client.request(
+                    f"surrogate.{cfg.surrogate.model}", "fit",
+                    FitRequest(observations=observations, objective=cfg.objective.measurement,
+                               direction=cfg.objective.direction),
+                    timeout_s=300.0,
+                ))
+                recommendation = summary.model_dump(mode="json")
+                if cfg.problem is not None and summary.recommended is not None:
+                    truth = client.request(f"simulator.{cfg.problem}", "evaluate",
+                                           EvaluateRequest(points=[summary.recommended]), timeout_s=60.0)
+                    recommendation["true_values"] = truth["values"][0]
+        except BusError as e:
+            log.warning("no recommendation: %s", e)
+            recommendation = {"error": str(e)}
+        if cfg.problem is not None:
+            from sdl.env.test_functions import get_problem
+
+            recommendation["optimal_value"] = get_problem(cfg.problem).optimal_value
+        ledger.set_meta(recommendation=recommendation)
+
+    def _summary(self, ledger: Ledger, state: str, reason: str, started: float) -> CampaignSummary:
+        done = [r for r in ledger.experiments(("done",)) if self.config.objective.measurement in r.result.measurements]
+        best = None
+        if done:
+            key = lambda r: r.result.measurements[self.config.objective.measurement]  # noqa: E731
+            best = min(done, key=key) if self.config.objective.direction == "minimize" else max(done, key=key)
+        return CampaignSummary(
+            campaign_id=self.campaign_id,
+            state=state,
+            stop_reason=reason,
+            counts=ledger.counts(),
+            best_value=best.result.measurements[self.config.objective.measurement] if best else None,
+            best_point=best.point if best else None,
+            wall_s=time.monotonic() - started,
+        )
+
+    def _shutdown_agents(self, started_ray: bool) -> None:
+        import ray
+
+        for actor in self.actors.values():
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception as e:  # already gone
+                log.debug("kill: %s", e)
+        self.actors.clear()
+        if started_ray:
+            ray.shutdown()
+
+
+def _observation(record: ExperimentRecord) -> Observation:
+    if record.status == "done":
+        return Observation(point=record.point, status="done", measurements=record.result.measurements)
+    return Observation(point=record.point, status="failed")
+
+
+def _instrument_name(service_name: str) -> str:
+    return service_name.removeprefix("instrument.")
+
+
+class _signals:
+    """First SIGINT/SIGTERM: stop gracefully. Second: stop now. Restores the old handlers on exit."""
+
+    def __init__(self, stop: _Stop) -> None:
+        self.stop = stop
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.stop.graceful.is_set():
+            self.stop.immediate.set()
+            log.warning("second interrupt: leaving now; in-flight experiments are reconciled on --resume")
+        else:
+            self.stop.graceful.set()
+            log.warning("interrupt: no new experiments; waiting for those in flight (interrupt again to leave now)")
+
+    def __enter__(self) -> _signals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)

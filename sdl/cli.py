@@ -1,0 +1,170 @@
+"""The ``sdl`` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import click
+import yaml
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="sdl")
+def main() -> None:
+    """Self-driving laboratory controller: plan, run and learn from experiments."""
+
+
+@main.command()
+@click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--campaign-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where the ledger, journals and report go (default: the config's campaign_dir, else runs/<name>).")
+@click.option("--resume", is_flag=True, help="Continue the campaign in --campaign-dir after a crash or a stop.")
+@click.option("--ray-address", help="Join an existing Ray cluster ('auto' or HOST:PORT) instead of starting one.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def run(config: Path, campaign_dir: Path | None, resume: bool, ray_address: str | None, no_progress: bool, verbose: int) -> None:
+    """Run the campaign described by CONFIG (YAML) to its budget or target."""
+    from sdl.campaign import Campaign, CampaignError
+    from sdl.config import ConfigError, load_config
+    from sdl.report import write_report
+
+    _setup_logging(verbose)
+    try:
+        cfg = load_config(config)
+        campaign = Campaign(cfg, campaign_dir, resume=resume, ray_address=ray_address, progress=not no_progress)
+        summary = campaign.run()
+    except (ConfigError, CampaignError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"campaign {summary.campaign_id}: {summary.state} ({summary.stop_reason}) in {summary.wall_s:.1f} s")
+    click.echo("experiments: " + ", ".join(f"{k} {v}" for k, v in summary.counts.items()))
+    if summary.best_value is not None:
+        click.echo(f"best {cfg.objective.measurement} = {summary.best_value:.6g} at {_point_text(summary.best_point)}")
+    report = write_report(campaign.campaign_dir)
+    click.echo(f"report: {report}")
+    if summary.state == "interrupted":
+        click.echo(f"resume with: sdl run {config} --campaign-dir {campaign.campaign_dir} --resume")
+        sys.exit(130)
+
+
+@main.command()
+@click.argument("campaign_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def status(campaign_dir: Path) -> None:
+    """Show a campaign's progress from its ledger (safe while it runs)."""
+    from sdl.ledger import Ledger, LedgerError
+    from sdl.report import summarize
+
+    try:
+        with Ledger.in_campaign(campaign_dir, readonly=True) as ledger:
+            click.echo(summarize(ledger))
+    except LedgerError as e:
+        raise click.ClickException(str(e)) from None
+
+
+@main.command()
+@click.argument("campaign_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Default: CAMPAIGN_DIR/report.")
+def report(campaign_dir: Path, out: Path | None) -> None:
+    """Write PNG plots and a markdown summary of a campaign."""
+    from sdl.ledger import LedgerError
+    from sdl.report import write_report
+
+    try:
+        path = write_report(campaign_dir, out)
+    except LedgerError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"report: {path}")
+
+
+@main.group()
+def ledger() -> None:
+    """Work with a campaign's ledger."""
+
+
+@ledger.command("export")
+@click.argument("campaign_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--format", "file_format", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Default: CAMPAIGN_DIR/export.")
+def ledger_export(campaign_dir: Path, file_format: str, out: Path | None) -> None:
+    """Export one row per experiment as CSV or Parquet."""
+    from sdl.ledger import Ledger, LedgerError, export
+
+    try:
+        with Ledger.in_campaign(campaign_dir, readonly=True) as db:
+            path = export(db, out or campaign_dir / "export", file_format)
+    except LedgerError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(str(path))
+
+
+@main.group()
+def instrument() -> None:
+    """Instrument drivers."""
+
+
+@instrument.command("list")
+def instrument_list() -> None:
+    """List the installed instrument drivers."""
+    from sdl.instruments.base import available_drivers
+
+    for name, ep in sorted(available_drivers().items()):
+        click.echo(f"{name:24s} {ep.value}")
+
+
+@instrument.command("serve")
+@click.argument("driver")
+@click.option("--bus", "bus_address", required=True, help="Broker address, e.g. tcp://HOST:PORT (see the campaign's bus.json).")
+@click.option("--name", help="Joins as instrument.NAME (default: the driver's name).")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="Driver setting (YAML value), repeatable: --option noise_std=0.1")
+@click.option("--journal", type=click.Path(dir_okay=False, path_type=Path),
+              help="Idempotency journal (SQLite) (default: ./sdl-journal-NAME.sqlite).")
+@click.option("--capacity", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option("-v", "--verbose", count=True)
+def instrument_serve(driver: str, bus_address: str, name: str | None, options: tuple[str, ...],
+                     journal: Path | None, capacity: int, verbose: int) -> None:
+    """Serve DRIVER on the bus in this process, without Ray (the path of a lab PC)."""
+    from pydantic import ValidationError
+
+    from sdl.agents.instrument_driver import InstrumentDriverService
+    from sdl.protocol import describe_validation_error
+    from sdl.service import Worker
+
+    _setup_logging(max(verbose, 1))
+    settings = {}
+    for option in options:
+        key, sep, value = option.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{option!r} is not KEY=VALUE", param_hint="--option")
+        settings[key] = yaml.safe_load(value)
+    name = name or driver.replace("_", "-")
+    try:
+        service = InstrumentDriverService(driver=driver, options=settings, journal_path=journal or Path(f"sdl-journal-{name}.sqlite"))
+    except ValidationError as e:
+        raise click.ClickException(f"driver {driver} options: {describe_validation_error(e)}") from None
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    worker = Worker(service, bus_address, service_name=f"instrument.{name}", capacity=capacity)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    worker.start()
+    click.echo(f"serving {driver} as instrument.{name} on {bus_address} (Ctrl-C to stop)", err=True)
+    stop.wait()
+    worker.stop()
+
+
+def _point_text(point) -> str:
+    parts = dict(point.parameters)
+    if point.composition is not None:
+        parts.update(point.composition.root)
+    return json.dumps({k: round(v, 6) for k, v in parts.items()})

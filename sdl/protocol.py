@@ -1,0 +1,332 @@
+"""Every message that crosses the lab bus, as a pydantic v2 model.
+
+The wire is two ZeroMQ frames: a header naming the peer's role (:data:`CLIENT_HEADER` or
+:data:`WORKER_HEADER`) and a JSON body, one of the envelope models below, told apart by ``kind``.
+Envelopes carry the protocol version, a unique ``id``, a ``correlation_id`` (a reply's is the id
+of the request it answers) and the time they were sent. Hardware commands also carry an
+``idempotency_key``: a driver that sees a key twice returns the first result instead of acting again.
+
+Payload models (what a service's method takes and returns) live here too, so that a driver
+written in another language needs only this module's JSON schema.
+
+Validate once, at the edge: :func:`decode` and the payload models reject bad input with messages
+that say what is allowed; code inside the controller trusts the types.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from typing import Annotated, Any, Literal, Union
+
+from ase.data import chemical_symbols
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+PROTOCOL_VERSION = 1
+CLIENT_HEADER = b"SDLC1"  # frames from clients (campaign, CLI)
+WORKER_HEADER = b"SDLW1"  # frames from services (agents, instrument drivers)
+MAX_FRAME_BYTES = 16 * 1024 * 1024
+
+# Liveness (Majordomo's "paranoid pirate" heartbeating): peers beat every interval; a peer silent
+# for LIVENESS intervals is dead. 1 s x 3 detects a dead service in about 3 s, inside the 5 s promise.
+HEARTBEAT_INTERVAL_S = 1.0
+HEARTBEAT_LIVENESS = 3
+
+# Fractions must sum to one within this tolerance (the issue's contract for compositions).
+COMPOSITION_SUM_TOLERANCE = 1e-6
+KNOWN_ELEMENTS = frozenset(chemical_symbols[1:])  # chemical_symbols[0] is ASE's dummy "X"
+
+ServiceName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_\-]*(\.[a-z0-9_\-]+)*$", max_length=128)]
+
+
+class ProtocolError(ValueError):
+    """A frame that is not a valid message: not JSON, unknown kind, or an invalid field."""
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Domain payloads
+# ---------------------------------------------------------------------------------------------
+
+
+class Composition(RootModel[dict[str, float]]):
+    """Mole fractions by element symbol; each in [0, 1], summing to 1 within 1e-6."""
+
+    model_config = ConfigDict(frozen=True)
+
+    @field_validator("root")
+    @classmethod
+    def _check(cls, fractions: dict[str, float]) -> dict[str, float]:
+        if not fractions:
+            raise ValueError("a composition needs at least one element")
+        unknown = sorted(set(fractions) - KNOWN_ELEMENTS)
+        if unknown:
+            raise ValueError(
+                f"unknown element symbol(s) {unknown}; use chemical symbols such as 'Ni', 'Al', 'Co'"
+            )
+        for element, fraction in fractions.items():
+            if not math.isfinite(fraction) or not 0.0 <= fraction <= 1.0:
+                raise ValueError(f"fraction of {element} is {fraction}; fractions must lie in [0, 1]")
+        total = math.fsum(fractions.values())
+        if abs(total - 1.0) > COMPOSITION_SUM_TOLERANCE:
+            raise ValueError(
+                f"fractions sum to {total:.9g}; they must sum to 1 within {COMPOSITION_SUM_TOLERANCE:g}"
+            )
+        return fractions
+
+    def __getitem__(self, element: str) -> float:
+        return self.root[element]
+
+
+class ProcessStep(_Model):
+    """One heat-treatment step. Units are in the field names; no other spelling is accepted."""
+
+    operation: Literal["homogenise", "solutionise", "age", "anneal", "quench"]
+    temperature_k: float = Field(gt=0.0, le=4000.0, description="hold temperature in kelvin")
+    duration_s: float = Field(ge=0.0, le=10 * 365 * 86400.0, description="hold time in seconds")
+    ramp_k_per_s: float | None = Field(default=None, gt=0.0, description="heating/cooling rate")
+    quench_medium: Literal["water", "oil", "air", "furnace"] | None = None
+
+
+class DesignPoint(_Model):
+    """Where in the design space an experiment sits: continuous parameters and/or a composition."""
+
+    parameters: dict[str, float] = Field(default_factory=dict)
+    composition: Composition | None = None
+
+    @field_validator("parameters")
+    @classmethod
+    def _finite(cls, parameters: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in parameters.items() if not math.isfinite(v)}
+        if bad:
+            raise ValueError(f"parameters must be finite numbers; got {bad}")
+        return parameters
+
+
+class ExperimentSpec(_Model):
+    """What an instrument is asked to make or measure."""
+
+    experiment_id: str = Field(min_length=1, max_length=128)
+    campaign_id: str = Field(min_length=1, max_length=128)
+    point: DesignPoint
+    process: list[ProcessStep] = Field(default_factory=list)
+
+
+class ExperimentResult(_Model):
+    """What an instrument measured. ``replayed`` is true when served from its idempotency journal."""
+
+    experiment_id: str
+    instrument: str
+    measurements: dict[str, float]
+    started_at_unix_s: float
+    finished_at_unix_s: float
+    attempts: int = Field(default=1, ge=1)
+    replayed: bool = False
+
+
+class Observation(_Model):
+    """A finished experiment as a planner sees it."""
+
+    point: DesignPoint
+    status: Literal["done", "failed"]
+    measurements: dict[str, float] = Field(default_factory=dict)
+
+
+class ProposeRequest(_Model):
+    n: int = Field(ge=1, le=10_000)
+    observations: list[Observation] = Field(default_factory=list)
+    pending: list[DesignPoint] = Field(default_factory=list)
+
+
+class Proposal(_Model):
+    points: list[DesignPoint]
+    planner: str
+    planner_seconds: float = Field(ge=0.0)
+
+
+class RunExperiment(_Model):
+    experiment: ExperimentSpec
+
+
+class ServiceDescription(_Model):
+    kind: str
+    methods: list[str]
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class FitRequest(_Model):
+    observations: list[Observation]
+    objective: str
+    direction: Literal["minimize", "maximize"] = "minimize"
+
+
+class FitSummary(_Model):
+    n_train: int
+    recommended: DesignPoint | None
+    recommended_mean: float | None
+    recommended_std: float | None
+
+
+class PredictRequest(_Model):
+    points: list[DesignPoint] = Field(min_length=1)
+
+
+class Prediction(_Model):
+    mean: list[float]
+    std: list[float]
+
+
+class EvaluateRequest(_Model):
+    points: list[DesignPoint] = Field(min_length=1)
+
+
+class Evaluation(_Model):
+    values: list[dict[str, float]]
+
+
+class Empty(_Model):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Envelopes
+# ---------------------------------------------------------------------------------------------
+
+ErrorCode = Literal[
+    "bad_message",  # the frame did not decode or failed validation
+    "unknown_method",  # the service has no such method
+    "invalid_payload",  # the payload failed the method's model
+    "missing_idempotency_key",  # a hardware command came without one
+    "handler_error",  # the service's own code raised
+    "instrument_fault",  # the instrument reported a fault (trip, lost specimen, offline)
+    "service_unavailable",  # no worker took the request before its deadline
+    "worker_lost",  # the worker died (heartbeats stopped) while holding the request
+    "timeout",  # no reply before the caller's deadline (set by the client, never sent on the wire)
+]
+
+
+class ErrorInfo(_Model):
+    code: ErrorCode
+    message: str
+
+
+class _Envelope(_Model):
+    version: Literal[1] = PROTOCOL_VERSION
+    id: str = Field(default_factory=new_id, min_length=1, max_length=64)
+    correlation_id: str | None = Field(default=None, max_length=64)
+    sent_at_unix_s: float = Field(default_factory=time.time)
+
+
+class Request(_Envelope):
+    kind: Literal["request"] = "request"
+    service: ServiceName
+    method: str = Field(pattern=r"^[a-z_][a-z0-9_]*$", max_length=64)
+    payload: dict[str, Any] = Field(default_factory=dict)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=256)
+    timeout_ms: int = Field(default=30_000, gt=0, le=7 * 86_400_000)
+    attempt: int = Field(default=1, ge=1)
+
+
+class Reply(_Envelope):
+    kind: Literal["reply"] = "reply"
+    service: str = ""
+    ok: bool
+    payload: dict[str, Any] = Field(default_factory=dict)
+    error: ErrorInfo | None = None
+    worker: str | None = None
+
+    @model_validator(mode="after")
+    def _error_iff_not_ok(self) -> Reply:
+        if self.ok == (self.error is not None):
+            raise ValueError("a reply carries an error exactly when ok is false")
+        return self
+
+
+class Ready(_Envelope):
+    """A worker announces itself: the service it serves and how many requests it takes at once."""
+
+    kind: Literal["ready"] = "ready"
+    service: ServiceName
+    worker: str = Field(min_length=1, max_length=128)
+    capacity: int = Field(default=1, ge=1, le=1024)
+
+
+class Heartbeat(_Envelope):
+    kind: Literal["heartbeat"] = "heartbeat"
+
+
+class Disconnect(_Envelope):
+    kind: Literal["disconnect"] = "disconnect"
+    reason: str = ""
+
+
+class Event(_Envelope):
+    """A document on the event stream (bluesky style): a topic and a small payload."""
+
+    kind: Literal["event"] = "event"
+    topic: str = Field(pattern=r"^[a-z][a-z0-9_.\-]*$", max_length=128)
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+Message = Annotated[
+    Union[Request, Reply, Ready, Heartbeat, Disconnect, Event], Field(discriminator="kind")
+]
+_MESSAGE = TypeAdapter(Message)
+MESSAGE_KINDS = ("request", "reply", "ready", "heartbeat", "disconnect", "event")
+
+
+def encode(message: _Envelope) -> bytes:
+    return message.model_dump_json().encode()
+
+
+def decode(frame: bytes) -> Request | Reply | Ready | Heartbeat | Disconnect | Event:
+    """Parse one body frame; raise :class:`ProtocolError` saying what is wrong and what is allowed."""
+    if len(frame) > MAX_FRAME_BYTES:
+        raise ProtocolError(f"frame of {len(frame)} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")
+    try:
+        data = json.loads(frame)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ProtocolError(f"body is not UTF-8 JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ProtocolError(f"body must be a JSON object, got {type(data).__name__}")
+    kind = data.get("kind")
+    if kind not in MESSAGE_KINDS:
+        raise ProtocolError(f"unknown message kind {kind!r}; allowed: {', '.join(MESSAGE_KINDS)}")
+    version = data.get("version")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {version!r} is not supported; this bus speaks {PROTOCOL_VERSION}")
+    try:
+        return _MESSAGE.validate_python(data)
+    except ValidationError as e:
+        raise ProtocolError(f"invalid {kind} message: {describe_validation_error(e)}") from e
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line per problem: where it is and what was wrong."""
+    parts = []
+    for item in error.errors(include_url=False):
+        where = ".".join(str(p) for p in item["loc"]) or "(root)"
+        parts.append(f"{where}: {item['msg']}")
+    return "; ".join(parts)
+
+
+def error_reply(request_id: str | None, code: str, message: str, *, service: str = "") -> Reply:
+    return Reply(correlation_id=request_id, service=service, ok=False, error=ErrorInfo(code=code, message=message))

@@ -1,0 +1,200 @@
+"""Campaign reports: what a person looks at after (or during) a run.
+
+``write_report`` reads only the ledger and writes PNG plots (best-so-far, parameter coverage,
+instrument timeline) and ``summary.md``; ``summarize`` gives the short text ``sdl status`` prints.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # reports are files; never open a window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from sdl.ledger import ExperimentRecord, Ledger  # noqa: E402
+
+MAX_COVERAGE_DIMENSIONS = 8
+
+
+def _objective(ledger: Ledger) -> tuple[str, str, float | None]:
+    config = ledger.get_meta("config") or {}
+    objective = config.get("objective", {})
+    return objective.get("measurement", "y"), objective.get("direction", "minimize"), objective.get("target")
+
+
+def _values(records: list[ExperimentRecord], measurement: str) -> np.ndarray:
+    return np.array([
+        r.result.measurements.get(measurement, math.nan) if r.status == "done" and r.result else math.nan for r in records
+    ])
+
+
+def _best_so_far(values: np.ndarray, direction: str) -> np.ndarray:
+    filled = np.where(np.isnan(values), np.inf if direction == "minimize" else -np.inf, values)
+    best = np.minimum.accumulate(filled) if direction == "minimize" else np.maximum.accumulate(filled)
+    return np.where(np.isinf(best), np.nan, best)
+
+
+def summarize(ledger: Ledger) -> str:
+    measurement, direction, target = _objective(ledger)
+    counts = ledger.counts()
+    finished = [r for r in ledger.experiments(("done", "failed"))]
+    values = _values(finished, measurement)
+    lines = [
+        f"campaign   {ledger.get_meta('campaign_id')}",
+        f"state      {ledger.get_meta('state')} ({ledger.get_meta('stop_reason') or 'running'})",
+        "experiments " + ", ".join(f"{k} {v}" for k, v in counts.items()),
+    ]
+    if np.isfinite(values).any():
+        i = int(np.nanargmin(values) if direction == "minimize" else np.nanargmax(values))
+        lines.append(f"best       {measurement} = {values[i]:.6g} ({direction}) in {finished[i].experiment_id}")
+    if target is not None:
+        lines.append(f"target     {target}")
+    failures = collections.Counter(r.error_code for r in finished if r.status == "failed")
+    if failures:
+        lines.append("failures   " + ", ".join(f"{code} {n}" for code, n in failures.most_common()))
+    return "\n".join(lines)
+
+
+def write_report(campaign_dir: str | Path, out: str | Path | None = None) -> Path:
+    campaign_dir = Path(campaign_dir)
+    out = Path(out) if out else campaign_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    with Ledger.in_campaign(campaign_dir, readonly=True) as ledger:
+        measurement, direction, target = _objective(ledger)
+        records = ledger.experiments()
+        finished = [r for r in records if r.status in ("done", "failed")]
+        finished.sort(key=lambda r: r.finished_at_unix_s or 0.0)
+        recommendation = ledger.get_meta("recommendation") or {}
+        _plot_best(finished, measurement, direction, target, recommendation, out / "best_so_far.png")
+        _plot_coverage(finished, measurement, out / "coverage.png")
+        _plot_timeline(finished, out / "timeline.png")
+        (out / "summary.md").write_text(_markdown(ledger, finished, measurement, direction, recommendation))
+    return out / "summary.md"
+
+
+def _plot_best(records, measurement, direction, target, recommendation, path: Path) -> None:
+    values = _values(records, measurement)
+    n = np.arange(1, len(records) + 1)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ok = np.isfinite(values)
+    ax.scatter(n[ok], values[ok], s=14, color="tab:blue", alpha=0.6, label=f"measured {measurement}")
+    ax.step(n, _best_so_far(values, direction), where="post", color="tab:red", lw=2, label="best so far")
+    failed = [i + 1 for i, r in enumerate(records) if r.status == "failed"]
+    if failed and ok.any():
+        ax.scatter(failed, np.full(len(failed), np.nanmin(values) if direction == "maximize" else np.nanmax(values)),
+                   marker="x", color="k", label="failed")
+    if target is not None:
+        ax.axhline(target, color="tab:green", ls="--", label=f"target {target:g}")
+    optimum = recommendation.get("optimal_value")
+    if optimum is not None:
+        ax.axhline(optimum, color="0.4", ls=":", label=f"true optimum {optimum:.4g}")
+    ax.set_xlabel("experiment (in order of completion)")
+    ax.set_ylabel(measurement)
+    ax.set_title(f"Best {measurement} so far ({direction})")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _coordinates(record: ExperimentRecord) -> dict[str, float]:
+    coords = dict(record.point.parameters)
+    if record.point.composition is not None:
+        coords.update({f"x({e})": v for e, v in record.point.composition.root.items()})
+    return coords
+
+
+def _plot_coverage(records, measurement, path: Path) -> None:
+    if not records:
+        return
+    names = list(_coordinates(records[0]))[:MAX_COVERAGE_DIMENSIONS]
+    data = np.array([[_coordinates(r).get(k, math.nan) for k in names] for r in records])
+    values = _values(records, measurement)
+    k = len(names)
+    if k == 1:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.scatter(data[:, 0], values, s=14)
+        ax.set_xlabel(names[0])
+        ax.set_ylabel(measurement)
+    else:
+        size = min(2.2 * (k - 1), 14)
+        fig, axes = plt.subplots(k - 1, k - 1, figsize=(size + 1.5, size), squeeze=False)
+        for row in range(1, k):
+            for col in range(k - 1):
+                ax = axes[row - 1, col]
+                if col >= row:
+                    ax.axis("off")
+                    continue
+                sc = ax.scatter(data[:, col], data[:, row], c=values, s=10, cmap="viridis")
+                failed = np.isnan(values)
+                ax.scatter(data[failed, col], data[failed, row], marker="x", color="red", s=14)
+                if row == k - 1:
+                    ax.set_xlabel(names[col])
+                if col == 0:
+                    ax.set_ylabel(names[row])
+        fig.colorbar(sc, ax=axes, label=measurement, shrink=0.8)
+    fig.suptitle("Parameter coverage (colour: measured value; red x: failed)")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_timeline(records, path: Path) -> None:
+    timed = [r for r in records if r.dispatched_at_unix_s and r.finished_at_unix_s and r.instrument]
+    if not timed:
+        return
+    t0 = min(r.dispatched_at_unix_s for r in timed)
+    instruments = sorted({r.instrument for r in timed})
+    fig, ax = plt.subplots(figsize=(8, 0.6 * len(instruments) + 1.5))
+    for r in timed:
+        y = instruments.index(r.instrument)
+        color = "tab:blue" if r.status == "done" else "tab:red"
+        ax.barh(y, r.finished_at_unix_s - r.dispatched_at_unix_s, left=r.dispatched_at_unix_s - t0, color=color,
+                alpha=0.7, edgecolor="white", height=0.6)
+    ax.set_yticks(range(len(instruments)), instruments)
+    ax.set_xlabel("wall time since first dispatch (s)")
+    ax.set_title("Instrument timeline (red: failed)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _markdown(ledger: Ledger, records, measurement, direction, recommendation) -> str:
+    counts = ledger.counts()
+    wall_s = ledger.get_meta("wall_s", 0.0) or 0.0
+    values = _values(records, measurement)
+    lines = [
+        f"# Campaign {ledger.get_meta('campaign_id')}",
+        "",
+        f"- state: **{ledger.get_meta('state')}** (stop: {ledger.get_meta('stop_reason')})",
+        "- experiments: " + ", ".join(f"{k} {v}" for k, v in counts.items()),
+        f"- wall time: {wall_s:.1f} s"
+        + (f" ({len(records) / wall_s:.2f} experiments/s)" if wall_s > 0 and records else ""),
+    ]
+    if np.isfinite(values).any():
+        i = int(np.nanargmin(values) if direction == "minimize" else np.nanargmax(values))
+        coords = ", ".join(f"{k}={v:.4g}" for k, v in _coordinates(records[i]).items())
+        lines.append(f"- best measured {measurement}: **{values[i]:.6g}** ({direction}) in `{records[i].experiment_id}` at {coords}")
+    if recommendation.get("recommended"):
+        rec = recommendation["recommended"]
+        coords = ", ".join(f"{k}={v:.4g}" for k, v in {**rec.get("parameters", {}), **(rec.get("composition") or {})}.items())
+        lines.append(
+            f"- surrogate recommendation (best posterior mean over {recommendation['n_train']} observations): {coords}; "
+            f"predicted {recommendation['recommended_mean']:.4g} ± {recommendation['recommended_std']:.2g}"
+        )
+    if "true_values" in recommendation:
+        true_value = recommendation["true_values"].get(measurement)
+        optimum = recommendation.get("optimal_value")
+        regret = abs(true_value - optimum) if true_value is not None and optimum is not None else None
+        lines.append(f"- true {measurement} of the recommendation: {true_value:.6g}"
+                     + (f"; simple regret {regret:.4g} (optimum {optimum:.6g})" if regret is not None else ""))
+    failures = collections.Counter(r.error_code for r in records if r.status == "failed")
+    if failures:
+        lines.append("- failures: " + ", ".join(f"{code} × {n}" for code, n in failures.most_common()))
+    lines += ["", "![best so far](best_so_far.png)", "", "![coverage](coverage.png)", "", "![timeline](timeline.png)", ""]
+    return "\n".join(lines)
