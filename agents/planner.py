@@ -74,8 +74,10 @@ class SobolPlanner(Planner):
         while len(self._sequence) < position + request.n:
             if self._drawn > MAX_REJECTED_DRAWS and not self._sequence:
                 raise ValueError("the composition bounds leave almost no volume; widen them")
-            accepted, _ = self.space.from_unit_cube(self._sampler.random_base2(m=6))
-            self._drawn += 64
+            # Doubling keeps the total a power of two, which Sobol' balance properties need.
+            m = 6 if self._drawn == 0 else int(np.log2(self._drawn))
+            accepted, _ = self.space.from_unit_cube(self._sampler.random_base2(m=m))
+            self._drawn += 2**m
             self._sequence.extend(accepted)
         return self._sequence[position : position + request.n]
 

@@ -152,7 +152,9 @@ class Broker:
         next_heartbeat_s = time.monotonic() + HEARTBEAT_INTERVAL_S
         try:
             while not self._stop.is_set():
-                if poller.poll(timeout=100):
+                wake_s = min([next_heartbeat_s] + [p.deadline_s for q in self._queues.values() for p in q])
+                wait_ms = max(0, min(100, int((wake_s - time.monotonic()) * 1000) + 1))
+                if poller.poll(timeout=wait_ms):
                     # Drain what is waiting before housekeeping, so a burst is not interleaved
                     # with a heartbeat sweep per message.
                     for _ in range(1000):

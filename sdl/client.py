@@ -184,7 +184,9 @@ class BusClient:
             method=call.method,
             payload=call.payload,
             idempotency_key=call.idempotency_key,
-            timeout_ms=max(1, int(call.timeout_s * 1000)),
+            # The broker gives up queueing a little before the caller does, so an unserved request
+            # comes back as an informative service_unavailable rather than a bare timeout.
+            timeout_ms=max(1, int(call.timeout_s * 900)),
             attempt=call.attempts,
         )
         call.message_ids.append(request.id)

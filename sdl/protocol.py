@@ -59,7 +59,8 @@ def new_id() -> str:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Non-finite floats travel as JSON's Infinity/NaN constants rather than silently becoming null.
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="constants")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,6 +141,14 @@ class ExperimentResult(_Model):
     finished_at_unix_s: float
     attempts: int = Field(default=1, ge=1)
     replayed: bool = False
+
+    @field_validator("measurements")
+    @classmethod
+    def _finite(cls, measurements: dict[str, float]) -> dict[str, float]:
+        bad = sorted(k for k, v in measurements.items() if not math.isfinite(v))
+        if bad:
+            raise ValueError(f"measurements {bad} are not finite; a driver reports a failed measurement as a fault")
+        return measurements
 
 
 class Observation(_Model):

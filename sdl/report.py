@@ -93,6 +93,9 @@ def _plot_best(records, measurement, direction, target, recommendation, path: Pa
     optimum = recommendation.get("optimal_value")
     if optimum is not None:
         ax.axhline(optimum, color="0.4", ls=":", label=f"true optimum {optimum:.4g}")
+    finite = values[ok]
+    if finite.size and finite.min() > 0 and finite.max() / finite.min() > 100:
+        ax.set_yscale("log")  # progress near the optimum is invisible on a linear scale
     ax.set_xlabel("experiment (in order of completion)")
     ax.set_ylabel(measurement)
     ax.set_title(f"Best {measurement} so far ({direction})")
@@ -123,7 +126,7 @@ def _plot_coverage(records, measurement, path: Path) -> None:
         ax.set_xlabel(names[0])
         ax.set_ylabel(measurement)
     else:
-        size = min(2.2 * (k - 1), 14)
+        size = max(4.5, min(2.2 * (k - 1), 14))
         fig, axes = plt.subplots(k - 1, k - 1, figsize=(size + 1.5, size), squeeze=False)
         for row in range(1, k):
             for col in range(k - 1):
@@ -139,7 +142,7 @@ def _plot_coverage(records, measurement, path: Path) -> None:
                 if col == 0:
                     ax.set_ylabel(names[row])
         fig.colorbar(sc, ax=axes, label=measurement, shrink=0.8)
-    fig.suptitle("Parameter coverage (colour: measured value; red x: failed)")
+    fig.suptitle("Parameter coverage\n(colour: measured value; red x: failed)", fontsize=10)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -1,0 +1,51 @@
+"""Shared fixtures. Every ZeroMQ endpoint binds 127.0.0.1 on a free port; no port is hard-coded."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sdl.bus import Broker
+from sdl.config import CampaignConfig, parse_config
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def branin_config(**overrides: Any) -> CampaignConfig:
+    """A small, fast Branin campaign; ``overrides`` replace top-level sections."""
+    data: dict[str, Any] = {
+        "name": "test-branin",
+        "seed": 3,
+        "problem": "branin",
+        "space": {"parameters": {"x1": {"low": -5, "high": 10}, "x2": {"low": 0, "high": 15}}},
+        "objective": {"measurement": "y", "direction": "minimize"},
+        "planner": {"kind": "sobol"},
+        "instruments": [
+            {"name": "a", "driver": "branin", "options": {"latency_s": 0.02, "noise_std": 0.01}},
+            {"name": "b", "driver": "branin", "options": {"latency_s": 0.03, "noise_std": 0.01}},
+        ],
+        "surrogate": None,
+        "stop": {"max_experiments": 12, "max_in_flight": 2},
+        "bus": {"join_timeout_s": 60},
+        "ledger": {"synchronous": "normal"},
+    }
+    data.update(overrides)
+    return parse_config(data, source="test")
+
+
+@pytest.fixture
+def broker():
+    with Broker() as b:
+        yield b
+
+
+@pytest.fixture
+def campaign_dir(tmp_path: Path) -> Path:
+    return tmp_path / "campaign"

@@ -1,0 +1,204 @@
+"""The lab bus over real sockets: broker, workers in threads and in killed processes, clients."""
+
+import math
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+import zmq
+
+from sdl import protocol
+from sdl.agents.simulator_host import SimulatorHostService
+from sdl.client import BusClient, EventSubscriber, RemoteError
+from sdl.protocol import CLIENT_HEADER, DesignPoint, EvaluateRequest, decode
+from sdl.service import Service, Worker, method
+
+POINT = DesignPoint(parameters={"x1": 1.0, "x2": 2.0})
+
+SLOW_WORKER = textwrap.dedent(
+    """
+    import sys, time
+    from sdl import protocol
+    from sdl.service import Service, Worker, method
+
+    class Slow(Service):
+        kind = "test"
+        @method(protocol.Empty)
+        def wait(self, _):
+            time.sleep(float(sys.argv[2]))
+            return protocol.Empty()
+
+    Worker(Slow(), sys.argv[1], service_name="test.slow", capacity=2).run()
+    """
+)
+
+
+@pytest.fixture
+def simulator(broker):
+    worker = Worker(SimulatorHostService(problem="branin"), broker.frontend_address, service_name="simulator.branin").start()
+    yield worker
+    worker.stop()
+
+
+def wait_for_service(broker, name, timeout_s=10.0):
+    deadline = time.monotonic() + timeout_s
+    while name not in broker.services():
+        assert time.monotonic() < deadline, f"{name} never joined; live: {broker.services()}"
+        time.sleep(0.02)
+
+
+def test_request_reply_through_the_broker(broker, simulator):
+    wait_for_service(broker, "simulator.branin")
+    with BusClient(broker.frontend_address) as client:
+        payload = client.request("simulator.branin", "evaluate", EvaluateRequest(points=[POINT]), timeout_s=5)
+    # Branin: (x2 - 5.1/(4 pi^2) x1^2 + 5/pi x1 - 6)^2 + 10 (1 - 1/(8 pi)) cos(x1) + 10
+    x1, x2 = 1.0, 2.0
+    expected = (x2 - 5.1 / (4 * math.pi**2) * x1**2 + 5 / math.pi * x1 - 6) ** 2 + 10 * (1 - 1 / (8 * math.pi)) * math.cos(x1) + 10
+    assert payload["values"][0]["y"] == pytest.approx(expected)
+
+
+def test_handler_errors_come_back_as_error_replies(broker, simulator):
+    wait_for_service(broker, "simulator.branin")
+    with BusClient(broker.frontend_address) as client:
+        with pytest.raises(RemoteError, match="no method 'simulate'; available: describe, evaluate") as e:
+            client.request("simulator.branin", "simulate", {}, timeout_s=5)
+        assert e.value.code == "unknown_method"
+        with pytest.raises(RemoteError, match="points") as e:
+            client.request("simulator.branin", "evaluate", {"points": []}, timeout_s=5)
+        assert e.value.code == "invalid_payload"
+        with pytest.raises(RemoteError, match="needs parameters") as e:
+            client.request("simulator.branin", "evaluate", {"points": [{"parameters": {"a": 1.0}}]}, timeout_s=5)
+        assert e.value.code == "invalid_payload"
+
+
+def test_event_stream_carries_published_and_broker_events(broker):
+    subscriber = EventSubscriber(broker.events_address, topics=("bus.", "lab."))
+    time.sleep(0.3)  # PUB/SUB: a subscription takes a moment to reach the publisher
+    with BusClient(broker.frontend_address) as client:
+        client.publish("lab.door", {"open": True})
+        client.publish("other.topic", {"ignored": True})
+        worker = Worker(SimulatorHostService(problem="branin"), broker.frontend_address, service_name="simulator.x").start()
+        try:
+            seen = {}
+            deadline = time.monotonic() + 5
+            while len(seen) < 2 and time.monotonic() < deadline:
+                event = subscriber.receive(timeout_s=0.5)
+                if event is not None:
+                    seen[event.topic] = event.payload
+        finally:
+            worker.stop()
+            subscriber.close()
+    assert seen["lab.door"] == {"open": True}
+    assert seen["bus.joined"]["service"] == "simulator.x"
+    assert "other.topic" not in seen
+
+
+def test_garbage_frames_get_error_replies_and_the_broker_carries_on(broker, simulator):
+    wait_for_service(broker, "simulator.branin")
+    raw = zmq.Context.instance().socket(zmq.DEALER)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.connect(broker.frontend_address)
+    garbage = [
+        [b"just one frame"],
+        [CLIENT_HEADER, b"\x00\x01\x02 not json"],
+        [CLIENT_HEADER, b'{"kind": "teleport", "version": 1}'],
+        [CLIENT_HEADER, b'{"kind": "request", "version": 1, "id": "r1", "service": "simulator.branin"}'],
+        [CLIENT_HEADER, protocol.encode(protocol.Ready(service="x", worker="y"))],  # a worker message from a client
+        [b"XXXX", b"{}", b"extra"],
+    ]
+    replies = []
+    for frames in garbage:
+        raw.send_multipart(frames)
+        assert raw.poll(5000), f"no error reply to {frames!r}"
+        header, body = raw.recv_multipart()
+        assert header == CLIENT_HEADER
+        replies.append(decode(body))
+    assert all(not r.ok and r.error.code == "bad_message" for r in replies)
+    assert "unknown message kind 'teleport'" in replies[2].error.message
+    assert replies[3].correlation_id == "r1" and "method" in replies[3].error.message
+    raw.close()
+    assert broker.counters["bad_message"] == len(garbage)
+    with BusClient(broker.frontend_address) as client:  # still serving
+        assert client.request("simulator.branin", "evaluate", EvaluateRequest(points=[POINT]), timeout_s=5)
+
+
+def test_unserved_request_gets_service_unavailable(broker):
+    with BusClient(broker.frontend_address) as client:
+        with pytest.raises(RemoteError, match="no worker of service 'nobody.home'") as e:
+            client.request("nobody.home", "describe", timeout_s=0.5)
+    assert e.value.code == "service_unavailable"
+
+
+class Recorder(Service):
+    """Sleeps past the caller's timeout on the first attempt; records what each attempt carried."""
+
+    kind = "test"
+
+    def __init__(self):
+        self.seen = []
+        self.lock = threading.Lock()
+
+    @method(protocol.Empty, hardware=True)
+    def act(self, _, *, idempotency_key):
+        with self.lock:
+            self.seen.append(idempotency_key)
+            first = len(self.seen) == 1
+        if first:
+            time.sleep(0.8)
+        return protocol.Empty()
+
+
+def test_timeout_retries_reuse_the_idempotency_key(broker):
+    service = Recorder()
+    worker = Worker(service, broker.frontend_address, service_name="test.recorder", capacity=2).start()
+    try:
+        wait_for_service(broker, "test.recorder")
+        with BusClient(broker.frontend_address) as client:
+            call = client.submit("test.recorder", "act", {}, timeout_s=0.3, retries=2, idempotency_key="key-42")
+            outcomes = client.poll(timeout_s=5)
+        assert [o.call_id for o in outcomes] == [call]
+        assert outcomes[0].ok and outcomes[0].attempts == 2
+        assert service.seen == ["key-42", "key-42"]
+        with BusClient(broker.frontend_address) as client:
+            with pytest.raises(RemoteError) as e:
+                client.request("test.recorder", "act", {}, timeout_s=2)  # no key for a hardware command
+        assert e.value.code == "missing_idempotency_key"
+    finally:
+        worker.stop()
+
+
+def test_killed_service_is_detected_and_its_requests_requeued_or_failed(broker):
+    process = subprocess.Popen([sys.executable, "-c", SLOW_WORKER, broker.frontend_address, "60"])
+    try:
+        wait_for_service(broker, "test.slow", timeout_s=20)
+        subscriber = EventSubscriber(broker.events_address, topics=("bus.lost",))
+        time.sleep(0.2)
+        client = BusClient(broker.frontend_address)
+        keyed = client.submit("test.slow", "wait", {}, timeout_s=60, idempotency_key="keyed-1")
+        unkeyed = client.submit("test.slow", "wait", {}, timeout_s=60)
+        time.sleep(0.5)  # both in flight at the worker
+        process.kill()
+        killed_at = time.monotonic()
+        event = subscriber.receive(timeout_s=8)
+        detected_s = time.monotonic() - killed_at
+        assert event is not None and event.payload["service"] == "test.slow"
+        assert detected_s < 5.0, f"dead worker noticed after {detected_s:.1f} s"
+        # The request without a key fails with worker_lost (it may not be safe to repeat) ...
+        outcomes = client.poll(timeout_s=5)
+        assert [(o.call_id, o.error.code) for o in outcomes] == [(unkeyed, "worker_lost")]
+        # ... the keyed one waits in the queue and is served by the next worker of the service.
+        replacement = subprocess.Popen([sys.executable, "-c", SLOW_WORKER, broker.frontend_address, "0"])
+        try:
+            outcomes = client.poll(timeout_s=20)
+            assert [(o.call_id, o.ok) for o in outcomes] == [(keyed, True)]
+        finally:
+            replacement.kill()
+        client.close()
+        subscriber.close()
+        assert broker.counters["requeued"] == 1
+    finally:
+        process.kill()
+        process.wait()

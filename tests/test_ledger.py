@@ -1,0 +1,93 @@
+import csv
+import sqlite3
+
+import pyarrow.parquet as pq
+import pytest
+
+from sdl.ledger import Ledger, LedgerError, PlannedExperiment, export
+from sdl.protocol import Composition, DesignPoint, ExperimentResult, ProcessStep
+
+
+def planned(i, **point):
+    return PlannedExperiment(
+        experiment_id=f"e{i}",
+        point=DesignPoint(**point) if point else DesignPoint(parameters={"x1": float(i)}),
+        process=(ProcessStep(operation="age", temperature_k=1000.0, duration_s=60.0),),
+        planner="sobol",
+        idempotency_key=f"c:e{i}",
+    )
+
+
+def result(i, y):
+    return ExperimentResult(experiment_id=f"e{i}", instrument="a", measurements={"y": y},
+                            started_at_unix_s=1.0, finished_at_unix_s=2.0)
+
+
+def test_lifecycle_is_recorded_with_every_transition(tmp_path):
+    with Ledger(tmp_path / "l.sqlite") as ledger:
+        ledger.plan([planned(0), planned(1), planned(2)])
+        assert ledger.counts() == {"planned": 3, "dispatched": 0, "done": 0, "failed": 0}
+        ledger.mark_dispatched("e0", "instrument.a")
+        ledger.mark_dispatched("e1", "instrument.a")
+        assert ledger.record_result("e0", result(0, 1.5))
+        assert ledger.record_failure("e1", "instrument_fault", "furnace trip")
+        assert ledger.counts() == {"planned": 1, "dispatched": 0, "done": 1, "failed": 1}
+        assert [t[1:3] for t in ledger.transitions("e0")] == [(None, "planned"), ("planned", "dispatched"), ("dispatched", "done")]
+        e0, e1, e2 = ledger.experiments()
+        assert e0.result.measurements == {"y": 1.5} and e0.process[0].temperature_k == 1000.0
+        assert e1.error_code == "instrument_fault" and e1.error_message == "furnace trip"
+        assert e2.status == "planned" and e2.seq == 2
+
+
+def test_illegal_transitions_are_refused_and_duplicates_ignored(tmp_path):
+    with Ledger(tmp_path / "l.sqlite") as ledger:
+        ledger.plan([planned(0)])
+        with pytest.raises(LedgerError, match="only finish a dispatched one"):
+            ledger.record_result("e0", result(0, 1.0))
+        ledger.mark_dispatched("e0", "instrument.a")
+        ledger.mark_dispatched("e0", "instrument.a")  # re-dispatch on reconciliation is legal
+        assert ledger.experiments()[0].dispatch_count == 2
+        assert ledger.record_result("e0", result(0, 1.0))
+        assert not ledger.record_result("e0", result(0, 99.0))  # a duplicate reply changes nothing
+        assert not ledger.record_failure("e0", "timeout", "late")
+        assert ledger.experiments()[0].result.measurements["y"] == 1.0
+        with pytest.raises(LedgerError, match="is done"):
+            ledger.mark_dispatched("e0", "instrument.a")
+        with pytest.raises(LedgerError, match="no experiment 'nope'"):
+            ledger.mark_dispatched("nope", "instrument.a")
+        with pytest.raises(sqlite3.IntegrityError):
+            ledger.plan([planned(0)])  # ids are unique
+
+
+def test_committed_state_survives_reopening_and_wal_mode(tmp_path):
+    path = tmp_path / "l.sqlite"
+    ledger = Ledger(path)
+    ledger.plan([planned(0)])
+    ledger.mark_dispatched("e0", "instrument.a")
+    # No close(): as after a kill -9, only what was committed counts.
+    reader = Ledger(path, readonly=True)
+    assert reader.counts()["dispatched"] == 1
+    assert reader._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    reader.close()
+    ledger.close()
+
+
+def test_readonly_open_of_a_missing_ledger_says_so(tmp_path):
+    with pytest.raises(LedgerError, match="no ledger"):
+        Ledger(tmp_path / "none.sqlite", readonly=True)
+
+
+@pytest.mark.parametrize("file_format", ["csv", "parquet"])
+def test_export_has_one_row_per_experiment_with_inputs_and_measurements(tmp_path, file_format):
+    with Ledger(tmp_path / "l.sqlite") as ledger:
+        ledger.plan([planned(0), planned(1, composition=Composition({"Ni": 0.8, "Al": 0.2}))])
+        ledger.mark_dispatched("e0", "instrument.a")
+        ledger.record_result("e0", result(0, 2.5))
+        path = export(ledger, tmp_path / "out", file_format)
+    if file_format == "csv":
+        rows = list(csv.DictReader(path.open()))
+    else:
+        rows = pq.read_table(path).to_pylist()
+    assert [r["experiment_id"] for r in rows] == ["e0", "e1"]
+    assert float(rows[0]["meas.y"]) == 2.5 and float(rows[0]["param.x1"]) == 0.0
+    assert float(rows[1]["x.Ni"]) == 0.8 and rows[1]["status"] == "planned"
