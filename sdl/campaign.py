@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from sdl.bus import Broker
-from sdl.client import BusClient, BusError, CallOutcome
+from sdl.client import BusClient, BusError, CallOutcome, EventSubscriber
 from sdl.config import CampaignConfig
 from sdl.ledger import LEDGER_FILENAME, ExperimentRecord, Ledger, PlannedExperiment
 from sdl.protocol import (
@@ -113,6 +113,8 @@ class Campaign:
             )
             log.info("campaign %s: bus on %s", self.campaign_id, address)
             client = BusClient(self.broker.frontend_address)
+            # The ledger follows the broker's own events (services joining, lost), bluesky style.
+            self._bus_events = EventSubscriber(self.broker.events_address, topics=("bus.",))
             self._spawn_agents(address)
             self._wait_for_services(address)
             with _signals(self.stop):
@@ -128,6 +130,8 @@ class Campaign:
             ledger.log_event("campaign.stopped", {"state": state, "reason": reason, "wall_s": wall_s})
             if client is not None:
                 client.close()
+                self._record_bus_events(ledger)
+                self._bus_events.close()
             self._shutdown_agents(started_ray)
             if self.broker is not None:
                 self.broker.stop()
@@ -308,6 +312,7 @@ class Campaign:
                     in_flight[record.experiment_id] = record
                 if not in_flight and (reason is not None or (n_planned >= budget and not to_dispatch)):
                     return reason or "budget"
+                self._record_bus_events(ledger)
                 for outcome in client.poll(timeout_s=0.1):
                     record = in_flight.pop(outcome.tag, None)
                     if record is None:
@@ -389,6 +394,10 @@ class Campaign:
         client.publish("campaign.experiment.failed", {"experiment_id": record.experiment_id, "code": error.code})
         log.info("experiment %s failed [%s]: %s", record.experiment_id, error.code, error.message)
         return Observation(point=record.point, status="failed")
+
+    def _record_bus_events(self, ledger: Ledger) -> None:
+        while (event := self._bus_events.receive(timeout_s=0)) is not None:
+            ledger.log_event(event.topic, event.payload)
 
     def _best(self, observations: list[Observation]) -> float | None:
         values = [o.measurements[self.config.objective.measurement] for o in observations

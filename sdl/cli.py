@@ -168,3 +168,7 @@ def _point_text(point) -> str:
     if point.composition is not None:
         parts.update(point.composition.root)
     return json.dumps({k: round(v, 6) for k, v in parts.items()})
+
+
+if __name__ == "__main__":
+    main()
