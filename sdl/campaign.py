@@ -117,6 +117,7 @@ class Campaign:
             self._bus_events = EventSubscriber(self.broker.events_address, topics=("bus.",))
             self._spawn_agents(address)
             self._wait_for_services(address)
+            self._record_placement(ledger)
             with _signals(self.stop):
                 reason = self._loop(ledger, client)
             state = "interrupted" if reason == "interrupted" else "completed"
@@ -230,6 +231,14 @@ class Campaign:
                 {"driver": instrument.driver, "options": instrument.options, "journal_path": str(journal.resolve())},
                 service_name=instrument.service_name, capacity=instrument.capacity, **common,
             )
+
+    def _record_placement(self, ledger: Ledger) -> None:
+        """Log where Ray placed each agent (node, pid): the first question when a cluster misbehaves."""
+        import ray
+
+        for name, actor in self.actors.items():
+            info = ray.get(actor.info.remote(), timeout=60)
+            ledger.log_event("agent.placed", {"service": name, "node_id": info["node_id"], "pid": info["pid"]})
 
     def _wait_for_services(self, address: str) -> None:
         deadline = time.monotonic() + self.config.bus.join_timeout_s

@@ -1,0 +1,80 @@
+"""The `sdl` command line: help everywhere, clear config errors, and the quickstart end to end."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from sdl.cli import main
+from sdl.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["status"], ["report"], ["ledger"], ["ledger", "export"],
+                                     ["instrument"], ["instrument", "serve"], ["instrument", "list"]])
+def test_every_command_has_help(command):
+    result = CliRunner().invoke(main, [*command, "--help"])
+    assert result.exit_code == 0 and "Usage:" in result.output
+
+
+def test_instrument_list_shows_the_registered_drivers():
+    result = CliRunner().invoke(main, ["instrument", "list"])
+    assert "branin" in result.output and "hartmann6_constrained" in result.output
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        ({"planner": {"kind": "bo"}}, "planner.kind: Input should be 'random' or 'sobol'"),
+        ({"stop": {"max_experiments": 0}}, "stop.max_experiments: Input should be greater than or equal to 1"),
+        ({"instruments": [{"name": "a", "driver": "laser"}]}, "unknown instrument driver 'laser'; installed drivers: branin"),
+        ({"instruments": [{"name": "a", "driver": "branin", "options": {"noise": 1}}]}, "options of driver 'branin': noise: Extra inputs"),
+        ({"instruments": [{"name": "a", "driver": "branin", "host": "cloud"}]}, "host: Input should be 'ray' or 'external'"),
+        ({"bus": {"frontend": "localhost:5555"}}, "is not a ZeroMQ endpoint; use tcp://HOST:PORT"),
+        ({"space": {"parameters": {"x1": {"low": 1, "high": 0}}}}, "need finite low < high"),
+        ({"objective": {"direction": "up"}}, "objective.direction: Input should be 'minimize' or 'maximize'"),
+        ({"speed": "fast"}, "speed: Extra inputs are not permitted"),
+    ],
+)
+def test_invalid_config_names_the_field_and_the_allowed_values(tmp_path, change, fragment):
+    data = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
+    data.update(change)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert fragment in str(e.value)
+    result = CliRunner().invoke(main, ["run", str(path)])
+    assert result.exit_code != 0 and fragment in result.output
+
+
+def test_quickstart_runs_and_reports(tmp_path):
+    """The README's main job (the emulated-instrument quickstart), then status, report and export."""
+    campaign_dir = tmp_path / "qs"
+    run = subprocess.run(
+        [sys.executable, "-m", "sdl.cli", "run", str(ROOT / "configs" / "quickstart.yaml"),
+         "--campaign-dir", str(campaign_dir), "--no-progress"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "completed (budget)" in run.stdout and "best y =" in run.stdout
+    report = campaign_dir / "report"
+    for png in ("best_so_far.png", "coverage.png", "timeline.png"):
+        assert (report / png).stat().st_size > 10_000
+    summary = (report / "summary.md").read_text()
+    assert "simple regret" in summary and "best measured y" in summary
+
+    runner = CliRunner()
+    status = runner.invoke(main, ["status", str(campaign_dir)])
+    assert status.exit_code == 0 and "completed (budget)" in status.output
+    export = runner.invoke(main, ["ledger", "export", str(campaign_dir), "--format", "parquet"])
+    assert export.exit_code == 0
+    table = pq.read_table(export.output.strip())
+    assert table.num_rows == 48 and {"param.x1", "param.x2", "meas.y", "status"} <= set(table.column_names)
+    missing = runner.invoke(main, ["status", str(tmp_path)])
+    assert missing.exit_code != 0 and "no ledger" in missing.output

@@ -1,0 +1,111 @@
+"""kill -9 a running `sdl run`, resume it, and check that every experiment ran exactly once."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import yaml
+
+from sdl.ledger import Ledger
+
+CONFIG = {
+    "name": "crash",
+    "seed": 11,
+    "space": {"parameters": {"x1": {"low": -5, "high": 10}, "x2": {"low": 0, "high": 15}}},
+    "instruments": [
+        {"name": "a", "driver": "branin", "options": {"latency_s": 0.25, "noise_std": 0.1}},
+        {"name": "b", "driver": "branin", "options": {"latency_s": 0.4, "noise_std": 0.1}},
+    ],
+    "surrogate": None,
+    "stop": {"max_experiments": 24, "max_in_flight": 2},
+    "ledger": {"synchronous": "normal"},
+}
+
+
+def sdl_run(*args):
+    return subprocess.Popen([sys.executable, "-m", "sdl.cli", "run", *args, "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def journal_rows(campaign_dir):
+    rows = {}
+    for path in sorted((campaign_dir / "instruments").glob("*.sqlite")):
+        with sqlite3.connect(path) as db:
+            rows.update({key: (status, attempts) for key, status, attempts in
+                         db.execute("SELECT key, status, attempts FROM executions")})
+    return rows
+
+
+def test_kill_9_mid_campaign_then_resume_runs_each_experiment_exactly_once(tmp_path):
+    config_path = tmp_path / "crash.yaml"
+    config_path.write_text(yaml.safe_dump(CONFIG))
+    campaign_dir = tmp_path / "campaign"
+
+    first = sdl_run(str(config_path), "--campaign-dir", str(campaign_dir))
+    deadline = time.monotonic() + 120
+    while True:
+        assert first.poll() is None, f"sdl run ended early:\n{first.stdout.read()}"
+        assert time.monotonic() < deadline, "campaign made no progress"
+        if (campaign_dir / "ledger.sqlite").exists():
+            with Ledger.in_campaign(campaign_dir, readonly=True) as ledger:
+                if ledger.counts()["done"] >= 8:
+                    break
+        time.sleep(0.1)
+    os.kill(first.pid, signal.SIGKILL)  # no cleanup, no finally blocks
+    first.wait()
+    with Ledger.in_campaign(campaign_dir, readonly=True) as ledger:
+        at_kill = {r.experiment_id: r.status for r in ledger.experiments()}
+        assert ledger.get_meta("state") == "running"  # it never got to say otherwise
+    assert 8 <= sum(s == "done" for s in at_kill.values()) < 24
+    time.sleep(2)  # let Ray's fate-shared processes go
+
+    second = sdl_run(str(config_path), "--campaign-dir", str(campaign_dir), "--resume")
+    output, _ = second.communicate(timeout=240)
+    assert second.returncode == 0, output
+    assert "completed (budget)" in output
+
+    with Ledger.in_campaign(campaign_dir, readonly=True) as ledger:
+        records = ledger.experiments()
+        assert ledger.counts() == {"planned": 0, "dispatched": 0, "done": 24, "failed": 0}
+        assert [r.seq for r in records] == list(range(24))
+        for r in records:
+            finishes = [t for t in ledger.transitions(r.experiment_id) if t[2] in ("done", "failed")]
+            assert len(finishes) == 1, f"{r.experiment_id} finished {len(finishes)} times"
+            if at_kill.get(r.experiment_id) == "done":  # recorded before the crash: untouched since
+                assert r.dispatch_count == 1
+        assert [e[1] for e in ledger.events("campaign.")][:2] == ["campaign.started", "campaign.resumed"]
+    # Instrument side: one journal entry per experiment, all done; only experiments that were in
+    # flight at the kill may have needed a second attempt.
+    journal = journal_rows(campaign_dir)
+    assert len(journal) == 24 and all(status == "done" for status, _ in journal.values())
+    for record in records:
+        status, attempts = journal[record.idempotency_key]
+        assert attempts == 1 or at_kill.get(record.experiment_id) == "dispatched"
+        assert record.result.attempts == attempts
+
+
+def test_ctrl_c_stops_cleanly_with_in_flight_work_recorded(tmp_path):
+    config_path = tmp_path / "interrupt.yaml"
+    config_path.write_text(yaml.safe_dump({**CONFIG, "name": "interrupt"}))
+    campaign_dir = tmp_path / "campaign"
+    run = sdl_run(str(config_path), "--campaign-dir", str(campaign_dir))
+    deadline = time.monotonic() + 120
+    while True:
+        assert run.poll() is None and time.monotonic() < deadline
+        if (campaign_dir / "ledger.sqlite").exists():
+            with Ledger.in_campaign(campaign_dir, readonly=True) as ledger:
+                if ledger.counts()["done"] >= 4:
+                    break
+        time.sleep(0.1)
+    run.send_signal(signal.SIGINT)
+    output, _ = run.communicate(timeout=60)
+    assert run.returncode == 130, output
+    assert "interrupted" in output and "--resume" in output
+    with Ledger.in_campaign(campaign_dir, readonly=True) as ledger:
+        counts = ledger.counts()
+        assert counts["dispatched"] == 0 and counts["planned"] == 0  # in-flight experiments finished and recorded
+        assert 4 <= counts["done"] < 24
+        assert ledger.get_meta("state") == "interrupted"
