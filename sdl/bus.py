@@ -56,6 +56,7 @@ BROKER_EVENT_TOPIC = "bus"
 class _Pending:
     client: bytes
     request: Request
+    body: bytes  # the request as received: forwarded without re-encoding
     deadline_s: float
     requeues: int = 0
 
@@ -100,6 +101,8 @@ class Broker:
         self._thread: threading.Thread | None = None
         self.frontend_address: str | None = None
         self.events_address: str | None = None
+        # Clients in the broker's own process (the campaign) skip TCP and ZeroMQ's I/O thread.
+        self.local_address = f"inproc://sdl-broker-{id(self):x}"
         self.counters: collections.Counter[str] = collections.Counter()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -110,6 +113,7 @@ class Broker:
         self._router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted worker may reuse its identity
         self._router.bind(self._frontend_endpoint)
         self.frontend_address = _connectable(self._router.getsockopt_string(zmq.LAST_ENDPOINT))
+        self._router.bind(self.local_address)
         self._publisher = self._context.socket(zmq.PUB)
         self._publisher.setsockopt(zmq.LINGER, 0)
         self._publisher.bind(self._events_endpoint)
@@ -158,11 +162,9 @@ class Broker:
                     # Drain what is waiting before housekeeping, so a burst is not interleaved
                     # with a heartbeat sweep per message.
                     for _ in range(1000):
-                        try:
-                            frames = self._router.recv_multipart(zmq.NOBLOCK)
-                        except zmq.Again:
+                        self._handle_frames(self._router.recv_multipart())
+                        if not self._router.get(zmq.EVENTS) & zmq.POLLIN:
                             break
-                        self._handle_frames(frames)
                 now = time.monotonic()
                 self._expire_requests(now)
                 if now >= next_heartbeat_s:
@@ -190,9 +192,9 @@ class Broker:
             header, body = frames[1], frames[2]
             message = protocol.decode(body)
             if header == CLIENT_HEADER:
-                self._from_client(identity, message)
+                self._from_client(identity, message, body)
             else:
-                self._from_worker(identity, message)
+                self._from_worker(identity, message, body)
         except ProtocolError as e:
             self.counters["bad_message"] += 1
             log.warning("rejected message from peer %s: %s", identity.hex(), e)
@@ -204,10 +206,10 @@ class Broker:
 
     # -- clients -------------------------------------------------------------------------------
 
-    def _from_client(self, identity: bytes, message: protocol.Message) -> None:
+    def _from_client(self, identity: bytes, message: protocol.Message, body: bytes) -> None:
         if isinstance(message, Request):
             self.counters["requests"] += 1
-            pending = _Pending(identity, message, time.monotonic() + message.timeout_ms / 1000.0)
+            pending = _Pending(identity, message, body, time.monotonic() + message.timeout_ms / 1000.0)
             self._queues[message.service].append(pending)
             self._dispatch(message.service)
         elif isinstance(message, Event):
@@ -219,7 +221,7 @@ class Broker:
 
     # -- workers -------------------------------------------------------------------------------
 
-    def _from_worker(self, identity: bytes, message: protocol.Message) -> None:
+    def _from_worker(self, identity: bytes, message: protocol.Message, body: bytes) -> None:
         worker = self._workers.get(identity)
         if isinstance(message, Ready):
             if worker is not None:
@@ -241,8 +243,10 @@ class Broker:
             if pending is None:
                 log.info("late or unknown reply %s from %s dropped", message.correlation_id, worker.name)
                 return
-            reply = message if message.worker else message.model_copy(update={"worker": worker.name})
-            self._send(pending.client, CLIENT_HEADER, reply)
+            if message.worker == worker.name:
+                self._forward(pending.client, CLIENT_HEADER, body)
+            else:
+                self._send(pending.client, CLIENT_HEADER, message.model_copy(update={"worker": worker.name}))
             self.counters["replies"] += 1
             self._dispatch(worker.service)
         elif isinstance(message, Heartbeat):
@@ -266,7 +270,7 @@ class Broker:
             worker = max(free, key=lambda w: w.free)  # least loaded first
             pending = queue.popleft()
             worker.in_flight[pending.request.id] = pending
-            self._send(worker.identity, WORKER_HEADER, pending.request)
+            self._forward(worker.identity, WORKER_HEADER, pending.body)
 
     def _purge_dead_workers(self, now: float) -> None:
         for worker in [w for w in self._workers.values() if w.expires_at_s < now]:
@@ -326,10 +330,13 @@ class Broker:
     # -- output --------------------------------------------------------------------------------
 
     def _send(self, identity: bytes, header: bytes, message: protocol._Envelope) -> None:
+        self._forward(identity, header, protocol.encode(message))
+
+    def _forward(self, identity: bytes, header: bytes, body: bytes) -> None:
         try:
-            self._router.send_multipart([identity, header, protocol.encode(message)], zmq.NOBLOCK)
+            self._router.send_multipart([identity, header, body], zmq.NOBLOCK)
         except zmq.ZMQError as e:  # peer gone or its queue full: log, never crash
-            log.warning("could not send %s to %s: %s", message.kind, identity.hex(), e)
+            log.warning("could not send to %s: %s", identity.hex(), e)
 
     def _publish(self, event: Event) -> None:
         self._publisher.send_multipart([event.topic.encode(), protocol.encode(event)])

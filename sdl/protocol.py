@@ -311,6 +311,10 @@ def decode(frame: bytes) -> Request | Reply | Ready | Heartbeat | Disconnect | E
     if len(frame) > MAX_FRAME_BYTES:
         raise ProtocolError(f"frame of {len(frame)} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")
     try:
+        return _MESSAGE.validate_json(frame)  # fast path (pydantic-core parses the JSON itself)
+    except ValidationError:
+        pass  # explain below what is wrong, step by step
+    try:
         data = json.loads(frame)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ProtocolError(f"body is not UTF-8 JSON: {e}") from e
@@ -326,6 +330,8 @@ def decode(frame: bytes) -> Request | Reply | Ready | Heartbeat | Disconnect | E
         return _MESSAGE.validate_python(data)
     except ValidationError as e:
         raise ProtocolError(f"invalid {kind} message: {describe_validation_error(e)}") from e
+    except RecursionError as e:
+        raise ProtocolError("message nests too deeply") from e
 
 
 def describe_validation_error(error: ValidationError) -> str:

@@ -5,16 +5,14 @@ model its payload must satisfy. It knows nothing of sockets, so it is tested by 
 :meth:`Service.handle` directly, and hosted either in a Ray actor (``sdl.agents``) or in a plain
 process (``sdl instrument serve``) by the same :class:`Worker`.
 
-The worker keeps heartbeating while handlers run: handlers execute in a thread pool of
-``capacity`` threads and hand their replies back to the socket's thread through an inproc pipe, so a
-30-minute furnace run never looks like a dead worker.
+The worker keeps heartbeating while handlers run (see :class:`Worker`), so a long instrument
+run never looks like a dead worker.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
+import functools
 import inspect
-import itertools
 import logging
 import os
 import socket
@@ -34,7 +32,6 @@ from sdl.protocol import (
     WORKER_HEADER,
     Disconnect,
     ErrorCode,
-    Event,
     Heartbeat,
     ProtocolError,
     Ready,
@@ -46,7 +43,6 @@ from sdl.protocol import (
 log = logging.getLogger(__name__)
 
 RECONNECT_DELAY_S = 0.5
-_pipe_ids = itertools.count()
 
 
 class ServiceError(Exception):
@@ -74,6 +70,16 @@ def method(request_model: type[BaseModel], *, hardware: bool = False) -> Callabl
     return mark
 
 
+@functools.cache
+def _method_specs(cls: type) -> dict[str, _MethodSpec]:
+    specs = {}
+    for _, member in inspect.getmembers(cls, predicate=callable):
+        spec = getattr(member, "__sdl_method__", None)
+        if spec is not None:
+            specs[spec.name] = spec
+    return specs
+
+
 class Service:
     """Base class of everything that answers on the bus.
 
@@ -85,12 +91,7 @@ class Service:
 
     @classmethod
     def method_specs(cls) -> dict[str, _MethodSpec]:
-        specs = {}
-        for _, member in inspect.getmembers(cls, predicate=callable):
-            spec = getattr(member, "__sdl_method__", None)
-            if spec is not None:
-                specs[spec.name] = spec
-        return specs
+        return _method_specs(cls)
 
     @method(protocol.Empty)
     def describe(self, _: protocol.Empty) -> protocol.ServiceDescription:
@@ -156,8 +157,11 @@ def default_worker_name(service_name: str) -> str:
 class Worker:
     """Connects one :class:`Service` to a broker under ``service_name`` and serves it.
 
-    Reconnects and re-registers when the broker goes silent or tells it to, so a broker restart
-    or a network blip costs at most the requests in flight (which the broker re-queues or fails).
+    Each unit of ``capacity`` is a *slot*: a thread with its own DEALER socket, registered with the
+    broker as a worker of capacity one, that runs handlers inline (no hand-off between threads on
+    the request path). While a slot's handler runs, the slot releases its socket's lock and a shared
+    heartbeat thread keeps that socket beating, so a 30-minute furnace run never looks like a dead
+    worker. A slot reconnects and re-registers when the broker goes silent or tells it to.
     """
 
     def __init__(
@@ -179,106 +183,131 @@ class Worker:
         self.capacity = capacity
         self._context = context or zmq.Context.instance()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._pipe_address = f"inproc://sdl-worker-{os.getpid()}-{next(_pipe_ids)}"
-        self._pipe_in = self._context.socket(zmq.PULL)
-        self._pipe_in.bind(self._pipe_address)
-        self._pipe_out = self._context.socket(zmq.PUSH)
-        self._pipe_out.setsockopt(zmq.LINGER, 0)
-        self._pipe_out.connect(self._pipe_address)
-        self._pipe_lock = threading.Lock()  # one PUSH socket shared by handler threads
-        self.registrations = 0
-        self.handled = 0
+        self._threads: list[threading.Thread] = []
+        names = [self.worker_name] if capacity == 1 else [f"{self.worker_name}/{i}" for i in range(capacity)]
+        self._slots = [_Slot(self, name) for name in names]
+
+    @property
+    def registrations(self) -> int:
+        return sum(slot.registrations for slot in self._slots)
+
+    @property
+    def handled(self) -> int:
+        return sum(slot.handled for slot in self._slots)
 
     def start(self) -> Worker:
-        self._thread = threading.Thread(target=self.run, name=f"sdl-worker-{self.service_name}", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=slot.run, name=f"sdl-{slot.name}", daemon=True) for slot in self._slots
+        ] + [threading.Thread(target=self._beat_for_busy_slots, name=f"sdl-heartbeat-{self.service_name}", daemon=True)]
+        for thread in self._threads:
+            thread.start()
         return self
+
+    def run(self) -> None:
+        """Serve until :meth:`stop` is called (from another thread or a signal handler)."""
+        self.start()
+        self._stop.wait()
+        self._join()
 
     def stop(self, timeout_s: float = 5.0) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            self._thread = None
+        self._join(timeout_s)
 
-    def publish(self, topic: str, payload: dict[str, Any]) -> None:
-        """Put an event on the bus's stream; safe from any thread."""
-        self._to_socket(protocol.encode(Event(topic=topic, payload=payload)))
-
-    def _to_socket(self, body: bytes) -> None:
-        with self._pipe_lock:
-            self._pipe_out.send(body)
-
-    def _connect(self) -> zmq.Socket:
-        dealer = self._context.socket(zmq.DEALER)
-        dealer.setsockopt(zmq.LINGER, 0)
-        dealer.connect(self.broker_address)
-        ready = Ready(service=self.service_name, worker=self.worker_name, capacity=self.capacity)
-        dealer.send_multipart([WORKER_HEADER, protocol.encode(ready)])
-        self.registrations += 1
-        return dealer
-
-    def run(self) -> None:
-        executor = concurrent.futures.ThreadPoolExecutor(self.capacity, thread_name_prefix=self.service_name)
-        dealer = self._connect()
-        heard_at = sent_at = time.monotonic()
-        try:
-            while not self._stop.is_set():
-                poller = zmq.Poller()
-                poller.register(dealer, zmq.POLLIN)
-                poller.register(self._pipe_in, zmq.POLLIN)
-                ready = dict(poller.poll(timeout=int(HEARTBEAT_INTERVAL_S * 250)))
-                if dealer in ready:
-                    heard_at = time.monotonic()
-                    if not self._on_frames(dealer.recv_multipart(), executor):
-                        dealer.close(0)
-                        time.sleep(RECONNECT_DELAY_S)
-                        dealer = self._connect()
-                        heard_at = time.monotonic()
-                if self._pipe_in in ready:
-                    while True:
-                        try:
-                            body = self._pipe_in.recv(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                        dealer.send_multipart([WORKER_HEADER, body])
-                        sent_at = time.monotonic()
-                now = time.monotonic()
-                if now - heard_at > HEARTBEAT_INTERVAL_S * HEARTBEAT_LIVENESS:
-                    log.warning("broker %s silent; reconnecting %s", self.broker_address, self.worker_name)
-                    dealer.close(0)
-                    time.sleep(RECONNECT_DELAY_S)
-                    dealer = self._connect()
-                    heard_at = time.monotonic()
-                if now - sent_at >= HEARTBEAT_INTERVAL_S:
-                    dealer.send_multipart([WORKER_HEADER, protocol.encode(Heartbeat())])
-                    sent_at = now
-        finally:
-            try:
-                dealer.send_multipart([WORKER_HEADER, protocol.encode(Disconnect(reason="worker stopping"))], zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
-            dealer.close(0)
-            executor.shutdown(wait=False, cancel_futures=True)
+    def _join(self, timeout_s: float = 5.0) -> None:
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout_s)
+        if self._threads:
+            self._threads = []
             self.service.close()
 
-    def _on_frames(self, frames: list[bytes], executor: concurrent.futures.Executor) -> bool:
-        """Handle one message from the broker; return False to reconnect."""
+    def _beat_for_busy_slots(self) -> None:
+        while not self._stop.wait(HEARTBEAT_INTERVAL_S / 4):
+            for slot in self._slots:
+                if slot.busy:
+                    slot.beat_if_due()
+
+
+class _Slot:
+    """One connection to the broker, serving one request at a time."""
+
+    def __init__(self, worker: Worker, name: str) -> None:
+        self.worker = worker
+        self.name = name
+        self.lock = threading.Lock()  # held whenever this thread or the heartbeat thread uses the socket
+        self.busy = False
+        self.socket: zmq.Socket | None = None
+        self.sent_at = 0.0
+        self.registrations = 0
+        self.handled = 0
+
+    def _connect(self) -> None:
+        if self.socket is not None:
+            self.socket.close(0)
+            time.sleep(RECONNECT_DELAY_S)
+        self.socket = self.worker._context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.connect(self.worker.broker_address)
+        self._send(Ready(service=self.worker.service_name, worker=self.name, capacity=1))
+        self.registrations += 1
+
+    def _send(self, message: protocol._Envelope) -> None:
+        self.socket.send_multipart([WORKER_HEADER, protocol.encode(message)])
+        self.sent_at = time.monotonic()
+
+    def beat_if_due(self) -> None:
+        with self.lock:
+            if self.busy and time.monotonic() - self.sent_at >= HEARTBEAT_INTERVAL_S:
+                self._send(Heartbeat())
+
+    def run(self) -> None:
+        stop = self.worker._stop
+        with self.lock:
+            self._connect()
+        heard_at = time.monotonic()
+        try:
+            while not stop.is_set():
+                request = None
+                with self.lock:
+                    if self.socket.poll(timeout=int(HEARTBEAT_INTERVAL_S * 250)):
+                        heard_at = time.monotonic()
+                        message = self._receive()
+                        if isinstance(message, Disconnect):
+                            log.info("%s told to reconnect: %s", self.name, message.reason)
+                            self._connect()
+                        elif isinstance(message, Request):
+                            request = message
+                            self.busy = True
+                    now = time.monotonic()
+                    if request is None and now - heard_at > HEARTBEAT_INTERVAL_S * HEARTBEAT_LIVENESS:
+                        log.warning("broker %s silent; %s reconnecting", self.worker.broker_address, self.name)
+                        self._connect()
+                        heard_at = time.monotonic()
+                    elif now - self.sent_at >= HEARTBEAT_INTERVAL_S:
+                        self._send(Heartbeat())
+                if request is not None:
+                    reply = self.worker.service.handle(request)  # the socket's lock is free meanwhile
+                    with self.lock:
+                        self.busy = False
+                        self._send(reply.model_copy(update={"worker": self.name}))
+                    self.handled += 1
+                    heard_at = time.monotonic()  # the broker could not be heard while we worked
+        finally:
+            with self.lock:
+                try:
+                    self.socket.send_multipart(
+                        [WORKER_HEADER, protocol.encode(Disconnect(reason="worker stopping"))], zmq.NOBLOCK
+                    )
+                except zmq.ZMQError:
+                    pass
+                self.socket.close(0)
+
+    def _receive(self) -> protocol.Message | None:
+        frames = self.socket.recv_multipart()
         try:
             if len(frames) != 2 or frames[0] != WORKER_HEADER:
                 raise ProtocolError(f"expected [{WORKER_HEADER!r}, body], got {len(frames)} frame(s)")
-            message = protocol.decode(frames[1])
+            return protocol.decode(frames[1])
         except ProtocolError as e:
-            log.warning("%s ignored a bad frame from the broker: %s", self.worker_name, e)
-            return True
-        if isinstance(message, Request):
-            executor.submit(self._serve, message)
-        elif isinstance(message, Disconnect):
-            log.info("%s told to reconnect: %s", self.worker_name, message.reason)
-            return False
-        return True
-
-    def _serve(self, request: Request) -> None:
-        reply = self.service.handle(request)
-        self.handled += 1
-        self._to_socket(protocol.encode(reply))
+            log.warning("%s ignored a bad frame from the broker: %s", self.name, e)
+            return None
