@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from sdl.bus import Broker
-from sdl.client import BusClient, BusError, CallOutcome, EventSubscriber
+from sdl.client import RETRYABLE, BusClient, BusError, CallOutcome, EventSubscriber, RemoteError
 from sdl.config import CampaignConfig
 from sdl.ledger import LEDGER_FILENAME, ExperimentRecord, Ledger, PlannedExperiment
 from sdl.protocol import (
@@ -103,36 +103,41 @@ class Campaign:
         ledger = self._open_ledger()
         started_ray = False
         client: BusClient | None = None
+        bus_events: EventSubscriber | None = None
         state, reason = "failed", "error"
         try:
-            self.broker = Broker(self.config.bus.frontend, self.config.bus.events).start()
-            started_ray = self._start_ray()
-            address = self._advertised(self.broker.frontend_address)
-            (self.campaign_dir / BUS_FILENAME).write_text(
-                json.dumps({"frontend": address, "events": self._advertised(self.broker.events_address), "pid": os.getpid()})
-            )
-            log.info("campaign %s: bus on %s", self.campaign_id, address)
-            client = BusClient(self.broker.frontend_address)
-            # The ledger follows the broker's own events (services joining, lost), bluesky style.
-            self._bus_events = EventSubscriber(self.broker.events_address, topics=("bus.",))
-            self._spawn_agents(address)
-            self._wait_for_services(address)
-            self._record_placement(ledger)
             with _signals(self.stop):
-                reason = self._loop(ledger, client)
+                self.broker = Broker(self.config.bus.frontend, self.config.bus.events).start()
+                started_ray = self._start_ray()
+                address = self._advertised(self.broker.frontend_address)
+                (self.campaign_dir / BUS_FILENAME).write_text(json.dumps(
+                    {"frontend": address, "events": self._advertised(self.broker.events_address), "pid": os.getpid()}
+                ))
+                log.info("campaign %s: bus on %s", self.campaign_id, address)
+                client = BusClient(self.broker.local_address)
+                # The ledger follows the broker's own events (services joining, lost), bluesky style.
+                bus_events = EventSubscriber(self.broker.events_address, topics=("bus.",))
+                self._spawn_agents(address)
+                self._wait_for_services(address)
+                self._record_placement(ledger)
+                reason = self._loop(ledger, client, bus_events)
             state = "interrupted" if reason == "interrupted" else "completed"
             if state == "completed":
                 self._recommend(ledger, client)
             return self._summary(ledger, state, reason, started)
+        except Exception as e:
+            reason = f"error: {e}"
+            raise
         finally:
             wall_s = time.monotonic() - started
             ledger.set_meta(state=state, stop_reason=reason, finished_at_unix_s=time.time(),
                             wall_s=ledger.get_meta("wall_s", 0.0) + wall_s)
             ledger.log_event("campaign.stopped", {"state": state, "reason": reason, "wall_s": wall_s})
+            if bus_events is not None:
+                _record_bus_events(ledger, bus_events)
+                bus_events.close()
             if client is not None:
                 client.close()
-                self._record_bus_events(ledger)
-                self._bus_events.close()
             self._shutdown_agents(started_ray)
             if self.broker is not None:
                 self.broker.stop()
@@ -262,7 +267,7 @@ class Campaign:
 
     # -- the loop ------------------------------------------------------------------------------
 
-    def _loop(self, ledger: Ledger, client: BusClient) -> str:
+    def _loop(self, ledger: Ledger, client: BusClient, bus_events: EventSubscriber) -> str:
         cfg = self.config
         budget = cfg.stop.max_experiments
         capacity = {i.name: i.capacity for i in cfg.instruments}
@@ -301,6 +306,9 @@ class Campaign:
                                              [r.point for r in in_flight.values()] + [r.point for r in to_dispatch])
                         planner_failures = 0
                     except BusError as e:
+                        if isinstance(e, RemoteError) and e.code not in RETRYABLE:
+                            # The planner's own error will not go away by asking again.
+                            raise CampaignError(f"planner cannot propose: {e}") from e
                         planner_failures += 1
                         log.warning("planner failed (%d in a row): %s", planner_failures, e)
                         ledger.log_event("planner.failed", {"error": str(e)})
@@ -321,7 +329,7 @@ class Campaign:
                     in_flight[record.experiment_id] = record
                 if not in_flight and (reason is not None or (n_planned >= budget and not to_dispatch)):
                     return reason or "budget"
-                self._record_bus_events(ledger)
+                _record_bus_events(ledger, bus_events)
                 for outcome in client.poll(timeout_s=0.1):
                     record = in_flight.pop(outcome.tag, None)
                     if record is None:
@@ -349,7 +357,10 @@ class Campaign:
         )
         proposal = Proposal.model_validate(payload)
         for point in proposal.points:
-            self.config.space.check(point)  # a planner bug must not reach an instrument
+            try:
+                self.config.space.check(point)  # a planner bug must not reach an instrument
+            except ValueError as e:
+                raise CampaignError(f"planner {proposal.planner} proposed a point outside the space: {e}") from e
         process = tuple(self.config.process)
         planned = [
             PlannedExperiment(
@@ -403,10 +414,6 @@ class Campaign:
         client.publish("campaign.experiment.failed", {"experiment_id": record.experiment_id, "code": error.code})
         log.info("experiment %s failed [%s]: %s", record.experiment_id, error.code, error.message)
         return Observation(point=record.point, status="failed")
-
-    def _record_bus_events(self, ledger: Ledger) -> None:
-        while (event := self._bus_events.receive(timeout_s=0)) is not None:
-            ledger.log_event(event.topic, event.payload)
 
     def _best(self, observations: list[Observation]) -> float | None:
         values = [o.measurements[self.config.objective.measurement] for o in observations
@@ -471,6 +478,11 @@ class Campaign:
         self.actors.clear()
         if started_ray:
             ray.shutdown()
+
+
+def _record_bus_events(ledger: Ledger, bus_events: EventSubscriber) -> None:
+    while (event := bus_events.receive(timeout_s=0)) is not None:
+        ledger.log_event(event.topic, event.payload)
 
 
 def _observation(record: ExperimentRecord) -> Observation:

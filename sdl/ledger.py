@@ -128,7 +128,7 @@ class Ledger:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _transaction(self) -> sqlite3.Connection:
+    def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
 
     # -- metadata and events ---------------------------------------------------------------------
