@@ -3,9 +3,10 @@
 1. Request round trip through the broker (client -> broker -> worker -> broker -> client, each
    role in its own process, full message validation) against, in the same run:
    a. raw pyzmq REQ/REP echo between two processes (target: broker p50 <= 2x this), and
-   b. raw pyzmq through a bare forwarding ROUTER loop in its own process: the same three-process
-      topology with no validation, no service table, no heartbeats. The floor for any broker
-      written in Python; the sdl/bare ratio is what our features cost.
+   b. raw pyzmq through zmq.proxy (ROUTER/DEALER, the loop in C): the ideal broker, no Python;
+   c. raw pyzmq through a bare forwarding ROUTER loop in Python in its own process: the same
+      three-process topology with no validation, no service table, no heartbeats. The floor for
+      any broker written in Python; the sdl/bare ratio is what our features cost.
 2. Controller throughput: a campaign with zero-latency emulated instruments and the random planner,
    ledger on (synchronous=full and normal). Target: >= 100 experiments/s.
 
@@ -35,6 +36,32 @@ def _raw_echo_server(address_queue: mp.Queue) -> None:
             socket.send(b"bye")
             return
         socket.send(message)
+
+
+def _c_proxy(address_queue: mp.Queue) -> None:
+    context = zmq.Context()
+    frontend, backend = context.socket(zmq.ROUTER), context.socket(zmq.DEALER)
+    ports = frontend.bind_to_random_port("tcp://127.0.0.1"), backend.bind_to_random_port("tcp://127.0.0.1")
+    address_queue.put(tuple(f"tcp://127.0.0.1:{p}" for p in ports))
+    zmq.proxy(frontend, backend)
+
+
+def _rep_echo(address: str) -> None:
+    socket = zmq.Context().socket(zmq.REP)
+    socket.connect(address)
+    while True:
+        socket.send(socket.recv())
+
+
+def _timed(socket: zmq.Socket, body: bytes, n: int) -> list[float]:
+    times = []
+    for i in range(n + 200):
+        t = time.perf_counter()
+        socket.send(body)
+        socket.recv()
+        if i >= 200:  # warm-up
+            times.append(time.perf_counter() - t)
+    return times
 
 
 def _bare_broker(address_queue: mp.Queue) -> None:
@@ -105,16 +132,22 @@ def round_trips(n: int) -> None:
     server.start()
     raw = zmq.Context.instance().socket(zmq.REQ)
     raw.connect(queue.get())
-    raw_s = []
-    for i in range(n + 200):
-        t = time.perf_counter()
-        raw.send(body)
-        raw.recv()
-        if i >= 200:  # warm-up
-            raw_s.append(time.perf_counter() - t)
+    raw_s = _timed(raw, body, n)
     raw.send(b"stop")
     raw.recv()
     server.join()
+
+    proxy = mp.Process(target=_c_proxy, args=(queue,), daemon=True)
+    proxy.start()
+    front, back = queue.get()
+    echo = mp.Process(target=_rep_echo, args=(back,), daemon=True)
+    echo.start()
+    via_proxy = zmq.Context.instance().socket(zmq.REQ)
+    via_proxy.connect(front)
+    proxy_s = _timed(via_proxy, body, n)
+    via_proxy.close(0)
+    proxy.kill()
+    echo.kill()
 
     bare = mp.Process(target=_bare_broker, args=(queue,), daemon=True)
     bare.start()
@@ -124,13 +157,7 @@ def round_trips(n: int) -> None:
     dealer = zmq.Context.instance().socket(zmq.DEALER)
     dealer.connect(bare_address)
     time.sleep(0.5)  # the worker's hello must arrive first
-    bare_s = []
-    for i in range(n + 200):
-        t = time.perf_counter()
-        dealer.send(body)
-        dealer.recv()
-        if i >= 200:
-            bare_s.append(time.perf_counter() - t)
+    bare_s = _timed(dealer, body, n)
     dealer.send(b"stop")
     bare.join(5)
     bare_worker.kill()
@@ -154,13 +181,15 @@ def round_trips(n: int) -> None:
     broker.join(5)
     worker.join(5)
 
-    raw_p50, bare_p50, bus_p50 = (statistics.median(s) * 1e6 for s in (raw_s, bare_s, bus_s))
+    raw_p50, proxy_p50, bare_p50, bus_p50 = (statistics.median(s) * 1e6 for s in (raw_s, proxy_s, bare_s, bus_s))
     print(f"round trips: {n} each, {len(body)}-byte request")
     print(f"  raw pyzmq REQ/REP (2 processes)       p50 {raw_p50:7.1f} us   p99 {percentile(raw_s, 99) * 1e6:7.1f} us")
+    print(f"  raw pyzmq via zmq.proxy in C (3 procs) p50 {proxy_p50:6.1f} us   p99 {percentile(proxy_s, 99) * 1e6:7.1f} us")
     print(f"  raw pyzmq via bare broker (3 procs)   p50 {bare_p50:7.1f} us   p99 {percentile(bare_s, 99) * 1e6:7.1f} us")
     print(f"  sdl broker (3 processes)              p50 {bus_p50:7.1f} us   p99 {percentile(bus_s, 99) * 1e6:7.1f} us")
     print(f"  ratio sdl/raw REQ/REP p50  {bus_p50 / raw_p50:5.2f}   (target <= 2.0)")
-    print(f"  ratio bare broker/raw p50  {bare_p50 / raw_p50:5.2f}   (the extra hop alone)")
+    print(f"  ratio C proxy/raw p50      {proxy_p50 / raw_p50:5.2f}   (the extra hop alone, no Python)")
+    print(f"  ratio bare broker/raw p50  {bare_p50 / raw_p50:5.2f}   (the extra hop through a Python loop)")
     print(f"  ratio sdl/bare broker p50  {bus_p50 / bare_p50:5.2f}   (what validation, routing and heartbeats cost)")
 
 

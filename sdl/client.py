@@ -200,11 +200,8 @@ class BusClient:
     def _receive(self, wait_s: float) -> None:
         if not self._socket.poll(timeout=int(wait_s * 1000), flags=zmq.POLLIN):
             return
-        while True:
-            try:
-                frames = self._socket.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        while self._socket.get(zmq.EVENTS) & zmq.POLLIN:
+            frames = self._socket.recv_multipart()
             try:
                 if len(frames) != 2 or frames[0] != CLIENT_HEADER:
                     raise ProtocolError(f"expected [{CLIENT_HEADER!r}, body], got {len(frames)} frame(s)")

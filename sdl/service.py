@@ -109,6 +109,7 @@ class Service:
         specs = self.method_specs()
         spec = specs.get(request.method)  # guard only the lookup: a handler's error is not "unknown method"
         if spec is None:
+            log.warning("%s: unknown method %r", request.service, request.method)
             return error_reply(
                 request.id,
                 "unknown_method",
@@ -118,6 +119,7 @@ class Service:
         try:
             payload = spec.request_model.model_validate(request.payload)
         except ValidationError as e:
+            log.warning("%s.%s: invalid payload: %s", request.service, request.method, e.error_count())
             return error_reply(
                 request.id,
                 "invalid_payload",

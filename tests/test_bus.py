@@ -202,3 +202,17 @@ def test_killed_service_is_detected_and_its_requests_requeued_or_failed(broker):
     finally:
         process.kill()
         process.wait()
+
+
+def test_a_long_handler_keeps_its_worker_alive(broker):
+    """A handler that runs longer than the heartbeat liveness window (3 s) is not declared dead:
+    the worker's heartbeat thread beats for the busy slot."""
+    process = subprocess.Popen([sys.executable, "-c", SLOW_WORKER, broker.frontend_address, "4.5"])
+    try:
+        wait_for_service(broker, "test.slow", timeout_s=20)
+        with BusClient(broker.frontend_address) as client:
+            client.request("test.slow", "wait", {}, timeout_s=15)
+        assert broker.counters["worker_lost"] == 0 and broker.services() == {"test.slow": 2}
+    finally:
+        process.kill()
+        process.wait()
