@@ -106,6 +106,10 @@ class Ledger:
             if not self.path.exists():
                 raise LedgerError(f"no ledger at {self.path}; is this a campaign directory?")
             self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10.0)
+            tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if not {"meta", "experiments", "transitions", "events"} <= tables:
+                self._db.close()
+                raise LedgerError(f"{self.path} is not an initialised ledger (yet): tables {sorted(tables)}")
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)

@@ -10,6 +10,7 @@ import pytest
 
 from sdl.bus import Broker
 from sdl.config import CampaignConfig, parse_config
+from sdl.ledger import Ledger, LedgerError
 
 
 def free_port() -> int:
@@ -38,6 +39,15 @@ def branin_config(**overrides: Any) -> CampaignConfig:
     }
     data.update(overrides)
     return parse_config(data, source="test")
+
+
+def done_count(campaign_dir: Path) -> int:
+    """Experiments done so far, read the way `sdl status` reads a running campaign."""
+    try:
+        with Ledger.in_campaign(campaign_dir, readonly=True) as ledger:
+            return ledger.counts()["done"]
+    except LedgerError:  # not created, or created but its schema not yet committed
+        return 0
 
 
 @pytest.fixture

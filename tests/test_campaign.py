@@ -14,7 +14,7 @@ import ray
 from sdl.campaign import Campaign, CampaignError
 from sdl.ledger import Ledger
 
-from conftest import branin_config, free_port
+from conftest import branin_config, done_count, free_port
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -100,7 +100,7 @@ def test_agent_killed_mid_campaign_is_restarted_by_ray_and_rejoins(campaign_dir)
     runner = threading.Thread(target=lambda: outcome.update(summary=campaign.run()))
     runner.start()
     deadline = time.monotonic() + 90
-    while "instrument.a" not in campaign.actors or Ledger.in_campaign(campaign_dir, readonly=True).counts()["done"] < 3:
+    while "instrument.a" not in campaign.actors or done_count(campaign_dir) < 3:
         assert time.monotonic() < deadline, "campaign did not get going"
         time.sleep(0.2)
     actor = campaign.actors["instrument.a"]

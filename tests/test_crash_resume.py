@@ -11,6 +11,8 @@ import yaml
 
 from sdl.ledger import Ledger
 
+from conftest import done_count
+
 CONFIG = {
     "name": "crash",
     "seed": 11,
@@ -49,10 +51,8 @@ def test_kill_9_mid_campaign_then_resume_runs_each_experiment_exactly_once(tmp_p
     while True:
         assert first.poll() is None, f"sdl run ended early:\n{first.stdout.read()}"
         assert time.monotonic() < deadline, "campaign made no progress"
-        if (campaign_dir / "ledger.sqlite").exists():
-            with Ledger.in_campaign(campaign_dir, readonly=True) as ledger:
-                if ledger.counts()["done"] >= 8:
-                    break
+        if done_count(campaign_dir) >= 8:
+            break
         time.sleep(0.1)
     os.kill(first.pid, signal.SIGKILL)  # no cleanup, no finally blocks
     first.wait()
@@ -95,10 +95,8 @@ def test_ctrl_c_stops_cleanly_with_in_flight_work_recorded(tmp_path):
     deadline = time.monotonic() + 120
     while True:
         assert run.poll() is None and time.monotonic() < deadline
-        if (campaign_dir / "ledger.sqlite").exists():
-            with Ledger.in_campaign(campaign_dir, readonly=True) as ledger:
-                if ledger.counts()["done"] >= 4:
-                    break
+        if done_count(campaign_dir) >= 4:
+            break
         time.sleep(0.1)
     run.send_signal(signal.SIGINT)
     output, _ = run.communicate(timeout=60)
