@@ -1,0 +1,218 @@
+"""Phase equilibria from CALPHAD (pycalphad), cached on disk and tabulated for fast lookups.
+
+One equilibrium point costs seconds when computed alone but tens of milliseconds inside a grid, so
+the twin never asks pycalphad for single points in its hot path: :meth:`PhaseEquilibria.grid`
+computes the equilibria on a regular grid of free mole fractions and temperatures in batches,
+stores every point in an SQLite cache keyed by the database's hash, the rounded composition and
+the temperature, and returns a :class:`PhaseTable` that interpolates phase fractions for thousands
+of candidates at once.
+
+Phases are reported as microstructural constituents a metallurgist names, not as database phase
+labels: the ordered and disordered FCC share the ``L12_FCC`` model in an order-disorder database,
+so composition sets are told apart by their site fractions (``gamma`` disordered, ``gamma_prime``
+ordered L1_2); likewise B2 (NiAl-type, brittle) from disordered BCC.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import itertools
+import json
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.interpolate import RegularGridInterpolator
+
+DEFAULT_DATABASE = "pycalphad:alcocrni.tdb"  # Al-Co-Cr-Ni, shipped with pycalphad's test databases
+CONSTITUENTS = ("gamma", "gamma_prime", "b2", "bcc", "sigma", "liquid", "other")
+BRITTLE = ("b2", "sigma", "other")
+PRESSURE_PA = 101325.0
+# A composition set counts as ordered when a species' site fractions on the two sublattices differ
+# by more than this (disordered sets agree to numerical precision).
+ORDER_THRESHOLD = 0.05
+COMPOSITION_DECIMALS = 4
+# pycalphad compiles the models once per call (seconds), then costs ~25 ms a point: a few
+# temperatures per call keep progress visible without paying the compile often.
+TEMPERATURES_PER_CALL = 4
+TEMPERATURE_DECIMALS = 1
+
+
+class CalphadError(ValueError):
+    """A database or request pycalphad cannot serve (unknown file or element, bad temperature)."""
+
+
+def resolve_database(database: str | Path) -> Path:
+    """``pycalphad:NAME`` names a database shipped inside pycalphad (loaded as a package resource)."""
+    text = str(database)
+    if text.startswith("pycalphad:"):
+        name = text.split(":", 1)[1]
+        resource = importlib.resources.files("pycalphad.tests.databases") / name
+        if not resource.is_file():
+            shipped = sorted(p.name for p in importlib.resources.files("pycalphad.tests.databases").iterdir()
+                             if p.name.lower().endswith(".tdb"))
+            raise CalphadError(f"pycalphad ships no database {name!r}; available: {', '.join(shipped)}")
+        return Path(str(resource))
+    path = Path(text)
+    if not path.is_file():
+        raise CalphadError(f"thermodynamic database {path} does not exist")
+    return path
+
+
+@dataclass(frozen=True)
+class PhaseTable:
+    """Equilibrium constituent fractions tabulated on a grid; interpolates in composition and T."""
+
+    free_elements: tuple[str, ...]
+    balance_element: str
+    axes: tuple[np.ndarray, ...]  # values of each free element's mole fraction
+    temperatures_k: np.ndarray
+    fractions: dict[str, np.ndarray]  # constituent -> array (T, *axes); NaN off the simplex
+
+    def __call__(self, compositions: np.ndarray, temperatures_k: np.ndarray | float) -> dict[str, np.ndarray]:
+        """Fractions for rows of ``compositions`` (n x free elements) at ``temperatures_k`` (n or scalar)."""
+        x = np.atleast_2d(np.asarray(compositions, dtype=float))
+        t = np.broadcast_to(np.asarray(temperatures_k, dtype=float), (len(x),))
+        lo, hi = self.temperatures_k[0], self.temperatures_k[-1]
+        if np.any((t < lo - 1e-9) | (t > hi + 1e-9)):
+            raise CalphadError(f"temperatures {t.min():.1f}-{t.max():.1f} K outside the tabulated {lo:.1f}-{hi:.1f} K")
+        for axis, column, name in zip(self.axes, x.T, self.free_elements):
+            if np.any((column < axis[0] - 1e-9) | (column > axis[-1] + 1e-9)):
+                raise CalphadError(f"x({name}) outside the tabulated range [{axis[0]}, {axis[-1]}]")
+        points = np.column_stack([t, x])
+        out = {}
+        for name, table in self.fractions.items():
+            interpolator = RegularGridInterpolator((self.temperatures_k, *self.axes), np.nan_to_num(table, nan=0.0))
+            out[name] = np.clip(interpolator(points), 0.0, 1.0)
+        total = sum(out.values())
+        return {k: np.where(total > 0, v / np.where(total > 0, total, 1.0), 0.0) for k, v in out.items()}
+
+
+class PhaseEquilibria:
+    """Equilibria of one thermodynamic database for one set of elements, with a disk cache."""
+
+    def __init__(self, database: str | Path = DEFAULT_DATABASE, *, elements: Sequence[str] = ("Al", "Co", "Cr", "Ni"),
+                 cache_path: str | Path | None = None) -> None:
+        from pycalphad import Database
+
+        self.database_path = resolve_database(database)
+        self.database_sha = hashlib.sha256(self.database_path.read_bytes()).hexdigest()[:16]
+        self.db = Database(str(self.database_path))
+        known = {e.capitalize() for e in self.db.elements if e not in ("/-", "VA")}
+        unknown = sorted(set(elements) - known)
+        if unknown:
+            raise CalphadError(f"database {self.database_path.name} has no {unknown}; its elements: {sorted(known)}")
+        self.elements = tuple(elements)
+        self._components = [e.upper() for e in self.elements] + ["VA"]
+        self._phases = sorted(set(self.db.phases) - {"GAS"})
+        self._cache = sqlite3.connect(str(cache_path) if cache_path else ":memory:", check_same_thread=False)
+        self._cache.execute(
+            "CREATE TABLE IF NOT EXISTS equilibria (database TEXT, composition TEXT, temperature_k REAL,"
+            " fractions TEXT NOT NULL, PRIMARY KEY (database, composition, temperature_k))"
+        )
+        self._cache.commit()
+        self.computed_points = 0  # equilibria computed by pycalphad (not served from the cache)
+
+    def close(self) -> None:
+        self._cache.close()
+
+    # -- classification --------------------------------------------------------------------------
+
+    def _constituent(self, phase: str, site_fractions: np.ndarray) -> str:
+        if phase in ("L12_FCC", "FCC_A1", "BCC_B2", "BCC_A2"):
+            model = self.db.phases[phase]
+            species = [sorted(str(s) for s in sub if str(s) in self._components) for sub in model.constituents]
+            ordered = False
+            if len(species) >= 2 and species[0] == species[1]:
+                n = len(species[0])
+                ordered = bool(np.nanmax(np.abs(site_fractions[:n] - site_fractions[n:2 * n])) > ORDER_THRESHOLD)
+            if phase in ("L12_FCC", "FCC_A1"):
+                return "gamma_prime" if ordered else "gamma"
+            return "b2" if ordered or phase == "BCC_B2" else "bcc"
+        if phase.startswith("SIGMA"):
+            return "sigma"
+        if phase == "LIQUID":
+            return "liquid"
+        return "other"
+
+    # -- computing -----------------------------------------------------------------------------
+
+    def _key(self, free: dict[str, float], temperature_k: float) -> tuple[str, str, float]:
+        composition = json.dumps({k: round(v, COMPOSITION_DECIMALS) for k, v in sorted(free.items())})
+        return self.database_sha, composition, round(float(temperature_k), TEMPERATURE_DECIMALS)
+
+    def _cached(self, keys: list[tuple[str, str, float]]) -> dict[tuple[str, str, float], dict[str, float]]:
+        rows = self._cache.execute(
+            "SELECT database, composition, temperature_k, fractions FROM equilibria WHERE database=?",
+            (self.database_sha,),
+        )
+        wanted = set(keys)
+        return {k: json.loads(r[3]) for r in rows if (k := (r[0], r[1], r[2])) in wanted}
+
+    def _compute(self, axes: dict[str, np.ndarray], temperatures_k: Sequence[float]) -> dict[tuple, dict[str, float]]:
+        """One pycalphad call over the full grid of ``axes`` x ``temperatures_k``."""
+        from pycalphad import equilibrium, variables as v
+
+        conditions = {v.X(e.upper()): np.asarray(values, dtype=float) for e, values in axes.items()}
+        conditions.update({v.T: np.asarray(temperatures_k, dtype=float), v.P: PRESSURE_PA, v.N: 1.0})
+        result = equilibrium(self.db, self._components, self._phases, conditions)
+        names = list(axes)
+        order = ["T"] + [f"X_{n.upper()}" for n in names] + ["vertex"]
+        phase = result.Phase.squeeze(["N", "P"]).transpose(*order).values
+        amount = result.NP.squeeze(["N", "P"]).transpose(*order).values
+        sites = result.Y.squeeze(["N", "P"]).transpose(*order, "internal_dof").values
+        out = {}
+        for ti, temperature in enumerate(result.T.values):
+            for index in itertools.product(*(range(len(axes[n])) for n in names)):
+                free = {n: float(axes[n][i]) for n, i in zip(names, index)}
+                fractions = dict.fromkeys(CONSTITUENTS, 0.0)
+                if sum(free.values()) <= 1.0 + 1e-12:
+                    at = (ti, *index)
+                    for label, np_, y in zip(phase[at], amount[at], sites[at]):
+                        if label and np.isfinite(np_):
+                            fractions[self._constituent(str(label), y)] += float(np_)
+                out[self._key(free, temperature)] = fractions
+        self.computed_points += len(out)
+        return out
+
+    def grid(self, axes: dict[str, Sequence[float]], temperatures_k: Sequence[float], *,
+             progress: Callable[[int, int], None] | None = None) -> PhaseTable:
+        """Equilibria on the grid ``axes`` (free element -> mole fractions) x ``temperatures_k``.
+
+        Cached points are read back; for each temperature with a missing point the whole slice is
+        computed in one pycalphad call (batching is what makes CALPHAD affordable here).
+        """
+        free_elements = tuple(axes)
+        balance = [e for e in self.elements if e not in free_elements]
+        if len(balance) != 1 or set(free_elements) - set(self.elements):
+            raise CalphadError(f"axes must name all elements but one of {self.elements}; got {free_elements}")
+        arrays = {e: np.round(np.asarray(axes[e], dtype=float), COMPOSITION_DECIMALS) for e in free_elements}
+        temperatures = np.asarray(sorted(temperatures_k), dtype=float)
+        if np.any(temperatures <= 0):
+            raise CalphadError(f"temperatures must be positive kelvin, got {temperatures.tolist()}")
+        shape = (len(temperatures), *(len(a) for a in arrays.values()))
+        indices = list(itertools.product(*(range(len(a)) for a in arrays.values())))
+        keys = {(ti, index): self._key({e: float(arrays[e][i]) for e, i in zip(free_elements, index)}, temperature)
+                for ti, temperature in enumerate(temperatures) for index in indices}
+        values = self._cached(list(keys.values()))
+        missing = sorted({ti for (ti, _), key in keys.items() if key not in values})
+        for start in range(0, len(missing), TEMPERATURES_PER_CALL):
+            chunk = [float(temperatures[ti]) for ti in missing[start:start + TEMPERATURES_PER_CALL]]
+            computed = self._compute(arrays, chunk)
+            with self._cache:
+                self._cache.executemany(
+                    "INSERT OR REPLACE INTO equilibria VALUES (?, ?, ?, ?)",
+                    [(*k, json.dumps(f)) for k, f in computed.items()],
+                )
+            values.update(computed)
+            if progress is not None:
+                progress(min(start + TEMPERATURES_PER_CALL, len(missing)), len(missing))
+        tables = {c: np.full(shape, np.nan) for c in CONSTITUENTS}
+        for (ti, index), key in keys.items():
+            if sum(arrays[e][i] for e, i in zip(free_elements, index)) <= 1.0 + 1e-12:
+                for c in CONSTITUENTS:
+                    tables[c][(ti, *index)] = values[key][c]
+        return PhaseTable(free_elements, balance[0], tuple(arrays.values()), temperatures, tables)
