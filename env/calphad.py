@@ -35,6 +35,7 @@ PRESSURE_PA = 101325.0
 # by more than this (disordered sets agree to numerical precision).
 ORDER_THRESHOLD = 0.05
 COMPOSITION_DECIMALS = 4
+TRACE_FRACTION = 1e-6
 # pycalphad compiles the models once per call (seconds), then costs ~25 ms a point: a few
 # temperatures per call keep progress visible without paying the compile often.
 TEMPERATURES_PER_CALL = 4
@@ -156,7 +157,9 @@ class PhaseEquilibria:
         """One pycalphad call over the full grid of ``axes`` x ``temperatures_k``."""
         from pycalphad import equilibrium, variables as v
 
-        conditions = {v.X(e.upper()): np.asarray(values, dtype=float) for e, values in axes.items()}
+        # pycalphad finds no equilibrium at a mole fraction of exactly zero; a trace stands in for it.
+        conditions = {v.X(e.upper()): np.maximum(np.asarray(values, dtype=float), TRACE_FRACTION)
+                      for e, values in axes.items()}
         conditions.update({v.T: np.asarray(temperatures_k, dtype=float), v.P: PRESSURE_PA, v.N: 1.0})
         result = equilibrium(self.db, self._components, self._phases, conditions)
         names = list(axes)

@@ -1,0 +1,141 @@
+"""The alloy digital twin: ground truth of the simulated lab (planners never read it directly).
+
+Composition -> CALPHAD phase equilibria (tabulated once per grid, cached on disk) -> microstructure
+under a heat-treatment route (kinetics) -> hardness and ductility (strength model). Deterministic,
+and vectorised over specimens so a benchmark can evaluate thousands of candidates at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from sdl.env.calphad import BRITTLE, DEFAULT_DATABASE, PhaseEquilibria, PhaseTable
+from sdl.env.kinetics import KineticsParameters, Microstructure, apply_route
+from sdl.env.strength import StrengthParameters, elongation_pct, vickers_hardness, yield_strength_mpa
+from sdl.protocol import ProcessStep
+
+
+class GridAxis(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    low: float = Field(ge=0.0, le=1.0)
+    high: float = Field(ge=0.0, le=1.0)
+    points: int = Field(ge=2, le=101)
+
+    def values(self) -> np.ndarray:
+        return np.linspace(self.low, self.high, self.points)
+
+
+class TwinConfig(BaseModel):
+    """What the twin tabulates: the database, the composition grid and the temperatures."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    database: str = Field(default=DEFAULT_DATABASE, description="path to a TDB file, or pycalphad:NAME")
+    balance: str = "Ni"
+    grid: dict[str, GridAxis] = Field(default_factory=lambda: {
+        "Al": GridAxis(low=0.0, high=0.16, points=9),
+        "Co": GridAxis(low=0.0, high=0.20, points=5),
+        "Cr": GridAxis(low=0.0, high=0.20, points=5),
+    })
+    temperatures_k: list[float] = Field(
+        default_factory=lambda: [900.0, 1000.0, 1050.0, 1100.0, 1150.0, 1200.0, 1300.0, 1400.0, 1500.0], min_length=2
+    )
+    kinetics: KineticsParameters = KineticsParameters()
+    strength: StrengthParameters = StrengthParameters()
+
+    @model_validator(mode="after")
+    def _check(self) -> TwinConfig:
+        if self.balance in self.grid:
+            raise ValueError(f"the balance element {self.balance} takes the remainder; it has no grid axis")
+        return self
+
+    @property
+    def elements(self) -> tuple[str, ...]:
+        return (*self.grid, self.balance)
+
+
+@dataclass(frozen=True)
+class SpecimenProperties:
+    """Outcome for n specimens; arrays of length n."""
+
+    hardness_hv: np.ndarray
+    yield_strength_mpa: np.ndarray
+    elongation_pct: np.ndarray
+    brittle_fraction: np.ndarray
+    microstructure: Microstructure
+    phases: dict[str, np.ndarray]  # equilibrium constituents at the last hold temperature
+
+
+class AlloyTwin:
+    """Build once (tabulating CALPHAD on the grid, from the disk cache when warm), then evaluate."""
+
+    def __init__(self, config: TwinConfig | None = None, *, cache_path: str | Path | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> None:
+        self.config = config or TwinConfig()
+        self.equilibria = PhaseEquilibria(self.config.database, elements=self.config.elements, cache_path=cache_path)
+        self.table: PhaseTable = self.equilibria.grid(
+            {e: axis.values() for e, axis in self.config.grid.items()}, self.config.temperatures_k, progress=progress
+        )
+        self.equilibria.close()
+
+    @property
+    def free_elements(self) -> tuple[str, ...]:
+        return tuple(self.config.grid)
+
+    @property
+    def temperature_range_k(self) -> tuple[float, float]:
+        return float(self.table.temperatures_k[0]), float(self.table.temperatures_k[-1])
+
+    def free_fractions(self, compositions: Sequence[dict[str, float]] | np.ndarray) -> np.ndarray:
+        """(n x free elements) array from compositions given as dicts (all elements) or already as an array."""
+        if isinstance(compositions, np.ndarray):
+            return np.atleast_2d(compositions)
+        expected = set(self.config.elements)
+        rows = []
+        for c in compositions:
+            if set(c) != expected:
+                raise ValueError(f"the twin models {sorted(expected)}; got a composition of {sorted(c)}")
+            rows.append([c[e] for e in self.free_elements])
+        return np.asarray(rows, dtype=float)
+
+    def equilibrium(self, compositions, temperature_k: float | np.ndarray) -> dict[str, np.ndarray]:
+        return self.table(self.free_fractions(compositions), temperature_k)
+
+    def process(self, compositions, route: Sequence[ProcessStep]) -> Microstructure:
+        x = self.free_fractions(compositions)
+        self._check_route(route)
+        state = Microstructure.initial(len(x), self.config.kinetics)
+        return apply_route(state, route, lambda t: self.table(x, t)["gamma_prime"], self.config.kinetics)
+
+    def properties(self, compositions, route: Sequence[ProcessStep]) -> SpecimenProperties:
+        x = self.free_fractions(compositions)
+        micro = self.process(x, route)
+        holds = [s for s in route if s.operation != "quench"]
+        last_t = holds[-1].temperature_k if holds else self.temperature_range_k[0]
+        phases = self.table(x, last_t)
+        brittle = sum(phases[c] for c in BRITTLE)
+        fractions = {e: x[:, i] for i, e in enumerate(self.free_elements)}
+        strength = yield_strength_mpa(fractions, micro.grain_size_m, micro.precipitate_fraction,
+                                      micro.precipitate_radius_m, self.config.strength)
+        return SpecimenProperties(
+            hardness_hv=vickers_hardness(strength),
+            yield_strength_mpa=strength,
+            elongation_pct=elongation_pct(brittle, micro.precipitate_fraction, self.config.strength),
+            brittle_fraction=brittle,
+            microstructure=micro,
+            phases=phases,
+        )
+
+    def _check_route(self, route: Sequence[ProcessStep]) -> None:
+        lo, hi = self.temperature_range_k
+        for step in route:
+            if step.operation != "quench" and not lo <= step.temperature_k <= hi:
+                raise ValueError(
+                    f"{step.operation} at {step.temperature_k} K is outside the twin's tabulated {lo}-{hi} K"
+                )

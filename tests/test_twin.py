@@ -1,0 +1,173 @@
+"""The alloy twin's physics: qualitative metallurgy from CALPHAD (Al-Co-Cr-Ni), kinetics limits,
+strength, determinism. One small CALPHAD grid per module, cached on disk."""
+
+import numpy as np
+import pytest
+
+from sdl.env.calphad import CalphadError, PhaseEquilibria, resolve_database
+from sdl.env.kinetics import KineticsParameters, Microstructure, hold
+from sdl.env.strength import StrengthParameters, precipitation_mpa
+from sdl.env.twin import AlloyTwin, GridAxis, TwinConfig
+from sdl.protocol import ProcessStep
+
+AL = np.round(np.linspace(0.0, 0.25, 6), 3)  # 0, .05, .10, .15, .20, .25
+
+
+@pytest.fixture(scope="module")
+def phases(tmp_path_factory):
+    equilibria = PhaseEquilibria(cache_path=tmp_path_factory.mktemp("calphad") / "cache.sqlite")
+    table = equilibria.grid({"Al": AL, "Co": [0.05, 0.10], "Cr": [0.10]}, [1000.0, 1100.0, 1300.0, 1500.0])
+    yield equilibria, table
+    equilibria.close()
+
+
+def at(table, al, temperature_k, co=0.10, cr=0.10):
+    fractions = table(np.array([[al, co, cr]]), temperature_k)
+    return {k: float(v[0]) for k, v in fractions.items()}
+
+
+def test_ni_rich_alloys_are_single_phase_fcc_at_the_solution_temperature(phases):
+    _, table = phases
+    for al in (0.0, 0.05, 0.10, 0.15):
+        assert at(table, al, 1500.0)["gamma"] == pytest.approx(1.0, abs=1e-6), f"Al={al}"
+
+
+def test_gamma_prime_appears_on_ageing_as_al_rises(phases):
+    _, table = phases
+    gp = [at(table, al, 1100.0)["gamma_prime"] for al in (0.0, 0.05, 0.10, 0.15)]
+    assert gp[0] == gp[1] == 0.0  # dilute alloys stay single-phase gamma
+    assert 0.1 < gp[2] < gp[3]  # gamma + gamma-prime, more of it with more Al
+    assert at(table, 0.10, 1100.0)["gamma"] > 0.5  # still a gamma matrix
+    assert at(table, 0.10, 1300.0)["gamma_prime"] == 0.0  # above the solvus
+
+
+def test_brittle_phases_where_expected(phases):
+    _, table = phases
+    high_al = at(table, 0.25, 1300.0)
+    assert high_al["b2"] > 0.3  # beta-NiAl (B2) at high Al
+    assert at(table, 0.20, 1000.0)["sigma"] > 0.02  # sigma at low temperature in the Al-rich, Co-bearing alloy
+    assert at(table, 0.05, 1100.0)["b2"] == at(table, 0.05, 1100.0)["sigma"] == 0.0
+
+
+def test_cache_makes_the_second_grid_free(phases, tmp_path):
+    equilibria, _ = phases
+    before = equilibria.computed_points
+    equilibria.grid({"Al": AL, "Co": [0.05, 0.10], "Cr": [0.10]}, [1100.0, 1500.0])
+    assert equilibria.computed_points == before  # every point came from the cache
+
+
+def test_database_and_element_errors_say_what_is_available():
+    with pytest.raises(CalphadError, match="ships no database 'nope.tdb'; available: .*alcocrni.tdb"):
+        resolve_database("pycalphad:nope.tdb")
+    with pytest.raises(CalphadError, match="has no \\['Ti'\\]"):
+        PhaseEquilibria(elements=("Al", "Ti", "Ni"))
+
+
+# -- kinetics ------------------------------------------------------------------------------------
+
+P = KineticsParameters()
+
+
+def aged(f_eq, temperature_k, duration_s, n=1):
+    state = Microstructure.initial(n, P)
+    return hold(state, temperature_k, duration_s, np.full(n, f_eq), P)
+
+
+def test_no_change_at_zero_time():
+    state = aged(0.3, 1100.0, 3600.0)
+    again = hold(state, 1100.0, 0.0, np.array([0.3]), P)
+    assert again.precipitate_fraction == pytest.approx(state.precipitate_fraction)
+    assert again.precipitate_radius_m == pytest.approx(state.precipitate_radius_m)
+    assert again.grain_size_m == pytest.approx(state.grain_size_m)
+    fresh = aged(0.3, 1100.0, 0.0)
+    assert fresh.precipitate_fraction[0] == 0.0 and fresh.grain_size_m[0] == P.initial_grain_size_m
+
+
+def test_precipitation_approaches_equilibrium_and_coarsening_is_monotone():
+    times = np.array([10.0, 60.0, 600.0, 3600.0, 36000.0, 360000.0])
+    state = aged(0.3, 1100.0, times, n=len(times))
+    assert np.all(np.diff(state.precipitate_fraction) >= 0)
+    assert state.precipitate_fraction[-1] == pytest.approx(0.3, rel=1e-3)
+    assert np.all(np.diff(state.precipitate_radius_m) > 0)
+    # LSW: late-stage r^3 grows linearly in time.
+    r3 = state.precipitate_radius_m[-3:] ** 3
+    assert (r3[2] - r3[1]) / (r3[1] - r3[0]) == pytest.approx((times[-1] - times[-2]) / (times[-2] - times[-3]), rel=0.05)
+
+
+def test_steps_compose_like_one_long_hold():
+    one = aged(0.3, 1100.0, 7200.0)
+    two = hold(aged(0.3, 1100.0, 3600.0), 1100.0, 3600.0, np.array([0.3]), P)
+    assert two.precipitate_fraction == pytest.approx(one.precipitate_fraction, rel=1e-6)
+    assert two.precipitate_radius_m == pytest.approx(one.precipitate_radius_m, rel=1e-3)
+    assert two.grain_size_m == pytest.approx(one.grain_size_m, rel=1e-9)
+
+
+def test_reheating_above_the_solvus_dissolves_precipitates():
+    state = aged(0.3, 1100.0, 36000.0)
+    dissolved = hold(state, 1450.0, 3600.0, np.array([0.0]), P)
+    assert dissolved.precipitate_fraction[0] < 1e-6 and dissolved.precipitate_radius_m[0] == 0.0
+    assert dissolved.grain_size_m[0] > state.grain_size_m[0]  # and grains grow at the solution temperature
+
+
+def test_grain_growth_is_parabolic_and_thermally_activated():
+    hot = aged(0.0, 1473.0, 3600.0)
+    cool = aged(0.0, 1073.0, 3600.0)
+    assert 120e-6 < hot.grain_size_m[0] < 200e-6  # 50 um -> ~150 um in 1 h at 1473 K
+    assert cool.grain_size_m[0] == pytest.approx(P.initial_grain_size_m, rel=1e-2)  # hardly any growth
+
+
+def test_strengthening_shows_under_peak_and_over_ageing():
+    radii = np.geomspace(1e-9, 300e-9, 200)
+    strength = precipitation_mpa(np.full_like(radii, 0.3), radii, StrengthParameters())
+    peak = int(np.argmax(strength))
+    assert 0 < peak < len(radii) - 1
+    assert 3e-9 < radii[peak] < 40e-9  # gamma-prime peak strength at radii of a few to tens of nm
+    assert np.all(np.diff(strength[:peak]) >= 0) and np.all(np.diff(strength[peak:]) <= 0)
+
+
+# -- the twin ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def twin(tmp_path_factory):
+    config = TwinConfig(grid={"Al": GridAxis(low=0.0, high=0.15, points=4), "Co": GridAxis(low=0.05, high=0.15, points=2),
+                              "Cr": GridAxis(low=0.05, high=0.15, points=2)},
+                        temperatures_k=[1050.0, 1100.0, 1500.0])
+    return AlloyTwin(config, cache_path=tmp_path_factory.mktemp("twin") / "cache.sqlite")
+
+
+def route(age_hours, age_k=1100.0):
+    return [ProcessStep(operation="solutionise", temperature_k=1500.0, duration_s=3600.0, quench_medium="water"),
+            ProcessStep(operation="age", temperature_k=age_k, duration_s=age_hours * 3600.0, quench_medium="water")]
+
+
+def test_ageing_curve_has_a_peak_for_a_gamma_prime_alloy(twin):
+    alloy = [{"Al": 0.10, "Co": 0.10, "Cr": 0.10, "Ni": 0.70}]
+    hours = [0.01, 0.1, 0.5, 1, 2, 4, 16, 64, 256]
+    hv = np.array([twin.properties(alloy, route(h)).hardness_hv[0] for h in hours])
+    peak = int(np.argmax(hv))
+    assert 0 < peak < len(hours) - 1
+    assert hv[peak] > 1.5 * hv[0] and hv[-1] < 0.85 * hv[peak]
+
+
+def test_gamma_prime_free_alloy_does_not_age_harden(twin):
+    dilute = [{"Al": 0.02, "Co": 0.10, "Cr": 0.10, "Ni": 0.78}]
+    short, long = (twin.properties(dilute, route(h)).hardness_hv[0] for h in (0.1, 64))
+    assert long == pytest.approx(short, rel=0.02)
+
+
+def test_twin_is_deterministic_and_vectorised(twin):
+    rng = np.random.default_rng(0)
+    x = rng.uniform([0.0, 0.05, 0.05], [0.15, 0.15, 0.15], (500, 3))
+    batch = twin.properties(x, route(2))
+    again = twin.properties(x, route(2))
+    single = twin.properties(x[:1], route(2))
+    assert np.array_equal(batch.hardness_hv, again.hardness_hv)
+    assert batch.hardness_hv[0] == pytest.approx(single.hardness_hv[0])
+    assert np.all(np.isfinite(batch.hardness_hv)) and np.all(batch.elongation_pct > 0)
+
+
+def test_twin_refuses_what_it_does_not_model(twin):
+    with pytest.raises(ValueError, match="the twin models"):
+        twin.properties([{"Ni": 0.9, "Ti": 0.1}], route(1))
+    with pytest.raises(ValueError, match="outside the twin's tabulated 1050.0-1500.0 K"):
+        twin.properties([{"Al": 0.1, "Co": 0.1, "Cr": 0.1, "Ni": 0.7}], route(1, age_k=900.0))
