@@ -272,11 +272,15 @@ class Campaign:
         budget = cfg.stop.max_experiments
         capacity = {i.name: i.capacity for i in cfg.instruments}
         load: collections.Counter[str] = collections.Counter()
-        in_flight: dict[str, ExperimentRecord] = {}
+        in_flight: dict[str, _Flight] = {}
         records = ledger.experiments()
         observations = [_observation(r) for r in records if r.status in ("done", "failed")]
-        # Reconcile: what was planned or dispatched when the last run stopped goes out (again).
-        to_dispatch = collections.deque(r for r in records if r.status in ("planned", "dispatched"))
+        # Reconcile: what was planned or dispatched when the last run stopped goes out (again), from
+        # the first workflow station whose result was not yet committed.
+        steps_done = _completed_steps(ledger)
+        to_dispatch = collections.deque(
+            steps_done.get(r.experiment_id, _Flight(r)) for r in records if r.status in ("planned", "dispatched")
+        )
         if to_dispatch:
             log.info("reconciling %d experiments left planned or dispatched", len(to_dispatch))
         n_planned = len(records)
@@ -294,16 +298,12 @@ class Campaign:
                     reason = "interrupted"
                 if reason is None and cfg.stop.max_wall_s and time.monotonic() - started > cfg.stop.max_wall_s:
                     reason = "wall_time"
-                # Plan just enough to fill the free instrument slots.
-                free_slots = min(
-                    cfg.stop.max_in_flight - len(in_flight) - len(to_dispatch),
-                    sum(capacity.values()) - len(in_flight) - len(to_dispatch),
-                    budget - n_planned,
-                )
+                # Plan just enough to keep max_in_flight specimens moving through the workflow.
+                free_slots = min(cfg.stop.max_in_flight - len(in_flight) - len(to_dispatch), budget - n_planned)
                 if reason is None and free_slots > 0:
                     try:
-                        planned = self._plan(ledger, client, free_slots, n_planned, observations,
-                                             [r.point for r in in_flight.values()] + [r.point for r in to_dispatch])
+                        pending = [f.record.point for f in (*in_flight.values(), *to_dispatch)]
+                        planned = self._plan(ledger, client, free_slots, n_planned, observations, pending)
                         planner_failures = 0
                     except BusError as e:
                         if isinstance(e, RemoteError) and e.code not in RETRYABLE:
@@ -316,26 +316,34 @@ class Campaign:
                             raise CampaignError(f"planner failed {planner_failures} times in a row: {e}") from e
                         planned = []
                     n_planned += len(planned)
-                    to_dispatch.extend(planned)
+                    to_dispatch.extend(_Flight(r) for r in planned)
                 # Dispatch while instruments have room (not once the operator asked to stop).
-                while to_dispatch and reason != "interrupted":
-                    record = to_dispatch[0]
-                    instrument = self._pick_instrument(record, capacity, load)
-                    if instrument is None:
-                        break
-                    to_dispatch.popleft()
-                    self._dispatch(ledger, client, record, instrument)
-                    load[instrument.name] += 1
-                    in_flight[record.experiment_id] = record
+                if reason != "interrupted":
+                    waiting = collections.deque()
+                    while to_dispatch:
+                        flight = to_dispatch.popleft()
+                        instrument = self._pick_instrument(flight, capacity, load)
+                        if instrument is None:
+                            waiting.append(flight)  # its station is busy; others may not be
+                            continue
+                        self._dispatch(ledger, client, flight, instrument)
+                        load[instrument.name] += 1
+                        in_flight[flight.record.experiment_id] = flight
+                    to_dispatch = waiting
                 if not in_flight and (reason is not None or (n_planned >= budget and not to_dispatch)):
                     return reason or "budget"
                 _record_bus_events(ledger, bus_events)
                 for outcome in client.poll(timeout_s=0.1):
-                    record = in_flight.pop(outcome.tag, None)
-                    if record is None:
+                    flight = in_flight.pop(outcome.tag, None)
+                    if flight is None:
                         continue
-                    load[_instrument_name(outcome.service)] -= 1
-                    observation = self._record(ledger, client, record, outcome)
+                    load[flight.instrument] -= 1
+                    if outcome.ok and flight.step + 1 < len(cfg.workflow):
+                        advanced = self._advance(ledger, flight, outcome)
+                        if advanced is not None:
+                            to_dispatch.appendleft(advanced)  # a specimen in the line goes before new ones
+                            continue
+                    observation = self._record(ledger, client, flight, outcome)
                     observations.append(observation)
                     bar.update(1)
                     value = observation.measurements.get(cfg.objective.measurement)
@@ -375,44 +383,71 @@ class Campaign:
         ledger.plan(planned)
         return [r for r in ledger.experiments(("planned",)) if r.experiment_id in {p.experiment_id for p in planned}]
 
-    def _pick_instrument(self, record: ExperimentRecord, capacity: dict[str, int], load: collections.Counter):
-        by_name = {i.name: i for i in self.config.instruments}
-        previous = _instrument_name(record.instrument) if record.instrument else None
-        if previous in by_name:
-            # A reconciled experiment goes back to the instrument that holds (or held) its specimen.
-            return by_name[previous] if load[previous] < capacity[previous] else None
-        free = [i for i in self.config.instruments if load[i.name] < capacity[i.name]]
+    def _pick_instrument(self, flight: _Flight, capacity: dict[str, int], load: collections.Counter):
+        station = self.config.workflow[flight.step]
+        candidates = [i for i in self.config.instruments if i.station == station]
+        previous = _instrument_name(flight.record.instrument) if flight.record.instrument else None
+        if flight.step == flight.dispatched_step and previous in {i.name for i in candidates}:
+            # A reconciled command goes back to the instrument that holds (or held) its specimen.
+            chosen = next(i for i in candidates if i.name == previous)
+            return chosen if load[chosen.name] < capacity[chosen.name] else None
+        free = [i for i in candidates if load[i.name] < capacity[i.name]]
         return min(free, key=lambda i: load[i.name] / capacity[i.name]) if free else None
 
-    def _dispatch(self, ledger: Ledger, client: BusClient, record: ExperimentRecord, instrument) -> None:
+    def _step_key(self, flight: _Flight) -> str:
+        if len(self.config.workflow) == 1:
+            return flight.record.idempotency_key
+        return f"{flight.record.idempotency_key}/{self.config.workflow[flight.step]}"
+
+    def _dispatch(self, ledger: Ledger, client: BusClient, flight: _Flight, instrument) -> None:
+        record = flight.record
         ledger.mark_dispatched(record.experiment_id, instrument.service_name)
+        flight.instrument = instrument.name
         spec = ExperimentSpec(
-            experiment_id=record.experiment_id, campaign_id=self.campaign_id, point=record.point, process=list(record.process)
+            experiment_id=record.experiment_id, campaign_id=self.campaign_id, point=record.point,
+            process=list(record.process), station=self.config.workflow[flight.step], specimen=flight.specimen,
         )
         client.submit(
             instrument.service_name, "run", RunExperiment(experiment=spec),
             timeout_s=instrument.timeout_s, retries=instrument.retries,
-            idempotency_key=record.idempotency_key, tag=record.experiment_id,
+            idempotency_key=self._step_key(flight), tag=record.experiment_id,
         )
 
-    def _record(self, ledger: Ledger, client: BusClient, record: ExperimentRecord, outcome: CallOutcome) -> Observation:
+    def _advance(self, ledger: Ledger, flight: _Flight, outcome: CallOutcome) -> _Flight | None:
+        """Commit one station's result and return the specimen's next step (None: the reply was bad)."""
+        try:
+            result = ExperimentResult.model_validate(outcome.payload)
+        except ValidationError:
+            return None  # recorded as a failure by the caller
+        ledger.log_event("experiment.step", {
+            "experiment_id": flight.record.experiment_id, "step": flight.step,
+            "station": self.config.workflow[flight.step], "instrument": outcome.service,
+            "result": result.model_dump(mode="json"),
+        })
+        return flight.next(result)
+
+    def _record(self, ledger: Ledger, client: BusClient, flight: _Flight, outcome: CallOutcome) -> Observation:
         """Commit the outcome, then tell the event stream; return what the planner will see."""
+        record = flight.record
         error = outcome.error
         if outcome.ok:
             try:
-                result = ExperimentResult.model_validate(outcome.payload)
+                last = ExperimentResult.model_validate(outcome.payload)
             except ValidationError as e:
                 error = ErrorInfo(code="bad_message", message=f"instrument reply is not a result: {e.errors()[0]['msg']}")
             else:
+                result = flight.combined(last)
                 ledger.record_result(record.experiment_id, result)
                 client.publish("campaign.experiment.done", {"experiment_id": record.experiment_id,
                                                             "measurements": result.measurements})
                 return Observation(point=record.point, status="done", measurements=result.measurements)
-        ledger.record_failure(record.experiment_id, error.code, error.message)
+        station = self.config.workflow[flight.step]
+        message = error.message if len(self.config.workflow) == 1 else f"at station {station}: {error.message}"
+        ledger.record_failure(record.experiment_id, error.code, message)
         ledger.log_event("experiment.failed", {"experiment_id": record.experiment_id, "code": error.code,
-                                               "message": error.message})
+                                               "station": station, "message": error.message})
         client.publish("campaign.experiment.failed", {"experiment_id": record.experiment_id, "code": error.code})
-        log.info("experiment %s failed [%s]: %s", record.experiment_id, error.code, error.message)
+        log.info("experiment %s failed [%s]: %s", record.experiment_id, error.code, message)
         return Observation(point=record.point, status="failed")
 
     def _best(self, observations: list[Observation]) -> float | None:
@@ -478,6 +513,49 @@ class Campaign:
         self.actors.clear()
         if started_ray:
             ray.shutdown()
+
+
+@dataclass
+class _Flight:
+    """A specimen on its way through the workflow: the station it is at and what it carries."""
+
+    record: ExperimentRecord
+    step: int = 0
+    specimen: dict[str, float] = field(default_factory=dict)
+    results: list[ExperimentResult] = field(default_factory=list)
+    instrument: str = ""
+    dispatched_step: int = 0  # the step whose command the ledger's `instrument` refers to
+
+    def next(self, result: ExperimentResult) -> _Flight:
+        return _Flight(self.record, self.step + 1, {**self.specimen, **result.measurements}, [*self.results, result],
+                       dispatched_step=-1)
+
+    def combined(self, last: ExperimentResult) -> ExperimentResult:
+        """One result for the experiment: every station's measurements, times and lab time."""
+        results = [*self.results, last]
+        return last.model_copy(update={
+            "measurements": {k: v for r in results for k, v in r.measurements.items()},
+            "started_at_unix_s": results[0].started_at_unix_s,
+            "lab_time_s": sum(r.lab_time_s for r in results),
+            "attempts": max(r.attempts for r in results),
+            "replayed": all(r.replayed for r in results),
+        })
+
+
+def _completed_steps(ledger: Ledger) -> dict[str, _Flight]:
+    """Per unfinished experiment, where its workflow stood: committed station results replayed."""
+    flights: dict[str, _Flight] = {}
+    unfinished = {r.experiment_id: r for r in ledger.experiments(("planned", "dispatched"))}
+    for _, _, payload in ledger.events("experiment.step"):
+        record = unfinished.get(payload["experiment_id"])
+        if record is None:
+            continue
+        flight = flights.get(record.experiment_id, _Flight(record))
+        if payload["step"] == flight.step:
+            flights[record.experiment_id] = flight.next(ExperimentResult.model_validate(payload["result"]))
+    for flight in flights.values():
+        flight.dispatched_step = flight.step  # the ledger's instrument is this step's (if it was dispatched)
+    return flights
 
 
 def _record_bus_events(ledger: Ledger, bus_events: EventSubscriber) -> None:

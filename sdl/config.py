@@ -76,6 +76,7 @@ class PlannerConfig(_Section):
 class InstrumentConfig(_Section):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$", description="joins the bus as instrument.<name>")
     driver: str
+    station: str = Field(default="measure", pattern=r"^[a-z][a-z0-9_]*$", description="its step in the workflow")
     host: Literal["ray", "external"] = Field(
         default="ray", description="ray: the campaign starts it as an actor; external: `sdl instrument serve`"
     )
@@ -122,6 +123,10 @@ class CampaignConfig(_Section):
     process: list[ProcessStep] = Field(default_factory=list, description="heat-treatment route for every experiment")
     planner: PlannerConfig = PlannerConfig()
     instruments: list[InstrumentConfig] = Field(min_length=1)
+    workflow: list[str] = Field(
+        default_factory=lambda: ["measure"],
+        description="stations every specimen visits in order (e.g. melt, heat_treat, hardness, xrd)",
+    )
     surrogate: SurrogateConfig | None = SurrogateConfig()
     stop: StopConfig = StopConfig()
     bus: BusConfig = BusConfig()
@@ -135,6 +140,13 @@ class CampaignConfig(_Section):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"instrument names must be unique; repeated: {duplicates}")
+        stations = {i.station for i in self.instruments}
+        unserved = [s for s in self.workflow if s not in stations]
+        if unserved:
+            raise ValueError(f"workflow stations {unserved} have no instrument; instruments serve {sorted(stations)}")
+        unused = sorted(stations - set(self.workflow))
+        if unused:
+            raise ValueError(f"instruments serve stations {unused} that are not in the workflow {self.workflow}")
         if self.problem is not None:
             from sdl.env.test_functions import get_problem
 
@@ -152,7 +164,7 @@ class CampaignConfig(_Section):
         A resumed campaign must match it; stop rules, addresses and Ray settings may change.
         """
         design = self.model_dump(
-            mode="json", include={"seed", "problem", "space", "objective", "process", "planner", "instruments"}
+            mode="json", include={"seed", "problem", "space", "objective", "process", "planner", "instruments", "workflow"}
         )
         design["objective"].pop("target", None)
         return hashlib.sha256(json.dumps(design, sort_keys=True).encode()).hexdigest()[:16]

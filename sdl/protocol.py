@@ -129,6 +129,10 @@ class ExperimentSpec(_Model):
     campaign_id: str = Field(min_length=1, max_length=128)
     point: DesignPoint
     process: list[ProcessStep] = Field(default_factory=list)
+    station: str = Field(default="measure", description="the workflow step this command is for")
+    specimen: dict[str, float] = Field(
+        default_factory=dict, description="what earlier stations of the workflow measured on this specimen"
+    )
 
 
 class ExperimentResult(_Model):
@@ -141,6 +145,7 @@ class ExperimentResult(_Model):
     finished_at_unix_s: float
     attempts: int = Field(default=1, ge=1)
     replayed: bool = False
+    lab_time_s: float = Field(default=0.0, ge=0.0, description="time the specimen spent on the instrument (simulated time for simulated instruments)")
 
     @field_validator("measurements")
     @classmethod
