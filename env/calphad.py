@@ -109,6 +109,8 @@ class PhaseEquilibria:
         self.elements = tuple(elements)
         self._components = [e.upper() for e in self.elements] + ["VA"]
         self._phases = sorted(set(self.db.phases) - {"GAS"})
+        if cache_path is not None:
+            Path(cache_path).parent.mkdir(parents=True, exist_ok=True)
         self._cache = sqlite3.connect(str(cache_path) if cache_path else ":memory:", check_same_thread=False)
         self._cache.execute(
             "CREATE TABLE IF NOT EXISTS equilibria (database TEXT, composition TEXT, temperature_k REAL,"

@@ -108,6 +108,12 @@ class Instrument:
         """Make/measure the specimen; return values for ``implemented_measurements``."""
         raise NotImplementedError
 
+    def lab_time_s(self, experiment: ExperimentSpec) -> float | None:
+        """Time the specimen spends on the instrument; None: the wall time of :meth:`measure`.
+
+        Simulated instruments return simulated time here."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         return {
             "driver": self.name,
@@ -149,13 +155,16 @@ class Instrument:
         missing = set(self.implemented_measurements) - set(measurements)
         if missing:
             raise RuntimeError(f"driver {self.name} did not return {sorted(missing)}")
+        finished = time.time()
+        lab_time_s = self.lab_time_s(experiment)
         result = ExperimentResult(
             experiment_id=experiment.experiment_id,
             instrument=self.name,
             measurements=measurements,
             started_at_unix_s=started,
-            finished_at_unix_s=time.time(),
+            finished_at_unix_s=finished,
             attempts=attempt,
+            lab_time_s=finished - started if lab_time_s is None else lab_time_s,
         )
         self.journal.finish(idempotency_key, "done", result.model_dump(mode="json"))
         return result

@@ -246,12 +246,25 @@ class Campaign:
             ledger.log_event("agent.placed", {"service": name, "node_id": info["node_id"], "pid": info["pid"]})
 
     def _wait_for_services(self, address: str) -> None:
+        import ray
+
         deadline = time.monotonic() + self.config.bus.join_timeout_s
         announced = False
+        # One probe per actor: an agent whose construction raises (a bad option, a missing file)
+        # fails the campaign now with its own error rather than after the join timeout.
+        probes = {actor.info.remote(): name for name, actor in self.actors.items()}
         while True:
             missing = [s for s in self.service_names if s not in self.broker.services()]
             if not missing:
                 return
+            ready, _ = ray.wait(list(probes), num_returns=len(probes), timeout=0)
+            for ref in ready:
+                name = probes.pop(ref)
+                try:
+                    ray.get(ref)
+                except ray.exceptions.RayActorError as e:
+                    cause = str(e).strip().splitlines()
+                    raise CampaignError(f"agent {name} failed to start: {cause[-1] if cause else e}") from e
             external = [i.service_name for i in self.config.instruments if i.host == "external" and i.service_name in missing]
             if external and not announced:
                 log.warning("waiting for external instruments %s; start each with: sdl instrument serve DRIVER --bus %s --name NAME",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 import uuid
 from typing import Annotated, Any, Literal, Union
@@ -98,13 +99,31 @@ class Composition(RootModel[dict[str, float]]):
 
 
 class ProcessStep(_Model):
-    """One heat-treatment step. Units are in the field names; no other spelling is accepted."""
+    """One heat-treatment step. Units are in the field names.
+
+    ``temperature_k`` takes kelvin as a number, or a string that names its unit ("1100 K",
+    "827 °C", "827 C"), converted here at the boundary; a bare numeric string is refused as
+    ambiguous, and so is a field spelled ``temperature`` or ``temperature_c``.
+    """
 
     operation: Literal["homogenise", "solutionise", "age", "anneal", "quench"]
     temperature_k: float = Field(gt=0.0, le=4000.0, description="hold temperature in kelvin")
     duration_s: float = Field(ge=0.0, le=10 * 365 * 86400.0, description="hold time in seconds")
     ramp_k_per_s: float | None = Field(default=None, gt=0.0, description="heating/cooling rate")
     quench_medium: Literal["water", "oil", "air", "furnace"] | None = None
+
+    @field_validator("temperature_k", mode="before")
+    @classmethod
+    def _temperature_with_unit(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        match = re.fullmatch(r"\s*([-+]?\d+(?:\.\d*)?)\s*(K|°C|C|degC)?\s*", value)
+        if match is None or match.group(2) is None:
+            raise ValueError(
+                f"temperature {value!r} is ambiguous; give kelvin as a number, or a string with its unit: '1100 K' or '827 °C'"
+            )
+        number, unit = float(match.group(1)), match.group(2)
+        return number if unit == "K" else number + 273.15
 
 
 class DesignPoint(_Model):

@@ -143,3 +143,13 @@ def test_fuzz_structured_garbage_is_accepted_or_rejected_cleanly(fields):
 def test_valid_requests_round_trip(service, method, payload, key):
     request = Request(service=service, method=method, payload=payload, idempotency_key=key)
     assert decode(encode(request)) == request
+
+
+def test_temperatures_with_units_are_converted_and_bare_strings_refused():
+    assert ProcessStep(operation="age", temperature_k="827 °C", duration_s=1).temperature_k == pytest.approx(1100.15)
+    assert ProcessStep(operation="age", temperature_k="827 C", duration_s=1).temperature_k == pytest.approx(1100.15)
+    assert ProcessStep(operation="age", temperature_k="1100 K", duration_s=1).temperature_k == 1100.0
+    with pytest.raises(ValidationError, match="ambiguous; give kelvin as a number"):
+        ProcessStep(operation="age", temperature_k="1100", duration_s=1)
+    with pytest.raises(ValidationError, match="temperature"):
+        ProcessStep.model_validate({"operation": "age", "temperature": 1100, "duration_s": 1})

@@ -1,0 +1,280 @@
+"""Simulated alloy-lab instruments over the digital twin: arc melter, furnace, hardness tester, XRD.
+
+Each is a bus service like any real driver. A specimen visits them in the workflow order
+``melt -> heat_treat -> hardness -> xrd``; each station reads what earlier stations measured
+(``ExperimentSpec.specimen``) and adds its own measurements.
+
+Time is simulated: each instrument reports how long the specimen spent on it (``lab_time_s``,
+from the route's holds and ramps, melting and measuring times) and sleeps ``time_scale`` wall
+seconds per simulated second, so a campaign of weeks of lab time runs in minutes. Faults
+(``faults``: name -> probability per experiment) are drawn from a generator seeded by the
+driver's seed and the experiment id, so they are reproducible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from sdl.env.calphad import BRITTLE
+from sdl.env.strength import elongation_pct, vickers_hardness, yield_strength_mpa
+from sdl.env.twin import AlloyTwin, TwinConfig
+from sdl.instruments.base import Instrument, InstrumentFault, InstrumentParameters
+from sdl.protocol import Composition, ExperimentSpec
+
+AMBIENT_K = 298.0
+
+
+def default_cache_path() -> Path:
+    """Where CALPHAD equilibria are cached between campaigns (``SDL_CACHE_DIR`` overrides)."""
+    return Path(os.environ.get("SDL_CACHE_DIR", Path.home() / ".cache" / "sdl")) / "calphad.sqlite"
+
+
+class InstrumentRefused(ValueError):
+    """A command the instrument will not execute as given (over a limit); nothing was done."""
+
+
+class SimulatedParameters(InstrumentParameters):
+    time_scale: float = Field(default=1e-5, ge=0.0, le=1.0, description="wall seconds per simulated second")
+    faults: dict[str, float] = Field(default_factory=dict, description="fault name -> probability per experiment")
+    seed: int = 0
+
+
+class SimulatedInstrument(Instrument):
+    """Bookkeeping shared by the simulated lab: seeded randomness, faults, simulated time."""
+
+    allowed_faults: ClassVar[tuple[str, ...]] = ("offline",)
+    Parameters = SimulatedParameters
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        unknown = sorted(set(self.parameters.faults) - set(self.allowed_faults))
+        if unknown:
+            raise ValueError(f"{self.name} has no fault {unknown}; it can inject: {', '.join(self.allowed_faults)}")
+        bad = {k: p for k, p in self.parameters.faults.items() if not 0.0 <= p <= 1.0}
+        if bad:
+            raise ValueError(f"fault probabilities must lie in [0, 1]; got {bad}")
+
+    def _rng(self, experiment: ExperimentSpec) -> np.random.Generator:
+        digest = hashlib.sha256(f"{self.name}:{experiment.experiment_id}".encode()).digest()
+        return np.random.default_rng([self.parameters.seed, int.from_bytes(digest[:8], "little")])
+
+    def _faults(self, rng: np.random.Generator, experiment: ExperimentSpec, attempt: int) -> None:
+        for fault in self.allowed_faults:
+            if rng.random() < self.parameters.faults.get(fault, 0.0):
+                raise InstrumentFault(f"{self.name}: {fault.replace('_', ' ')} during {experiment.experiment_id} (attempt {attempt})")
+
+    def _spend(self, lab_time_s: float) -> None:
+        if self.parameters.time_scale:
+            time.sleep(lab_time_s * self.parameters.time_scale)
+
+    def composition(self, experiment: ExperimentSpec) -> dict[str, float]:
+        """The specimen's composition: as melted (from the melter's analysis) if known, else nominal."""
+        if experiment.point.composition is None:
+            raise InstrumentRefused(f"{self.name} needs a composition; the experiment has none")
+        nominal = experiment.point.composition.root
+        melted = {e: experiment.specimen[f"x_{e}"] for e in nominal if f"x_{e}" in experiment.specimen}
+        return melted if len(melted) == len(nominal) else dict(nominal)
+
+
+class ArcMelter(SimulatedInstrument):
+    """Arc melter: weighs the charge with some scatter and loses part of its volatile elements.
+
+    Measurements: ``x_<El>`` (the ingot's analysed mole fractions) and ``mass_loss_pct``.
+    """
+
+    name = "arc_melter"
+    implemented_measurements = ("mass_loss_pct",)
+    allowed_faults = ("specimen_lost", "offline")
+
+    class Parameters(SimulatedParameters):
+        weighing_scatter: float = Field(default=0.002, ge=0.0, le=0.05, description="std of each fraction, absolute")
+        volatile_loss: dict[str, float] = Field(
+            default_factory=lambda: {"Al": 0.02, "Cr": 0.01},
+            description="relative loss of each volatile element per melt (Al and Cr evaporate most)",
+        )
+        melt_time_s: float = Field(default=1800.0, gt=0)
+
+    def lab_time_s(self, experiment: ExperimentSpec) -> float:
+        return self.parameters.melt_time_s
+
+    def measure(self, experiment: ExperimentSpec, *, attempt: int) -> dict[str, float]:
+        rng = self._rng(experiment)
+        self._faults(rng, experiment, attempt)
+        nominal = self.composition(experiment)
+        charged = {e: max(0.0, x + rng.normal(0.0, self.parameters.weighing_scatter)) for e, x in nominal.items()}
+        kept = {e: x * (1.0 - max(0.0, rng.normal(self.parameters.volatile_loss.get(e, 0.0),
+                                                  0.25 * self.parameters.volatile_loss.get(e, 0.0))))
+                for e, x in charged.items()}
+        total = sum(kept.values())
+        actual = {e: x / total for e, x in kept.items()}
+        Composition(actual)  # still a valid alloy
+        self._spend(self.parameters.melt_time_s)
+        return {**{f"x_{e}": x for e, x in actual.items()}, "mass_loss_pct": 100.0 * (1.0 - total / sum(charged.values()))}
+
+
+class Furnace(SimulatedInstrument):
+    """Heat-treatment furnace: executes the route on the specimen (the twin's kinetics).
+
+    Limits are enforced, never clamped: a step above ``max_temperature_k``, below
+    ``min_temperature_k``, longer than ``max_duration_s`` or ramped faster than ``max_ramp_k_per_s``
+    is refused with the limit in the message. Measurements (the specimen's state after the route, as
+    the simulation knows it): grain size, gamma-prime fraction and radius, brittle-phase fractions.
+    """
+
+    name = "furnace"
+    implemented_measurements = ("grain_size_um", "gamma_prime_fraction", "gamma_prime_radius_nm")
+    allowed_faults = ("furnace_trip", "offline")
+
+    class Parameters(SimulatedParameters):
+        # Defaults match the twin's default tabulation (900-1500 K), where it has physics.
+        max_temperature_k: float = Field(default=1500.0, gt=AMBIENT_K)
+        min_temperature_k: float = Field(default=900.0, gt=0)
+        max_ramp_k_per_s: float = Field(default=0.5, gt=0)
+        default_ramp_k_per_s: float = Field(default=0.2, gt=0)
+        max_duration_s: float = Field(default=7 * 86400.0, gt=0)
+        twin: TwinConfig = TwinConfig()
+        cache_path: str | None = Field(default=None, description="CALPHAD cache (default: ~/.cache/sdl)")
+
+        @field_validator("twin", mode="before")
+        @classmethod
+        def _twin(cls, value):
+            return TwinConfig.model_validate(value) if isinstance(value, dict) else value
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        p = self.parameters
+        if p.default_ramp_k_per_s > p.max_ramp_k_per_s:
+            raise ValueError(f"default_ramp_k_per_s {p.default_ramp_k_per_s} exceeds max_ramp_k_per_s {p.max_ramp_k_per_s}")
+        lo, hi = min(p.twin.temperatures_k), max(p.twin.temperatures_k)
+        if p.max_temperature_k > hi or p.min_temperature_k < lo:
+            # The furnace may only run where the twin has physics; say so at start-up, not mid-campaign.
+            raise ValueError(f"furnace limits {p.min_temperature_k}-{p.max_temperature_k} K exceed the twin's "
+                             f"tabulated {lo}-{hi} K; widen twin.temperatures_k or narrow the limits")
+        self.twin = AlloyTwin(p.twin, cache_path=p.cache_path or default_cache_path())
+
+    def check_route(self, experiment: ExperimentSpec) -> float:
+        """Refuse any step outside the limits; return the route's duration in simulated seconds."""
+        p = self.parameters
+        if not experiment.process:
+            raise InstrumentRefused("the furnace was sent an empty route")
+        temperature, total = AMBIENT_K, 0.0
+        for i, step in enumerate(experiment.process, 1):
+            if step.operation == "quench":
+                temperature = AMBIENT_K
+                continue
+            if step.temperature_k > p.max_temperature_k:
+                raise InstrumentRefused(f"step {i} ({step.operation}) at {step.temperature_k} K is above the furnace's "
+                                        f"maximum {p.max_temperature_k} K")
+            if step.temperature_k < p.min_temperature_k:
+                raise InstrumentRefused(f"step {i} ({step.operation}) at {step.temperature_k} K is below the furnace's "
+                                        f"minimum {p.min_temperature_k} K")
+            if step.duration_s > p.max_duration_s:
+                raise InstrumentRefused(f"step {i} lasts {step.duration_s} s; the furnace runs at most {p.max_duration_s} s")
+            ramp = step.ramp_k_per_s or p.default_ramp_k_per_s
+            if ramp > p.max_ramp_k_per_s:
+                raise InstrumentRefused(f"step {i} ramps at {ramp} K/s; the furnace's maximum is {p.max_ramp_k_per_s} K/s")
+            total += abs(step.temperature_k - temperature) / ramp + step.duration_s
+            temperature = AMBIENT_K if step.quench_medium in ("water", "oil") else step.temperature_k
+        return total
+
+    def lab_time_s(self, experiment: ExperimentSpec) -> float:
+        return self.check_route(experiment)
+
+    def measure(self, experiment: ExperimentSpec, *, attempt: int) -> dict[str, float]:
+        lab_time_s = self.check_route(experiment)
+        rng = self._rng(experiment)
+        self._faults(rng, experiment, attempt)
+        props = self.twin.properties([self.composition(experiment)], experiment.process)
+        micro = props.microstructure
+        self._spend(lab_time_s)
+        out = {
+            "grain_size_um": float(micro.grain_size_m[0] * 1e6),
+            "gamma_prime_fraction": float(micro.precipitate_fraction[0]),
+            "gamma_prime_radius_nm": float(micro.precipitate_radius_m[0] * 1e9),
+        }
+        out.update({f"{phase}_fraction": float(props.phases[phase][0]) for phase in BRITTLE})
+        return out
+
+
+class HardnessTester(SimulatedInstrument):
+    """Vickers hardness (with indentation scatter) and the ductility the brittle phases leave.
+
+    Needs the furnace's record of the specimen (grain size, gamma-prime, brittle fractions).
+    """
+
+    name = "hardness_tester"
+    implemented_measurements = ("hardness_hv", "elongation_pct")
+    allowed_faults = ("specimen_lost", "offline")
+
+    class Parameters(SimulatedParameters):
+        noise_hv: float = Field(default=5.0, ge=0.0, description="std of one reading")
+        indents: int = Field(default=5, ge=1, le=50, description="readings averaged per specimen")
+        measure_time_s: float = Field(default=900.0, gt=0)
+        strength: dict = Field(default_factory=dict, description="overrides of the twin's StrengthParameters")
+
+    def lab_time_s(self, experiment: ExperimentSpec) -> float:
+        return self.parameters.measure_time_s
+
+    def measure(self, experiment: ExperimentSpec, *, attempt: int) -> dict[str, float]:
+        from sdl.env.strength import StrengthParameters
+
+        needed = ("grain_size_um", "gamma_prime_fraction", "gamma_prime_radius_nm")
+        missing = [k for k in needed if k not in experiment.specimen]
+        if missing:
+            raise InstrumentRefused(f"the hardness tester needs a heat-treated specimen; missing {missing} "
+                                    "(put the furnace before it in the workflow)")
+        rng = self._rng(experiment)
+        self._faults(rng, experiment, attempt)
+        spec = experiment.specimen
+        strength = StrengthParameters.model_validate(self.parameters.strength)
+        composition = self.composition(experiment)
+        fractions = {e: np.array([x]) for e, x in composition.items()}
+        sigma = yield_strength_mpa(fractions, np.array([spec["grain_size_um"] * 1e-6]),
+                                   np.array([spec["gamma_prime_fraction"]]), np.array([spec["gamma_prime_radius_nm"] * 1e-9]),
+                                   strength)
+        readings = vickers_hardness(sigma)[0] + rng.normal(0.0, self.parameters.noise_hv, self.parameters.indents)
+        brittle = sum(spec.get(f"{phase}_fraction", 0.0) for phase in BRITTLE)
+        self._spend(self.parameters.measure_time_s)
+        return {
+            "hardness_hv": float(readings.mean()),
+            "elongation_pct": float(elongation_pct(np.array([brittle]), np.array([spec["gamma_prime_fraction"]]), strength)[0]),
+        }
+
+
+class XrdPhaseId(SimulatedInstrument):
+    """X-ray diffraction phase identification: phases above the detection limit, with their fractions.
+
+    Reports ``xrd_<phase>`` (estimated volume fraction, 0 when not detected) for gamma-prime and the
+    brittle phases, and ``xrd_brittle_detected`` (1 or 0).
+    """
+
+    name = "xrd"
+    implemented_measurements = ("xrd_gamma_prime", "xrd_brittle_detected")
+
+    class Parameters(SimulatedParameters):
+        detection_limit: float = Field(default=0.02, ge=0.0, le=0.5, description="smallest detectable volume fraction")
+        fraction_noise: float = Field(default=0.01, ge=0.0, description="std of a fitted phase fraction")
+        scan_time_s: float = Field(default=3600.0, gt=0)
+
+    def lab_time_s(self, experiment: ExperimentSpec) -> float:
+        return self.parameters.scan_time_s
+
+    def measure(self, experiment: ExperimentSpec, *, attempt: int) -> dict[str, float]:
+        rng = self._rng(experiment)
+        self._faults(rng, experiment, attempt)
+        truth = {"gamma_prime": experiment.specimen.get("gamma_prime_fraction", 0.0)}
+        truth.update({phase: experiment.specimen.get(f"{phase}_fraction", 0.0) for phase in BRITTLE})
+        detected = {}
+        for phase, fraction in truth.items():
+            seen = fraction + rng.normal(0.0, self.parameters.fraction_noise) if fraction > 0 else 0.0
+            detected[f"xrd_{phase}"] = float(seen) if seen >= self.parameters.detection_limit else 0.0
+        self._spend(self.parameters.scan_time_s)
+        detected["xrd_brittle_detected"] = float(any(detected[f"xrd_{p}"] > 0 for p in BRITTLE))
+        return detected

@@ -1,0 +1,139 @@
+"""Simulated alloy-lab instruments: limits refused (never clamped), melt chemistry, detection limits,
+faults, and a short demo-like campaign through the whole workflow on a small CALPHAD grid."""
+
+import numpy as np
+import pytest
+import ray
+
+from sdl.agents.instrument_driver import InstrumentDriverService
+from sdl.campaign import Campaign
+from sdl.config import parse_config
+from sdl.instruments.alloy_lab import ArcMelter, Furnace, HardnessTester, InstrumentRefused, XrdPhaseId
+from sdl.instruments.base import InstrumentFault
+from sdl.ledger import Ledger
+from sdl.protocol import DesignPoint, ExperimentSpec, ProcessStep, Request, RunExperiment
+
+SMALL_TWIN = {
+    "grid": {"Al": {"low": 0.0, "high": 0.15, "points": 4}, "Co": {"low": 0.05, "high": 0.15, "points": 2},
+             "Cr": {"low": 0.05, "high": 0.15, "points": 2}},
+    "temperatures_k": [1050.0, 1100.0, 1500.0],
+}
+ALLOY = {"Al": 0.10, "Co": 0.10, "Cr": 0.10, "Ni": 0.70}
+ROUTE = [ProcessStep(operation="solutionise", temperature_k=1500, duration_s=3600, quench_medium="water"),
+         ProcessStep(operation="age", temperature_k=1100, duration_s=4 * 3600, quench_medium="water")]
+
+
+def spec(i=0, route=ROUTE, specimen=None, composition=ALLOY):
+    return ExperimentSpec(experiment_id=f"e{i}", campaign_id="c", point=DesignPoint(composition=composition),
+                          process=route, specimen=specimen or {})
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("calphad") / "cache.sqlite")
+
+
+@pytest.fixture(scope="module")
+def furnace(cache):
+    return Furnace(twin=SMALL_TWIN, cache_path=cache, min_temperature_k=1050, max_temperature_k=1500, time_scale=0)
+
+
+@pytest.mark.parametrize("step, fragment", [
+    (ProcessStep(operation="solutionise", temperature_k=1520, duration_s=60), "above the furnace's maximum 1500.0 K"),
+    (ProcessStep(operation="age", temperature_k=900, duration_s=60), "below the furnace's minimum 1050.0 K"),
+    (ProcessStep(operation="age", temperature_k=1100, duration_s=60, ramp_k_per_s=5.0), "maximum is 0.5 K/s"),
+    (ProcessStep(operation="age", temperature_k=1100, duration_s=30 * 86400), "runs at most"),
+])
+def test_furnace_refuses_commands_over_its_limits(furnace, step, fragment):
+    with pytest.raises(InstrumentRefused, match=fragment):
+        furnace.run(spec(route=[step]), idempotency_key=f"k-{fragment}")
+
+
+def test_refusal_reaches_the_caller_as_a_clear_error_reply(cache):
+    service = InstrumentDriverService(driver="furnace", options={"twin": SMALL_TWIN, "cache_path": cache,
+                                                                  "min_temperature_k": 1050, "max_temperature_k": 1500})
+    hot = spec(route=[ProcessStep(operation="solutionise", temperature_k=1600, duration_s=60)])
+    reply = service.handle(Request(service="instrument.furnace", method="run", idempotency_key="k",
+                                   payload=RunExperiment(experiment=hot).model_dump(mode="json")))
+    assert not reply.ok and reply.error.code == "invalid_payload" and "above the furnace's maximum" in reply.error.message
+
+
+def test_furnace_limits_must_fit_the_twin(cache):
+    with pytest.raises(ValueError, match="exceed the twin's tabulated 1050.0-1500.0 K"):
+        Furnace(twin=SMALL_TWIN, cache_path=cache)  # default limits 673-1573 K
+
+
+def test_furnace_reports_microstructure_and_simulated_time(furnace):
+    result = furnace.run(spec(), idempotency_key="ok")
+    m = result.measurements
+    assert 0.1 < m["gamma_prime_fraction"] < 0.6 and 5 < m["gamma_prime_radius_nm"] < 100
+    assert m["grain_size_um"] > 50
+    # Ramps at 0.2 K/s from 298 K to 1500 K, 1 h hold, quench, ramp to 1100 K, 4 h hold.
+    expected = (1500 - 298) / 0.2 + 3600 + (1100 - 298) / 0.2 + 4 * 3600
+    assert result.lab_time_s == pytest.approx(expected)
+
+
+def test_arc_melter_scatters_and_loses_volatile_aluminium():
+    melter = ArcMelter(time_scale=0)
+    melts = [melter.run(spec(i), idempotency_key=f"m{i}").measurements for i in range(200)]
+    al = np.array([m["x_Al"] for m in melts])
+    assert al.mean() < ALLOY["Al"] and al.std() > 0.001
+    assert all(abs(sum(v for k, v in m.items() if k.startswith("x_")) - 1.0) < 1e-9 for m in melts)
+    assert all(m["mass_loss_pct"] > 0 for m in melts)
+
+
+def test_hardness_needs_a_heat_treated_specimen_and_xrd_has_a_detection_limit(furnace):
+    with pytest.raises(InstrumentRefused, match="needs a heat-treated specimen"):
+        HardnessTester(time_scale=0).run(spec(), idempotency_key="h0")
+    record = furnace.run(spec(), idempotency_key="ok").measurements
+    hardness = HardnessTester(time_scale=0, noise_hv=0.0).run(spec(specimen=record), idempotency_key="h1").measurements
+    assert 100 < hardness["hardness_hv"] < 600 and hardness["elongation_pct"] > 0
+    xrd = XrdPhaseId(time_scale=0, fraction_noise=0.0, detection_limit=0.02)
+    seen = xrd.run(spec(specimen={"gamma_prime_fraction": 0.3, "sigma_fraction": 0.01}), idempotency_key="x1").measurements
+    assert seen["xrd_gamma_prime"] == pytest.approx(0.3) and seen["xrd_sigma"] == 0.0 and seen["xrd_brittle_detected"] == 0.0
+
+
+def test_faults_are_named_and_unknown_ones_refused():
+    with pytest.raises(ValueError, match="has no fault \\['furnace_trip'\\]; it can inject: specimen_lost, offline"):
+        ArcMelter(faults={"furnace_trip": 0.1})
+    with pytest.raises(InstrumentFault, match="specimen lost during e0"):
+        ArcMelter(faults={"specimen_lost": 1.0}, time_scale=0).run(spec(), idempotency_key="f")
+
+
+def test_demo_workflow_campaign_records_results_and_faults(tmp_path, cache):
+    twin_options = {"twin": SMALL_TWIN, "cache_path": cache, "min_temperature_k": 1050, "max_temperature_k": 1500}
+    config = parse_config({
+        "name": "mini-demo",
+        "space": {"composition": {"elements": {"Ni": [0.6, 0.9], "Al": [0.02, 0.14], "Co": [0.05, 0.15],
+                                               "Cr": [0.05, 0.15]}, "balance": "Ni"}},
+        "objective": {"measurement": "hardness_hv", "direction": "maximize"},
+        "process": [step.model_dump() for step in ROUTE],
+        "workflow": ["melt", "heat_treat", "hardness", "xrd"],
+        "instruments": [
+            {"name": "melter", "driver": "arc_melter", "station": "melt", "options": {"time_scale": 0}},
+            {"name": "furnace", "driver": "furnace", "station": "heat_treat", "capacity": 2,
+             "options": {**twin_options, "faults": {"furnace_trip": 0.25}, "time_scale": 0}},
+            {"name": "hardness", "driver": "hardness_tester", "station": "hardness", "options": {"time_scale": 0}},
+            {"name": "xrd", "driver": "xrd", "station": "xrd", "options": {"time_scale": 0}},
+        ],
+        "surrogate": None,
+        "stop": {"max_experiments": 12, "max_in_flight": 3},
+        "ledger": {"synchronous": "normal"},
+    })
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        summary = Campaign(config, tmp_path / "c", progress=False).run()
+    finally:
+        ray.shutdown()
+    assert summary.counts["done"] + summary.counts["failed"] == 12 and summary.counts["failed"] >= 1
+    with Ledger.in_campaign(tmp_path / "c", readonly=True) as ledger:
+        done = ledger.experiments(("done",))
+        failed = ledger.experiments(("failed",))
+        steps = ledger.events("experiment.step")
+    for record in done:  # every station's measurements arrive in one result
+        assert {"x_Al", "grain_size_um", "hardness_hv", "xrd_gamma_prime"} <= set(record.result.measurements)
+        route_s = (1500 - 298) / 0.2 + 3600 + (1100 - 298) / 0.2 + 4 * 3600  # holds and ramps
+        assert record.result.lab_time_s == pytest.approx(1800 + route_s + 900 + 3600)  # melt, route, HV, XRD
+    assert all(r.error_code == "instrument_fault" and "furnace trip" in r.error_message
+               and "station heat_treat" in r.error_message for r in failed)
+    assert len(steps) == 3 * len(done) + len(failed)  # melt committed for the failed, three stations for the done
