@@ -73,8 +73,28 @@ def write_report(campaign_dir: str | Path, out: str | Path | None = None) -> Pat
         _plot_best(finished, measurement, direction, target, recommendation, out / "best_so_far.png")
         _plot_coverage(finished, measurement, out / "coverage.png")
         _plot_timeline(finished, out / "timeline.png")
-        (out / "summary.md").write_text(_markdown(ledger, finished, measurement, direction, recommendation))
+        extra = _alloy_pages(ledger.get_meta("config") or {}, finished, measurement, direction, out)
+        (out / "summary.md").write_text(_markdown(ledger, finished, measurement, direction, recommendation) + extra)
     return out / "summary.md"
+
+
+def _alloy_pages(config, records, measurement, direction, out: Path) -> str:
+    """Phase map and best-specimen pages when the campaign ran on the simulated alloy lab."""
+    from sdl import alloy_report
+
+    if alloy_report.furnace_options(config) is None:
+        return ""
+    lines = ["", "## Alloy", ""]
+    caption = alloy_report.plot_phase_map(config, records, measurement, out / "phase_map.png")
+    if caption:
+        lines += [f"![{caption}](phase_map.png)", ""]
+    done = [r for r in records if r.status == "done" and measurement in r.result.measurements]
+    if done:
+        pick = max if direction == "maximize" else min
+        best = pick(done, key=lambda r: r.result.measurements[measurement])
+        lines += alloy_report.plot_best_specimen(best, measurement, out / "best_specimen.png")
+        lines += ["", "![best specimen](best_specimen.png)", ""]
+    return "\n".join(lines)
 
 
 def _plot_best(records, measurement, direction, target, recommendation, path: Path) -> None:
@@ -179,6 +199,10 @@ def _markdown(ledger: Ledger, records, measurement, direction, recommendation) -
         f"- wall time: {wall_s:.1f} s"
         + (f" ({len(records) / wall_s:.2f} experiments/s)" if wall_s > 0 and records else ""),
     ]
+    lab_time_s = sum(r.result.lab_time_s for r in records if r.result is not None)
+    if lab_time_s:
+        lines.append(f"- lab time of the finished specimens (simulated for simulated instruments): "
+                     f"{lab_time_s / 3600:.1f} h ({lab_time_s / 86400:.1f} instrument-days)")
     if np.isfinite(values).any():
         i = int(np.nanargmin(values) if direction == "minimize" else np.nanargmax(values))
         coords = ", ".join(f"{k}={v:.4g}" for k, v in _coordinates(records[i]).items())

@@ -12,6 +12,7 @@ from sdl.instruments.alloy_lab import ArcMelter, Furnace, HardnessTester, Instru
 from sdl.instruments.base import InstrumentFault
 from sdl.ledger import Ledger
 from sdl.protocol import DesignPoint, ExperimentSpec, ProcessStep, Request, RunExperiment
+from sdl.report import write_report
 
 SMALL_TWIN = {
     "grid": {"Al": {"low": 0.0, "high": 0.15, "points": 4}, "Co": {"low": 0.05, "high": 0.15, "points": 2},
@@ -137,3 +138,20 @@ def test_demo_workflow_campaign_records_results_and_faults(tmp_path, cache):
     assert all(r.error_code == "instrument_fault" and "furnace trip" in r.error_message
                and "station heat_treat" in r.error_message for r in failed)
     assert len(steps) == 3 * len(done) + len(failed)  # melt committed for the failed, three stations for the done
+    summary_md = write_report(tmp_path / "c").read_text()
+    assert "phase_map.png" in summary_md and "best specimen microstructure" in summary_md and "lab time" in summary_md
+    assert (tmp_path / "c" / "report" / "phase_map.png").stat().st_size > 20_000
+
+
+def test_demo_config_is_valid_and_inside_the_twin():
+    from pathlib import Path
+
+    from sdl.config import load_config
+    from sdl.env.twin import TwinConfig
+
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
+    grid = TwinConfig().grid
+    for element, (low, high) in config.space.composition.elements.items():
+        if element in grid:  # the design space sits inside the CALPHAD grid, with room for melt scatter
+            assert grid[element].low <= low and high <= grid[element].high - 0.015
+    assert config.objective.measurement == "hardness_hv" and config.workflow == ["melt", "heat_treat", "hardness", "xrd"]
