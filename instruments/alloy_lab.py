@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from sdl.env.calphad import BRITTLE
-from sdl.env.strength import elongation_pct, vickers_hardness, yield_strength_mpa
+from sdl.env.strength import StrengthParameters, elongation_pct, vickers_hardness, yield_strength_mpa
 from sdl.env.twin import AlloyTwin, TwinConfig
 from sdl.instruments.base import Instrument, InstrumentFault, InstrumentParameters
 from sdl.protocol import Composition, ExperimentSpec
@@ -142,11 +142,6 @@ class Furnace(SimulatedInstrument):
         twin: TwinConfig = TwinConfig()
         cache_path: str | None = Field(default=None, description="CALPHAD cache (default: ~/.cache/sdl)")
 
-        @field_validator("twin", mode="before")
-        @classmethod
-        def _twin(cls, value):
-            return TwinConfig.model_validate(value) if isinstance(value, dict) else value
-
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         p = self.parameters
@@ -217,14 +212,12 @@ class HardnessTester(SimulatedInstrument):
         noise_hv: float = Field(default=5.0, ge=0.0, description="std of one reading")
         indents: int = Field(default=5, ge=1, le=50, description="readings averaged per specimen")
         measure_time_s: float = Field(default=900.0, gt=0)
-        strength: dict = Field(default_factory=dict, description="overrides of the twin's StrengthParameters")
+        strength: StrengthParameters = StrengthParameters()
 
     def lab_time_s(self, experiment: ExperimentSpec) -> float:
         return self.parameters.measure_time_s
 
     def measure(self, experiment: ExperimentSpec, *, attempt: int) -> dict[str, float]:
-        from sdl.env.strength import StrengthParameters
-
         needed = ("grain_size_um", "gamma_prime_fraction", "gamma_prime_radius_nm")
         missing = [k for k in needed if k not in experiment.specimen]
         if missing:
@@ -233,7 +226,7 @@ class HardnessTester(SimulatedInstrument):
         rng = self._rng(experiment)
         self._faults(rng, experiment, attempt)
         spec = experiment.specimen
-        strength = StrengthParameters.model_validate(self.parameters.strength)
+        strength = self.parameters.strength
         composition = self.composition(experiment)
         fractions = {e: np.array([x]) for e, x in composition.items()}
         sigma = yield_strength_mpa(fractions, np.array([spec["grain_size_um"] * 1e-6]),
