@@ -107,3 +107,42 @@ def test_ctrl_c_stops_cleanly_with_in_flight_work_recorded(tmp_path):
         assert counts["dispatched"] == 0 and counts["planned"] == 0  # in-flight experiments finished and recorded
         assert 4 <= counts["done"] < 24
         assert ledger.get_meta("state") == "interrupted"
+
+
+def test_kill_9_mid_workflow_resumes_from_the_first_uncommitted_station(tmp_path):
+    """Two stations per specimen: a resumed campaign does not send a specimen back to a station
+    whose result was already committed."""
+    config = {**CONFIG, "name": "workflow", "workflow": ["first", "second"],
+              "instruments": [{"name": "one", "driver": "branin", "station": "first", "options": {"latency_s": 0.2}},
+                              {"name": "two", "driver": "branin", "station": "second", "options": {"latency_s": 0.3}}],
+              "stop": {"max_experiments": 16, "max_in_flight": 3}}
+    config_path = tmp_path / "workflow.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    campaign_dir = tmp_path / "campaign"
+    first = sdl_run(str(config_path), "--campaign-dir", str(campaign_dir))
+    deadline = time.monotonic() + 120
+    while done_count(campaign_dir) < 5:
+        assert first.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    with Ledger.in_campaign(campaign_dir, readonly=True) as ledger:
+        committed_first = {p["experiment_id"] for _, _, p in ledger.events("experiment.step") if p["station"] == "first"}
+        unfinished = {r.experiment_id for r in ledger.experiments(("planned", "dispatched"))}
+    time.sleep(2)
+    second = sdl_run(str(config_path), "--campaign-dir", str(campaign_dir), "--resume")
+    output, _ = second.communicate(timeout=240)
+    assert second.returncode == 0, output
+    with Ledger.in_campaign(campaign_dir, readonly=True) as ledger:
+        assert ledger.counts()["done"] == 16
+        steps = [p for _, _, p in ledger.events("experiment.step")]
+        records = ledger.experiments()
+    # Each specimen's first station is committed exactly once, also across the kill.
+    assert sorted(p["experiment_id"] for p in steps) == sorted(r.experiment_id for r in records)
+    with sqlite3.connect(campaign_dir / "instruments" / "one.sqlite") as db:
+        first_station = dict(db.execute("SELECT key, attempts FROM executions").fetchall())
+    for experiment_id in committed_first & unfinished:  # waiting for station two at the kill
+        key = next(r.idempotency_key for r in records if r.experiment_id == experiment_id)
+        assert first_station[f"{key}/first"] == 1
+    for record in records:  # one result per specimen, adding up both stations' time (0.2 s + 0.3 s)
+        assert record.result.lab_time_s >= 0.45 and record.result.instrument == "branin"
