@@ -72,12 +72,20 @@ def spawn_agent(
     max_restarts: int = 3,
     num_cpus: float = 0.0,
     num_gpus: float = 0.0,
+    node_id: str | None = None,
 ) -> ray.actor.ActorHandle:
     """Start an agent actor. Agents wait on the bus most of the time, so by default they reserve no
-    CPU; a surrogate that trains asks for ``num_cpus``/``num_gpus`` explicitly."""
+    CPU; a surrogate that trains asks for ``num_cpus``/``num_gpus`` explicitly.
+
+    ``node_id`` prefers a node (soft affinity: another node is used if that one cannot host it);
+    without it Ray's best-effort SPREAD applies.
+    """
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    strategy = "SPREAD" if node_id is None else NodeAffinitySchedulingStrategy(node_id=node_id, soft=True)
     return AgentActor.options(
         max_restarts=max_restarts,
         num_cpus=num_cpus,
         num_gpus=num_gpus,
-        scheduling_strategy="SPREAD",
+        scheduling_strategy=strategy,
     ).remote(kind, options, broker_address, service_name, capacity)

@@ -8,6 +8,11 @@ stream hear of it. A campaign killed at any instant is resumed with ``resume=Tru
 experiments are dispatched, dispatched ones are sent again with the same idempotency key to the
 same instrument (whose journal returns the result if it already ran), and nothing finished is redone.
 
+A specimen may visit several stations (``workflow``: melt, heat-treat, test...): each station's
+result is committed as an ``experiment.step`` event before the specimen moves on, the next station
+sees what the earlier ones measured, and a resumed campaign continues from the first station whose
+result was not committed.
+
 Ctrl-C (or SIGTERM) stops planning and waits for the experiments in flight, recording them;
 a second Ctrl-C leaves at once, and the next ``--resume`` reconciles what was in flight.
 """
@@ -207,35 +212,38 @@ class Campaign:
         return address.replace("tcp://127.0.0.1:", f"tcp://{host}:")
 
     def _spawn_agents(self, address: str) -> None:
+        import itertools
+
+        import ray
+
         from sdl.agents.actor import spawn_agent
 
         cfg = self.config
         space = cfg.space.model_dump(mode="json")
+        # Deal the agents round-robin over the cluster's live nodes (Ray's SPREAD is best effort and
+        # may stack resource-free actors on one node); soft affinity still lets Ray place elsewhere.
+        nodes = itertools.cycle(sorted(n["NodeID"] for n in ray.nodes() if n["Alive"]) or [None])
         common = {"broker_address": address, "max_restarts": cfg.ray.max_restarts}
-        self.actors[f"planner.{cfg.planner.kind}"] = spawn_agent(
-            "planner", {"planner": cfg.planner.kind, "space": space, "seed": cfg.seed},
-            service_name=f"planner.{cfg.planner.kind}", num_cpus=cfg.planner.num_cpus, **common,
-        )
+
+        def spawn(name: str, kind: str, options: dict, **extra) -> None:
+            self.actors[name] = spawn_agent(kind, options, service_name=name, node_id=next(nodes), **common, **extra)
+
+        spawn(f"planner.{cfg.planner.kind}", "planner", {"planner": cfg.planner.kind, "space": space, "seed": cfg.seed},
+              num_cpus=cfg.planner.num_cpus)
         if cfg.surrogate is not None:
-            name = f"surrogate.{cfg.surrogate.model}"
-            self.actors[name] = spawn_agent(
-                "surrogate", {"model": cfg.surrogate.model, "space": space}, service_name=name,
-                num_cpus=cfg.surrogate.num_cpus, num_gpus=cfg.surrogate.num_gpus, **common,
-            )
+            spawn(f"surrogate.{cfg.surrogate.model}", "surrogate", {"model": cfg.surrogate.model, "space": space},
+                  num_cpus=cfg.surrogate.num_cpus, num_gpus=cfg.surrogate.num_gpus)
         if cfg.problem is not None:
-            name = f"simulator.{cfg.problem}"
-            self.actors[name] = spawn_agent("simulator", {"problem": cfg.problem}, service_name=name, **common)
+            spawn(f"simulator.{cfg.problem}", "simulator", {"problem": cfg.problem})
         for instrument in cfg.instruments:
             if instrument.host != "ray":
                 continue
             # The journal lives with the campaign so that a resumed campaign's restarted drivers
             # still know which commands they already executed.
             journal = self.campaign_dir / "instruments" / f"{instrument.name}.sqlite"
-            self.actors[instrument.service_name] = spawn_agent(
-                "instrument",
-                {"driver": instrument.driver, "options": instrument.options, "journal_path": str(journal.resolve())},
-                service_name=instrument.service_name, capacity=instrument.capacity, **common,
-            )
+            spawn(instrument.service_name, "instrument",
+                  {"driver": instrument.driver, "options": instrument.options, "journal_path": str(journal.resolve())},
+                  capacity=instrument.capacity)
 
     def _record_placement(self, ledger: Ledger) -> None:
         """Log where Ray placed each agent (node, pid): the first question when a cluster misbehaves."""
