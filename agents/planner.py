@@ -12,7 +12,6 @@ any planner; model-based planners (BO, causal, process) live beside it.
 from __future__ import annotations
 
 import time
-from typing import Literal
 
 import numpy as np
 from scipy.stats import qmc
@@ -83,7 +82,6 @@ class SobolPlanner(Planner):
 
 
 PLANNERS: dict[str, type[Planner]] = {"random": RandomPlanner, "sobol": SobolPlanner}
-PlannerKind = Literal["random", "sobol"]
 
 
 def make_planner(kind: str, space: SearchSpace, *, seed: int) -> Planner:

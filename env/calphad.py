@@ -15,6 +15,7 @@ ordered L1_2); likewise B2 (NiAl-type, brittle) from disordered BCC.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.resources
 import itertools
@@ -73,6 +74,12 @@ class PhaseTable:
     temperatures_k: np.ndarray
     fractions: dict[str, np.ndarray]  # constituent -> array (T, *axes); NaN off the simplex
 
+    @functools.cached_property
+    def _interpolators(self) -> dict[str, RegularGridInterpolator]:
+        """Built once per table: every furnace run and candidate batch interpolates through these."""
+        return {name: RegularGridInterpolator((self.temperatures_k, *self.axes), np.nan_to_num(table, nan=0.0))
+                for name, table in self.fractions.items()}
+
     def __call__(self, compositions: np.ndarray, temperatures_k: np.ndarray | float) -> dict[str, np.ndarray]:
         """Fractions for rows of ``compositions`` (n x free elements) at ``temperatures_k`` (n or scalar)."""
         x = np.atleast_2d(np.asarray(compositions, dtype=float))
@@ -84,10 +91,7 @@ class PhaseTable:
             if np.any((column < axis[0] - 1e-9) | (column > axis[-1] + 1e-9)):
                 raise CalphadError(f"x({name}) outside the tabulated range [{axis[0]}, {axis[-1]}]")
         points = np.column_stack([t, x])
-        out = {}
-        for name, table in self.fractions.items():
-            interpolator = RegularGridInterpolator((self.temperatures_k, *self.axes), np.nan_to_num(table, nan=0.0))
-            out[name] = np.clip(interpolator(points), 0.0, 1.0)
+        out = {name: np.clip(interpolate(points), 0.0, 1.0) for name, interpolate in self._interpolators.items()}
         total = sum(out.values())
         return {k: np.where(total > 0, v / np.where(total > 0, total, 1.0), 0.0) for k, v in out.items()}
 

@@ -183,7 +183,7 @@ class Furnace(SimulatedInstrument):
         return self.check_route(experiment)
 
     def measure(self, experiment: ExperimentSpec, *, attempt: int) -> dict[str, float]:
-        lab_time_s = self.check_route(experiment)
+        lab_time_s = self.check_route(experiment)  # refuses before anything happens to the specimen
         rng = self._rng(experiment)
         self._faults(rng, experiment, attempt)
         props = self.twin.properties([self.composition(experiment)], experiment.process)
