@@ -77,12 +77,18 @@ def spawn_agent(
     """Start an agent actor. Agents wait on the bus most of the time, so by default they reserve no
     CPU; a surrogate that trains asks for ``num_cpus``/``num_gpus`` explicitly.
 
-    ``node_id`` prefers a node (soft affinity: another node is used if that one cannot host it);
-    without it Ray's best-effort SPREAD applies.
+    ``node_id`` places the agent on that node. An agent that asks for no resources is pinned there
+    (hard affinity: a node that has just joined may not yet be in the scheduler's view, and soft
+    affinity would then silently stack every agent on the head node); one that asks for CPUs or
+    GPUs only prefers it, so Ray may place it where those resources are. The price of pinning: an
+    agent pinned to a node that dies is not restarted elsewhere. Without ``node_id``, Ray's
+    best-effort SPREAD applies.
     """
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    strategy = "SPREAD" if node_id is None else NodeAffinitySchedulingStrategy(node_id=node_id, soft=True)
+    strategy: object = "SPREAD"
+    if node_id is not None:
+        strategy = NodeAffinitySchedulingStrategy(node_id=node_id, soft=bool(num_cpus or num_gpus))
     return AgentActor.options(
         max_restarts=max_restarts,
         num_cpus=num_cpus,

@@ -221,7 +221,7 @@ class Campaign:
         cfg = self.config
         space = cfg.space.model_dump(mode="json")
         # Deal the agents round-robin over the cluster's live nodes (Ray's SPREAD is best effort and
-        # may stack resource-free actors on one node); soft affinity still lets Ray place elsewhere.
+        # stacked resource-free actors on one node in tests); see spawn_agent for the affinity used.
         nodes = itertools.cycle(sorted(n["NodeID"] for n in ray.nodes() if n["Alive"]) or [None])
         common = {"broker_address": address, "max_restarts": cfg.ray.max_restarts}
 
