@@ -47,7 +47,11 @@ class SimulatedParameters(InstrumentParameters):
 
 
 class SimulatedInstrument(Instrument):
-    """Bookkeeping shared by the simulated lab: seeded randomness, faults, simulated time."""
+    """Bookkeeping shared by the simulated lab: refusals, seeded faults, simulated time.
+
+    Subclasses implement :meth:`simulate` and :meth:`lab_time_s`, and :meth:`check` if they refuse
+    some specimens; :meth:`measure` runs them in the order a real instrument would.
+    """
 
     allowed_faults: ClassVar[tuple[str, ...]] = ("offline",)
     Parameters = SimulatedParameters
@@ -73,6 +77,24 @@ class SimulatedInstrument(Instrument):
     def _spend(self, lab_time_s: float) -> None:
         if self.parameters.time_scale:
             time.sleep(lab_time_s * self.parameters.time_scale)
+
+    def check(self, experiment: ExperimentSpec) -> None:
+        """Refuse (InstrumentRefused) a specimen or command this instrument cannot take; default: accept."""
+
+    def simulate(self, experiment: ExperimentSpec, rng: np.random.Generator) -> dict[str, float]:
+        """What the instrument measures on the specimen; subclasses implement it."""
+        raise NotImplementedError
+
+    def measure(self, experiment: ExperimentSpec, *, attempt: int) -> dict[str, float]:
+        # Refusals come first (nothing happens to the specimen), then faults, then the measurement,
+        # then the simulated time passes.
+        lab_time_s = self.lab_time_s(experiment)
+        self.check(experiment)
+        rng = self._rng(experiment)
+        self._faults(rng, experiment, attempt)
+        values = self.simulate(experiment, rng)
+        self._spend(lab_time_s)
+        return values
 
     def composition(self, experiment: ExperimentSpec) -> dict[str, float]:
         """The specimen's composition: as melted (from the melter's analysis) if known, else nominal."""
@@ -104,9 +126,7 @@ class ArcMelter(SimulatedInstrument):
     def lab_time_s(self, experiment: ExperimentSpec) -> float:
         return self.parameters.melt_time_s
 
-    def measure(self, experiment: ExperimentSpec, *, attempt: int) -> dict[str, float]:
-        rng = self._rng(experiment)
-        self._faults(rng, experiment, attempt)
+    def simulate(self, experiment: ExperimentSpec, rng: np.random.Generator) -> dict[str, float]:
         nominal = self.composition(experiment)
         charged = {e: max(0.0, x + rng.normal(0.0, self.parameters.weighing_scatter)) for e, x in nominal.items()}
         kept = {e: x * (1.0 - max(0.0, rng.normal(self.parameters.volatile_loss.get(e, 0.0),
@@ -115,7 +135,6 @@ class ArcMelter(SimulatedInstrument):
         total = sum(kept.values())
         actual = {e: x / total for e, x in kept.items()}
         Composition(actual)  # still a valid alloy
-        self._spend(self.parameters.melt_time_s)
         return {**{f"x_{e}": x for e, x in actual.items()}, "mass_loss_pct": 100.0 * (1.0 - total / sum(charged.values()))}
 
 
@@ -180,15 +199,11 @@ class Furnace(SimulatedInstrument):
         return total
 
     def lab_time_s(self, experiment: ExperimentSpec) -> float:
-        return self.check_route(experiment)
+        return self.check_route(experiment)  # refuses an over-limit route before anything happens
 
-    def measure(self, experiment: ExperimentSpec, *, attempt: int) -> dict[str, float]:
-        lab_time_s = self.check_route(experiment)  # refuses before anything happens to the specimen
-        rng = self._rng(experiment)
-        self._faults(rng, experiment, attempt)
+    def simulate(self, experiment: ExperimentSpec, rng: np.random.Generator) -> dict[str, float]:
         props = self.twin.properties([self.composition(experiment)], experiment.process)
         micro = props.microstructure
-        self._spend(lab_time_s)
         out = {
             "grain_size_um": float(micro.grain_size_m[0] * 1e6),
             "gamma_prime_fraction": float(micro.precipitate_fraction[0]),
@@ -217,14 +232,14 @@ class HardnessTester(SimulatedInstrument):
     def lab_time_s(self, experiment: ExperimentSpec) -> float:
         return self.parameters.measure_time_s
 
-    def measure(self, experiment: ExperimentSpec, *, attempt: int) -> dict[str, float]:
+    def check(self, experiment: ExperimentSpec) -> None:
         needed = ("grain_size_um", "gamma_prime_fraction", "gamma_prime_radius_nm")
         missing = [k for k in needed if k not in experiment.specimen]
         if missing:
             raise InstrumentRefused(f"the hardness tester needs a heat-treated specimen; missing {missing} "
                                     "(put the furnace before it in the workflow)")
-        rng = self._rng(experiment)
-        self._faults(rng, experiment, attempt)
+
+    def simulate(self, experiment: ExperimentSpec, rng: np.random.Generator) -> dict[str, float]:
         spec = experiment.specimen
         strength = self.parameters.strength
         composition = self.composition(experiment)
@@ -234,7 +249,6 @@ class HardnessTester(SimulatedInstrument):
                                    strength)
         readings = vickers_hardness(sigma)[0] + rng.normal(0.0, self.parameters.noise_hv, self.parameters.indents)
         brittle = sum(spec.get(f"{phase}_fraction", 0.0) for phase in BRITTLE)
-        self._spend(self.parameters.measure_time_s)
         return {
             "hardness_hv": float(readings.mean()),
             "elongation_pct": float(elongation_pct(np.array([brittle]), np.array([spec["gamma_prime_fraction"]]), strength)[0]),
@@ -259,15 +273,12 @@ class XrdPhaseId(SimulatedInstrument):
     def lab_time_s(self, experiment: ExperimentSpec) -> float:
         return self.parameters.scan_time_s
 
-    def measure(self, experiment: ExperimentSpec, *, attempt: int) -> dict[str, float]:
-        rng = self._rng(experiment)
-        self._faults(rng, experiment, attempt)
+    def simulate(self, experiment: ExperimentSpec, rng: np.random.Generator) -> dict[str, float]:
         truth = {"gamma_prime": experiment.specimen.get("gamma_prime_fraction", 0.0)}
         truth.update({phase: experiment.specimen.get(f"{phase}_fraction", 0.0) for phase in BRITTLE})
         detected = {}
         for phase, fraction in truth.items():
             seen = fraction + rng.normal(0.0, self.parameters.fraction_noise) if fraction > 0 else 0.0
             detected[f"xrd_{phase}"] = float(seen) if seen >= self.parameters.detection_limit else 0.0
-        self._spend(self.parameters.scan_time_s)
         detected["xrd_brittle_detected"] = float(any(detected[f"xrd_{p}"] > 0 for p in BRITTLE))
         return detected

@@ -161,10 +161,6 @@ class BusClient:
     def publish(self, topic: str, payload: dict[str, Any]) -> None:
         self._socket.send_multipart([CLIENT_HEADER, protocol.encode(Event(topic=topic, payload=payload))])
 
-    def send_raw(self, frames: list[bytes]) -> None:
-        """Send frames as they are (tests and diagnostics of the broker's input handling)."""
-        self._socket.send_multipart(frames)
-
     def close(self) -> None:
         self._socket.close(0)
 
