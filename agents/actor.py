@@ -17,13 +17,15 @@ import ray
 
 from sdl.service import Service, Worker
 
-AgentKind = Literal["planner", "surrogate", "simulator", "instrument"]
+AgentKind = Literal["planner", "surrogate", "simulator", "phase_boundary", "instrument"]
 
-# The four agent kinds of the design card and the services that implement them.
+# The four agent kinds of the design card (planner, surrogate, simulator, instrument) and the
+# services that implement them; the phase-boundary learner is a simulator over CALPHAD.
 SERVICE_CLASSES: dict[str, str] = {
     "planner": "sdl.agents.planner:PlannerService",
     "surrogate": "sdl.agents.surrogate_host:SurrogateHostService",
     "simulator": "sdl.agents.simulator_host:SimulatorHostService",
+    "phase_boundary": "sdl.agents.phase_boundary_host:PhaseBoundaryService",
     "instrument": "sdl.agents.instrument_driver:InstrumentDriverService",
 }
 

@@ -17,7 +17,7 @@ import numpy as np
 from scipy.stats import qmc
 
 from sdl.protocol import DesignPoint, ProposeRequest, Proposal
-from sdl.service import Service, method
+from sdl.service import Service, ServiceError, method
 from sdl.space import SearchSpace
 
 # Give up when this many candidates in a row are rejected by the composition bounds.
@@ -84,11 +84,18 @@ class SobolPlanner(Planner):
 PLANNERS: dict[str, type[Planner]] = {"random": RandomPlanner, "sobol": SobolPlanner}
 
 
-def make_planner(kind: str, space: SearchSpace, *, seed: int) -> Planner:
+def make_planner(kind: str, space: SearchSpace, *, seed: int, settings: dict | None = None) -> Planner:
+    """A planner by name; ``settings`` configure the model-based ones (``bo``: :class:`BoSettings`)."""
+    if kind == "bo":
+        from sdl.agents.bo_planner import BoPlanner  # botorch import only where it is used
+
+        if settings is None:
+            raise ValueError("the bo planner needs settings (at least its objectives)")
+        return BoPlanner(space, seed=seed, settings=settings)
     try:
         cls = PLANNERS[kind]
     except KeyError:
-        raise ValueError(f"unknown planner {kind!r}; available: {', '.join(sorted(PLANNERS))}") from None
+        raise ValueError(f"unknown planner {kind!r}; available: {', '.join(sorted([*PLANNERS, 'bo']))}") from None
     return cls(space, seed=seed)
 
 
@@ -97,9 +104,9 @@ class PlannerService(Service):
 
     kind = "planner"
 
-    def __init__(self, *, planner: str, space: SearchSpace | dict, seed: int = 0) -> None:
+    def __init__(self, *, planner: str, space: SearchSpace | dict, seed: int = 0, settings: dict | None = None) -> None:
         self.space = SearchSpace.model_validate(space)
-        self.planner = make_planner(planner, self.space, seed=seed)
+        self.planner = make_planner(planner, self.space, seed=seed, settings=settings)
 
     def details(self) -> dict:
         return {"planner": self.planner.name, "seed": self.planner.seed, "space": self.space.model_dump(mode="json")}
@@ -107,5 +114,8 @@ class PlannerService(Service):
     @method(ProposeRequest)
     def propose(self, request: ProposeRequest) -> Proposal:
         started = time.perf_counter()
-        points = self.planner.propose(request)
+        try:
+            points = self.planner.propose(request)
+        except ValueError as e:
+            raise ServiceError(str(e), code="invalid_payload") from e
         return Proposal(points=points, planner=self.planner.name, planner_seconds=time.perf_counter() - started)

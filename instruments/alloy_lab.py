@@ -22,18 +22,13 @@ from typing import ClassVar
 import numpy as np
 from pydantic import Field
 
-from sdl.env.calphad import BRITTLE
+from sdl.env.calphad import BRITTLE, default_cache_path
 from sdl.env.strength import StrengthParameters, elongation_pct, vickers_hardness, yield_strength_mpa
 from sdl.env.twin import AlloyTwin, TwinConfig
 from sdl.instruments.base import Instrument, InstrumentFault, InstrumentParameters
 from sdl.protocol import Composition, ExperimentSpec
 
 AMBIENT_K = 298.0
-
-
-def default_cache_path() -> Path:
-    """Where CALPHAD equilibria are cached between campaigns (``SDL_CACHE_DIR`` overrides)."""
-    return Path(os.environ.get("SDL_CACHE_DIR", Path.home() / ".cache" / "sdl")) / "calphad.sqlite"
 
 
 class InstrumentRefused(ValueError):

@@ -32,7 +32,7 @@ def plot_phase_map(config: dict[str, Any], records: list[ExperimentRecord], meas
     """Gamma-prime fraction over the two most varied free elements at the ageing temperature; brittle
     region outlined; explored compositions on top. Returns a caption, or None if not applicable."""
     from sdl.env.twin import AlloyTwin, TwinConfig
-    from sdl.instruments.alloy_lab import default_cache_path
+    from sdl.env.calphad import default_cache_path
 
     options = furnace_options(config)
     temperature_k = ageing_temperature_k(config)

@@ -48,6 +48,8 @@ from sdl.protocol import (
     FitSummary,
     Observation,
     Proposal,
+    FeasibilityModel,
+    FeasibilityRequest,
     ProposeRequest,
     RunExperiment,
 )
@@ -100,6 +102,7 @@ class Campaign:
         self.stop = _Stop()
         self.broker: Broker | None = None
         self.actors: dict[str, Any] = {}
+        self._feasibility: FeasibilityModel | None = None
 
     # -- public --------------------------------------------------------------------------------
 
@@ -155,6 +158,8 @@ class Campaign:
             names.append(f"surrogate.{self.config.surrogate.model}")
         if self.config.problem is not None:
             names.append(f"simulator.{self.config.problem}")
+        if self.config.phase_boundary is not None:
+            names.append("simulator.phase_boundary")
         return names
 
     # -- setup ---------------------------------------------------------------------------------
@@ -228,8 +233,15 @@ class Campaign:
         def spawn(name: str, kind: str, options: dict, **extra) -> None:
             self.actors[name] = spawn_agent(kind, options, service_name=name, node_id=next(nodes), **common, **extra)
 
-        spawn(f"planner.{cfg.planner.kind}", "planner", {"planner": cfg.planner.kind, "space": space, "seed": cfg.seed},
-              num_cpus=cfg.planner.num_cpus)
+        planner_options = {"planner": cfg.planner.kind, "space": space, "seed": cfg.seed}
+        if cfg.planner.kind == "bo":
+            from sdl.agents.bo_planner import BoSettings
+
+            planner_options["settings"] = BoSettings.from_config(cfg.planner, cfg.objective).model_dump(mode="json")
+        spawn(f"planner.{cfg.planner.kind}", "planner", planner_options, num_cpus=cfg.planner.num_cpus)
+        if cfg.phase_boundary is not None:
+            spawn("simulator.phase_boundary", "phase_boundary",
+                  {"space": space, "settings": cfg.phase_boundary.model_dump(mode="json"), "seed": cfg.seed})
         if cfg.surrogate is not None:
             spawn(f"surrogate.{cfg.surrogate.model}", "surrogate", {"model": cfg.surrogate.model, "space": space},
                   num_cpus=cfg.surrogate.num_cpus, num_gpus=cfg.surrogate.num_gpus)
@@ -381,7 +393,8 @@ class Campaign:
               observations: list[Observation], pending: list[DesignPoint]) -> list[ExperimentRecord]:
         payload = client.request(
             f"planner.{self.config.planner.kind}", "propose",
-            ProposeRequest(n=n, observations=observations, pending=pending),
+            ProposeRequest(n=n, observations=observations, pending=pending,
+                           feasibility=self._feasibility_model(ledger, client)),
             timeout_s=self.config.planner.timeout_s, retries=2,
         )
         proposal = Proposal.model_validate(payload)
@@ -403,6 +416,22 @@ class Campaign:
         ]
         ledger.plan(planned)
         return [r for r in ledger.experiments(("planned",)) if r.experiment_id in {p.experiment_id for p in planned}]
+
+    def _feasibility_model(self, ledger: Ledger, client: BusClient) -> FeasibilityModel | None:
+        """The phase classifier learned on CALPHAD, asked for once (the agent learns on first request)."""
+        cfg = self.config
+        if cfg.planner.kind != "bo" or cfg.planner.feasibility != "classifier":
+            return None
+        if self._feasibility is None:
+            log.info("learning the phase boundary from CALPHAD (%d calls)", cfg.phase_boundary.calphad_calls)
+            started = time.monotonic()
+            payload = client.request("simulator.phase_boundary", "feasibility", FeasibilityRequest(),
+                                     timeout_s=cfg.phase_boundary.timeout_s, retries=1)
+            self._feasibility = FeasibilityModel.model_validate(payload)
+            ledger.log_event("feasibility.learned", {"calphad_calls": self._feasibility.calphad_calls,
+                                                     "seconds": time.monotonic() - started,
+                                                     "target": self._feasibility.target})
+        return self._feasibility
 
     def _pick_instrument(self, flight: _Flight, capacity: dict[str, int], load: collections.Counter):
         station = self.config.workflow[flight.step]

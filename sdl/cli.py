@@ -57,6 +57,46 @@ def run(config: Path, campaign_dir: Path | None, resume: bool, ray_address: str 
 
 
 @main.command()
+@click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--seeds", type=int, help="Override the config's number of seeds.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output folder (default: runs/bench/<name>).")
+@click.option("--planners", help="Comma-separated subset of the config's planners.")
+@click.option("--problems", help="Comma-separated subset of the config's problems.")
+@click.option("--ray-address", help="Run the tasks on an existing Ray cluster ('auto' or HOST:PORT).")
+@click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
+def bench(config: Path, seeds: int | None, out: Path | None, planners: str | None, problems: str | None,
+          ray_address: str | None, no_progress: bool) -> None:
+    """Benchmark planners x problems x seeds (CONFIG, YAML) in parallel Ray tasks; write a table and regret curves."""
+    from sdl.bench import load_bench_config, run_bench
+    from sdl.config import ConfigError
+
+    try:
+        cfg = load_bench_config(config)
+        update: dict = {}
+        if seeds is not None:
+            update["seeds"] = seeds
+        if out is not None:
+            update["out"] = out
+        if ray_address is not None:
+            update["ray_address"] = ray_address
+        for option, field, names in (("--planners", "planners", planners), ("--problems", "problems", problems)):
+            if names:
+                wanted = [n.strip() for n in names.split(",") if n.strip()]
+                known = {p.name: p for p in getattr(cfg, field)}
+                unknown = [n for n in wanted if n not in known]
+                if unknown:
+                    raise ConfigError(f"{option}: {unknown} not in the config; it has {sorted(known)}")
+                update[field] = [known[n] for n in wanted]
+        if update:
+            cfg = cfg.model_copy(update=update)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    result = run_bench(cfg, progress=not no_progress)
+    click.echo((Path(result["out"]) / "table.md").read_text())
+    click.echo(f"wrote {result['out']}/table.md, regret.png, results.json")
+
+
+@main.command()
 @click.argument("campaign_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def status(campaign_dir: Path) -> None:
     """Show a campaign's progress from its ledger (safe while it runs)."""

@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from sdl.env.calphad import DEFAULT_DATABASE
+from sdl.env.phase_state import PhaseTarget
 from sdl.protocol import ProcessStep, describe_validation_error
 from sdl.space import SearchSpace
 
@@ -59,6 +61,7 @@ class ObjectiveConfig(_Section):
     measurement: str = "y"
     direction: Literal["minimize", "maximize"] = "minimize"
     target: float | None = Field(default=None, description="stop once the best measured value reaches this")
+    reference: float | None = Field(default=None, description="worst acceptable value (multi-objective reference point)")
 
     def better(self, a: float, b: float) -> bool:
         return a < b if self.direction == "minimize" else a > b
@@ -67,10 +70,83 @@ class ObjectiveConfig(_Section):
         return self.target is not None and (value <= self.target if self.direction == "minimize" else value >= self.target)
 
 
+class ConstraintConfig(_Section):
+    """A measured constraint: feasible when the sum of ``measurements`` is >= ``at_least`` and/or <= ``at_most``."""
+
+    measurements: list[str] = Field(min_length=1)
+    at_least: float | None = None
+    at_most: float | None = None
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> ConstraintConfig:
+        if self.at_least is None and self.at_most is None:
+            raise ValueError("a constraint needs at_least, at_most or both")
+        return self
+
+    def value(self, measurements: dict[str, float]) -> float | None:
+        if not all(m in measurements for m in self.measurements):
+            return None
+        return float(sum(measurements[m] for m in self.measurements))
+
+    def violation(self, value: float) -> float:
+        low = 0.0 if self.at_least is None else max(0.0, self.at_least - value)
+        high = 0.0 if self.at_most is None else max(0.0, value - self.at_most)
+        return low + high
+
+    def satisfied(self, measurements: dict[str, float]) -> bool | None:
+        """True/False, or None when a measurement is missing."""
+        value = self.value(measurements)
+        return None if value is None else self.violation(value) == 0.0
+
+
 class PlannerConfig(_Section):
-    kind: Literal["random", "sobol"] = "sobol"
+    kind: Literal["random", "sobol", "bo"] = "sobol"
     timeout_s: float = Field(default=60.0, gt=0)
     num_cpus: float = Field(default=0.0, ge=0)
+    # -- Bayesian optimisation (kind: bo) --
+    feasibility: Literal["none", "classifier", "measured"] = Field(
+        default="none", description="where P(feasible) comes from: the phase_boundary agent, or a GP on `constraint`"
+    )
+    constraint: ConstraintConfig | None = Field(
+        default=None, description="what counts as feasible in the measurements (for 'measured', 'penalty' and reports)"
+    )
+    constraint_handling: Literal["probability", "penalty"] = Field(
+        default="probability", description="probability: log EI + log P(feasible); penalty: objective - weight x violation"
+    )
+    penalty_weight: float = Field(default=10.0, ge=0, description="objective standard deviations per unit violation")
+    extra_objectives: list[ObjectiveConfig] = Field(
+        default_factory=list, description="more objectives besides `objective`: multi-objective BO with log-NEHVI"
+    )
+    initial_points: int = Field(default=8, ge=2, description="Sobol' points before the first model")
+    num_restarts: int = Field(default=6, ge=1)
+    raw_samples: int = Field(default=256, ge=16)
+    mc_samples: int = Field(default=128, ge=16)
+
+    @model_validator(mode="after")
+    def _bo_options(self) -> PlannerConfig:
+        if self.kind != "bo":
+            return self
+        if self.feasibility == "measured" and self.constraint is None:
+            raise ValueError("feasibility 'measured' needs a constraint (measurements and at_least/at_most)")
+        if self.constraint_handling == "penalty":
+            if self.constraint is None:
+                raise ValueError("constraint_handling 'penalty' needs a constraint to penalise")
+            if self.extra_objectives:
+                raise ValueError("constraint_handling 'penalty' applies to a single objective")
+        return self
+
+
+class PhaseBoundaryConfig(_Section):
+    """The CALPHAD phase-boundary learner (agent ``simulator.phase_boundary``)."""
+
+    target: PhaseTarget = PhaseTarget()
+    database: str = Field(default=DEFAULT_DATABASE, description="path to a TDB file, or pycalphad:NAME")
+    calphad_calls: int = Field(default=48, ge=4, le=2000, description="compositions labelled by CALPHAD")
+    strategy: Literal["eer", "least_confidence", "random", "grid"] = "eer"
+    degree: int = Field(default=3, ge=1, le=4, description="polynomial degree of the classifier's features")
+    pool_size: int = Field(default=2048, ge=64, description="candidate compositions the learner chooses from")
+    cache_path: str | None = Field(default=None, description="CALPHAD cache (default: ~/.cache/sdl)")
+    timeout_s: float = Field(default=900.0, gt=0, description="how long learning may take (a cold cache is slower)")
 
 
 class InstrumentConfig(_Section):
@@ -128,6 +204,9 @@ class CampaignConfig(_Section):
         description="stations every specimen visits in order (e.g. melt, heat_treat, hardness, xrd)",
     )
     surrogate: SurrogateConfig | None = SurrogateConfig()
+    phase_boundary: PhaseBoundaryConfig | None = Field(
+        default=None, description="learn P(target phase state) from CALPHAD for the planner (feasibility: classifier)"
+    )
     stop: StopConfig = StopConfig()
     bus: BusConfig = BusConfig()
     ray: RayConfig = RayConfig()
@@ -147,6 +226,11 @@ class CampaignConfig(_Section):
         unused = sorted(stations - set(self.workflow))
         if unused:
             raise ValueError(f"instruments serve stations {unused} that are not in the workflow {self.workflow}")
+        if self.planner.feasibility == "classifier" and self.planner.kind == "bo":
+            if self.phase_boundary is None:
+                raise ValueError("planner.feasibility 'classifier' needs a phase_boundary section")
+        if self.phase_boundary is not None and (self.space.composition is None or self.space.parameters):
+            raise ValueError("phase_boundary learns over a composition-only space")
         if self.problem is not None:
             from sdl.env.test_functions import get_problem
 
@@ -164,7 +248,8 @@ class CampaignConfig(_Section):
         A resumed campaign must match it; stop rules, addresses and Ray settings may change.
         """
         design = self.model_dump(
-            mode="json", include={"seed", "problem", "space", "objective", "process", "planner", "instruments", "workflow"}
+            mode="json", include={"seed", "problem", "space", "objective", "process", "planner", "instruments", "workflow",
+                     "phase_boundary"}
         )
         design["objective"].pop("target", None)
         return hashlib.sha256(json.dumps(design, sort_keys=True).encode()).hexdigest()[:16]

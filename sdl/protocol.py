@@ -183,10 +183,43 @@ class Observation(_Model):
     measurements: dict[str, float] = Field(default_factory=dict)
 
 
+class FeasibilityModel(_Model):
+    """A learned P(target phase state | inputs) a planner evaluates (and differentiates) itself.
+
+    Bayesian logistic regression on polynomial features (up to ``degree``) of the inputs scaled as
+    (x - low) / span; the weights' posterior as a Gaussian (mean, covariance); P by the probit
+    approximation. Inputs are element symbols (mole fractions) or process-parameter names.
+    """
+
+    inputs: list[str] = Field(min_length=1)
+    low: list[float]
+    span: list[float]
+    degree: int = Field(ge=1, le=6)
+    weight_mean: list[float]
+    weight_covariance: list[list[float]]
+    calphad_calls: int = Field(ge=0)
+    target: dict[str, Any] = Field(default_factory=dict, description="the phase state the classifier predicts")
+
+    @model_validator(mode="after")
+    def _shapes(self) -> FeasibilityModel:
+        k = len(self.inputs)
+        if len(self.low) != k or len(self.span) != k or any(s <= 0 for s in self.span):
+            raise ValueError(f"low and span need {k} entries each (span > 0)")
+        n = math.comb(k + self.degree, self.degree)  # polynomial terms up to the degree, constant included
+        if len(self.weight_mean) != n or len(self.weight_covariance) != n or any(len(r) != n for r in self.weight_covariance):
+            raise ValueError(f"{k} inputs at degree {self.degree} need {n} weights and an {n} x {n} covariance")
+        return self
+
+
+class FeasibilityRequest(_Model):
+    calphad_calls: int | None = Field(default=None, ge=1, description="learn until this many (default: configured)")
+
+
 class ProposeRequest(_Model):
     n: int = Field(ge=1, le=10_000)
     observations: list[Observation] = Field(default_factory=list)
     pending: list[DesignPoint] = Field(default_factory=list)
+    feasibility: FeasibilityModel | None = Field(default=None, description="for planners that weigh by P(feasible)")
 
 
 class Proposal(_Model):

@@ -1,0 +1,200 @@
+"""Adapters that let peer optimisers (BayBE, Ax) plan through the controller's ``propose`` interface,
+so ``sdl bench`` compares them on the same problems, budgets and seeds.
+
+Both are ask/tell libraries: an adapter tells the peer every observation it has not yet seen, then
+asks for ``n`` points. Both get the composition as its free elements with the balance element's
+bounds as two linear inequality constraints (neither takes an equality constraint through its
+high-level interface as BoTorch does). Ax receives a measured constraint as an outcome constraint;
+BayBE has no outcome constraints, so an infeasible result is told as the worst value observed so
+far (the usual workaround). Each peer runs with its own defaults otherwise.
+
+Install with the ``peers`` extra: ``pip install -e '.[peers]'``.
+"""
+
+from __future__ import annotations
+
+import math
+
+from sdl.agents.planner import Planner
+from sdl.config import ConstraintConfig, ObjectiveConfig
+from sdl.protocol import Composition, DesignPoint, ProposeRequest
+from sdl.space import SearchSpace
+
+
+class PeerPlanner(Planner):
+    def __init__(self, space: SearchSpace, objective: ObjectiveConfig, constraint: ConstraintConfig | None, *,
+                 seed: int = 0, initial_points: int = 8) -> None:
+        super().__init__(space, seed=seed)
+        self.objective = objective
+        self.constraint = constraint
+        self.initial_points = initial_points
+        self._told = 0
+        self._asked: list = []  # peer-side handles of proposals not yet told, in order
+
+    # Free coordinates (parameters, then free elements) and the balance element's linear bounds.
+    def _free_bounds(self) -> dict[str, tuple[float, float]]:
+        bounds = {n: (r.low, r.high) for n, r in self.space.parameters.items()}
+        if self.space.composition is not None:
+            comp = self.space.composition
+            bounds.update({e: tuple(comp.elements[e]) for e in comp.free_elements})
+        return bounds
+
+    def _balance_sum_bounds(self) -> tuple[list[str], float, float] | None:
+        if self.space.composition is None:
+            return None
+        comp = self.space.composition
+        lo, hi = comp.elements[comp.balance_element]
+        return comp.free_elements, 1.0 - hi, 1.0 - lo  # the free fractions' sum keeps the balance in bounds
+
+    def _to_point(self, values: dict[str, float]) -> DesignPoint:
+        bounds = self._free_bounds()
+        values = {k: min(max(float(values[k]), bounds[k][0]), bounds[k][1]) for k in bounds}
+        composition = None
+        if self.space.composition is not None:
+            comp = self.space.composition
+            fractions = {e: values[e] for e in comp.free_elements}
+            _, low, high = self._balance_sum_bounds()
+            total = math.fsum(fractions.values())
+            if total > high or total < low:  # a peer's constraint tolerance: scale back onto the bounds
+                scale = (high if total > high else low) / total if total > 0 else 1.0
+                fractions = {e: x * scale for e, x in fractions.items()}
+            fractions[comp.balance_element] = max(0.0, 1.0 - math.fsum(fractions.values()))
+            composition = Composition({e: fractions[e] for e in comp.elements})
+        return DesignPoint(parameters={n: values[n] for n in self.space.parameters}, composition=composition)
+
+    def _free_values(self, point: DesignPoint) -> dict[str, float]:
+        out = dict(point.parameters)
+        if self.space.composition is not None:
+            out.update({e: point.composition[e] for e in self.space.composition.free_elements})
+        return out
+
+    def propose(self, request: ProposeRequest) -> list[DesignPoint]:
+        if request.pending:
+            raise ValueError(f"the {self.name} adapter plans one batch at a time; it takes no pending points")
+        new = request.observations[self._told:]
+        if len(new) > len(self._asked):
+            raise ValueError(f"{len(new)} new observations but only {len(self._asked)} points were asked of {self.name}")
+        for observation, handle in zip(new, self._asked[: len(new)]):
+            self._tell(handle, observation)
+        self._asked = self._asked[len(new):]
+        self._told = len(request.observations)
+        points, handles = self._ask(request.n)
+        self._asked.extend(handles)
+        return points
+
+    def _tell(self, handle, observation) -> None:
+        raise NotImplementedError
+
+    def _ask(self, n: int):
+        raise NotImplementedError
+
+
+class AxPlanner(PeerPlanner):
+    """Ax (``ax.api.Client``): its default generation strategy (Sobol', then BoTorch)."""
+
+    name = "ax"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        from ax.api.client import Client
+        from ax.api.configs import RangeParameterConfig
+
+        self.client = Client(random_seed=self.seed)
+        constraints = []
+        sums = self._balance_sum_bounds()
+        if sums is not None:
+            free, low, high = sums
+            constraints = [f"{' + '.join(free)} <= {high:.12g}", f"{' + '.join(free)} >= {low:.12g}"]
+        self.client.configure_experiment(
+            parameters=[RangeParameterConfig(name=n, bounds=b, parameter_type="float")
+                        for n, b in self._free_bounds().items()],
+            parameter_constraints=constraints,
+        )
+        sign = "" if self.objective.direction == "maximize" else "-"
+        outcome_constraints = []
+        if self.constraint is not None:
+            if len(self.constraint.measurements) != 1:
+                raise ValueError("the Ax adapter takes a constraint on one measurement")
+            m = self.constraint.measurements[0]
+            if self.constraint.at_least is not None:
+                outcome_constraints.append(f"{m} >= {self.constraint.at_least}")
+            if self.constraint.at_most is not None:
+                outcome_constraints.append(f"{m} <= {self.constraint.at_most}")
+        self.client.configure_optimization(objective=f"{sign}{self.objective.measurement}",
+                                           outcome_constraints=outcome_constraints)
+        self.client.configure_generation_strategy(initialization_budget=self.initial_points,
+                                                  initialization_random_seed=self.seed)
+
+    def _ask(self, n: int):
+        trials = self.client.get_next_trials(max_trials=n)
+        return [self._to_point(dict(p)) for p in trials.values()], list(trials)
+
+    def _tell(self, handle, observation) -> None:
+        if observation.status != "done":
+            self.client.mark_trial_failed(handle)
+            return
+        wanted = [self.objective.measurement] + (self.constraint.measurements if self.constraint else [])
+        self.client.complete_trial(handle, raw_data={m: float(observation.measurements[m]) for m in wanted})
+
+
+class BayBEPlanner(PeerPlanner):
+    """BayBE (``baybe.Campaign``) with its default recommenders."""
+
+    name = "baybe"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        from baybe import Campaign
+        from baybe.constraints import ContinuousLinearConstraint
+        from baybe.objectives import SingleTargetObjective
+        from baybe.parameters import NumericalContinuousParameter
+        from baybe.searchspace import SearchSpace as BayBESpace
+        from baybe.targets import NumericalTarget
+        from baybe.utils.random import set_random_seed
+
+        set_random_seed(self.seed)
+        constraints = []
+        sums = self._balance_sum_bounds()
+        if sums is not None:
+            free, low, high = sums
+            ones = [1.0] * len(free)
+            constraints = [ContinuousLinearConstraint(parameters=free, operator="<=", coefficients=ones, rhs=high),
+                           ContinuousLinearConstraint(parameters=free, operator=">=", coefficients=ones, rhs=low)]
+        space = BayBESpace.from_product(
+            parameters=[NumericalContinuousParameter(n, bounds=b) for n, b in self._free_bounds().items()],
+            constraints=constraints,
+        )
+        target = NumericalTarget(self.objective.measurement, minimize=self.objective.direction == "minimize")
+        self.campaign = Campaign(searchspace=space, objective=SingleTargetObjective(target))
+        self._values: list[float] = []
+
+    def _ask(self, n: int):
+        frame = self.campaign.recommend(batch_size=n)
+        return [self._to_point(row) for row in frame.to_dict("records")], [frame.iloc[[i]] for i in range(len(frame))]
+
+    def _tell(self, handle, observation) -> None:
+        if observation.status != "done":
+            return
+        value = float(observation.measurements[self.objective.measurement])
+        if self.constraint is not None and not self.constraint.satisfied(observation.measurements) and self._values:
+            worst = min(self._values) if self.objective.direction == "maximize" else max(self._values)
+            value = worst
+        self._values.append(value)
+        measured = handle.copy()
+        measured[self.objective.measurement] = value
+        self.campaign.add_measurements(measured)
+
+
+PEERS = {"ax": AxPlanner, "baybe": BayBEPlanner}
+
+
+def make_peer_planner(kind: str, space: SearchSpace, objective: ObjectiveConfig, constraint: ConstraintConfig | None,
+                      *, seed: int, initial_points: int = 8) -> PeerPlanner:
+    try:
+        cls = PEERS[kind]
+    except KeyError:
+        raise ValueError(f"unknown peer {kind!r}; available: {', '.join(PEERS)}") from None
+    try:
+        return cls(space, objective, constraint, seed=seed, initial_points=initial_points)
+    except ImportError as e:
+        raise RuntimeError(f"the {kind} planner needs the optional peers: pip install -e '.[peers]' ({e})") from e
