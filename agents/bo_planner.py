@@ -221,21 +221,38 @@ class BoPlanner(Planner):
         log_feasibility = self._log_feasibility(request, done)
         pending = self.to_tensor(request.pending) if request.pending else None
         chosen: list[torch.Tensor] = []
+        feasible = self._observed_feasible(x, done, log_feasibility)
         for i in range(request.n):
             x_pending = torch.cat([t for t in ([pending] if pending is not None else []) + chosen], dim=0) \
                 if (pending is not None or chosen) else None
-            acquisition = self._acquisition(model, x, y, x_pending, seed=position + i)
+            acquisition = self._acquisition(model, x, y, x_pending, feasible, seed=position + i)
             if log_feasibility is not None:
                 acquisition = FeasibilityWeighted(acquisition, log_feasibility)
             chosen.append(self._optimize(acquisition, seed=position + i))
         return [self.to_point(c[0]) for c in chosen]
 
-    def _acquisition(self, model, x, y, x_pending, *, seed: int) -> AcquisitionFunction:
+    def _observed_feasible(self, x: torch.Tensor, done: list[Observation], log_feasibility) -> torch.Tensor:
+        """Which observations count as feasible incumbents: measured where a constraint is measured,
+        else P(feasible) >= 0.5 from the classifier. Improvement is measured against feasible results
+        only; an infeasible high value must not make the feasible region look worthless."""
+        s = self.settings
+        if s.constraint is not None and s.feasibility == "measured":
+            verdicts = [s.constraint.satisfied(o.measurements) for o in done]
+            return torch.tensor([v is not False for v in verdicts])
+        if log_feasibility is not None:
+            with torch.no_grad():
+                return log_feasibility(x) >= math.log(0.5)
+        return torch.ones(len(done), dtype=torch.bool)
+
+    def _acquisition(self, model, x, y, x_pending, feasible, *, seed: int) -> AcquisitionFunction:
         sampler = SobolQMCNormalSampler(sample_shape=torch.Size([self.settings.mc_samples]), seed=self.seed + seed)
         if y.shape[-1] == 1:
             with torch.no_grad():
-                best_f = model.posterior(x).mean.max()
+                mean = model.posterior(x).mean.squeeze(-1)
+            # With no feasible result yet, any feasible point improves: P(feasible) does the steering.
+            best_f = mean[feasible].max() if feasible.any() else mean.min()
             return qLogExpectedImprovement(model, best_f=best_f, sampler=sampler, X_pending=x_pending)
+        x = x[feasible] if feasible.sum() >= 2 else x
         return qLogNoisyExpectedHypervolumeImprovement(model, ref_point=self.reference_point(y), X_baseline=x,
                                                        sampler=sampler, X_pending=x_pending, prune_baseline=True,
                                                        cache_root=False)

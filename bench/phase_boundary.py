@@ -23,7 +23,7 @@ from sdl.space import SearchSpace
 from sdl.surrogates.phase_boundary import STRATEGIES, PhaseBoundaryLearner, candidate_pool
 
 SPACE = SearchSpace.model_validate({"composition": {
-    "elements": {"Ni": [0.44, 0.98], "Al": [0.02, 0.16], "Co": [0.0, 0.20], "Cr": [0.0, 0.20]}, "balance": "Ni"}})
+    "elements": {"Ni": [0.45, 0.98], "Al": [0.02, 0.145], "Co": [0.0, 0.185], "Cr": [0.0, 0.185]}, "balance": "Ni"}})
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ class PhaseTarget(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    solution_temperature_k: float = Field(default=1400.0, gt=0, description="single gamma required here")
+    solution_temperature_k: float = Field(default=1300.0, gt=0, description="single gamma required here")
     ageing_temperature_k: float = Field(default=1050.0, gt=0, description="no brittle phase allowed here")
     tolerance: float = Field(default=0.01, ge=0, lt=1, description="phase fraction counted as absent")
 

@@ -103,11 +103,13 @@ class SimulatedInstrument(Instrument):
 class ArcMelter(SimulatedInstrument):
     """Arc melter: weighs the charge with some scatter and loses part of its volatile elements.
 
-    Measurements: ``x_<El>`` (the ingot's analysed mole fractions) and ``mass_loss_pct``.
+    Measurements: ``x_<El>`` (the ingot's analysed mole fractions), ``mass_loss_pct``, and
+    ``raw_material_cost_usd_per_kg`` (the charge priced by mass at ``prices_usd_per_kg``), the
+    second objective of a hardness-vs-cost campaign.
     """
 
     name = "arc_melter"
-    implemented_measurements = ("mass_loss_pct",)
+    implemented_measurements = ("mass_loss_pct", "raw_material_cost_usd_per_kg")
     allowed_faults = ("specimen_lost", "offline")
 
     class Parameters(SimulatedParameters):
@@ -117,9 +119,21 @@ class ArcMelter(SimulatedInstrument):
             description="relative loss of each volatile element per melt (Al and Cr evaporate most)",
         )
         melt_time_s: float = Field(default=1800.0, gt=0)
+        prices_usd_per_kg: dict[str, float] = Field(
+            # indicative metal prices (LME/Fastmarkets order of magnitude, 2025); a lab sets its own
+            default_factory=lambda: {"Ni": 16.0, "Al": 2.6, "Co": 33.0, "Cr": 11.0, "Fe": 0.6, "Cu": 9.5,
+                                     "Ti": 7.0, "Mo": 45.0, "W": 40.0, "Nb": 45.0, "Ta": 300.0, "Mn": 2.0,
+                                     "Si": 2.5, "V": 30.0, "Zr": 35.0, "Hf": 1500.0, "Re": 3000.0},
+            description="USD per kg of each element",
+        )
 
     def lab_time_s(self, experiment: ExperimentSpec) -> float:
         return self.parameters.melt_time_s
+
+    def check(self, experiment: ExperimentSpec) -> None:
+        unpriced = sorted(set(self.composition(experiment)) - set(self.parameters.prices_usd_per_kg))
+        if unpriced:
+            raise InstrumentRefused(f"no price for {unpriced}; set options.prices_usd_per_kg")
 
     def simulate(self, experiment: ExperimentSpec, rng: np.random.Generator) -> dict[str, float]:
         nominal = self.composition(experiment)
@@ -130,7 +144,15 @@ class ArcMelter(SimulatedInstrument):
         total = sum(kept.values())
         actual = {e: x / total for e, x in kept.items()}
         Composition(actual)  # still a valid alloy
-        return {**{f"x_{e}": x for e, x in actual.items()}, "mass_loss_pct": 100.0 * (1.0 - total / sum(charged.values()))}
+        return {**{f"x_{e}": x for e, x in actual.items()}, "mass_loss_pct": 100.0 * (1.0 - total / sum(charged.values())),
+                "raw_material_cost_usd_per_kg": self.cost_usd_per_kg(nominal)}
+
+    def cost_usd_per_kg(self, composition: dict[str, float]) -> float:
+        from ase.data import atomic_masses, atomic_numbers
+
+        prices = self.parameters.prices_usd_per_kg
+        mass = {e: x * atomic_masses[atomic_numbers[e]] for e, x in composition.items()}
+        return float(sum(prices[e] * m for e, m in mass.items()) / sum(mass.values()))
 
 
 class Furnace(SimulatedInstrument):

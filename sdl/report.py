@@ -73,9 +73,62 @@ def write_report(campaign_dir: str | Path, out: str | Path | None = None) -> Pat
         _plot_best(finished, measurement, direction, target, recommendation, out / "best_so_far.png")
         _plot_coverage(finished, measurement, out / "coverage.png")
         _plot_timeline(finished, out / "timeline.png")
-        extra = _alloy_pages(ledger.get_meta("config") or {}, finished, measurement, direction, out)
+        config = ledger.get_meta("config") or {}
+        extra = _constraint_page(config, finished) + _pareto_page(config, finished, out)
+        extra += _alloy_pages(config, finished, measurement, direction, out)
         (out / "summary.md").write_text(_markdown(ledger, finished, measurement, direction, recommendation) + extra)
     return out / "summary.md"
+
+
+def _constraint_page(config: dict, records) -> str:
+    """Share of finished experiments that broke the planner's measured constraint."""
+    constraint = (config.get("planner") or {}).get("constraint")
+    if not constraint:
+        return ""
+    from sdl.config import ConstraintConfig
+
+    c = ConstraintConfig.model_validate(constraint)
+    verdicts = [c.satisfied(r.result.measurements) for r in records if r.status == "done" and r.result]
+    known = [v for v in verdicts if v is not None]
+    if not known:
+        return ""
+    bounds = " and ".join(f"{k.replace('_', ' ')} {v}" for k, v in (("at_least", c.at_least), ("at_most", c.at_most))
+                          if v is not None)
+    return (f"\n- infeasible experiments (sum of {', '.join(c.measurements)} not {bounds}): "
+            f"{known.count(False)} of {len(known)} ({known.count(False) / len(known):.0%})\n")
+
+
+def _pareto_page(config: dict, records, out: Path) -> str:
+    """Pareto front of the first two objectives when the planner optimised several."""
+    extra = (config.get("planner") or {}).get("extra_objectives") or []
+    if not extra:
+        return ""
+    objectives = [config.get("objective", {}), extra[0]]
+    names = [o.get("measurement", "y") for o in objectives]
+    signs = np.array([1.0 if o.get("direction") == "maximize" else -1.0 for o in objectives])
+    rows = [r for r in records if r.status == "done" and r.result and all(n in r.result.measurements for n in names)]
+    if not rows:
+        return ""
+    y = np.array([[r.result.measurements[n] for n in names] for r in rows])
+    from botorch.utils.multi_objective.pareto import is_non_dominated
+    import torch
+
+    front = is_non_dominated(torch.as_tensor(y * signs)).numpy()
+    fig, ax = plt.subplots(figsize=(6.0, 4.6))
+    order = np.arange(len(rows))
+    scatter = ax.scatter(y[:, 0], y[:, 1], c=order, cmap="viridis", s=22, label="experiments (colour: order)")
+    best = y[front][np.argsort(y[front][:, 0])]
+    ax.step(best[:, 0], best[:, 1], where="post", color="crimson", lw=1.5)
+    ax.scatter(best[:, 0], best[:, 1], facecolors="none", edgecolors="crimson", s=70, label=f"Pareto front ({front.sum()})")
+    fig.colorbar(scatter, ax=ax, label="experiment number")
+    ax.set_xlabel(f"{names[0]} ({objectives[0].get('direction')})")
+    ax.set_ylabel(f"{names[1]} ({objectives[1].get('direction')})")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "pareto.png", dpi=110)
+    plt.close(fig)
+    return f"\n## Pareto front\n\n{front.sum()} non-dominated of {len(rows)} experiments.\n\n![Pareto front](pareto.png)\n"
 
 
 def _alloy_pages(config, records, measurement, direction, out: Path) -> str:

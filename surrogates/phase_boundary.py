@@ -142,6 +142,6 @@ def candidate_pool(space: SearchSpace, n: int, *, seed: int = 0) -> np.ndarray:
     sampler = qmc.Sobol(d=space.dimension, scramble=True, seed=seed)
     rows: list[list[float]] = []
     while len(rows) < n:
-        points, _ = space.from_unit_cube(sampler.random(max(256, 2 * n)))
+        points, _ = space.from_unit_cube(sampler.random_base2(int(np.ceil(np.log2(max(256, 2 * n))))))
         rows.extend([p.composition[e] for e in space.composition.free_elements] for p in points)
     return np.asarray(rows[:n])

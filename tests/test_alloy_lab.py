@@ -105,9 +105,14 @@ def test_demo_workflow_campaign_records_results_and_faults(tmp_path, cache):
     twin_options = {"twin": SMALL_TWIN, "cache_path": cache, "min_temperature_k": 1050, "max_temperature_k": 1500}
     config = parse_config({
         "name": "mini-demo",
-        "space": {"composition": {"elements": {"Ni": [0.6, 0.9], "Al": [0.02, 0.14], "Co": [0.05, 0.15],
-                                               "Cr": [0.05, 0.15]}, "balance": "Ni"}},
+        # inside the small grid with room for the melter's scatter (BO proposes on the bounds)
+        "space": {"composition": {"elements": {"Ni": [0.6, 0.9], "Al": [0.02, 0.135], "Co": [0.06, 0.14],
+                                               "Cr": [0.06, 0.14]}, "balance": "Ni"}},
         "objective": {"measurement": "hardness_hv", "direction": "maximize"},
+        # the BO planner weighs by P(processable) from the phase-boundary agent's CALPHAD classifier
+        "planner": {"kind": "bo", "feasibility": "classifier", "initial_points": 4, "raw_samples": 64,
+                    "num_restarts": 2, "constraint": {"measurements": ["xrd_brittle_detected"], "at_most": 0.5}},
+        "phase_boundary": {"calphad_calls": 12, "degree": 2, "pool_size": 256, "cache_path": cache},
         "process": [step.model_dump() for step in ROUTE],
         "workflow": ["melt", "heat_treat", "hardness", "xrd"],
         "instruments": [
@@ -136,11 +141,20 @@ def test_demo_workflow_campaign_records_results_and_faults(tmp_path, cache):
         route_s = (1500 - 298) / 0.2 + 3600 + (1100 - 298) / 0.2 + 4 * 3600  # holds and ramps
         assert record.result.lab_time_s == pytest.approx(1800 + route_s + 900 + 3600)  # melt, route, HV, XRD
     assert all(r.error_code == "instrument_fault" and "furnace trip" in r.error_message
-               and "station heat_treat" in r.error_message for r in failed)
+               and "station heat_treat" in r.error_message for r in failed), [(r.error_code, r.error_message) for r in failed]
     assert len(steps) == 3 * len(done) + len(failed)  # melt committed for the failed, three stations for the done
+    learned = ledger_events(tmp_path / "c", "feasibility.learned")
+    assert len(learned) == 1 and learned[0]["calphad_calls"] == 12
+    assert {r.planner for r in done + failed} == {"bo"}
     summary_md = write_report(tmp_path / "c").read_text()
     assert "phase_map.png" in summary_md and "best specimen microstructure" in summary_md and "lab time" in summary_md
+    assert "infeasible experiments (sum of xrd_brittle_detected not at most 0.5)" in summary_md
     assert (tmp_path / "c" / "report" / "phase_map.png").stat().st_size > 20_000
+
+
+def ledger_events(campaign_dir, kind):
+    with Ledger.in_campaign(campaign_dir, readonly=True) as ledger:
+        return [payload for _, _, payload in ledger.events(kind)]
 
 
 def test_demo_config_is_valid_and_inside_the_twin():

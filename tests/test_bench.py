@@ -1,0 +1,109 @@
+"""`sdl bench`: problems from YAML formulas and entry points, clear errors, the peers' adapters, and
+an end-to-end run on a tiny budget (Ray tasks, table, regret curves)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from sdl.bench import (BenchConfig, FormulaProblem, PlannerSpec, ProblemSpec, TestFunctionProblem, load_bench_config,
+                       make_problem, reference, run_one)
+from sdl.config import ConfigError
+from sdl.protocol import DesignPoint
+
+RING = {"name": "ring", "budget": 6, "parameters": {"a": {"low": -1, "high": 1}, "b": {"low": -1, "high": 1}},
+        "objective": "(a - 0.6)**2 + (b + 0.5)**2", "constraints": ["0.5 - a**2 - b**2"]}
+
+
+def test_formula_problem_evaluates_and_knows_its_constrained_optimum():
+    problem = make_problem(ProblemSpec(**RING))
+    assert isinstance(problem, FormulaProblem)
+    rows = problem.evaluate([DesignPoint(parameters={"a": 0.6, "b": -0.5}), DesignPoint(parameters={"a": 0, "b": 0})])
+    assert rows[0]["y"] == pytest.approx(0.0) and rows[0]["c1"] == pytest.approx(0.5 - 0.36 - 0.25)
+    assert rows[1]["c1"] == pytest.approx(0.5)
+    ref = reference(problem)
+    # the unconstrained optimum (0.6, -0.5) is infeasible; the constrained one lies on the circle r^2 = 0.5
+    r = np.hypot(0.6, 0.5)
+    assert ref["best"] == pytest.approx((r - np.sqrt(0.5)) ** 2, abs=1e-4)
+    assert 0.3 < ref["feasible_share"] < 0.5  # pi * 0.5 / 4
+
+
+def test_bad_problems_and_configs_are_refused_with_the_reason(tmp_path):
+    with pytest.raises(ConfigError, match=r"uses \['c'\], not among parameters"):
+        make_problem(ProblemSpec(**{**RING, "objective": "a + c"}))
+    with pytest.raises(ConfigError, match="cannot read objective"):
+        make_problem(ProblemSpec(**{**RING, "objective": "a +* b"}))
+    with pytest.raises(ConfigError, match="unknown problem 'nosuch'.*available: branin"):
+        make_problem(ProblemSpec(name="nosuch"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"problems": [{"name": "branin"}], "planners": [{"name": "x", "kind": "gradient"}]}))
+    with pytest.raises(ConfigError, match="kind"):
+        load_bench_config(bad)
+
+
+@pytest.mark.parametrize("kind", ["ax", "baybe"])
+def test_peer_adapters_plan_inside_the_space(kind):
+    pytest.importorskip({"ax": "ax", "baybe": "baybe"}[kind])
+    result = run_one(ProblemSpec(name="hartmann6_constrained", budget=5),
+                     PlannerSpec(name=kind, kind=kind, initial_points=3), seed=0)
+    assert result.error is None, result.error
+    assert len(result.values) == 5 and len(result.feasible) == 5
+
+
+def test_twin_problem_measures_hardness_and_processability():
+    pytest.importorskip("pycalphad")
+    problem = make_problem(ProblemSpec(name="twin", budget=4))
+    lean = DesignPoint(composition={"Ni": 0.82, "Al": 0.05, "Co": 0.05, "Cr": 0.08})
+    rich = DesignPoint(composition={"Ni": 0.70, "Al": 0.14, "Co": 0.02, "Cr": 0.14})
+    values, feasible = problem.truth([lean, rich])
+    assert feasible.tolist() == [True, False]
+    assert 30 < values[0] < values[1] < 500  # more Al, more gamma-prime, harder (but not solutionisable)
+    measured = problem.measure([lean], np.random.default_rng(0))[0]
+    assert measured["hardness_hv"] != values[0] and abs(measured["hardness_hv"] - values[0]) < 30
+
+
+def test_bench_runs_end_to_end_as_ray_tasks(tmp_path):
+    config = tmp_path / "bench.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "tiny", "seeds": 2,
+        "problems": [{"name": "branin", "budget": 6}, RING],
+        "planners": [{"name": "random", "kind": "random"},
+                     {"name": "bo", "kind": "bo", "initial_points": 3, "raw_samples": 32, "num_restarts": 2},
+                     {"name": "bo_constrained", "kind": "bo", "constrained": True, "initial_points": 3,
+                      "raw_samples": 32, "num_restarts": 2}],
+    }))
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "sdl.cli", "bench", str(config), "--out", str(out), "--no-progress"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| bo_constrained |" in done.stdout and "## ring" in done.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["runs"]) == 2 * 3 * 2
+    assert all(r["error"] is None for r in results["runs"]), [r["error"] for r in results["runs"]]
+    assert all(len(r["values"]) == (6 if r["problem"] == "branin" else RING["budget"]) for r in results["runs"])
+    # a seed fixes a run: the two random runs differ, and each is reproducible
+    random_runs = [r for r in results["runs"] if r["planner"] == "random" and r["problem"] == "branin"]
+    assert random_runs[0]["values"] != random_runs[1]["values"]
+    again = run_one(ProblemSpec(name="branin", budget=6), PlannerSpec(name="random", kind="random"),
+                    seed=random_runs[0]["seed"])
+    assert again.values == pytest.approx(random_runs[0]["values"])
+    assert (out / "regret.png").stat().st_size > 10_000
+    assert "experiments to 95 %" in (out / "table.md").read_text()
+
+
+def test_entry_point_problems_are_found(tmp_path, monkeypatch):
+    """A package contributes a problem through the `sdl.bench_problems` entry-point group."""
+    dist = tmp_path / "extra_problems-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: extra-problems\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[sdl.bench_problems]\nbranin_again = extra_problems:make\n")
+    (tmp_path / "extra_problems.py").write_text(
+        "from sdl.bench import TestFunctionProblem\n\ndef make():\n    return TestFunctionProblem('branin')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    problem = make_problem(ProblemSpec(name="branin_again"))
+    assert isinstance(problem, TestFunctionProblem) and problem.space.dimension == 2
+    assert BenchConfig(problems=[{"name": "branin_again"}], planners=[{"name": "r", "kind": "random"}])

@@ -1,0 +1,170 @@
+"""The BoTorch planner: proposals stay on the simplex and in bounds, pending points move the batch,
+the feasibility weighting keeps proposals out of a known infeasible region, the penalty and
+multi-objective options work, and a seed fixes the proposals."""
+
+import math
+
+import numpy as np
+import pytest
+
+from sdl.agents.bo_planner import BoPlanner, feasibility_probability
+from sdl.protocol import DesignPoint, FeasibilityModel, Observation, ProposeRequest
+from sdl.space import SearchSpace
+from sdl.surrogates.phase_classifier import BayesianLogisticClassifier
+
+ALLOY = SearchSpace.model_validate({
+    "parameters": {"age_temperature_k": {"low": 950, "high": 1150}},
+    "composition": {"elements": {"Ni": [0.5, 0.95], "Al": [0.02, 0.2], "Co": [0.0, 0.2], "Cr": [0.0, 0.2]},
+                    "balance": "Ni"},
+})
+SQUARE = SearchSpace.model_validate({"parameters": {"a": {"low": 0, "high": 1}, "b": {"low": 0, "high": 1}}})
+
+
+def alloy_value(p: DesignPoint) -> float:
+    c = p.composition
+    return 300 * c["Al"] + 100 * c["Cr"] - 400 * (c["Al"] - 0.12) ** 2 + 0.01 * (p.parameters["age_temperature_k"] - 1000)
+
+
+def observe(points, f, **extra) -> list[Observation]:
+    return [Observation(point=p, status="done", measurements={"y": f(p), **{k: g(p) for k, g in extra.items()}})
+            for p in points]
+
+
+def start(space, n, seed=0):
+    from sdl.agents.planner import SobolPlanner
+
+    return SobolPlanner(space, seed=seed).propose(ProposeRequest(n=n))
+
+
+def settings(**kw):
+    return {"objectives": [{"measurement": "y", "direction": "maximize"}], "initial_points": 5, "num_restarts": 3,
+            "raw_samples": 64, "mc_samples": 64, **kw}
+
+
+def test_proposals_lie_on_the_simplex_and_inside_every_bound():
+    planner = BoPlanner(ALLOY, seed=1, settings=settings())
+    observations = observe(start(ALLOY, 10), alloy_value)
+    for round_ in range(3):
+        points = planner.propose(ProposeRequest(n=3, observations=observations))
+        assert len(points) == 3
+        for p in points:
+            ALLOY.check(p)  # raises if outside a bound or missing an element
+            assert math.isclose(sum(p.composition.root.values()), 1.0, abs_tol=1e-9)
+            for element, (lo, hi) in ALLOY.composition.elements.items():
+                assert lo - 1e-9 <= p.composition[element] <= hi + 1e-9
+        observations += observe(points, alloy_value)
+    # it learned something: the last proposals beat the initial design's median
+    assert np.median([alloy_value(p) for p in points]) > np.median([o.measurements["y"] for o in observations[:10]])
+
+
+def test_pending_points_change_the_batch_and_a_seed_fixes_it():
+    observations = observe(start(ALLOY, 10), alloy_value)
+    planner = BoPlanner(ALLOY, seed=4, settings=settings())
+    alone = planner.propose(ProposeRequest(n=1, observations=observations))[0]
+    again = BoPlanner(ALLOY, seed=4, settings=settings()).propose(ProposeRequest(n=1, observations=observations))[0]
+    assert again == alone  # deterministic for a seed, even in a fresh planner (a restarted actor)
+    pending = [alone, alone]
+    with_pending = planner.propose(ProposeRequest(n=1, observations=observations, pending=pending))[0]
+    x = ALLOY.to_unit_cube([alone, with_pending])
+    assert np.linalg.norm(x[0] - x[1]) > 1e-3  # it does not ask again for what is already in flight
+    batch = planner.propose(ProposeRequest(n=2, observations=observations))
+    u = ALLOY.to_unit_cube(batch)
+    assert np.linalg.norm(u[0] - u[1]) > 1e-3  # the second point treats the first as pending
+
+
+def test_initial_design_is_sobol_until_enough_results():
+    from sdl.agents.planner import SobolPlanner
+
+    planner = BoPlanner(ALLOY, seed=2, settings=settings(initial_points=6))
+    request = ProposeRequest(n=2, observations=observe(start(ALLOY, 3, seed=2), alloy_value))
+    assert planner.propose(request) == SobolPlanner(ALLOY, seed=2).propose(request)
+
+
+def _feasibility_model(classifier: BayesianLogisticClassifier, inputs) -> FeasibilityModel:
+    mean, cov = classifier.posterior_gaussian()
+    low, span = classifier.scaling
+    return FeasibilityModel(inputs=inputs, low=low.tolist(), span=span.tolist(), degree=classifier.degree,
+                            weight_mean=mean.tolist(), weight_covariance=cov.tolist(), calphad_calls=0)
+
+
+def test_classifier_feasibility_keeps_proposals_out_of_a_known_infeasible_region():
+    # The objective rises toward a + b = 2, but everything with a > 0.6 is infeasible (a known,
+    # sharp boundary the classifier learns from 300 labelled points).
+    rng = np.random.default_rng(0)
+    x = rng.random((300, 2))
+    classifier = BayesianLogisticClassifier(degree=1, num_steps=1500).fit(x, (x[:, 0] <= 0.6).astype(float))
+    model = _feasibility_model(classifier, ["a", "b"])
+    p = feasibility_probability(model, [DesignPoint(parameters={"a": 0.2, "b": 0.5}),
+                                        DesignPoint(parameters={"a": 0.95, "b": 0.5})])
+    assert p[0] > 0.9 and p[1] < 0.1
+
+    def f(point):
+        return point.parameters["a"] + point.parameters["b"]
+
+    observations = observe(start(SQUARE, 6), f)
+    constrained = BoPlanner(SQUARE, seed=0, settings=settings(feasibility="classifier"))
+    plain = BoPlanner(SQUARE, seed=0, settings=settings())
+    chosen = {"constrained": [], "plain": []}
+    for name, planner in (("constrained", constrained), ("plain", plain)):
+        history = list(observations)
+        for _ in range(6):
+            point = planner.propose(ProposeRequest(n=1, observations=history, feasibility=model))[0]
+            chosen[name].append(point.parameters["a"])
+            history += observe([point], f)
+    # within the classifier's own transition width (P(a = 0.7) ~ 0.1) of the boundary, never deep inside
+    assert max(chosen["constrained"]) <= 0.72, chosen
+    assert np.mean(chosen["constrained"]) > 0.45  # it still pushes toward the better, feasible edge
+    assert max(chosen["plain"]) > 0.8, chosen  # without the classifier the planner walks into the region
+
+
+def test_measured_constraint_and_penalty_steer_away_from_the_infeasible_corner():
+    def f(point):
+        return point.parameters["a"] + point.parameters["b"]
+
+    def slack(point):  # feasible inside the disc a^2 + b^2 <= 0.8
+        return 0.8 - point.parameters["a"] ** 2 - point.parameters["b"] ** 2
+
+    constraint = {"measurements": ["c"], "at_least": 0.0}
+    for extra in ({"feasibility": "measured"}, {"constraint_handling": "penalty"}):
+        planner = BoPlanner(SQUARE, seed=3, settings=settings(constraint=constraint, **extra))
+        history = observe(start(SQUARE, 8, seed=3), f, c=slack)
+        proposed = []
+        for _ in range(8):
+            point = planner.propose(ProposeRequest(n=1, observations=history))[0]
+            proposed.append(point)
+            history += observe([point], f, c=slack)
+        feasible = [slack(p) >= -0.05 for p in proposed[-4:]]
+        assert sum(feasible) >= 3, (extra, [p.parameters for p in proposed])
+        assert max(f(p) for p, ok in zip(proposed, [slack(p) >= 0 for p in proposed]) if ok) > 1.1
+
+
+def test_multi_objective_proposals_spread_along_the_trade_off():
+    def hardness(point):
+        return point.composition["Al"] * 1000 + 200 * point.composition["Co"]
+
+    def cost(point):
+        return 16 * point.composition["Ni"] + 33 * point.composition["Co"] + 2.6 * point.composition["Al"]
+
+    space = SearchSpace(composition=ALLOY.composition)
+    planner = BoPlanner(space, seed=0, settings={
+        "objectives": [{"measurement": "y", "direction": "maximize"},
+                       {"measurement": "cost", "direction": "minimize"}],
+        "initial_points": 6, "num_restarts": 2, "raw_samples": 64, "mc_samples": 32})
+    history = observe(start(space, 8), hardness, cost=cost)
+    points = planner.propose(ProposeRequest(n=2, observations=history))
+    for p in points:
+        space.check(p)
+    u = space.to_unit_cube(points)
+    assert np.linalg.norm(u[0] - u[1]) > 1e-3  # two different trade-offs, not one point twice
+    # Al raises hardness and lowers cost: both objectives agree on it, so both points take a lot of it.
+    assert all(p.composition["Al"] > 0.15 for p in points), [p.composition.root for p in points]
+
+
+def test_bad_settings_are_refused_with_the_reason():
+    with pytest.raises(ValueError, match="needs a constraint"):
+        BoPlanner(SQUARE, settings=settings(feasibility="measured"))
+    with pytest.raises(ValueError, match="penalty"):
+        BoPlanner(SQUARE, settings=settings(constraint_handling="penalty"))
+    planner = BoPlanner(SQUARE, settings=settings(feasibility="classifier"))
+    with pytest.raises(ValueError, match="carries none"):
+        planner.propose(ProposeRequest(n=1, observations=observe(start(SQUARE, 6), lambda p: 1.0)))
