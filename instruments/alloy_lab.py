@@ -14,9 +14,7 @@ driver's seed and the experiment id, so they are reproducible.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np

@@ -46,10 +46,10 @@ from sdl.protocol import (
     ExperimentSpec,
     FitRequest,
     FitSummary,
-    Observation,
-    Proposal,
     FeasibilityModel,
     FeasibilityRequest,
+    Observation,
+    Proposal,
     ProposeRequest,
     RunExperiment,
 )

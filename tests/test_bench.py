@@ -4,7 +4,6 @@ an end-to-end run on a tiny budget (Ray tasks, table, regret curves)."""
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -30,7 +30,11 @@ def test_instrument_list_shows_the_registered_drivers():
 @pytest.mark.parametrize(
     "change, fragment",
     [
-        ({"planner": {"kind": "bo"}}, "planner.kind: Input should be 'random' or 'sobol'"),
+        ({"planner": {"kind": "gradient"}}, "planner.kind: Input should be 'random', 'sobol' or 'bo'"),
+        ({"planner": {"kind": "bo", "feasibility": "classifier"}}, "needs a phase_boundary section"),
+        ({"planner": {"kind": "bo", "feasibility": "measured"}}, "feasibility 'measured' needs a constraint"),
+        ({"planner": {"kind": "bo", "constraint": {"measurements": ["c1"]}}}, "a constraint needs at_least, at_most or both"),
+        ({"phase_boundary": {"calphad_calls": 48}}, "phase_boundary learns over a composition-only space"),
         ({"stop": {"max_experiments": 0}}, "stop.max_experiments: Input should be greater than or equal to 1"),
         ({"instruments": [{"name": "a", "driver": "laser"}]}, "unknown instrument driver 'laser'; installed drivers: arc_melter, branin, furnace"),
         ({"instruments": [{"name": "a", "driver": "branin", "options": {"noise": 1}}]}, "options of driver 'branin': noise: Extra inputs"),

@@ -1,0 +1,50 @@
+"""The README's main job end to end (slow: a cold CALPHAD cache tabulates the twin first):
+`sdl run configs/demo.yaml` with the constrained BO planner and the CALPHAD phase-boundary agent,
+then the report; and the hardness-vs-cost variant with its Pareto front."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sdl.ledger import Ledger
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_config(name: str, campaign_dir: Path) -> str:
+    done = subprocess.run([sys.executable, "-m", "sdl.cli", "run", str(ROOT / "configs" / name),
+                           "--campaign-dir", str(campaign_dir), "--no-progress"],
+                          capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stdout + done.stderr[-4000:]
+    return done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_demo_designs_a_hard_processable_alloy(tmp_path):
+    out = run_config("demo.yaml", tmp_path / "demo")
+    assert "completed (budget)" in out
+    with Ledger.in_campaign(tmp_path / "demo", readonly=True) as ledger:
+        done = ledger.experiments(("done",))
+        learned = [p for _, _, p in ledger.events("feasibility.learned")]
+    assert len(learned) == 1 and learned[0]["calphad_calls"] == 48
+    hardness = [r.result.measurements["hardness_hv"] for r in done]
+    assert max(hardness) > 300  # the Sobol' design alone tops out near 270 HV on this space
+    brittle = [r.result.measurements["xrd_brittle_detected"] for r in done]
+    assert sum(brittle) / len(brittle) <= 0.15
+    summary = (tmp_path / "demo" / "report" / "summary.md").read_text()
+    assert "infeasible experiments" in summary and "phase_map.png" in summary
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_hardness_versus_cost_draws_a_pareto_front(tmp_path):
+    run_config("demo_pareto.yaml", tmp_path / "pareto")
+    report = tmp_path / "pareto" / "report"
+    assert "## Pareto front" in (report / "summary.md").read_text()
+    assert (report / "pareto.png").stat().st_size > 20_000
+    with Ledger.in_campaign(tmp_path / "pareto", readonly=True) as ledger:
+        costs = [r.result.measurements["raw_material_cost_usd_per_kg"] for r in ledger.experiments(("done",))]
+    assert min(costs) < 14 < max(costs)  # the front spans cheap (Al-rich, Co-free) to costly (Co-rich) alloys
