@@ -59,6 +59,10 @@ class BoSettings(BaseModel):
     objectives: list[ObjectiveConfig] = Field(min_length=1, description="one: log-EI; several: log-NEHVI")
     feasibility: Literal["none", "classifier", "measured"] = "none"
     constraint: ConstraintConfig | None = Field(default=None, description="for feasibility 'measured' or penalty")
+    update_classifier: bool = Field(
+        default=False, description="update the CALPHAD classifier with each experiment's measured feasibility"
+    )
+    feasibility_exponent: float = Field(default=1.0, ge=0.0, le=10.0, description="EI x P(feasible)^exponent")
     constraint_handling: Literal["probability", "penalty"] = Field(
         default="probability", description="probability: log EI + log P(feasible); penalty: objective - weight x violation"
     )
@@ -71,6 +75,7 @@ class BoSettings(BaseModel):
     @classmethod
     def from_config(cls, planner: PlannerConfig, objective: ObjectiveConfig) -> BoSettings:
         fields = planner.model_dump(include={"feasibility", "constraint", "constraint_handling", "penalty_weight",
+                                             "update_classifier", "feasibility_exponent",
                                              "initial_points", "num_restarts", "raw_samples", "mc_samples"})
         return cls(objectives=[objective, *planner.extra_objectives], **fields)
 
@@ -87,15 +92,20 @@ class BoSettings(BaseModel):
 
 
 class FeasibilityWeighted(AcquisitionFunction):
-    """log acquisition + sum over the q points of log P(feasible): the hybrid EI x P(feasible)."""
+    """log acquisition + exponent x sum over the q points of log P(feasible): the hybrid EI x P(feasible)^exponent.
 
-    def __init__(self, acquisition: AcquisitionFunction, log_feasibility) -> None:
+    An exponent above 1 is risk aversion: a failed specimen costs a furnace cycle, so a point at
+    P = 0.5 must promise more improvement than EI x P alone asks.
+    """
+
+    def __init__(self, acquisition: AcquisitionFunction, log_feasibility, exponent: float = 1.0) -> None:
         super().__init__(model=acquisition.model)
         self.acquisition = acquisition
         self.log_feasibility = log_feasibility
+        self.exponent = exponent
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
-        return self.acquisition(X) + self.log_feasibility(X).sum(dim=-1)
+        return self.acquisition(X) + self.exponent * self.log_feasibility(X).sum(dim=-1)
 
     def set_X_pending(self, X_pending: torch.Tensor | None = None) -> None:
         self.acquisition.set_X_pending(X_pending)
@@ -173,7 +183,14 @@ class BoPlanner(Planner):
         if s.feasibility == "classifier":
             if request.feasibility is None:
                 raise ValueError("this planner weighs by a feasibility classifier, but the request carries none")
-            return classifier_log_probability(request.feasibility, self.columns)
+            model = request.feasibility
+            if s.update_classifier and s.constraint is not None:
+                labelled = [(o, s.constraint.satisfied(o.measurements)) for o in done]
+                labelled = [(o, ok) for o, ok in labelled if ok is not None]
+                if labelled:
+                    model = update_classifier(model, self.columns, self.to_tensor([o.point for o, _ in labelled]),
+                                              torch.tensor([float(ok) for _, ok in labelled], dtype=DTYPE))
+            return classifier_log_probability(model, self.columns)
         rows = [(o, s.constraint.value(o.measurements)) for o in done]
         rows = [(o, v) for o, v in rows if v is not None]
         if len(rows) < 2:
@@ -213,7 +230,7 @@ class BoPlanner(Planner):
     def propose(self, request: ProposeRequest) -> list[DesignPoint]:
         done, y = self._training_data(request.observations)
         if len(done) < self.settings.initial_points:
-            return self.initial.propose(request)
+            return self._initial_design(request)
         position = len(request.observations) + len(request.pending)
         torch.manual_seed(self.seed * 1_000_003 + position)
         x = self.to_tensor([o.point for o in done])
@@ -227,7 +244,7 @@ class BoPlanner(Planner):
                 if (pending is not None or chosen) else None
             acquisition = self._acquisition(model, x, y, x_pending, feasible, seed=position + i)
             if log_feasibility is not None:
-                acquisition = FeasibilityWeighted(acquisition, log_feasibility)
+                acquisition = FeasibilityWeighted(acquisition, log_feasibility, self.settings.feasibility_exponent)
             chosen.append(self._optimize(acquisition, seed=position + i))
         return [self.to_point(c[0]) for c in chosen]
 
@@ -243,6 +260,25 @@ class BoPlanner(Planner):
             with torch.no_grad():
                 return log_feasibility(x) >= math.log(0.5)
         return torch.ones(len(done), dtype=torch.bool)
+
+    def _initial_design(self, request: ProposeRequest) -> list[DesignPoint]:
+        """The Sobol' sequence; with a feasibility classifier, only its points with P(feasible) >= 0.5
+        (an alloy CALPHAD says cannot be processed is not worth a first experiment either)."""
+        if self.settings.feasibility != "classifier" or request.feasibility is None:
+            return self.initial.propose(request)
+        position = len(request.observations) + len(request.pending)
+        log_probability = classifier_log_probability(request.feasibility, self.columns)
+        kept: list[DesignPoint] = []
+        scanned = 0
+        while len(kept) < position + request.n:
+            chunk = self.initial.points(scanned, 256)
+            scanned += len(chunk)
+            with torch.no_grad():
+                ok = log_probability(self.to_tensor(chunk)) >= math.log(0.5)
+            kept.extend(p for p, good in zip(chunk, ok.tolist()) if good)
+            if scanned > 64 * (position + request.n) and not kept:
+                return self.initial.propose(request)  # the classifier rules out (almost) everything: ignore it
+        return kept[position: position + request.n]
 
     def _acquisition(self, model, x, y, x_pending, feasible, *, seed: int) -> AcquisitionFunction:
         sampler = SobolQMCNormalSampler(sample_shape=torch.Size([self.settings.mc_samples]), seed=self.seed + seed)
@@ -306,6 +342,36 @@ def classifier_log_probability(model: FeasibilityModel, columns: list[str]):
         return log_probit_probability(phi @ mean, ((phi @ cov) * phi).sum(dim=-1).clamp_min(0.0))
 
     return log_probability
+
+
+def update_classifier(model: FeasibilityModel, columns: list[str], x: torch.Tensor, labels: torch.Tensor,
+                      *, iterations: int = 25) -> FeasibilityModel:
+    """The classifier's posterior updated with experiments' measured feasibility (Laplace approximation).
+
+    The CALPHAD-trained Gaussian posterior over the weights is the prior; each experiment adds a
+    Bernoulli likelihood. Newton's method finds the new mode, the Hessian there gives the new
+    covariance. Experiments land where the planner wants to go, which is where the boundary matters,
+    so a few labels there correct the classifier more than many CALPHAD points elsewhere. Written
+    here because the update must run inside the planner, on the posterior it was sent.
+    """
+    index = torch.tensor([columns.index(name) for name in model.inputs])
+    phi = polynomial_features((x[..., index] - torch.tensor(model.low, dtype=DTYPE))
+                              / torch.tensor(model.span, dtype=DTYPE), model.degree)
+    prior_mean = torch.tensor(model.weight_mean, dtype=DTYPE)
+    prior_precision = torch.linalg.inv(torch.tensor(model.weight_covariance, dtype=DTYPE))
+    w = prior_mean.clone()
+    for _ in range(iterations):
+        p = torch.sigmoid(phi @ w)
+        gradient = phi.T @ (labels - p) - prior_precision @ (w - prior_mean)
+        hessian = (phi.T * (p * (1 - p))) @ phi + prior_precision
+        step = torch.linalg.solve(hessian, gradient)
+        w = w + step
+        if step.abs().max() < 1e-8:
+            break
+    p = torch.sigmoid(phi @ w)
+    covariance = torch.linalg.inv((phi.T * (p * (1 - p))) @ phi + prior_precision)
+    covariance = 0.5 * (covariance + covariance.T)
+    return model.model_copy(update={"weight_mean": w.tolist(), "weight_covariance": covariance.tolist()})
 
 
 def feasibility_probability(model: FeasibilityModel, points: list[DesignPoint]) -> np.ndarray:

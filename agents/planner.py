@@ -69,8 +69,12 @@ class SobolPlanner(Planner):
         self._drawn = 0
 
     def propose(self, request: ProposeRequest) -> list[DesignPoint]:
-        position = len(request.observations) + len(request.pending)
-        while len(self._sequence) < position + request.n:
+        return self.points(len(request.observations) + len(request.pending), request.n)
+
+    def points(self, start: int, n: int) -> list[DesignPoint]:
+        """Points ``start`` .. ``start + n - 1`` of the seed's sequence (inside the space)."""
+        position = start
+        while len(self._sequence) < position + n:
             if self._drawn > MAX_REJECTED_DRAWS and not self._sequence:
                 raise ValueError("the composition bounds leave almost no volume; widen them")
             # Doubling keeps the total a power of two, which Sobol' balance properties need.
@@ -78,7 +82,7 @@ class SobolPlanner(Planner):
             accepted, _ = self.space.from_unit_cube(self._sampler.random_base2(m=m))
             self._drawn += 2**m
             self._sequence.extend(accepted)
-        return self._sequence[position : position + request.n]
+        return self._sequence[position : position + n]
 
 
 PLANNERS: dict[str, type[Planner]] = {"random": RandomPlanner, "sobol": SobolPlanner}

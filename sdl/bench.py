@@ -226,6 +226,8 @@ class PlannerSpec(_Section):
     kind: Literal["random", "sobol", "bo", "baybe", "ax"]
     constrained: bool = Field(default=False, description="bo: use the problem's feasibility (classifier or measured)")
     constraint_handling: Literal["probability", "penalty"] = "probability"
+    update_classifier: bool = Field(default=False, description="bo on the twin: classifier also learns from experiments")
+    feasibility_exponent: float = Field(default=1.0, ge=0.0, le=10.0)
     initial_points: int = Field(default=8, ge=2)
     num_restarts: int = Field(default=4, ge=1)
     raw_samples: int = Field(default=128, ge=16)
@@ -305,6 +307,8 @@ def make_bench_planner(spec: PlannerSpec, problem: BenchProblem, seed: int):
             "feasibility": feasibility,
             "constraint": problem.constraint.model_dump() if problem.constraint else None,
             "constraint_handling": handling,
+            "update_classifier": spec.update_classifier and feasibility == "classifier",
+            "feasibility_exponent": spec.feasibility_exponent,
             "initial_points": spec.initial_points,
             "num_restarts": spec.num_restarts,
             "raw_samples": spec.raw_samples,

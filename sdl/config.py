@@ -113,6 +113,13 @@ class PlannerConfig(_Section):
     constraint_handling: Literal["probability", "penalty"] = Field(
         default="probability", description="probability: log EI + log P(feasible); penalty: objective - weight x violation"
     )
+    update_classifier: bool = Field(
+        default=False,
+        description="feasibility 'classifier': also learn from each experiment's `constraint` verdict (Laplace update)",
+    )
+    feasibility_exponent: float = Field(
+        default=1.0, ge=0.0, le=10.0, description="EI x P(feasible)^exponent; above 1 avoids failed specimens harder"
+    )
     penalty_weight: float = Field(default=10.0, ge=0, description="objective standard deviations per unit violation")
     extra_objectives: list[ObjectiveConfig] = Field(
         default_factory=list, description="more objectives besides `objective`: multi-objective BO with log-NEHVI"
@@ -128,6 +135,8 @@ class PlannerConfig(_Section):
             return self
         if self.feasibility == "measured" and self.constraint is None:
             raise ValueError("feasibility 'measured' needs a constraint (measurements and at_least/at_most)")
+        if self.update_classifier and (self.feasibility != "classifier" or self.constraint is None):
+            raise ValueError("update_classifier needs feasibility 'classifier' and a constraint giving the verdicts")
         if self.constraint_handling == "penalty":
             if self.constraint is None:
                 raise ValueError("constraint_handling 'penalty' needs a constraint to penalise")
