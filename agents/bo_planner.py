@@ -130,7 +130,6 @@ class BoPlanner(Planner):
             start = len(space.parameters)
             k = len(space.composition.elements)
             self.equality_constraints = [(torch.arange(start, start + k), torch.ones(k, dtype=DTYPE), 1.0)]
-        self._hyperparameters: dict[str, dict[str, torch.Tensor]] = {}
 
     # -- conversions ---------------------------------------------------------------------------
 
@@ -158,22 +157,14 @@ class BoPlanner(Planner):
 
     # -- models --------------------------------------------------------------------------------
 
-    def _gp(self, x: torch.Tensor, y: torch.Tensor, *, role: str = "objective") -> SingleTaskGP:
+    def _gp(self, x: torch.Tensor, y: torch.Tensor) -> SingleTaskGP:
+        # Fitted from scratch each time: a planner is a pure function of its request, so a restarted
+        # actor proposes what the lost one would have (about 0.6 s at 100 observations, 2 threads).
         model = SingleTaskGP(x, y, input_transform=Normalize(d=x.shape[-1], bounds=self.bounds),
                              outcome_transform=Standardize(m=y.shape[-1]))
-        # Start from the last fit's hyperparameters (kernel, noise, mean; not the data-dependent
-        # transforms): one observation more barely moves them, and the fit converges in fewer steps.
-        previous = self._hyperparameters.get(role)
-        if previous is not None:
-            try:
-                model.load_state_dict(previous, strict=False)
-            except RuntimeError:
-                pass  # shapes changed (e.g. a different number of objectives): start afresh
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # input-scaling and fit-restart warnings on small data sets
             fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
-        self._hyperparameters[role] = {k: v.detach().clone() for k, v in model.state_dict().items()
-                                       if k.startswith(("covar_module", "likelihood", "mean_module"))}
         return model
 
     def _log_feasibility(self, request: ProposeRequest, done: list[Observation]):
@@ -196,7 +187,7 @@ class BoPlanner(Planner):
         if len(rows) < 2:
             return None
         model = self._gp(self.to_tensor([o.point for o, _ in rows]),
-                         torch.tensor([[v] for _, v in rows], dtype=DTYPE), role="constraint")
+                         torch.tensor([[v] for _, v in rows], dtype=DTYPE))
         c = s.constraint
 
         def log_probability(X: torch.Tensor) -> torch.Tensor:

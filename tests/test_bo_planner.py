@@ -168,3 +168,36 @@ def test_bad_settings_are_refused_with_the_reason():
     planner = BoPlanner(SQUARE, settings=settings(feasibility="classifier"))
     with pytest.raises(ValueError, match="carries none"):
         planner.propose(ProposeRequest(n=1, observations=observe(start(SQUARE, 6), lambda p: 1.0)))
+
+
+def test_measured_verdicts_update_the_classifier_where_experiments_were_made():
+    from sdl.agents.bo_planner import update_classifier
+
+    rng = np.random.default_rng(1)
+    x = rng.random((48, 2))  # as many CALPHAD labels as the demo's classifier gets
+    classifier = BayesianLogisticClassifier(degree=1, num_steps=1000).fit(x, (x[:, 0] <= 0.6).astype(float))
+    model = _feasibility_model(classifier, ["a", "b"])
+    # The lab finds the true boundary lower (a <= 0.45): specimens at a = 0.5 fail.
+    at = [DesignPoint(parameters={"a": 0.5, "b": b}) for b in np.linspace(0.1, 0.9, 6)]
+    before = feasibility_probability(model, at)
+    import torch
+
+    x_lab = torch.tensor([[0.5, b] for b in np.linspace(0.1, 0.9, 6)], dtype=torch.double)
+    updated = update_classifier(model, ["a", "b"], x_lab, torch.zeros(6, dtype=torch.double))
+    after = feasibility_probability(updated, at)
+    assert before.mean() > 0.6 and after.mean() < before.mean() - 0.15, (before, after)
+    far = [DesignPoint(parameters={"a": 0.1, "b": 0.5})]
+    assert feasibility_probability(updated, far)[0] > 0.9  # the evidence is local: deep inside stays feasible
+    FeasibilityModel.model_validate(updated.model_dump())
+
+
+def test_the_initial_design_skips_alloys_the_classifier_rules_out():
+    rng = np.random.default_rng(2)
+    x = rng.random((300, 2))
+    classifier = BayesianLogisticClassifier(degree=1, num_steps=1000).fit(x, (x[:, 0] <= 0.5).astype(float))
+    model = _feasibility_model(classifier, ["a", "b"])
+    planner = BoPlanner(SQUARE, seed=0, settings=settings(feasibility="classifier", initial_points=6))
+    first = planner.propose(ProposeRequest(n=4, feasibility=model))
+    rest = planner.propose(ProposeRequest(n=2, pending=first, feasibility=model))
+    assert all(p.parameters["a"] <= 0.55 for p in first + rest)
+    assert len({(p.parameters["a"], p.parameters["b"]) for p in first + rest}) == 6  # the sequence moves on
