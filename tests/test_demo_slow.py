@@ -31,7 +31,7 @@ def test_demo_designs_a_hard_processable_alloy(tmp_path):
         learned = [p for _, _, p in ledger.events("feasibility.learned")]
     assert len(learned) == 1 and learned[0]["calphad_calls"] == 48
     hardness = [r.result.measurements["hardness_hv"] for r in done]
-    assert max(hardness) > 300  # the Sobol' design alone tops out near 270 HV on this space
+    assert max(hardness) > 300  # best feasible on the twin: 326 HV (noiseless)
     brittle = [r.result.measurements["xrd_brittle_detected"] for r in done]
     assert sum(brittle) / len(brittle) <= 0.15
     summary = (tmp_path / "demo" / "report" / "summary.md").read_text()
