@@ -43,8 +43,11 @@ def test_demo_designs_a_hard_processable_alloy(tmp_path):
 def test_hardness_versus_cost_draws_a_pareto_front(tmp_path):
     run_config("demo_pareto.yaml", tmp_path / "pareto")
     report = tmp_path / "pareto" / "report"
-    assert "## Pareto front" in (report / "summary.md").read_text()
+    summary = (report / "summary.md").read_text()
+    assert "## Pareto front" in summary
+    assert int(summary.split(" non-dominated of ")[0].split()[-1]) >= 3
     assert (report / "pareto.png").stat().st_size > 20_000
     with Ledger.in_campaign(tmp_path / "pareto", readonly=True) as ledger:
         costs = [r.result.measurements["raw_material_cost_usd_per_kg"] for r in ledger.experiments(("done",))]
-    assert min(costs) < 14 < max(costs)  # the front spans cheap (Al-rich, Co-free) to costly (Co-rich) alloys
+    # cheapest: Co-free and Al-rich (Ni at 16 USD/kg sets the floor near 14); dearest: Co-rich
+    assert min(costs) < 14.6 and max(costs) - min(costs) > 2.5, (min(costs), max(costs))
