@@ -1,0 +1,151 @@
+"""Heat-treatment planning as a gymnasium MDP over the alloy twin's kinetics.
+
+An episode is one specimen of a given composition, as cast. Each step the agent either holds the
+specimen at a temperature for a time (followed by a water quench, as the furnace does), or stops.
+Transitions are the twin's own kinetics (:func:`sdl.env.kinetics.hold` and ``quench`` with the
+CALPHAD gamma-prime fraction at the hold temperature): the same code the simulated furnace runs.
+
+Actions (documented discretisation, ``Discrete``): action 0 stops; action ``1 + i`` holds at
+``temperatures_k[i // len(durations_s)]`` for ``durations_s[i % len(durations_s)]``. The default
+grid spans solutionising (1250-1400 K) and ageing (950-1150 K) temperatures, 0.5-16 h.
+
+Reward: hardness gained by the step (HV / ``hardness_scale_hv``), minus the energy of the hold
+(``energy_weight`` x T x t, in units of 1000 K x 1 h), minus ``step_penalty``; at stop (or when the
+step budget runs out) minus ``brittle_penalty`` x the brittle-phase fraction at the last hold
+temperature. Hardness gains telescope, so the return is final hardness minus costs.
+
+Observation (``Box``, float32): free-element mole fractions, grain size (log10 um), gamma-prime
+fraction, gamma-prime radius (nm / 100), current temperature (K / 1500), elapsed time (h / 48),
+steps used / max_steps, current hardness (HV / 500), brittle fraction at the last hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import gymnasium
+import numpy as np
+from gymnasium import spaces
+
+from sdl.env.calphad import BRITTLE
+from sdl.env.kinetics import Microstructure, hold, quench
+from sdl.env.strength import vickers_hardness, yield_strength_mpa
+from sdl.env.twin import AlloyTwin
+
+DEFAULT_TEMPERATURES_K = (950.0, 1000.0, 1050.0, 1100.0, 1150.0, 1250.0, 1300.0, 1400.0)
+DEFAULT_DURATIONS_S = (1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 57600.0)
+
+
+class HeatTreatmentEnv(gymnasium.Env):
+    metadata = {"render_modes": []}
+
+    def __init__(self, twin: AlloyTwin | None = None, *, composition_bounds: dict[str, tuple[float, float]] | None = None,
+                 temperatures_k: Sequence[float] = DEFAULT_TEMPERATURES_K,
+                 durations_s: Sequence[float] = DEFAULT_DURATIONS_S, max_steps: int = 4,
+                 hardness_scale_hv: float = 100.0, energy_weight: float = 0.002, step_penalty: float = 0.02,
+                 brittle_penalty: float = 5.0, temperature_scatter_k: float = 0.0) -> None:
+        self.twin = twin or AlloyTwin()
+        self.free_elements = self.twin.free_elements
+        lo, hi = self.twin.temperature_range_k
+        bad = [t for t in temperatures_k if not lo <= t <= hi]
+        if bad:
+            raise ValueError(f"temperatures {bad} K lie outside the twin's tabulated {lo}-{hi} K")
+        if any(d <= 0 for d in durations_s) or max_steps < 1:
+            raise ValueError("durations must be positive and max_steps at least 1")
+        grid = self.twin.config.grid
+        self.composition_bounds = {e: composition_bounds.get(e) if composition_bounds else None for e in self.free_elements}
+        for e in self.free_elements:
+            if self.composition_bounds[e] is None:
+                self.composition_bounds[e] = (grid[e].low, grid[e].high)
+        self.temperatures_k = np.asarray(temperatures_k, dtype=float)
+        self.durations_s = np.asarray(durations_s, dtype=float)
+        self.max_steps = max_steps
+        self.hardness_scale_hv = hardness_scale_hv
+        self.energy_weight = energy_weight
+        self.step_penalty = step_penalty
+        self.brittle_penalty = brittle_penalty
+        self.temperature_scatter_k = temperature_scatter_k
+        self.action_space = spaces.Discrete(1 + len(self.temperatures_k) * len(self.durations_s))
+        n_obs = len(self.free_elements) + 8
+        self.observation_space = spaces.Box(low=-5.0, high=5.0, shape=(n_obs,), dtype=np.float32)
+        self._x: np.ndarray | None = None
+        self._state: Microstructure | None = None
+        self._brittle = 0.0
+        self._hardness = 0.0
+        self._steps = 0
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def describe_action(self, action: int) -> dict:
+        """The hold an action stands for: operation, temperature_k, duration_s (or stop)."""
+        if not self.action_space.contains(action):
+            raise ValueError(f"action {action} is not in 0..{self.action_space.n - 1}")
+        if action == 0:
+            return {"operation": "stop"}
+        i = int(action) - 1
+        t = float(self.temperatures_k[i // len(self.durations_s)])
+        return {"operation": "solutionise" if t >= 1250.0 else "age", "temperature_k": t,
+                "duration_s": float(self.durations_s[i % len(self.durations_s)]), "quench_medium": "water"}
+
+    def _hardness_hv(self) -> float:
+        fractions = {e: self._x[:, i] for i, e in enumerate(self.free_elements)}
+        s = self._state
+        strength = yield_strength_mpa(fractions, s.grain_size_m, s.precipitate_fraction, s.precipitate_radius_m,
+                                      self.twin.config.strength)
+        return float(vickers_hardness(strength)[0])
+
+    def _observation(self) -> np.ndarray:
+        s = self._state
+        values = [*self._x[0],
+                  np.log10(s.grain_size_m[0] * 1e6), s.precipitate_fraction[0], s.precipitate_radius_m[0] * 1e9 / 100.0,
+                  s.temperature_k[0] / 1500.0, s.elapsed_s[0] / (48 * 3600.0), self._steps / self.max_steps,
+                  self._hardness / 500.0, self._brittle]
+        return np.clip(np.asarray(values, dtype=np.float32), -5.0, 5.0)
+
+    # -- gymnasium API -------------------------------------------------------------------------
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        composition = (options or {}).get("composition")
+        if composition is not None:
+            missing = [e for e in self.free_elements if e not in composition]
+            if missing:
+                raise ValueError(f"composition lacks {missing}; the twin's free elements are {list(self.free_elements)}")
+            x = np.array([[float(composition[e]) for e in self.free_elements]])
+        else:
+            x = np.array([[self.np_random.uniform(*self.composition_bounds[e]) for e in self.free_elements]])
+        self._x = x
+        self._state = Microstructure.initial(1, self.twin.config.kinetics)
+        self._brittle = 0.0
+        self._steps = 0
+        self._hardness = self._hardness_hv()
+        return self._observation(), {"hardness_hv": self._hardness}
+
+    def step(self, action):
+        if self._state is None:
+            raise RuntimeError("call reset before step")
+        described = self.describe_action(int(action))
+        reward = 0.0
+        terminated = described["operation"] == "stop"
+        if not terminated:
+            t = described["temperature_k"]
+            if self.temperature_scatter_k:
+                lo, hi = self.twin.temperature_range_k
+                t = float(np.clip(t + self.np_random.normal(0.0, self.temperature_scatter_k), lo, hi))
+            phases = self.twin.table(self._x, t)
+            self._state = quench(hold(self._state, t, described["duration_s"], phases["gamma_prime"],
+                                      self.twin.config.kinetics))
+            self._brittle = float(sum(phases[c][0] for c in BRITTLE))
+            self._steps += 1
+            before = self._hardness
+            self._hardness = self._hardness_hv()
+            energy = t / 1000.0 * described["duration_s"] / 3600.0
+            reward = (self._hardness - before) / self.hardness_scale_hv - self.energy_weight * energy - self.step_penalty
+        truncated = not terminated and self._steps >= self.max_steps
+        if terminated or truncated:
+            reward -= self.brittle_penalty * self._brittle
+        info = {"hardness_hv": self._hardness, "brittle_fraction": self._brittle, "action": described}
+        return self._observation(), float(reward), terminated, truncated, info
+
+
+gymnasium.register(id="sdl/HeatTreatment-v0", entry_point="sdl.env.heat_treatment:HeatTreatmentEnv")
