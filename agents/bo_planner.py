@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy.stats import qmc
 
 from sdl.agents.planner import Planner, SobolPlanner
-from sdl.config import ConstraintConfig, ObjectiveConfig, PlannerConfig
+from sdl.config import ConstraintConfig, ObjectiveConfig, PlannerConfig, check_bo_options
 from sdl.protocol import Composition, DesignPoint, FeasibilityModel, Observation, ProposeRequest
 from sdl.space import SearchSpace
 from sdl.surrogates.phase_classifier import log_probit_probability, polynomial_features
@@ -81,13 +81,8 @@ class BoSettings(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> BoSettings:
-        if self.feasibility == "measured" and self.constraint is None:
-            raise ValueError("feasibility 'measured' needs a constraint (measurements and at_least/at_most)")
-        if self.constraint_handling == "penalty":
-            if self.constraint is None:
-                raise ValueError("constraint_handling 'penalty' needs a measured constraint to penalise")
-            if len(self.objectives) > 1:
-                raise ValueError("constraint_handling 'penalty' applies to a single objective")
+        check_bo_options(self.feasibility, self.constraint, self.constraint_handling, len(self.objectives),
+                         self.update_classifier)
         return self
 
 

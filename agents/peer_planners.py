@@ -62,12 +62,6 @@ class PeerPlanner(Planner):
             composition = Composition({e: fractions[e] for e in comp.elements})
         return DesignPoint(parameters={n: values[n] for n in self.space.parameters}, composition=composition)
 
-    def _free_values(self, point: DesignPoint) -> dict[str, float]:
-        out = dict(point.parameters)
-        if self.space.composition is not None:
-            out.update({e: point.composition[e] for e in self.space.composition.free_elements})
-        return out
-
     def propose(self, request: ProposeRequest) -> list[DesignPoint]:
         if request.pending:
             raise ValueError(f"the {self.name} adapter plans one batch at a time; it takes no pending points")

@@ -159,12 +159,25 @@ class PhaseEquilibria:
         return self.database_sha, composition, round(float(temperature_k), TEMPERATURE_DECIMALS)
 
     def _cached(self, keys: list[tuple[str, str, float]]) -> dict[tuple[str, str, float], dict[str, float]]:
+        if len(keys) <= 64:  # a point or two: look each up by primary key, not by scanning the table
+            found = {}
+            for key in keys:
+                row = self._cache.execute("SELECT fractions FROM equilibria WHERE database=? AND composition=?"
+                                          " AND temperature_k=?", key).fetchone()
+                if row is not None:
+                    found[key] = json.loads(row[0])
+            return found
         rows = self._cache.execute(
             "SELECT database, composition, temperature_k, fractions FROM equilibria WHERE database=?",
             (self.database_sha,),
         )
         wanted = set(keys)
         return {k: json.loads(r[3]) for r in rows if (k := (r[0], r[1], r[2])) in wanted}
+
+    def _store(self, computed: dict[tuple[str, str, float], dict[str, float]]) -> None:
+        with self._cache:
+            self._cache.executemany("INSERT OR REPLACE INTO equilibria VALUES (?, ?, ?, ?)",
+                                    [(*k, json.dumps(f)) for k, f in computed.items()])
 
     def _compute(self, axes: dict[str, np.ndarray], temperatures_k: Sequence[float]) -> dict[tuple, dict[str, float]]:
         """One pycalphad call over the full grid of ``axes`` x ``temperatures_k``."""
@@ -216,9 +229,7 @@ class PhaseEquilibria:
         missing = [t for t, k in keys.items() if k not in values]
         if missing:
             computed = self._compute({e: np.array([x]) for e, x in rounded.items()}, missing)
-            with self._cache:
-                self._cache.executemany("INSERT OR REPLACE INTO equilibria VALUES (?, ?, ?, ?)",
-                                        [(*k, json.dumps(f)) for k, f in computed.items()])
+            self._store(computed)
             values.update(computed)
         return {t: values[k] for t, k in keys.items()}
 
@@ -246,11 +257,7 @@ class PhaseEquilibria:
         for start in range(0, len(missing), TEMPERATURES_PER_CALL):
             chunk = [float(temperatures[ti]) for ti in missing[start:start + TEMPERATURES_PER_CALL]]
             computed = self._compute(arrays, chunk)
-            with self._cache:
-                self._cache.executemany(
-                    "INSERT OR REPLACE INTO equilibria VALUES (?, ?, ?, ?)",
-                    [(*k, json.dumps(f)) for k, f in computed.items()],
-                )
+            self._store(computed)
             values.update(computed)
             if progress is not None:
                 progress(min(start + TEMPERATURES_PER_CALL, len(missing)), len(missing))

@@ -29,7 +29,7 @@ from gymnasium import spaces
 
 from sdl.env.calphad import BRITTLE
 from sdl.env.kinetics import Microstructure, hold, quench
-from sdl.env.strength import vickers_hardness, yield_strength_mpa
+from sdl.env.strength import vickers_hardness
 from sdl.env.twin import AlloyTwin
 
 DEFAULT_TEMPERATURES_K = (950.0, 1000.0, 1050.0, 1100.0, 1150.0, 1250.0, 1300.0, 1400.0)
@@ -53,10 +53,8 @@ class HeatTreatmentEnv(gymnasium.Env):
         if any(d <= 0 for d in durations_s) or max_steps < 1:
             raise ValueError("durations must be positive and max_steps at least 1")
         grid = self.twin.config.grid
-        self.composition_bounds = {e: composition_bounds.get(e) if composition_bounds else None for e in self.free_elements}
-        for e in self.free_elements:
-            if self.composition_bounds[e] is None:
-                self.composition_bounds[e] = (grid[e].low, grid[e].high)
+        self.composition_bounds = {e: (composition_bounds or {}).get(e, (grid[e].low, grid[e].high))
+                                   for e in self.free_elements}
         self.temperatures_k = np.asarray(temperatures_k, dtype=float)
         self.durations_s = np.asarray(durations_s, dtype=float)
         self.max_steps = max_steps
@@ -88,11 +86,7 @@ class HeatTreatmentEnv(gymnasium.Env):
                 "duration_s": float(self.durations_s[i % len(self.durations_s)]), "quench_medium": "water"}
 
     def _hardness_hv(self) -> float:
-        fractions = {e: self._x[:, i] for i, e in enumerate(self.free_elements)}
-        s = self._state
-        strength = yield_strength_mpa(fractions, s.grain_size_m, s.precipitate_fraction, s.precipitate_radius_m,
-                                      self.twin.config.strength)
-        return float(vickers_hardness(strength)[0])
+        return float(vickers_hardness(self.twin.yield_strength_mpa(self._x, self._state))[0])
 
     def _observation(self) -> np.ndarray:
         s = self._state

@@ -120,9 +120,7 @@ class AlloyTwin:
         last_t = holds[-1].temperature_k if holds else self.temperature_range_k[0]
         phases = self.table(x, last_t)
         brittle = sum(phases[c] for c in BRITTLE)
-        fractions = {e: x[:, i] for i, e in enumerate(self.free_elements)}
-        strength = yield_strength_mpa(fractions, micro.grain_size_m, micro.precipitate_fraction,
-                                      micro.precipitate_radius_m, self.config.strength)
+        strength = self.yield_strength_mpa(x, micro)
         return SpecimenProperties(
             hardness_hv=vickers_hardness(strength),
             yield_strength_mpa=strength,
@@ -131,6 +129,13 @@ class AlloyTwin:
             microstructure=micro,
             phases=phases,
         )
+
+    def yield_strength_mpa(self, compositions, micro: Microstructure) -> np.ndarray:
+        """Yield strength of specimens with this microstructure (the furnace's and the RL env's hardness)."""
+        x = self.free_fractions(compositions)
+        fractions = {e: x[:, i] for i, e in enumerate(self.free_elements)}
+        return yield_strength_mpa(fractions, micro.grain_size_m, micro.precipitate_fraction,
+                                  micro.precipitate_radius_m, self.config.strength)
 
     def _check_route(self, route: Sequence[ProcessStep]) -> None:
         lo, hi = self.temperature_range_k

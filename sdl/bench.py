@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from sdl.config import ConfigError, ConstraintConfig, ObjectiveConfig, PhaseBoundaryConfig
+from sdl.config import ConfigError, ConstraintConfig, ObjectiveConfig, PhaseBoundaryConfig, read_yaml
 from sdl.protocol import DesignPoint, FeasibilityModel, Observation, ProposeRequest, describe_validation_error
 from sdl.space import SearchSpace
 
@@ -53,6 +52,7 @@ class BenchProblem:
     constraint: ConstraintConfig | None = None
     noise_sd: dict[str, float] = {}
     success: Literal["fraction_of_best", "gap_closed"] = "gap_closed"
+    has_feasibility_model = False  # True where feasibility_model() learns one before any experiment
 
     def evaluate(self, points: list[DesignPoint]) -> list[dict[str, float]]:
         raise NotImplementedError
@@ -110,6 +110,7 @@ class TwinProblem(BenchProblem):
 
     name = "twin"
     success = "fraction_of_best"
+    has_feasibility_model = True
     SPACE = {"composition": {"elements": {"Ni": [0.45, 0.98], "Al": [0.02, 0.145], "Co": [0.0, 0.185],
                                           "Cr": [0.0, 0.185]}, "balance": "Ni"}}  # as configs/demo.yaml
 
@@ -181,11 +182,10 @@ class FormulaProblem(BenchProblem):
 
         self._objective = compile_formula(spec.objective, "objective")
         self._constraints = [compile_formula(c, "constraint") for c in spec.constraints]
+        if len(spec.constraints) > 1:
+            raise ConfigError(f"problem {spec.name}: one constraint is supported (got {len(spec.constraints)})")
         if spec.constraints:
-            self.constraint = ConstraintConfig(measurements=[f"c{i + 1}" for i in range(len(spec.constraints))][:1],
-                                               at_least=0.0)
-            if len(spec.constraints) > 1:
-                raise ConfigError(f"problem {spec.name}: one constraint is supported (got {len(spec.constraints)})")
+            self.constraint = ConstraintConfig(measurements=["c1"], at_least=0.0)
         self.noise_sd = {"y": spec.noise_sd} if spec.noise_sd else {}
 
     def evaluate(self, points: list[DesignPoint]) -> list[dict[str, float]]:
@@ -252,13 +252,7 @@ class BenchConfig(_Section):
 
 
 def load_bench_config(path: str | Path) -> BenchConfig:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such bench config") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    data = read_yaml(path, "bench config")
     try:
         config = BenchConfig.model_validate(data)
     except ValidationError as e:
@@ -298,7 +292,7 @@ def make_bench_planner(spec: PlannerSpec, problem: BenchProblem, seed: int):
     if spec.kind == "bo":
         feasibility = "none"
         if spec.constrained and problem.constraint is not None:
-            feasibility = "classifier" if isinstance(problem, TwinProblem) else "measured"
+            feasibility = "classifier" if problem.has_feasibility_model else "measured"
         handling = spec.constraint_handling if (spec.constrained and problem.constraint is not None) else "probability"
         if handling == "penalty":
             feasibility = "none"
@@ -346,8 +340,7 @@ def run_one(problem_spec: ProblemSpec, planner_spec: PlannerSpec, seed: int) -> 
     try:
         planner = make_bench_planner(planner_spec, problem, seed)
         feasibility = None
-        if planner_spec.kind == "bo" and planner_spec.constrained and isinstance(problem, TwinProblem) \
-                and planner_spec.constraint_handling == "probability":
+        if getattr(planner, "settings", None) is not None and planner.settings.feasibility == "classifier":
             feasibility = problem.feasibility_model(seed)
         result.setup_seconds = time.perf_counter() - started
         rng = np.random.default_rng([seed, 7])
@@ -425,18 +418,21 @@ def reached(problem: BenchProblem, values: np.ndarray, best: float, median: floa
 
 
 def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
+    out = config.out or Path("runs") / "bench" / config.name
+    out.mkdir(parents=True, exist_ok=True)
+    problems = {spec.name: make_problem(spec) for spec in config.problems}  # built once: the twin tabulates
+    try:
+        return _run_tasks(config, problems, out, progress=progress)
+    finally:
+        for problem in problems.values():
+            problem.close()
+
+
+def _run_tasks(config: BenchConfig, problems: dict[str, BenchProblem], out: Path, *, progress: bool) -> dict[str, Any]:
     import ray
     from tqdm import tqdm
 
-    out = config.out or Path("runs") / "bench" / config.name
-    out.mkdir(parents=True, exist_ok=True)
-    references = {}
-    for spec in config.problems:
-        problem = make_problem(spec)
-        try:
-            references[spec.name] = reference(problem)
-        finally:
-            problem.close()
+    references = {name: reference(problem) for name, problem in problems.items()}
     started_ray = not ray.is_initialized()
     if started_ray:
         if config.ray_address:
@@ -456,12 +452,12 @@ def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
     finally:
         if started_ray:
             ray.shutdown()
-    summary = summarise(config, results, references)
+    summary = summarise(config, problems, results, references)
     (out / "results.json").write_text(json.dumps(
         {"config": config.model_dump(mode="json"), "references": references, "summary": summary,
          "runs": [asdict(r) for r in results]}, indent=1))
     (out / "table.md").write_text(format_table(config, summary, references))
-    plot_regret(config, results, references, out / "regret.png")
+    plot_regret(config, problems, results, references, out / "regret.png")
     return {"out": str(out), "summary": summary, "references": references}
 
 
@@ -479,10 +475,11 @@ def best_so_far_regret(problem_direction: str, run: RunResult, best: float) -> n
     return np.where(np.isfinite(so_far), sign * best - so_far, np.nan)
 
 
-def summarise(config: BenchConfig, results: list[RunResult], references: dict) -> dict[str, dict[str, dict]]:
+def summarise(config: BenchConfig, problems: dict[str, BenchProblem], results: list[RunResult],
+              references: dict) -> dict[str, dict[str, dict]]:
     summary: dict[str, dict[str, dict]] = {}
     for spec in config.problems:
-        problem = make_problem(spec)
+        problem = problems[spec.name]
         ref = references[spec.name]
         summary[spec.name] = {}
         for planner in config.planners:
@@ -502,7 +499,6 @@ def summarise(config: BenchConfig, results: list[RunResult], references: dict) -
                     "planner_s_at_end": float(np.median([np.mean(r.planner_seconds[-5:]) for r in ok])),
                 })
             summary[spec.name][planner.name] = row
-        problem.close()
     return summary
 
 
@@ -524,31 +520,26 @@ def format_table(config: BenchConfig, summary: dict, references: dict) -> str:
                 lines.append(f"| {name} | failed: {'; '.join(row['errors'])[:200]} | | | | |")
                 continue
             hits = row["experiments_to_95"]
-            regret = row["final_regret_median"]
-            q = row["final_regret_q25_q75"]
-            lines.append(
-                f"| {name} | {hits:.0f} | {row['reached_95_share']:.0%} | "
-                + (f"{regret:.4g} [{q[0]:.3g}, {q[1]:.3g}]" if regret is not None else "no feasible point")
-                + f" | {row['infeasible_share']:.0%} | {row['planner_s_per_iter']:.3f}, {row['planner_s_at_end']:.3f} |"
-                if math.isfinite(hits) else
-                f"| {name} | > {budget} | {row['reached_95_share']:.0%} | "
-                + (f"{regret:.4g} [{q[0]:.3g}, {q[1]:.3g}]" if regret is not None else "no feasible point")
-                + f" | {row['infeasible_share']:.0%} | {row['planner_s_per_iter']:.3f}, {row['planner_s_at_end']:.3f} |"
-            )
+            hits_text = f"{hits:.0f}" if math.isfinite(hits) else f"> {budget}"
+            regret, q = row["final_regret_median"], row["final_regret_q25_q75"]
+            regret_text = f"{regret:.4g} [{q[0]:.3g}, {q[1]:.3g}]" if regret is not None else "no feasible point"
+            lines.append(f"| {name} | {hits_text} | {row['reached_95_share']:.0%} | {regret_text} | "
+                         f"{row['infeasible_share']:.0%} | {row['planner_s_per_iter']:.3f}, {row['planner_s_at_end']:.3f} |")
         lines.append("")
     return "\n".join(lines)
 
 
-def plot_regret(config: BenchConfig, results: list[RunResult], references: dict, path: Path) -> None:
+def plot_regret(config: BenchConfig, problems: dict[str, BenchProblem], results: list[RunResult], references: dict,
+                path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    problems = config.problems
-    fig, axes = plt.subplots(1, len(problems), figsize=(4.6 * len(problems), 3.8), squeeze=False)
-    for ax, spec in zip(axes[0], problems):
-        problem = make_problem(spec)
+    specs = config.problems
+    fig, axes = plt.subplots(1, len(specs), figsize=(4.6 * len(specs), 3.8), squeeze=False)
+    for ax, spec in zip(axes[0], specs):
+        problem = problems[spec.name]
         for planner in config.planners:
             runs = [r for r in results if r.problem == spec.name and r.planner == planner.name and r.error is None]
             if not runs:
@@ -560,7 +551,6 @@ def plot_regret(config: BenchConfig, results: list[RunResult], references: dict,
                 q25, q50, q75 = (np.nanpercentile(curves, q, axis=0) for q in (25, 50, 75))
             ax.plot(x, q50, label=planner.name)
             ax.fill_between(x, q25, q75, alpha=0.18)
-        problem.close()
         ax.set_yscale("symlog", linthresh=1e-3)
         ax.set_title(spec.name)
         ax.set_xlabel("experiments")

@@ -131,18 +131,24 @@ class PlannerConfig(_Section):
 
     @model_validator(mode="after")
     def _bo_options(self) -> PlannerConfig:
-        if self.kind != "bo":
-            return self
-        if self.feasibility == "measured" and self.constraint is None:
-            raise ValueError("feasibility 'measured' needs a constraint (measurements and at_least/at_most)")
-        if self.update_classifier and (self.feasibility != "classifier" or self.constraint is None):
-            raise ValueError("update_classifier needs feasibility 'classifier' and a constraint giving the verdicts")
-        if self.constraint_handling == "penalty":
-            if self.constraint is None:
-                raise ValueError("constraint_handling 'penalty' needs a constraint to penalise")
-            if self.extra_objectives:
-                raise ValueError("constraint_handling 'penalty' applies to a single objective")
+        if self.kind == "bo":
+            check_bo_options(self.feasibility, self.constraint, self.constraint_handling,
+                             1 + len(self.extra_objectives), self.update_classifier)
         return self
+
+
+def check_bo_options(feasibility: str, constraint: ConstraintConfig | None, constraint_handling: str,
+                     n_objectives: int, update_classifier: bool) -> None:
+    """The rules a BO planner's options obey, checked where a config is read and where a planner is built."""
+    if feasibility == "measured" and constraint is None:
+        raise ValueError("feasibility 'measured' needs a constraint (measurements and at_least/at_most)")
+    if update_classifier and (feasibility != "classifier" or constraint is None):
+        raise ValueError("update_classifier needs feasibility 'classifier' and a constraint giving the verdicts")
+    if constraint_handling == "penalty":
+        if constraint is None:
+            raise ValueError("constraint_handling 'penalty' needs a constraint to penalise")
+        if n_objectives > 1:
+            raise ValueError("constraint_handling 'penalty' applies to a single objective")
 
 
 class PhaseBoundaryConfig(_Section):
@@ -264,15 +270,19 @@ class CampaignConfig(_Section):
         return hashlib.sha256(json.dumps(design, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def load_config(path: str | Path) -> CampaignConfig:
+def read_yaml(path: str | Path, what: str = "config file") -> Any:
+    """The parsed YAML of ``path``; a missing file or bad YAML is a ConfigError that says so."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
+        raise ConfigError(f"{path}: no such {what}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    return parse_config(data, source=str(path))
+
+
+def load_config(path: str | Path) -> CampaignConfig:
+    return parse_config(read_yaml(path), source=str(path))
 
 
 def parse_config(data: Any, *, source: str = "config") -> CampaignConfig:

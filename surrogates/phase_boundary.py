@@ -75,11 +75,11 @@ class PhaseBoundaryLearner:
 
     def _next_batch(self, n: int) -> np.ndarray:
         free = np.flatnonzero(self._unlabelled)
-        if self.strategy in ("random", "grid") or self.calls < self.initial:
-            if self.strategy in ("eer", "least_confidence"):
-                # Space-filling start: the pool is in Sobol' order, so its first points spread out.
-                return free[: min(n, self.initial - self.calls)]
+        if self.strategy in ("random", "grid"):  # grid: what its lattice left of the budget
             return self._next_random(n)
+        if self.calls < self.initial:
+            # Space-filling start: the pool is in Sobol' order, so its first points spread out.
+            return free[: min(n, self.initial - self.calls)]
         classifier = self.fit()
         confidence = classifier.least_confidence(self.candidates[free])
         if self.strategy == "least_confidence":

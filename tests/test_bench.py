@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from sdl.bench import (BenchConfig, FormulaProblem, PlannerSpec, ProblemSpec, TestFunctionProblem, load_bench_config,
+from sdl.bench import (FormulaProblem, PlannerSpec, ProblemSpec, TestFunctionProblem, load_bench_config,
                        make_problem, reference, run_one)
 from sdl.config import ConfigError
 from sdl.protocol import DesignPoint
@@ -105,4 +105,6 @@ def test_entry_point_problems_are_found(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     problem = make_problem(ProblemSpec(name="branin_again"))
     assert isinstance(problem, TestFunctionProblem) and problem.space.dimension == 2
-    assert BenchConfig(problems=[{"name": "branin_again"}], planners=[{"name": "r", "kind": "random"}])
+    config = tmp_path / "bench.yaml"
+    config.write_text(yaml.safe_dump({"problems": [{"name": "branin_again"}], "planners": [{"name": "r", "kind": "random"}]}))
+    assert load_bench_config(config).problems[0].name == "branin_again"  # the loader builds it to check
