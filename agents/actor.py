@@ -17,12 +17,14 @@ import ray
 
 from sdl.service import Service, Worker
 
-AgentKind = Literal["planner", "surrogate", "simulator", "phase_boundary", "instrument"]
+AgentKind = Literal["planner", "process_planner", "surrogate", "simulator", "phase_boundary", "instrument"]
 
 # The four agent kinds of the design card (planner, surrogate, simulator, instrument) and the
-# services that implement them; the phase-boundary learner is a simulator over CALPHAD.
+# services that implement them; the phase-boundary learner is a simulator over CALPHAD, the
+# process planner (heat-treatment routes) a second planner.
 SERVICE_CLASSES: dict[str, str] = {
     "planner": "sdl.agents.planner:PlannerService",
+    "process_planner": "sdl.agents.process_planner:ProcessPlannerService",
     "surrogate": "sdl.agents.surrogate_host:SurrogateHostService",
     "simulator": "sdl.agents.simulator_host:SimulatorHostService",
     "phase_boundary": "sdl.agents.phase_boundary_host:PhaseBoundaryService",

@@ -7,9 +7,9 @@ lie on the simplex by construction, not by a penalty.
 
 - Model: ``SingleTaskGP`` per objective (homoskedastic noise inferred: noise-aware), inputs
   normalised over the space's bounds, outcomes standardised.
-- Acquisition: log expected improvement (``qLogExpectedImprovement``) over the best posterior mean
-  at the observed points (the noise-aware plug-in; log-NEI's joint sampling of every observed
-  point cost ~3x the time at 100 observations), or log-NEHVI for several objectives, plus log P(feasible) per point. P(feasible) comes from the phase classifier
+- Acquisition: noisy log expected improvement (``qLogNoisyExpectedImprovement``) over the feasible
+  incumbents, or (``acquisition: ei``) plug-in log-EI over the best posterior mean at them, or
+  log-NEHVI for several objectives; plus log P(feasible) per point. P(feasible) comes from the phase classifier
   learned on CALPHAD (sent with the request as a :class:`FeasibilityModel`) or from a GP on a
   measured constraint. Alternatively (``constraint_handling: penalty``) the objective itself is
   penalised by how far a measured constraint is violated.
@@ -29,7 +29,7 @@ from typing import Literal
 import numpy as np
 import torch
 from botorch.acquisition import AcquisitionFunction
-from botorch.acquisition.logei import qLogExpectedImprovement
+from botorch.acquisition.logei import qLogExpectedImprovement, qLogNoisyExpectedImprovement
 from botorch.acquisition.multi_objective.logei import qLogNoisyExpectedHypervolumeImprovement
 from botorch.fit import fit_gpytorch_mll
 from botorch.models import SingleTaskGP
@@ -56,7 +56,9 @@ class BoSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    objectives: list[ObjectiveConfig] = Field(min_length=1, description="one: log-EI; several: log-NEHVI")
+    objectives: list[ObjectiveConfig] = Field(min_length=1, description="one: log-(N)EI; several: log-NEHVI")
+    acquisition: Literal["nei", "ei"] = Field(
+        default="nei", description="one objective: noisy log-EI (joint over the incumbents) or plug-in log-EI")
     feasibility: Literal["none", "classifier", "measured"] = "none"
     constraint: ConstraintConfig | None = Field(default=None, description="for feasibility 'measured' or penalty")
     update_classifier: bool = Field(
@@ -68,13 +70,14 @@ class BoSettings(BaseModel):
     )
     penalty_weight: float = Field(default=10.0, ge=0, description="objective standard deviations per unit violation")
     initial_points: int = Field(default=8, ge=2, description="Sobol' points before the first model")
-    num_restarts: int = Field(default=6, ge=1)
-    raw_samples: int = Field(default=256, ge=16)
+    num_restarts: int = Field(default=8, ge=1)
+    raw_samples: int = Field(default=512, ge=16)
     mc_samples: int = Field(default=128, ge=16)
 
     @classmethod
     def from_config(cls, planner: PlannerConfig, objective: ObjectiveConfig) -> BoSettings:
-        fields = planner.model_dump(include={"feasibility", "constraint", "constraint_handling", "penalty_weight",
+        fields = planner.model_dump(include={"acquisition", "feasibility", "constraint", "constraint_handling",
+                                             "penalty_weight",
                                              "update_classifier", "feasibility_exponent",
                                              "initial_points", "num_restarts", "raw_samples", "mc_samples"})
         return cls(objectives=[objective, *planner.extra_objectives], **fields)
@@ -268,6 +271,12 @@ class BoPlanner(Planner):
 
     def _acquisition(self, model, x, y, x_pending, feasible, *, seed: int) -> AcquisitionFunction:
         sampler = SobolQMCNormalSampler(sample_shape=torch.Size([self.settings.mc_samples]), seed=self.seed + seed)
+        if y.shape[-1] == 1 and self.settings.acquisition == "nei" and feasible.any():
+            # Improvement over the feasible incumbents sampled jointly with the candidate: a point
+            # measured many times stops looking better than itself, so the search moves on (the
+            # plug-in form below re-proposed one alloy up to 20 times on the twin).
+            return qLogNoisyExpectedImprovement(model, X_baseline=x[feasible], sampler=sampler, X_pending=x_pending,
+                                                prune_baseline=True, cache_root=False)
         if y.shape[-1] == 1:
             with torch.no_grad():
                 mean = model.posterior(x).mean.squeeze(-1)

@@ -14,7 +14,8 @@ Reward: hardness gained by the step (HV / ``hardness_scale_hv``), minus the ener
 step budget runs out) minus ``brittle_penalty`` x the brittle-phase fraction at the last hold
 temperature. Hardness gains telescope, so the return is final hardness minus costs.
 
-Observation (``Box``, float32): free-element mole fractions, grain size (log10 um), gamma-prime
+Observation (``Box``, float32): free-element mole fractions scaled to the composition bounds
+(0 at the low bound, 1 at the high one: the network sees alloys apart), grain size (log10 um), gamma-prime
 fraction, gamma-prime radius (nm / 100), current temperature (K / 1500), elapsed time (h / 48),
 steps used / max_steps, current hardness (HV / 500), brittle fraction at the last hold.
 """
@@ -34,6 +35,9 @@ from sdl.env.twin import AlloyTwin
 
 DEFAULT_TEMPERATURES_K = (950.0, 1000.0, 1050.0, 1100.0, 1150.0, 1250.0, 1300.0, 1400.0)
 DEFAULT_DURATIONS_S = (1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 57600.0)
+# The classic two-step treatment of precipitation-hardened Ni alloys: solutionise above the
+# gamma-prime solvus, quench, age; (temperature K, duration s) per hold, each water-quenched.
+TEXTBOOK_HOLDS = ((1300.0, 7200.0), (1050.0, 14400.0))
 
 
 class HeatTreatmentEnv(gymnasium.Env):
@@ -55,6 +59,9 @@ class HeatTreatmentEnv(gymnasium.Env):
         grid = self.twin.config.grid
         self.composition_bounds = {e: (composition_bounds or {}).get(e, (grid[e].low, grid[e].high))
                                    for e in self.free_elements}
+        self._low = np.array([self.composition_bounds[e][0] for e in self.free_elements])
+        self._span = np.array([max(self.composition_bounds[e][1] - self.composition_bounds[e][0], 1e-9)
+                               for e in self.free_elements])
         self.temperatures_k = np.asarray(temperatures_k, dtype=float)
         self.durations_s = np.asarray(durations_s, dtype=float)
         self.max_steps = max_steps
@@ -85,12 +92,21 @@ class HeatTreatmentEnv(gymnasium.Env):
         return {"operation": "solutionise" if t >= 1250.0 else "age", "temperature_k": t,
                 "duration_s": float(self.durations_s[i % len(self.durations_s)]), "quench_medium": "water"}
 
+    def action_for(self, temperature_k: float, duration_s: float) -> int:
+        """The hold action at this grid temperature and duration."""
+        ti = np.flatnonzero(np.isclose(self.temperatures_k, temperature_k))
+        di = np.flatnonzero(np.isclose(self.durations_s, duration_s))
+        if not len(ti) or not len(di):
+            raise ValueError(f"{temperature_k} K for {duration_s} s is not on the action grid: temperatures "
+                             f"{self.temperatures_k.tolist()} K, durations {self.durations_s.tolist()} s")
+        return 1 + int(ti[0]) * len(self.durations_s) + int(di[0])
+
     def _hardness_hv(self) -> float:
         return float(vickers_hardness(self.twin.yield_strength_mpa(self._x, self._state))[0])
 
     def _observation(self) -> np.ndarray:
         s = self._state
-        values = [*self._x[0],
+        values = [*((self._x[0] - self._low) / self._span),
                   np.log10(s.grain_size_m[0] * 1e6), s.precipitate_fraction[0], s.precipitate_radius_m[0] * 1e9 / 100.0,
                   s.temperature_k[0] / 1500.0, s.elapsed_s[0] / (48 * 3600.0), self._steps / self.max_steps,
                   self._hardness / 500.0, self._brittle]
@@ -140,6 +156,79 @@ class HeatTreatmentEnv(gymnasium.Env):
             reward -= self.brittle_penalty * self._brittle
         info = {"hardness_hv": self._hardness, "brittle_fraction": self._brittle, "action": described}
         return self._observation(), float(reward), terminated, truncated, info
+
+
+def textbook_actions(env: HeatTreatmentEnv) -> list[int]:
+    """The textbook route (:data:`TEXTBOOK_HOLDS`) on the env's action grid (the nearest grid
+    temperature and duration where the grid lacks them), then stop."""
+    def nearest(values, value):
+        return float(values[np.argmin(np.abs(values - value))])
+
+    holds = [env.action_for(nearest(env.temperatures_k, t), nearest(env.durations_s, d))
+             for t, d in TEXTBOOK_HOLDS][: env.max_steps]
+    return holds + [0] if len(holds) < env.max_steps else holds
+
+
+def rollout(env: HeatTreatmentEnv, composition: dict[str, float], choose) -> tuple[list[int], float, float]:
+    """Run one episode choosing ``choose(observation) -> action``; returns (actions, return, hardness_hv)."""
+    observation, info = env.reset(options={"composition": composition})
+    actions: list[int] = []
+    total = 0.0
+    done = False
+    while not done:
+        action = int(choose(observation))
+        observation, reward, terminated, truncated, info = env.step(action)
+        actions.append(action)
+        total += reward
+        done = terminated or truncated
+    return actions, total, info["hardness_hv"]
+
+
+def optimal_actions(env: HeatTreatmentEnv, composition: dict[str, float]) -> tuple[list[int], float]:
+    """The best action sequence and its return, by exhaustive search over the env's action grid.
+
+    Dynamic programming does not pay here: the state is continuous (precipitate fraction and
+    radius) and never repeats, so the exact optimum is the best of every sequence of holds up to
+    ``max_steps`` long, followed by stop. The twin's kinetics are vectorised, so all
+    ``A + A^2 + ... + A^max_steps`` sequences are run as arrays (48^4 = 5.3 million at depth 4,
+    ~10 s on one core). Deterministic: temperature scatter is not applied.
+    """
+    x = np.array([[float(composition[e]) for e in env.free_elements]])
+    holds = np.arange(1, env.action_space.n)
+    temperatures = np.array([env.describe_action(int(a))["temperature_k"] for a in holds])
+    durations = np.array([env.describe_action(int(a))["duration_s"] for a in holds])
+    # f_eq and brittle fraction depend only on composition and temperature: one lookup per temperature
+    phases = {t: env.twin.table(x, t) for t in np.unique(temperatures)}
+    f_eq = np.array([phases[t]["gamma_prime"][0] for t in temperatures])
+    brittle = np.array([sum(phases[t][c][0] for c in BRITTLE) for t in temperatures])
+    cost = env.energy_weight * temperatures / 1000.0 * durations / 3600.0 + env.step_penalty
+
+    state = Microstructure.initial(1, env.twin.config.kinetics)
+    h0 = float(vickers_hardness(env.twin.yield_strength_mpa(x, state))[0])
+    spent = np.zeros(1)
+    best_return, best_index, best_depth = 0.0, 0, 0  # stopping at once: nothing gained, nothing spent
+    n_holds = len(holds)
+    for depth in range(1, env.max_steps + 1):
+        n = len(spent)
+        expanded = Microstructure(**{name: np.repeat(getattr(state, name), n_holds)
+                                     for name in ("grain_size_m", "precipitate_fraction", "precipitate_radius_m",
+                                                  "temperature_k", "elapsed_s", "steps")})
+        state = quench(hold(expanded, np.tile(temperatures, n), np.tile(durations, n), np.tile(f_eq, n),
+                            env.twin.config.kinetics))
+        spent = np.repeat(spent, n_holds) + np.tile(cost, n)
+        hardness = vickers_hardness(env.twin.yield_strength_mpa(np.broadcast_to(x, (len(spent), x.shape[1])), state))
+        returns = (hardness - h0) / env.hardness_scale_hv - spent - env.brittle_penalty * np.tile(brittle, n)
+        i = int(np.argmax(returns))
+        if returns[i] > best_return:
+            best_return, best_index, best_depth = float(returns[i]), i, depth
+    actions = []
+    for _ in range(best_depth):  # index = parent * n_holds + hold: read the holds back in base n_holds
+        best_index, a = divmod(best_index, n_holds)
+        actions.append(int(holds[a]))
+    actions.reverse()
+    if best_depth < env.max_steps:
+        actions.append(0)
+    return actions, best_return
 
 
 gymnasium.register(id="sdl/HeatTreatment-v0", entry_point="sdl.env.heat_treatment:HeatTreatmentEnv")

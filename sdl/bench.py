@@ -229,8 +229,9 @@ class PlannerSpec(_Section):
     update_classifier: bool = Field(default=False, description="bo on the twin: classifier also learns from experiments")
     feasibility_exponent: float = Field(default=1.0, ge=0.0, le=10.0)
     initial_points: int = Field(default=8, ge=2)
-    num_restarts: int = Field(default=4, ge=1)
-    raw_samples: int = Field(default=128, ge=16)
+    acquisition: Literal["nei", "ei"] = "nei"
+    num_restarts: int = Field(default=8, ge=1)
+    raw_samples: int = Field(default=512, ge=16)
 
 
 class BenchConfig(_Section):
@@ -298,6 +299,7 @@ def make_bench_planner(spec: PlannerSpec, problem: BenchProblem, seed: int):
             feasibility = "none"
         settings = {
             "objectives": [problem.objective.model_dump()],
+            "acquisition": spec.acquisition,
             "feasibility": feasibility,
             "constraint": problem.constraint.model_dump() if problem.constraint else None,
             "constraint_handling": handling,

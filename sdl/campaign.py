@@ -48,6 +48,9 @@ from sdl.protocol import (
     FitSummary,
     FeasibilityModel,
     FeasibilityRequest,
+    ProcessStep,
+    Route,
+    RouteRequest,
     Observation,
     Proposal,
     ProposeRequest,
@@ -103,6 +106,7 @@ class Campaign:
         self.broker: Broker | None = None
         self.actors: dict[str, Any] = {}
         self._feasibility: FeasibilityModel | None = None
+        self._route_notes: set[str] = set()
 
     # -- public --------------------------------------------------------------------------------
 
@@ -160,6 +164,8 @@ class Campaign:
             names.append(f"simulator.{self.config.problem}")
         if self.config.phase_boundary is not None:
             names.append("simulator.phase_boundary")
+        if self.config.process_planner is not None:
+            names.append("planner.process")
         return names
 
     # -- setup ---------------------------------------------------------------------------------
@@ -242,6 +248,12 @@ class Campaign:
         if cfg.phase_boundary is not None:
             spawn("simulator.phase_boundary", "phase_boundary",
                   {"space": space, "settings": cfg.phase_boundary.model_dump(mode="json"), "seed": cfg.seed})
+        if cfg.process_planner is not None:
+            checkpoint = cfg.process_planner.checkpoint
+            spawn("planner.process", "process_planner",
+                  {"checkpoint": str(Path(checkpoint).expanduser().resolve()) if checkpoint else None,
+                   "limits": cfg.process_planner.limits.model_dump(),
+                   "require_checkpoint": cfg.process_planner.require_checkpoint})
         if cfg.surrogate is not None:
             spawn(f"surrogate.{cfg.surrogate.model}", "surrogate", {"model": cfg.surrogate.model, "space": space},
                   num_cpus=cfg.surrogate.num_cpus, num_gpus=cfg.surrogate.num_gpus)
@@ -403,12 +415,12 @@ class Campaign:
                 self.config.space.check(point)  # a planner bug must not reach an instrument
             except ValueError as e:
                 raise CampaignError(f"planner {proposal.planner} proposed a point outside the space: {e}") from e
-        process = tuple(self.config.process)
+        routes = [self._route(ledger, client, point) for point in proposal.points[:n]]
         planned = [
             PlannedExperiment(
                 experiment_id=f"e{n_planned + i:05d}",
                 point=point,
-                process=process,
+                process=routes[i],
                 planner=proposal.planner,
                 idempotency_key=f"{self.campaign_id}:e{n_planned + i:05d}",
             )
@@ -416,6 +428,21 @@ class Campaign:
         ]
         ledger.plan(planned)
         return [r for r in ledger.experiments(("planned",)) if r.experiment_id in {p.experiment_id for p in planned}]
+
+    def _route(self, ledger: Ledger, client: BusClient, point: DesignPoint) -> tuple[ProcessStep, ...]:
+        """The configured fixed route, or the one ``planner.process`` plans for this composition."""
+        cfg = self.config.process_planner
+        if cfg is None:
+            return tuple(self.config.process)
+        payload = client.request("planner.process", "route", RouteRequest(composition=point.composition),
+                                 timeout_s=cfg.timeout_s, retries=2)
+        route = Route.model_validate(payload)
+        if route.source != "policy":
+            if route.note not in self._route_notes:  # the log says each reason once; the ledger every time
+                self._route_notes.add(route.note)
+                log.warning("process planner: %s", route.note)
+            ledger.log_event("process.textbook_route", {"note": route.note, "composition": point.composition.root})
+        return tuple(route.steps)
 
     def _feasibility_model(self, ledger: Ledger, client: BusClient) -> FeasibilityModel | None:
         """The phase classifier learned on CALPHAD, asked for once (the agent learns on first request)."""

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sdl.env.calphad import DEFAULT_DATABASE
 from sdl.env.phase_state import PhaseTarget
-from sdl.protocol import ProcessStep, describe_validation_error
+from sdl.protocol import ProcessStep, RouteLimits, describe_validation_error
 from sdl.space import SearchSpace
 
 
@@ -104,6 +104,8 @@ class PlannerConfig(_Section):
     timeout_s: float = Field(default=60.0, gt=0)
     num_cpus: float = Field(default=0.0, ge=0)
     # -- Bayesian optimisation (kind: bo) --
+    acquisition: Literal["nei", "ei"] = Field(
+        default="nei", description="one objective: noisy log-EI (over the feasible incumbents) or plug-in log-EI")
     feasibility: Literal["none", "classifier", "measured"] = Field(
         default="none", description="where P(feasible) comes from: the phase_boundary agent, or a GP on `constraint`"
     )
@@ -125,8 +127,8 @@ class PlannerConfig(_Section):
         default_factory=list, description="more objectives besides `objective`: multi-objective BO with log-NEHVI"
     )
     initial_points: int = Field(default=8, ge=2, description="Sobol' points before the first model")
-    num_restarts: int = Field(default=6, ge=1)
-    raw_samples: int = Field(default=256, ge=16)
+    num_restarts: int = Field(default=8, ge=1)
+    raw_samples: int = Field(default=512, ge=16)
     mc_samples: int = Field(default=128, ge=16)
 
     @model_validator(mode="after")
@@ -162,6 +164,24 @@ class PhaseBoundaryConfig(_Section):
     pool_size: int = Field(default=2048, ge=64, description="candidate compositions the learner chooses from")
     cache_path: str | None = Field(default=None, description="CALPHAD cache (default: ~/.cache/sdl)")
     timeout_s: float = Field(default=900.0, gt=0, description="how long learning may take (a cold cache is slower)")
+
+
+class ProcessPlannerConfig(_Section):
+    """The process-planning agent ``planner.process``: a route per composition instead of one fixed route."""
+
+    checkpoint: str | None = Field(
+        default=None, description="policy from `sdl policy train` (its checkpoint directory); none: textbook route")
+    require_checkpoint: bool = Field(
+        default=False, description="refuse to start without the checkpoint (default: textbook route, said in the log)")
+    limits: RouteLimits = Field(default_factory=RouteLimits, description="the furnace's limits every route must meet")
+    timeout_s: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _checkpoint_exists(self) -> ProcessPlannerConfig:
+        if self.require_checkpoint and (self.checkpoint is None or not Path(self.checkpoint).expanduser().is_dir()):
+            raise ValueError(f"process_planner.checkpoint {self.checkpoint} is not a directory; train one with "
+                             "`sdl policy train CONFIG`, or unset require_checkpoint for the textbook route")
+        return self
 
 
 class InstrumentConfig(_Section):
@@ -212,6 +232,8 @@ class CampaignConfig(_Section):
     space: SearchSpace
     objective: ObjectiveConfig = ObjectiveConfig()
     process: list[ProcessStep] = Field(default_factory=list, description="heat-treatment route for every experiment")
+    process_planner: ProcessPlannerConfig | None = Field(
+        default=None, description="ask planner.process for each experiment's route (instead of `process`)")
     planner: PlannerConfig = PlannerConfig()
     instruments: list[InstrumentConfig] = Field(min_length=1)
     workflow: list[str] = Field(
@@ -244,6 +266,11 @@ class CampaignConfig(_Section):
         if self.planner.feasibility == "classifier" and self.planner.kind == "bo":
             if self.phase_boundary is None:
                 raise ValueError("planner.feasibility 'classifier' needs a phase_boundary section")
+        if self.process_planner is not None:
+            if self.process:
+                raise ValueError("give either a fixed `process` route or a `process_planner`, not both")
+            if self.space.composition is None:
+                raise ValueError("process_planner plans heat treatments for compositions; the space has none")
         if self.phase_boundary is not None and (self.space.composition is None or self.space.parameters):
             raise ValueError("phase_boundary learns over a composition-only space")
         if self.problem is not None:
@@ -263,8 +290,8 @@ class CampaignConfig(_Section):
         A resumed campaign must match it; stop rules, addresses and Ray settings may change.
         """
         design = self.model_dump(
-            mode="json", include={"seed", "problem", "space", "objective", "process", "planner", "instruments", "workflow",
-                     "phase_boundary"}
+            mode="json", include={"seed", "problem", "space", "objective", "process", "process_planner", "planner", "instruments",
+                     "workflow", "phase_boundary"}
         )
         design["objective"].pop("target", None)
         return hashlib.sha256(json.dumps(design, sort_keys=True).encode()).hexdigest()[:16]

@@ -228,6 +228,45 @@ class Proposal(_Model):
     planner_seconds: float = Field(ge=0.0)
 
 
+class RouteLimits(_Model):
+    """What a furnace can do; a process planner refuses to hand out a route outside it."""
+
+    min_temperature_k: float = Field(default=900.0, gt=0.0)
+    max_temperature_k: float = Field(default=1500.0, gt=0.0)
+    max_duration_s: float = Field(default=7 * 86400.0, gt=0.0, description="per step")
+    max_steps: int = Field(default=8, ge=1)
+
+    def check(self, steps: list[ProcessStep]) -> None:
+        """Raise ValueError naming the first step outside the limits."""
+        holds = [s for s in steps if s.operation != "quench"]
+        if len(holds) > self.max_steps:
+            raise ValueError(f"route has {len(holds)} holds; the limit is {self.max_steps}")
+        for i, step in enumerate(steps, 1):
+            if step.operation == "quench":
+                continue
+            if not self.min_temperature_k <= step.temperature_k <= self.max_temperature_k:
+                raise ValueError(f"step {i} ({step.operation}) at {step.temperature_k} K is outside the furnace's "
+                                 f"{self.min_temperature_k}-{self.max_temperature_k} K")
+            if step.duration_s > self.max_duration_s:
+                raise ValueError(f"step {i} ({step.operation}) lasts {step.duration_s} s; the furnace allows at most "
+                                 f"{self.max_duration_s} s")
+
+
+class RouteRequest(_Model):
+    """Ask the process planner how to heat-treat an alloy."""
+
+    composition: Composition
+
+
+class Route(_Model):
+    """A heat-treatment route for one composition, and where it came from."""
+
+    steps: list[ProcessStep] = Field(min_length=1)
+    source: Literal["policy", "textbook"]
+    expected_hardness_hv: float | None = None
+    note: str = ""
+
+
 class RunExperiment(_Model):
     experiment: ExperimentSpec
 

@@ -75,6 +75,7 @@ def write_report(campaign_dir: str | Path, out: str | Path | None = None) -> Pat
         _plot_timeline(finished, out / "timeline.png")
         config = ledger.get_meta("config") or {}
         extra = _constraint_page(config, finished) + _pareto_page(config, finished, out)
+        extra += _routes_page(config, finished, measurement)
         extra += _alloy_pages(config, finished, measurement, direction, out)
         (out / "summary.md").write_text(_markdown(ledger, finished, measurement, direction, recommendation) + extra)
     return out / "summary.md"
@@ -96,6 +97,26 @@ def _constraint_page(config: dict, records) -> str:
                           if v is not None)
     return (f"\n- infeasible experiments (sum of {', '.join(c.measurements)} not {bounds}): "
             f"{known.count(False)} of {len(known)} ({known.count(False) / len(known):.0%})\n")
+
+
+def _routes_page(config: dict, records, measurement: str) -> str:
+    """Which heat-treatment routes the process planner chose, how often, and what they gave."""
+    if not config.get("process_planner"):
+        return ""
+    groups: dict[str, list[float]] = {}
+    for r in records:
+        if r.status != "done" or not r.result:
+            continue
+        route = " → ".join(f"{s.temperature_k:.0f} K {s.duration_s / 3600:g} h" for s in r.process
+                           if s.operation != "quench")
+        groups.setdefault(route or "(none)", []).append(r.result.measurements.get(measurement, float("nan")))
+    if not groups:
+        return ""
+    lines = ["", "## Heat-treatment routes (planner.process)", "",
+             f"| route (holds, each water-quenched) | experiments | median {measurement} |", "|---|---|---|"]
+    for route, values in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        lines.append(f"| {route} | {len(values)} | {np.nanmedian(values):.4g} |")
+    return "\n".join(lines) + "\n"
 
 
 def _pareto_page(config: dict, records, out: Path) -> str:

@@ -51,3 +51,38 @@ def test_hardness_versus_cost_draws_a_pareto_front(tmp_path):
         costs = [r.result.measurements["raw_material_cost_usd_per_kg"] for r in ledger.experiments(("done",))]
     # cheapest: Co-free and Al-rich (Ni at 16 USD/kg sets the floor near 14); dearest: Co-rich
     assert min(costs) < 14.6 and max(costs) - min(costs) > 2.5, (min(costs), max(costs))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_demo_heat_treats_every_alloy_by_the_trained_policy(tmp_path):
+    import yaml
+
+    from sdl.agents.process_policy import ProcessPolicy
+
+    # A short training run of configs/policy.yaml (the README's command, fewer iterations).
+    trained = subprocess.run([sys.executable, "-m", "sdl.cli", "policy", "train", str(ROOT / "configs" / "policy.yaml"),
+                              "--out", str(tmp_path / "policy"), "--iterations", "4", "--no-progress"],
+                             capture_output=True, text=True, timeout=1500)
+    assert trained.returncode == 0, trained.stdout + trained.stderr[-4000:]
+    assert "share of the exhaustive optimum" in trained.stdout
+    checkpoint = tmp_path / "policy" / "checkpoint"
+    config = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    config["process_planner"]["checkpoint"] = str(checkpoint)
+    config["process_planner"]["require_checkpoint"] = True
+    config["stop"] = {"max_experiments": 12, "max_in_flight": 4}
+    (tmp_path / "demo.yaml").write_text(yaml.safe_dump(config))
+    done = subprocess.run([sys.executable, "-m", "sdl.cli", "run", str(tmp_path / "demo.yaml"),
+                           "--campaign-dir", str(tmp_path / "demo"), "--no-progress"],
+                          capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stdout + done.stderr[-4000:]
+    policy = ProcessPolicy(checkpoint)
+    with Ledger.in_campaign(tmp_path / "demo", readonly=True) as ledger:
+        records = ledger.experiments()
+        textbook = list(ledger.events("process.textbook_route"))
+    assert len(records) >= 12
+    for record in records:  # every experiment got the policy's route for its own composition
+        steps, _, _ = policy.route(record.point.composition.root)
+        if steps:
+            assert list(record.process) == steps, record.experiment_id
+    assert len(textbook) == sum(1 for r in records if not policy.route(r.point.composition.root)[0])

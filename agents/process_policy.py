@@ -1,0 +1,272 @@
+"""Process-planning policy: RLlib PPO (new API stack) on the heat-treatment MDP, and its use.
+
+One policy serves every composition: the composition is part of the observation and each episode
+starts from a composition drawn from the configured bounds, so the network learns a map from
+alloy (and current microstructure) to the next hold. Training writes, in the run directory, the
+RLlib checkpoint (``checkpoint/``), the env settings the policy was trained on
+(``checkpoint/sdl_policy.json``), a learning curve (``learning_curve.png``) and the per-iteration
+figures (``training.json``).
+
+:class:`ProcessPolicy` loads only the RL module from a checkpoint (torch, no Ray needed) and turns
+a composition into a validated route: greedy actions rolled out in the MDP (no temperature
+scatter), each hold becoming a :class:`ProcessStep` with its water quench.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sdl.config import ConfigError, read_yaml
+from sdl.env.heat_treatment import (DEFAULT_DURATIONS_S, DEFAULT_TEMPERATURES_K, HeatTreatmentEnv, optimal_actions,
+                                    rollout, textbook_actions)
+from sdl.env.twin import AlloyTwin, TwinConfig
+from sdl.protocol import ProcessStep, describe_validation_error
+
+ENV_NAME = "sdl-heat-treatment"
+SETTINGS_FILE = "sdl_policy.json"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HeatTreatmentSettings(_Section):
+    """The MDP the policy is trained on (see :class:`sdl.env.heat_treatment.HeatTreatmentEnv`)."""
+
+    composition: dict[str, tuple[float, float]] = Field(
+        default_factory=lambda: {"Al": (0.02, 0.145), "Co": (0.0, 0.185), "Cr": (0.0, 0.185)},
+        description="free element -> (low, high) mole fraction the episodes draw from (the campaign's space)")
+    temperatures_k: list[float] = Field(default_factory=lambda: list(DEFAULT_TEMPERATURES_K), min_length=1)
+    durations_s: list[float] = Field(default_factory=lambda: list(DEFAULT_DURATIONS_S), min_length=1)
+    max_steps: int = Field(default=4, ge=1, le=8)
+    energy_weight: float = Field(default=0.002, ge=0, description="per 1000 K x 1 h of hold")
+    step_penalty: float = Field(default=0.02, ge=0)
+    brittle_penalty: float = Field(default=5.0, ge=0, description="per unit brittle-phase fraction at the last hold")
+    temperature_scatter_k: float = Field(default=0.0, ge=0, description="furnace scatter during training")
+    twin: TwinConfig = Field(default_factory=TwinConfig, description="the twin whose kinetics the MDP runs")
+    cache_path: str | None = Field(default=None, description="CALPHAD cache (default: ~/.cache/sdl)")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> HeatTreatmentSettings:
+        bad = {e: b for e, b in self.composition.items() if not 0.0 <= b[0] <= b[1] <= 1.0}
+        if bad:
+            raise ValueError(f"composition bounds must satisfy 0 <= low <= high <= 1; got {bad}")
+        return self
+
+    def make_env(self, twin=None) -> HeatTreatmentEnv:
+        from sdl.env.calphad import default_cache_path
+
+        twin = twin or AlloyTwin(self.twin, cache_path=self.cache_path or default_cache_path())
+        unknown = sorted(set(self.composition) - set(twin.free_elements))
+        if unknown:
+            raise ValueError(f"composition bounds name {unknown}; the twin's free elements are {list(twin.free_elements)}")
+        return HeatTreatmentEnv(twin, composition_bounds=self.composition, temperatures_k=self.temperatures_k,
+                                durations_s=self.durations_s, max_steps=self.max_steps,
+                                energy_weight=self.energy_weight, step_penalty=self.step_penalty,
+                                brittle_penalty=self.brittle_penalty,
+                                temperature_scatter_k=self.temperature_scatter_k)
+
+
+class PpoSettings(_Section):
+    """RLlib PPO hyper-parameters (new API stack)."""
+
+    iterations: int = Field(default=40, ge=1, le=10000)
+    train_batch_size: int = Field(default=4000, ge=64, description="env steps per iteration")
+    minibatch_size: int = Field(default=500, ge=16)
+    num_epochs: int = Field(default=8, ge=1)
+    lr: float = Field(default=5e-4, gt=0)
+    gamma: float = Field(default=1.0, gt=0, le=1, description="1: the undiscounted return the optimum is scored by")
+    entropy_coeff: float = Field(default=0.01, ge=0)
+    hidden: list[int] = Field(default_factory=lambda: [128, 128], min_length=1)
+    num_env_runners: int = Field(default=1, ge=0)
+    envs_per_runner: int = Field(default=8, ge=1)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> PpoSettings:
+        if self.minibatch_size > self.train_batch_size:
+            raise ValueError(f"minibatch_size {self.minibatch_size} exceeds train_batch_size {self.train_batch_size}")
+        return self
+
+
+class PolicyConfig(_Section):
+    """``sdl policy train CONFIG``."""
+
+    name: str = Field(default="heat_treatment_policy", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    seed: int = 0
+    env: HeatTreatmentSettings = HeatTreatmentSettings()
+    ppo: PpoSettings = PpoSettings()
+    held_out: int = Field(default=8, ge=0, le=1000, description="compositions scored against the exhaustive optimum")
+    out: Path | None = Field(default=None, description="run directory (default: runs/policy/<name>)")
+
+
+def load_policy_config(path: str | Path) -> PolicyConfig:
+    try:
+        return PolicyConfig.model_validate(read_yaml(path, "policy config") or {})
+    except ValidationError as e:
+        raise ConfigError(f"{path}: {describe_validation_error(e)}") from None
+
+
+# -- training ------------------------------------------------------------------------------------
+
+
+def _env_creator(env_config: dict) -> HeatTreatmentEnv:
+    return HeatTreatmentSettings.model_validate(env_config).make_env()
+
+
+def build_algorithm(config: PolicyConfig):
+    """The RLlib PPO algorithm for this config (Ray must be initialised)."""
+    from ray.rllib.algorithms.ppo import PPOConfig
+    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
+    from ray.tune.registry import register_env
+
+    register_env(ENV_NAME, _env_creator)
+    p = config.ppo
+    algo_config = (
+        PPOConfig()
+        .environment(ENV_NAME, env_config=config.env.model_dump(mode="json"))
+        .framework("torch")
+        .env_runners(num_env_runners=p.num_env_runners, num_envs_per_env_runner=p.envs_per_runner)
+        .training(lr=p.lr, gamma=p.gamma, train_batch_size_per_learner=p.train_batch_size,
+                  minibatch_size=p.minibatch_size, num_epochs=p.num_epochs, entropy_coeff=p.entropy_coeff)
+        .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=list(p.hidden)))
+        .debugging(seed=config.seed)
+    )
+    return algo_config.build_algo()
+
+
+def held_out_compositions(settings: HeatTreatmentSettings, n: int, *, seed: int) -> list[dict[str, float]]:
+    """Compositions the policy never trains on by construction (a separate seeded stream)."""
+    rng = np.random.default_rng([seed, 424242])
+    return [{e: float(rng.uniform(lo, hi)) for e, (lo, hi) in settings.composition.items()} for _ in range(n)]
+
+
+def train_policy(config: PolicyConfig, out: Path, *, progress: Callable[[int, dict], None] | None = None) -> dict:
+    """Train, checkpoint, score on held-out compositions and plot; returns the summary (also in training.json)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    algo = build_algorithm(config)
+    curve: list[dict] = []
+    try:
+        for i in range(config.ppo.iterations):
+            result = algo.train()
+            runners = result.get("env_runners", {})
+            row = {"iteration": i + 1, "seconds": time.perf_counter() - started,
+                   "env_steps": int(runners.get("num_env_steps_sampled_lifetime", 0)),
+                   "episode_return_mean": float(runners.get("episode_return_mean", math.nan))}
+            curve.append(row)
+            if progress is not None:
+                progress(i + 1, row)
+        checkpoint = out / "checkpoint"
+        algo.save_to_path(str(checkpoint.resolve()))
+    finally:
+        algo.stop()
+    training_s = time.perf_counter() - started
+    (checkpoint / SETTINGS_FILE).write_text(json.dumps({"env": config.env.model_dump(mode="json"),
+                                                        "name": config.name, "seed": config.seed}, indent=2))
+    policy = ProcessPolicy(checkpoint)
+    scores = score_policy(policy, held_out_compositions(config.env, config.held_out, seed=config.seed))
+    summary = {"name": config.name, "training_seconds": training_s, "checkpoint": str(checkpoint),
+               "curve": curve, "held_out": scores}
+    (out / "training.json").write_text(json.dumps(summary, indent=2))
+    plot_learning_curve(curve, scores, out / "learning_curve.png")
+    return summary
+
+
+def score_policy(policy: ProcessPolicy, compositions: list[dict[str, float]]) -> dict:
+    """Returns of the policy, the textbook route, a uniformly random policy and the exhaustive optimum."""
+    env = policy.env
+    rng = np.random.default_rng(0)
+    rows = []
+    for composition in compositions:
+        _, optimum = optimal_actions(env, composition)
+        _, learned, hardness = rollout(env, composition, policy.act)
+        book = iter(textbook_actions(env))
+        _, textbook, _ = rollout(env, composition, lambda _obs: next(book))
+        _, random_return, _ = rollout(env, composition, lambda _obs: int(rng.integers(env.action_space.n)))
+        rows.append({"composition": composition, "optimum": optimum, "policy": learned, "textbook": textbook,
+                     "random": random_return, "policy_hardness_hv": hardness})
+    total = {k: float(sum(r[k] for r in rows)) for k in ("optimum", "policy", "textbook", "random")}
+    share = {k: (total[k] / total["optimum"] if total["optimum"] > 0 else math.nan) for k in total}
+    return {"compositions": rows, "total_return": total, "share_of_optimum": share}
+
+
+def plot_learning_curve(curve: list[dict], scores: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    steps = [r["env_steps"] for r in curve]
+    ax.plot(steps, [r["episode_return_mean"] for r in curve], marker="o", ms=3, label="PPO, mean episode return")
+    n = len(scores.get("compositions", []))
+    if n:
+        for key, color, style in (("optimum", "k", "--"), ("textbook", "C2", ":"), ("random", "C3", ":")):
+            ax.axhline(scores["total_return"][key] / n, ls=style, color=color, label=f"{key} (held-out mean)")
+        ax.plot([steps[-1]], [scores["total_return"]["policy"] / n], "C1*", ms=12, label="policy, greedy (held-out mean)")
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("return (hardness gain / 100 HV - costs)")
+    ax.set_title("Heat-treatment policy: learning curve")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# -- inference -----------------------------------------------------------------------------------
+
+
+class ProcessPolicy:
+    """A trained policy, loaded from a checkpoint directory written by :func:`train_policy`."""
+
+    def __init__(self, checkpoint: str | Path, *, twin=None) -> None:
+        import torch
+        from ray.rllib.core import (COMPONENT_LEARNER, COMPONENT_LEARNER_GROUP, COMPONENT_RL_MODULE,
+                                    DEFAULT_MODULE_ID)
+        from ray.rllib.core.rl_module.rl_module import RLModule
+
+        self.checkpoint = Path(checkpoint)
+        settings_file = self.checkpoint / SETTINGS_FILE
+        module_dir = self.checkpoint / COMPONENT_LEARNER_GROUP / COMPONENT_LEARNER / COMPONENT_RL_MODULE / DEFAULT_MODULE_ID
+        if not settings_file.is_file() or not module_dir.is_dir():
+            raise FileNotFoundError(f"{self.checkpoint} is not a policy checkpoint (no {SETTINGS_FILE} or RL module); "
+                                    "make one with `sdl policy train CONFIG`")
+        self.settings = HeatTreatmentSettings.model_validate(json.loads(settings_file.read_text())["env"])
+        self.env = self.settings.make_env(twin)
+        self.module = RLModule.from_checkpoint(str(module_dir))
+        self._torch = torch
+
+    def act(self, observation: np.ndarray) -> int:
+        """The greedy action (highest logit) for one observation."""
+        with self._torch.no_grad():
+            batch = {"obs": self._torch.as_tensor(np.asarray(observation, dtype=np.float32)[None, :])}
+            logits = self.module.forward_inference(batch)["action_dist_inputs"][0]
+        return int(logits.argmax())
+
+    def route(self, composition: dict[str, float]) -> tuple[list[ProcessStep], float, float]:
+        """(steps, expected hardness HV, expected return) for a composition (free elements; others ignored)."""
+        free = {e: float(composition[e]) for e in self.env.free_elements if e in composition}
+        missing = [e for e in self.env.free_elements if e not in free]
+        if missing:
+            raise ValueError(f"composition lacks {missing}; the policy was trained on {list(self.env.free_elements)}")
+        actions, total, hardness = rollout(self.env, free, self.act)
+        return actions_to_steps(self.env, actions), hardness, total
+
+
+def actions_to_steps(env: HeatTreatmentEnv, actions: list[int]) -> list[ProcessStep]:
+    steps = []
+    for action in actions:
+        described = env.describe_action(action)
+        if described["operation"] == "stop":
+            break
+        steps.append(ProcessStep.model_validate(described))
+    return steps
