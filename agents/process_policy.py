@@ -83,7 +83,7 @@ class PpoSettings(_Section):
     num_epochs: int = Field(default=8, ge=1)
     lr: float = Field(default=5e-4, gt=0)
     gamma: float = Field(default=1.0, gt=0, le=1, description="1: the undiscounted return the optimum is scored by")
-    entropy_coeff: float = Field(default=0.01, ge=0)
+    entropy_coeff: float = Field(default=0.003, ge=0)
     hidden: list[int] = Field(default_factory=lambda: [128, 128], min_length=1)
     num_env_runners: int = Field(default=1, ge=0)
     envs_per_runner: int = Field(default=8, ge=1)
@@ -206,7 +206,11 @@ def plot_learning_curve(curve: list[dict], scores: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     steps = [r["env_steps"] for r in curve]
-    ax.plot(steps, [r["episode_return_mean"] for r in curve], marker="o", ms=3, label="PPO, mean episode return")
+    returns = np.array([r["episode_return_mean"] for r in curve], dtype=float)
+    ax.plot(steps, returns, marker="o", ms=2, lw=0.8, alpha=0.5, label="PPO, mean episode return (sampling)")
+    if len(returns) >= 10:  # each iteration draws other compositions: the trend is the rolling mean
+        rolling = np.convolve(np.nan_to_num(returns), np.ones(10) / 10, mode="valid")
+        ax.plot(steps[9:], rolling, color="C0", lw=2, label="rolling mean, 10 iterations")
     n = len(scores.get("compositions", []))
     if n:
         for key, color, style in (("optimum", "k", "--"), ("textbook", "C2", ":"), ("random", "C3", ":")):
@@ -242,7 +246,7 @@ class ProcessPolicy:
                                     "make one with `sdl policy train CONFIG`")
         self.settings = HeatTreatmentSettings.model_validate(json.loads(settings_file.read_text())["env"])
         self.env = self.settings.make_env(twin)
-        self.module = RLModule.from_checkpoint(str(module_dir))
+        self.module = RLModule.from_checkpoint(str(module_dir.resolve()))  # RLlib reads URIs: absolute only
         self._torch = torch
 
     def act(self, observation: np.ndarray) -> int:
