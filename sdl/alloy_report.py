@@ -7,6 +7,7 @@ read from the twin's CALPHAD cache (warm after the campaign), never from the pla
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,14 @@ def furnace_options(config: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def ageing_temperature_k(config: dict[str, Any]) -> float | None:
+def ageing_temperature_k(config: dict[str, Any], records: list[ExperimentRecord] = ()) -> float | None:
+    """The last hold of the fixed route; with a process planner, the last hold most specimens got."""
     holds = [s for s in config.get("process", []) if s.get("operation") != "quench"]
-    return float(holds[-1]["temperature_k"]) if holds else None
+    if holds:
+        return float(holds[-1]["temperature_k"])
+    last = [[s.temperature_k for s in r.process if s.operation != "quench"][-1:] for r in records]
+    counts = Counter(t[0] for t in last if t)
+    return float(counts.most_common(1)[0][0]) if counts else None
 
 
 def plot_phase_map(config: dict[str, Any], records: list[ExperimentRecord], measurement: str, path: Path) -> str | None:
@@ -35,7 +41,7 @@ def plot_phase_map(config: dict[str, Any], records: list[ExperimentRecord], meas
     from sdl.env.calphad import default_cache_path
 
     options = furnace_options(config)
-    temperature_k = ageing_temperature_k(config)
+    temperature_k = ageing_temperature_k(config, records)
     explored = [r for r in records if r.point.composition is not None]
     if options is None or temperature_k is None or not explored:
         return None
