@@ -321,19 +321,25 @@ class BoPlanner(Planner):
         return candidate.detach()
 
 
-def classifier_log_probability(model: FeasibilityModel, columns: list[str]):
-    """log P(feasible | X) from a classifier posterior; differentiable in X (... x d)."""
+def classifier_features(model: FeasibilityModel, columns: list[str]):
+    """X (... x d, the planner's columns) -> the classifier's polynomial features; differentiable in X."""
     missing = [name for name in model.inputs if name not in columns]
     if missing:
         raise ValueError(f"the feasibility model needs inputs {missing} that the search space lacks")
     index = torch.tensor([columns.index(name) for name in model.inputs])
     low = torch.tensor(model.low, dtype=DTYPE)
     span = torch.tensor(model.span, dtype=DTYPE)
+    return lambda X: polynomial_features((X[..., index] - low) / span, model.degree)
+
+
+def classifier_log_probability(model: FeasibilityModel, columns: list[str]):
+    """log P(feasible | X) from a classifier posterior; differentiable in X (... x d)."""
+    features = classifier_features(model, columns)
     mean = torch.tensor(model.weight_mean, dtype=DTYPE)
     cov = torch.tensor(model.weight_covariance, dtype=DTYPE)
 
     def log_probability(X: torch.Tensor) -> torch.Tensor:
-        phi = polynomial_features((X[..., index] - low) / span, model.degree)
+        phi = features(X)
         return log_probit_probability(phi @ mean, ((phi @ cov) * phi).sum(dim=-1).clamp_min(0.0))
 
     return log_probability
@@ -349,9 +355,7 @@ def update_classifier(model: FeasibilityModel, columns: list[str], x: torch.Tens
     so a few labels there correct the classifier more than many CALPHAD points elsewhere. Written
     here because the update must run inside the planner, on the posterior it was sent.
     """
-    index = torch.tensor([columns.index(name) for name in model.inputs])
-    phi = polynomial_features((x[..., index] - torch.tensor(model.low, dtype=DTYPE))
-                              / torch.tensor(model.span, dtype=DTYPE), model.degree)
+    phi = classifier_features(model, columns)(x)
     prior_mean = torch.tensor(model.weight_mean, dtype=DTYPE)
     prior_precision = torch.linalg.inv(torch.tensor(model.weight_covariance, dtype=DTYPE))
     w = prior_mean.clone()

@@ -12,17 +12,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sdl.env.heat_treatment import TEXTBOOK_HOLDS
+from sdl.env.heat_treatment import TEXTBOOK_DESCRIPTION, hold_step, textbook_route
 from sdl.protocol import ProcessStep, Route, RouteLimits, RouteRequest
 from sdl.service import Service, ServiceError, method
 
-TEXTBOOK_NOTE = ("no policy checkpoint configured: textbook gamma/gamma-prime route "
-                 "(solutionise 1300 K 2 h, age 1050 K 4 h, water quench after each)")
-
-
-def textbook_route() -> list[ProcessStep]:
-    return [ProcessStep(operation="solutionise" if t >= 1250.0 else "age", temperature_k=t, duration_s=d,
-                        quench_medium="water") for t, d in TEXTBOOK_HOLDS]
+TEXTBOOK_NOTE = f"no policy checkpoint configured: textbook gamma/gamma-prime route ({TEXTBOOK_DESCRIPTION})"
 
 
 class ProcessPlannerService(Service):
@@ -36,7 +30,7 @@ class ProcessPlannerService(Service):
         if checkpoint is not None and not Path(checkpoint).exists() and not require_checkpoint:
             # A fresh clone has no trained policy; the campaign still runs, and every answer says why.
             self.note = (f"no policy checkpoint at {checkpoint} (train one: sdl policy train configs/policy.yaml); "
-                         "textbook route: solutionise 1300 K 2 h, age 1050 K 4 h, water quench after each")
+                         f"textbook route: {TEXTBOOK_DESCRIPTION}")
             checkpoint = None
         if checkpoint is not None:
             from sdl.agents.process_policy import ProcessPolicy
@@ -44,10 +38,9 @@ class ProcessPlannerService(Service):
             self.policy = ProcessPolicy(Path(checkpoint))
             env = self.policy.env
             # Refuse now, not mid-campaign, a policy that can choose a hold the furnace cannot run.
-            grid = [ProcessStep(operation="age", temperature_k=float(t), duration_s=float(d))
-                    for t in env.temperatures_k for d in env.durations_s]
             try:
-                RouteLimits.model_validate({**self.limits.model_dump(), "max_steps": 10**6}).check(grid)
+                for t, d in zip(env.hold_temperatures_k, env.hold_durations_s):
+                    self.limits.check_step(ProcessStep.model_validate(hold_step(t, d)))
             except ValueError as e:
                 raise ValueError(f"policy {checkpoint} can choose holds outside the furnace limits: {e}") from None
             if env.max_steps > self.limits.max_steps:

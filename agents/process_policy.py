@@ -21,9 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-from sdl.config import ConfigError, read_yaml
+from sdl.config import ConfigError, _Section, read_yaml
 from sdl.env.heat_treatment import (DEFAULT_DURATIONS_S, DEFAULT_TEMPERATURES_K, HeatTreatmentEnv, optimal_actions,
                                     rollout, textbook_actions)
 from sdl.env.twin import AlloyTwin, TwinConfig
@@ -31,10 +31,6 @@ from sdl.protocol import ProcessStep, describe_validation_error
 
 ENV_NAME = "sdl-heat-treatment"
 SETTINGS_FILE = "sdl_policy.json"
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class HeatTreatmentSettings(_Section):

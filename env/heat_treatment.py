@@ -22,6 +22,7 @@ steps used / max_steps, current hardness (HV / 500), brittle fraction at the las
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import gymnasium
@@ -32,12 +33,26 @@ from sdl.env.calphad import BRITTLE
 from sdl.env.kinetics import Microstructure, hold, quench
 from sdl.env.strength import vickers_hardness
 from sdl.env.twin import AlloyTwin
+from sdl.protocol import ProcessStep
 
 DEFAULT_TEMPERATURES_K = (950.0, 1000.0, 1050.0, 1100.0, 1150.0, 1250.0, 1300.0, 1400.0)
 DEFAULT_DURATIONS_S = (1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 57600.0)
 # The classic two-step treatment of precipitation-hardened Ni alloys: solutionise above the
 # gamma-prime solvus, quench, age; (temperature K, duration s) per hold, each water-quenched.
 TEXTBOOK_HOLDS = ((1300.0, 7200.0), (1050.0, 14400.0))
+TEXTBOOK_DESCRIPTION = "solutionise 1300 K 2 h, age 1050 K 4 h, water quench after each"
+SOLUTIONISE_FROM_K = 1250.0  # holds at or above this dissolve gamma-prime: called solutionising
+
+
+def hold_step(temperature_k: float, duration_s: float) -> dict:
+    """One water-quenched hold as a process-step dict (the furnace's vocabulary)."""
+    return {"operation": "solutionise" if temperature_k >= SOLUTIONISE_FROM_K else "age",
+            "temperature_k": float(temperature_k), "duration_s": float(duration_s), "quench_medium": "water"}
+
+
+def textbook_route() -> list[ProcessStep]:
+    """:data:`TEXTBOOK_HOLDS` as validated process steps."""
+    return [ProcessStep.model_validate(hold_step(t, d)) for t, d in TEXTBOOK_HOLDS]
 
 
 class HeatTreatmentEnv(gymnasium.Env):
@@ -64,6 +79,9 @@ class HeatTreatmentEnv(gymnasium.Env):
                                for e in self.free_elements])
         self.temperatures_k = np.asarray(temperatures_k, dtype=float)
         self.durations_s = np.asarray(durations_s, dtype=float)
+        # Action 1 + i holds at hold_temperatures_k[i] for hold_durations_s[i].
+        self.hold_temperatures_k = np.repeat(self.temperatures_k, len(self.durations_s))
+        self.hold_durations_s = np.tile(self.durations_s, len(self.temperatures_k))
         self.max_steps = max_steps
         self.hardness_scale_hv = hardness_scale_hv
         self.energy_weight = energy_weight
@@ -87,10 +105,7 @@ class HeatTreatmentEnv(gymnasium.Env):
             raise ValueError(f"action {action} is not in 0..{self.action_space.n - 1}")
         if action == 0:
             return {"operation": "stop"}
-        i = int(action) - 1
-        t = float(self.temperatures_k[i // len(self.durations_s)])
-        return {"operation": "solutionise" if t >= 1250.0 else "age", "temperature_k": t,
-                "duration_s": float(self.durations_s[i % len(self.durations_s)]), "quench_medium": "water"}
+        return hold_step(self.hold_temperatures_k[int(action) - 1], self.hold_durations_s[int(action) - 1])
 
     def action_for(self, temperature_k: float, duration_s: float) -> int:
         """The hold action at this grid temperature and duration."""
@@ -100,6 +115,12 @@ class HeatTreatmentEnv(gymnasium.Env):
             raise ValueError(f"{temperature_k} K for {duration_s} s is not on the action grid: temperatures "
                              f"{self.temperatures_k.tolist()} K, durations {self.durations_s.tolist()} s")
         return 1 + int(ti[0]) * len(self.durations_s) + int(di[0])
+
+    def equilibria(self, x: np.ndarray) -> dict[float, dict[str, np.ndarray]]:
+        """Phase fractions of composition ``x`` (1 x free elements) at every grid temperature, in one
+        vectorised table lookup."""
+        table = self.twin.table(np.repeat(x, len(self.temperatures_k), axis=0), self.temperatures_k)
+        return {float(t): {c: v[i: i + 1] for c, v in table.items()} for i, t in enumerate(self.temperatures_k)}
 
     def _phases_at(self, temperature_k: float) -> dict[str, np.ndarray]:
         cached = self._grid_phases.get(float(temperature_k))
@@ -130,10 +151,8 @@ class HeatTreatmentEnv(gymnasium.Env):
             x = np.array([[self.np_random.uniform(*self.composition_bounds[e]) for e in self.free_elements]])
         self._x = x
         # The composition is fixed for the episode: look up the equilibria at every grid temperature
-        # once (one vectorised interpolation instead of one per step: 5x the steps per second).
-        grid = self.twin.table(np.repeat(x, len(self.temperatures_k), axis=0), self.temperatures_k)
-        self._grid_phases = {float(t): {c: v[i: i + 1] for c, v in grid.items()}
-                             for i, t in enumerate(self.temperatures_k)}
+        # once (one vectorised interpolation instead of one per step: 2.5x the steps per second).
+        self._grid_phases = self.equilibria(x)
         self._state = Microstructure.initial(1, self.twin.config.kinetics)
         self._brittle = 0.0
         self._steps = 0
@@ -200,14 +219,13 @@ def optimal_actions(env: HeatTreatmentEnv, composition: dict[str, float]) -> tup
     radius) and never repeats, so the exact optimum is the best of every sequence of holds up to
     ``max_steps`` long, followed by stop. The twin's kinetics are vectorised, so all
     ``A + A^2 + ... + A^max_steps`` sequences are run as arrays (48^4 = 5.3 million at depth 4,
-    ~10 s on one core). Deterministic: temperature scatter is not applied.
+    1-2 s on one core). Deterministic: temperature scatter is not applied.
     """
     x = np.array([[float(composition[e]) for e in env.free_elements]])
     holds = np.arange(1, env.action_space.n)
-    temperatures = np.array([env.describe_action(int(a))["temperature_k"] for a in holds])
-    durations = np.array([env.describe_action(int(a))["duration_s"] for a in holds])
+    temperatures, durations = env.hold_temperatures_k, env.hold_durations_s
     # f_eq and brittle fraction depend only on composition and temperature: one lookup per temperature
-    phases = {t: env.twin.table(x, t) for t in np.unique(temperatures)}
+    phases = env.equilibria(x)
     f_eq = np.array([phases[t]["gamma_prime"][0] for t in temperatures])
     brittle = np.array([sum(phases[t][c][0] for c in BRITTLE) for t in temperatures])
     cost = env.energy_weight * temperatures / 1000.0 * durations / 3600.0 + env.step_penalty
@@ -219,9 +237,8 @@ def optimal_actions(env: HeatTreatmentEnv, composition: dict[str, float]) -> tup
     n_holds = len(holds)
     for depth in range(1, env.max_steps + 1):
         n = len(spent)
-        expanded = Microstructure(**{name: np.repeat(getattr(state, name), n_holds)
-                                     for name in ("grain_size_m", "precipitate_fraction", "precipitate_radius_m",
-                                                  "temperature_k", "elapsed_s", "steps")})
+        expanded = Microstructure(**{f.name: np.repeat(getattr(state, f.name), n_holds)
+                                     for f in dataclasses.fields(Microstructure)})
         state = quench(hold(expanded, np.tile(temperatures, n), np.tile(durations, n), np.tile(f_eq, n),
                             env.twin.config.kinetics))
         spent = np.repeat(spent, n_holds) + np.tile(cost, n)

@@ -22,18 +22,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-from sdl.config import ConfigError, ConstraintConfig, ObjectiveConfig, PhaseBoundaryConfig, read_yaml
+from sdl.config import ConfigError, ConstraintConfig, ObjectiveConfig, PhaseBoundaryConfig, _Section, read_yaml
 from sdl.protocol import DesignPoint, FeasibilityModel, Observation, ProposeRequest, describe_validation_error
 from sdl.space import SearchSpace
 
 ENTRY_POINT_GROUP = "sdl.bench_problems"
 BUILTIN_PROBLEMS = ("twin", "branin", "hartmann6", "hartmann6_constrained")
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # -- problems ------------------------------------------------------------------------------------

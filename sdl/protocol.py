@@ -242,14 +242,17 @@ class RouteLimits(_Model):
         if len(holds) > self.max_steps:
             raise ValueError(f"route has {len(holds)} holds; the limit is {self.max_steps}")
         for i, step in enumerate(steps, 1):
-            if step.operation == "quench":
-                continue
-            if not self.min_temperature_k <= step.temperature_k <= self.max_temperature_k:
-                raise ValueError(f"step {i} ({step.operation}) at {step.temperature_k} K is outside the furnace's "
-                                 f"{self.min_temperature_k}-{self.max_temperature_k} K")
-            if step.duration_s > self.max_duration_s:
-                raise ValueError(f"step {i} ({step.operation}) lasts {step.duration_s} s; the furnace allows at most "
-                                 f"{self.max_duration_s} s")
+            if step.operation != "quench":
+                self.check_step(step, number=i)
+
+    def check_step(self, step: ProcessStep, *, number: int = 1) -> None:
+        """Raise ValueError if this one hold is outside the temperature range or too long."""
+        if not self.min_temperature_k <= step.temperature_k <= self.max_temperature_k:
+            raise ValueError(f"step {number} ({step.operation}) at {step.temperature_k} K is outside the furnace's "
+                             f"{self.min_temperature_k}-{self.max_temperature_k} K")
+        if step.duration_s > self.max_duration_s:
+            raise ValueError(f"step {number} ({step.operation}) lasts {step.duration_s} s; the furnace allows at most "
+                             f"{self.max_duration_s} s")
 
 
 class RouteRequest(_Model):

@@ -10,10 +10,10 @@ import json
 import numpy as np
 import pytest
 
-from sdl.agents.process_planner import ProcessPlannerService, textbook_route
+from sdl.agents.process_planner import ProcessPlannerService
 from sdl.agents.process_policy import HeatTreatmentSettings, PolicyConfig, ProcessPolicy, train_policy
 from sdl.client import BusClient, RemoteError
-from sdl.env.heat_treatment import HeatTreatmentEnv, optimal_actions, rollout, textbook_actions
+from sdl.env.heat_treatment import HeatTreatmentEnv, optimal_actions, rollout, textbook_actions, textbook_route
 from sdl.env.twin import AlloyTwin, TwinConfig
 from sdl.protocol import ProcessStep, Route, RouteLimits, RouteRequest
 from sdl.service import Worker
