@@ -227,6 +227,10 @@ class Furnace(SimulatedInstrument):
         out.update({f"{phase}_fraction": float(props.phases[phase][0]) for phase in BRITTLE})
         return out
 
+    def close(self) -> None:
+        self.twin.close()
+        super().close()
+
 
 class HardnessTester(SimulatedInstrument):
     """Vickers hardness (with indentation scatter) and the ductility the brittle phases leave.
