@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from sdl.protocol import ExperimentResult, ExperimentSpec
@@ -105,7 +106,9 @@ class Instrument:
         self._running_lock = threading.Lock()
 
     def measure(self, experiment: ExperimentSpec, *, attempt: int) -> dict[str, float]:
-        """Make/measure the specimen; return values for ``implemented_measurements``."""
+        """Make/measure the specimen; return values for ``implemented_measurements``.
+
+        Array values (forces on every atom, a spectrum) are returned in ``ExperimentResult.arrays``."""
         raise NotImplementedError
 
     def lab_time_s(self, experiment: ExperimentSpec) -> float | None:
@@ -155,12 +158,17 @@ class Instrument:
         missing = set(self.implemented_measurements) - set(measurements)
         if missing:
             raise RuntimeError(f"driver {self.name} did not return {sorted(missing)}")
+        # array-valued results (forces of every atom, ...) travel beside the scalar measurements
+        arrays = {k: np.atleast_2d(np.asarray(v, dtype=float)).tolist() for k, v in measurements.items()
+                  if np.ndim(v) > 0}
+        measurements = {k: float(v) for k, v in measurements.items() if k not in arrays}
         finished = time.time()
         lab_time_s = self.lab_time_s(experiment)
         result = ExperimentResult(
             experiment_id=experiment.experiment_id,
             instrument=self.name,
             measurements=measurements,
+            arrays=arrays,
             started_at_unix_s=started,
             finished_at_unix_s=finished,
             attempts=attempt,

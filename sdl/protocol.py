@@ -141,12 +141,55 @@ class DesignPoint(_Model):
         return parameters
 
 
+class AtomicStructure(_Model):
+    """An atomistic configuration (what a "DFT instrument" is asked to compute): element symbols,
+    Cartesian positions and cell vectors (rows) in angstrom, periodic in all directions or none."""
+
+    symbols: list[str] = Field(min_length=1, max_length=100000)
+    positions_ang: list[tuple[float, float, float]]
+    cell_ang: tuple[tuple[float, float, float], tuple[float, float, float], tuple[float, float, float]] = (
+        (0.0, 0.0, 0.0), (0.0, 0.0, 0.0), (0.0, 0.0, 0.0))
+    periodic: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> AtomicStructure:
+        unknown = sorted(set(self.symbols) - KNOWN_ELEMENTS)
+        if unknown:
+            raise ValueError(f"unknown element symbol(s) {unknown}; use chemical symbols such as 'Ni', 'Cu'")
+        if len(self.positions_ang) != len(self.symbols):
+            raise ValueError(f"{len(self.symbols)} symbols but {len(self.positions_ang)} positions; give one per atom")
+        if not all(math.isfinite(v) for row in (*self.positions_ang, *self.cell_ang) for v in row):
+            raise ValueError("positions and cell must be finite numbers (angstrom)")
+        if self.periodic:
+            a, b, c = self.cell_ang
+            volume = abs(a[0] * (b[1] * c[2] - b[2] * c[1]) - a[1] * (b[0] * c[2] - b[2] * c[0])
+                         + a[2] * (b[0] * c[1] - b[1] * c[0]))
+            if volume < 1e-6:
+                raise ValueError("a periodic structure needs three linearly independent cell vectors (volume > 0)")
+        return self
+
+    @classmethod
+    def from_atoms(cls, atoms) -> AtomicStructure:
+        """From an ``ase.Atoms`` (all-periodic or non-periodic)."""
+        pbc = [bool(p) for p in atoms.pbc]
+        if any(pbc) and not all(pbc):
+            raise ValueError(f"periodic boundary conditions must be all True or all False, got {pbc}")
+        return cls(symbols=atoms.get_chemical_symbols(), positions_ang=atoms.positions.tolist(),
+                   cell_ang=atoms.cell[:].tolist(), periodic=all(pbc))
+
+    def to_atoms(self):
+        from ase import Atoms
+
+        return Atoms(symbols=self.symbols, positions=self.positions_ang, cell=self.cell_ang, pbc=self.periodic)
+
+
 class ExperimentSpec(_Model):
     """What an instrument is asked to make or measure."""
 
     experiment_id: str = Field(min_length=1, max_length=128)
     campaign_id: str = Field(min_length=1, max_length=128)
-    point: DesignPoint
+    point: DesignPoint = Field(default_factory=DesignPoint)
+    structure: AtomicStructure | None = Field(default=None, description="for atomistic instruments (DFT, MLIP)")
     process: list[ProcessStep] = Field(default_factory=list)
     station: str = Field(default="measure", description="the workflow step this command is for")
     specimen: dict[str, float] = Field(
@@ -165,6 +208,9 @@ class ExperimentResult(_Model):
     attempts: int = Field(default=1, ge=1)
     replayed: bool = False
     lab_time_s: float = Field(default=0.0, ge=0.0, description="time the specimen spent on the instrument (simulated time for simulated instruments)")
+    arrays: dict[str, list[list[float]]] = Field(
+        default_factory=dict, description="array-valued results, e.g. forces_ev_per_ang (atoms x 3)"
+    )
 
     @field_validator("measurements")
     @classmethod
@@ -173,6 +219,14 @@ class ExperimentResult(_Model):
         if bad:
             raise ValueError(f"measurements {bad} are not finite; a driver reports a failed measurement as a fault")
         return measurements
+
+    @field_validator("arrays")
+    @classmethod
+    def _finite_arrays(cls, arrays: dict[str, list[list[float]]]) -> dict[str, list[list[float]]]:
+        bad = sorted(k for k, rows in arrays.items() if not all(math.isfinite(v) for row in rows for v in row))
+        if bad:
+            raise ValueError(f"arrays {bad} hold non-finite values; a driver reports a failed calculation as a fault")
+        return arrays
 
 
 class Observation(_Model):
