@@ -498,3 +498,53 @@ def describe_validation_error(error: ValidationError) -> str:
 
 def error_reply(request_id: str | None, code: str, message: str, *, service: str = "") -> Reply:
     return Reply(correlation_id=request_id, service=service, ok=False, error=ErrorInfo(code=code, message=message))
+
+
+# -- the MLIP surrogate (surrogate.mlip) ---------------------------------------------------------
+
+
+class LabelledStructure(_Model):
+    """A structure with what an oracle computed for it (the MLIP's training data)."""
+
+    structure: AtomicStructure
+    energy_ev: float
+    forces_ev_per_ang: list[tuple[float, float, float]]
+    stress_ev_per_ang3: tuple[tuple[float, float, float], tuple[float, float, float], tuple[float, float, float]] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> LabelledStructure:
+        if len(self.forces_ev_per_ang) != len(self.structure.symbols):
+            raise ValueError(f"{len(self.forces_ev_per_ang)} force vectors for {len(self.structure.symbols)} atoms")
+        values = [self.energy_ev, *(v for f in self.forces_ev_per_ang for v in f),
+                  *(v for row in (self.stress_ev_per_ang3 or ()) for v in row)]
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError("energy, forces and stress must be finite")
+        return self
+
+
+class MlipTrainRequest(_Model):
+    structures: list[LabelledStructure] = Field(min_length=1)
+    epochs: int | None = Field(default=None, ge=1, le=100000, description="default: the agent's training settings")
+    warm_start: bool = Field(default=False, description="continue from the current weights and normalisation")
+
+
+class MlipTrainSummary(_Model):
+    n_train: int
+    train_s: float
+    device: str
+    final_loss: list[float]
+
+
+class MlipPredictRequest(_Model):
+    structures: list[AtomicStructure] = Field(min_length=1)
+    stress: bool = False
+
+
+class MlipPrediction(_Model):
+    """Committee mean and spread per structure; forces per atom."""
+
+    energy_ev: list[float]
+    energy_std_ev: list[float]
+    forces_ev_per_ang: list[list[tuple[float, float, float]]]
+    max_force_std_ev_per_ang: list[float] = Field(description="largest per-atom committee force spread")
+    stress_ev_per_ang3: list[list[list[float]]] | None = None

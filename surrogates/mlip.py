@@ -487,11 +487,13 @@ def _prepare(model: InteratomicPotential, data: LabelledSet) -> None:
 
 def train_potential(model: InteratomicPotential, structures: Sequence[Atoms],
                     settings: TrainingSettings | None = None, *, device: str = "auto",
-                    progress=None) -> dict[str, list[float]]:
+                    prepare: bool = True, progress=None) -> dict[str, list[float]]:
     """Fit ``model`` in place to the labelled ``structures``; returns the loss per epoch.
 
     Adam with a cosine learning-rate decay over minibatches of structures; the force term needs
-    the gradient of a gradient (create_graph), which autograd provides."""
+    the gradient of a gradient (create_graph), which autograd provides. ``prepare`` sets the
+    descriptor normalisation and reference energies from these structures; a warm-started
+    retraining keeps the ones it was trained with (``prepare=False``)."""
     settings = settings or TrainingSettings()
     dev = choose_device(device)
     dtype = torch.float64 if settings.float64 else torch.float32
@@ -499,7 +501,8 @@ def train_potential(model: InteratomicPotential, structures: Sequence[Atoms],
     data = LabelledSet(structures, model.config, device=dev, dtype=dtype)
     if len(data) == 0:
         raise ValueError("no labelled structures to train on")
-    _prepare(model, data)
+    if prepare:
+        _prepare(model, data)
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
     steps_per_epoch = math.ceil(len(data) / settings.batch_structures)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=settings.epochs * steps_per_epoch,
@@ -534,12 +537,12 @@ def train_potential(model: InteratomicPotential, structures: Sequence[Atoms],
 
 
 def train_committee(committee: Committee, structures: Sequence[Atoms], settings: TrainingSettings | None = None, *,
-                    device: str = "auto", progress=None) -> list[dict[str, list[float]]]:
+                    device: str = "auto", prepare: bool = True, progress=None) -> list[dict[str, list[float]]]:
     """Each member on the same structures, from its own initial weights and data order."""
     histories = []
     for k, member in enumerate(committee.members):
         step = None if progress is None else (lambda done, total, k=k: progress(k * total + done, len(committee.members) * total))
-        histories.append(train_potential(member, structures, settings, device=device, progress=step))
+        histories.append(train_potential(member, structures, settings, device=device, prepare=prepare, progress=step))
     return histories
 
 

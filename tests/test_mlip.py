@@ -1,9 +1,12 @@
 """The MLIP: invariances, forces and stress consistent with the energy, the ASE calculator
 contract, committee uncertainty, and the DFT instrument (ASE EMT) that labels structures."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
+from ase import Atoms
 from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.calculators.fd import calculate_numerical_stress
@@ -31,7 +34,7 @@ ELEMENTS = ["Ni", "Cu", "Al"]
 CONFIG = MlipConfig(elements=ELEMENTS, radial_cutoff_ang=4.5, angular_cutoff_ang=3.8, hidden_layers=[16])
 
 
-def alloy(seed: int = 0, repeat: int = 2, rattle: float = 0.1) -> "Atoms":  # noqa: F821
+def alloy(seed: int = 0, repeat: int = 2, rattle: float = 0.1) -> Atoms:
     rng = np.random.default_rng(seed)
     return random_solid_solution({"Ni": 0.5, "Cu": 0.3, "Al": 0.2}, rng, repeat=repeat, rattle_ang=rattle)
 
@@ -215,3 +218,56 @@ def test_md_snapshots_with_the_oracle():
     snaps = md_snapshots(alloy(seed=8, rattle=0.0), EMT(), temperature_k=600, steps=20, interval=5, rng=rng)
     assert len(snaps) == 4 and all(s.calc is None for s in snaps)
     assert not np.allclose(snaps[0].positions, snaps[-1].positions)
+
+
+# -- the surrogate.mlip agent, as a Ray actor on the bus ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_mlip_agent_trains_and_predicts_over_the_bus(ray_session, oracle):
+    import ray
+
+    from sdl.agents.mlip_host import spawn_mlip_agent
+    from sdl.bus import Broker
+    from sdl.client import BusClient, RemoteError
+    from sdl.protocol import LabelledStructure, MlipPrediction, MlipPredictRequest, MlipTrainRequest, MlipTrainSummary
+
+    rng = np.random.default_rng(21)
+    labelled = [oracle.label(random_solid_solution(random_composition(ELEMENTS, rng), rng)) for _ in range(6)]
+    payload = [LabelledStructure(structure=AtomicStructure.from_atoms(a), energy_ev=a.get_potential_energy(),
+                                 forces_ev_per_ang=a.get_forces().tolist(),
+                                 stress_ev_per_ang3=a.get_stress(voigt=False).tolist()) for a in labelled]
+    with Broker() as broker:
+        actor = spawn_mlip_agent({"potential": CONFIG.model_dump(), "committee_size": 2,
+                                  "training": {"epochs": 5, "batch_structures": 3}, "device": "cpu"},
+                                 broker_address=broker.frontend_address, num_cpus=0)
+        try:
+            ray.get(actor.info.remote(), timeout=120)  # constructed (or its error raised here)
+            deadline = time.monotonic() + 30
+            while "surrogate.mlip" not in broker.services() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            with BusClient(broker.frontend_address) as client:
+                request = MlipPredictRequest(structures=[AtomicStructure.from_atoms(labelled[0])])
+                with pytest.raises(RemoteError, match="not been trained"):
+                    client.request("surrogate.mlip", "predict", request, timeout_s=60)
+                summary = MlipTrainSummary.model_validate(
+                    client.request("surrogate.mlip", "train", MlipTrainRequest(structures=payload), timeout_s=300))
+                assert summary.n_train == 6 and summary.device == "cpu" and len(summary.final_loss) == 2
+                reply = MlipPrediction.model_validate(client.request("surrogate.mlip", "predict", request, timeout_s=60))
+                assert len(reply.forces_ev_per_ang[0]) == len(labelled[0])
+                assert reply.energy_std_ev[0] > 0 and reply.max_force_std_ev_per_ang[0] > 0
+                gold = bulk("Au", "fcc", a=4.08, cubic=True)
+                with pytest.raises(RemoteError, match="also has"):
+                    client.request("surrogate.mlip", "predict",
+                                   MlipPredictRequest(structures=[AtomicStructure.from_atoms(gold)]), timeout_s=60)
+        finally:
+            ray.get(actor.shutdown.remote())
+            ray.kill(actor)
