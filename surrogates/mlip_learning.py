@@ -63,14 +63,19 @@ class ArchitectureSettings(_Section):
 
 
 class ExplorationSettings(_Section):
-    temperatures_k: list[float] = Field(default_factory=lambda: [300.0, 700.0, 1100.0, 1500.0], min_length=1)
+    temperatures_k: list[float] = Field(default_factory=lambda: [300.0, 600.0, 900.0, 1200.0], min_length=1)
     starts_per_temperature: int = Field(default=4, ge=1, description="fresh random solid solutions per temperature")
     md_steps: int = Field(default=100, ge=1)
     snapshot_interval: int = Field(default=10, ge=1)
     timestep_fs: float = Field(default=2.0, gt=0, le=10)
     # an MLIP far outside its data can send atoms on top of each other; such frames (closer than
     # this fraction of the alloy's nearest-neighbour distance) are dropped, not labelled
-    min_distance_fraction: float = Field(default=0.6, gt=0, lt=1)
+    min_distance_fraction: float = Field(default=0.75, gt=0, lt=1)
+    # DP-GEN's trust levels: a frame whose largest committee force spread exceeds this is where the
+    # MLIP's MD has already gone wrong (atoms driven by a fantasy force field); it is dropped and
+    # its trajectory stopped rather than labelled, as labelling such wrecks teaches the potential
+    # about structures the real alloy never visits and swamps the force loss
+    max_force_spread_ev_per_ang: float = Field(default=1.0, gt=0)
     # successive frames of one trajectory are alike; labelling several of them wastes oracle calls
     max_per_trajectory: int = Field(default=1, ge=1, description="active selection: at most this many frames per trajectory")
 
@@ -203,7 +208,8 @@ def build_test_set(config: ActiveLearningConfig, oracle, rng: np.random.Generato
 def explore(committee: Committee, config: ActiveLearningConfig, rng: np.random.Generator) -> list[Atoms]:
     """Snapshots of MLIP-driven MD from fresh random solid solutions at each exploration temperature."""
     e = config.exploration
-    calculator = MlipCalculator(committee, device=config.device)
+    # MD with one member (a third of the committee's cost); the committee scores the frames after
+    calculator = MlipCalculator(committee.members[0], device=config.device)
     candidates = []
     for temperature in e.temperatures_k:
         for start_index in range(e.starts_per_temperature):
@@ -212,9 +218,17 @@ def explore(committee: Committee, config: ActiveLearningConfig, rng: np.random.G
             floor = e.min_distance_fraction * nearest_neighbour_distance_ang(start)
             frames = md_snapshots(start, calculator, temperature_k=temperature, steps=e.md_steps,
                                   interval=e.snapshot_interval, rng=rng, timestep_fs=e.timestep_fs)
+            physical = []
             for frame in frames:
                 if nearest_neighbour_distance_ang(frame) < floor:
                     break  # the trajectory has left physical space; later frames are worse
+                physical.append(frame)
+            if not physical:
+                continue
+            spread = uncertainty(committee, physical, "committee")
+            for frame, frame_spread in zip(physical, spread):
+                if frame_spread > e.max_force_spread_ev_per_ang:
+                    break  # beyond the trust level: this frame and the rest of the trajectory are dropped
                 frame.info["exploration_temperature_k"] = temperature
                 frame.info["trajectory"] = f"{temperature:g}K-{start_index}"
                 candidates.append(frame)
