@@ -154,14 +154,18 @@ def check_cell(atoms: Atoms) -> bool:
 
 
 def structure_batch(atoms: Atoms, elements: Sequence[str], neighbours: NeighbourListBuilder, *,
-                    device: torch.device | str = "cpu", cached: bool = False) -> AtomsBatch:
-    """One ASE structure as a batch of one (float64; :func:`collate` and :meth:`AtomsBatch.to` convert)."""
+                    device: torch.device | str = "cpu", cached: bool = False,
+                    species: torch.Tensor | None = None) -> AtomsBatch:
+    """One ASE structure as a batch of one (float64; :func:`collate` and :meth:`AtomsBatch.to` convert).
+    ``species`` (indices into ``elements``) may be passed in when known, as in an MD loop."""
     periodic = check_cell(atoms)
+    if species is None:
+        species = torch.as_tensor(species_index(elements, atoms), device=device)
     pos = torch.as_tensor(atoms.positions, dtype=torch.float64, device=device)
     cell = torch.as_tensor(np.asarray(atoms.cell[:]), dtype=torch.float64, device=device)
     i, j, shift = neighbours.pairs(pos, cell, periodic, cached=cached)
     return AtomsBatch(
-        species=torch.as_tensor(species_index(elements, atoms), device=device), positions=pos, cells=cell[None],
+        species=species, positions=pos, cells=cell[None],
         structure=torch.zeros(len(atoms), dtype=torch.long, device=device), pair_i=i.to(device), pair_j=j.to(device),
         pair_shift=shift.to(device=device, dtype=torch.float64), n_structures=1,
         volumes=torch.tensor([abs(atoms.cell.volume) if periodic else math.inf], dtype=torch.float64, device=device),
@@ -610,12 +614,17 @@ class MlipCalculator(Calculator):
         self.dtype = torch.float64 if float64 else torch.float32
         self.potential = potential.to(self.device, self.dtype).eval()
         self.neighbours = NeighbourListBuilder(potential.config.radial_cutoff_ang, skin_ang=skin_ang)
+        self._species: tuple[bytes, torch.Tensor] | None = None
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
         periodic = check_cell(self.atoms)
-        batch = structure_batch(self.atoms, self.potential.config.elements, self.neighbours,
-                                device=self.device, cached=True).to(self.device, self.dtype)
+        numbers = self.atoms.numbers.tobytes()
+        if self._species is None or self._species[0] != numbers:  # an MD run keeps its atoms: index once
+            species = torch.as_tensor(species_index(self.potential.config.elements, self.atoms), device=self.device)
+            self._species = (numbers, species)
+        batch = structure_batch(self.atoms, self.potential.config.elements, self.neighbours, device=self.device,
+                                cached=True, species=self._species[1]).to(self.device, self.dtype)
         out = self.potential(batch, forces=True, stress=periodic and "stress" in properties)
         energy = float(out["energy"][0].detach())
         self.results = {"energy": energy, "free_energy": energy,
