@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from ase import units
 from ase.calculators.emt import EMT
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+from ase.md.velocitydistribution import thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 
 from sdl.env.atomistic import random_solid_solution
@@ -38,7 +38,7 @@ def cell_with(n_atoms: int, rng: np.random.Generator):
 def atom_steps_per_s(atoms, calculator, steps: int, warmup: int = 3) -> float:
     system = atoms.copy()
     system.calc = calculator
-    MaxwellBoltzmannDistribution(system, temperature_K=600, rng=np.random.default_rng(0))
+    thermalize_momenta(system, temperature_K=600, rng=np.random.default_rng(0))
     dynamics = VelocityVerlet(system, timestep=1.0 * units.fs)
     dynamics.run(warmup)  # neighbour list, allocations, CUDA kernels
     if torch.cuda.is_available():

@@ -18,7 +18,7 @@ from ase import Atoms, units
 from ase.build import bulk
 from ase.data import atomic_numbers, reference_states
 from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+from ase.md.velocitydistribution import thermalize_momenta
 
 
 def fcc_lattice_parameter_ang(fractions: dict[str, float]) -> float:
@@ -68,7 +68,7 @@ def md_snapshots(atoms: Atoms, calculator, *, temperature_k: float, steps: int, 
         raise ValueError(f"need steps >= interval >= 1, got steps={steps}, interval={interval}")
     system = atoms.copy()
     system.calc = calculator
-    MaxwellBoltzmannDistribution(system, temperature_K=temperature_k, rng=rng)
+    thermalize_momenta(system, temperature_K=temperature_k, rng=rng)
     dynamics = Langevin(system, timestep=timestep_fs * units.fs, temperature_K=temperature_k,
                         friction=friction_per_fs / units.fs, fixcm=False, rng=rng)
     snapshots = []

@@ -36,7 +36,7 @@ def test_instrument_list_shows_the_registered_drivers():
         ({"planner": {"kind": "bo", "constraint": {"measurements": ["c1"]}}}, "a constraint needs at_least, at_most or both"),
         ({"phase_boundary": {"calphad_calls": 48}}, "phase_boundary learns over a composition-only space"),
         ({"stop": {"max_experiments": 0}}, "stop.max_experiments: Input should be greater than or equal to 1"),
-        ({"instruments": [{"name": "a", "driver": "laser"}]}, "unknown instrument driver 'laser'; installed drivers: arc_melter, branin, furnace"),
+        ({"instruments": [{"name": "a", "driver": "laser"}]}, "unknown instrument driver 'laser'; installed drivers: arc_melter, ase_calculator, branin, furnace"),
         ({"instruments": [{"name": "a", "driver": "branin", "options": {"noise": 1}}]}, "options of driver 'branin': noise: Extra inputs"),
         ({"instruments": [{"name": "a", "driver": "branin", "host": "cloud"}]}, "host: Input should be 'ray' or 'external'"),
         ({"bus": {"frontend": "localhost:5555"}}, "is not a ZeroMQ endpoint; use tcp://HOST:PORT"),

@@ -16,7 +16,7 @@ def spec(i=0, **params):
 def test_drivers_are_registered_as_entry_points():
     assert {"branin", "hartmann6", "hartmann6_constrained"} <= set(available_drivers())
     assert driver_class("branin") is Branin
-    with pytest.raises(ValueError, match="unknown instrument driver 'furnace9000'; installed drivers: arc_melter, branin, furnace"):
+    with pytest.raises(ValueError, match="unknown instrument driver 'furnace9000'; installed drivers: arc_melter, ase_calculator, branin, furnace"):
         driver_class("furnace9000")
 
 
