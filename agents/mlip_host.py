@@ -12,14 +12,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
-
 # torch imports its compiler (torch._dynamo, seconds of imports) lazily on the first optimiser;
 # inside a request handler that stalls the worker's heartbeat thread past the broker's liveness
 # limit, so the agent imports it at start-up instead.
 import torch._dynamo  # noqa: F401
-from ase.calculators.singlepoint import SinglePointCalculator
-from ase.stress import full_3x3_to_voigt_6_stress
 
 from sdl.protocol import MlipPredictRequest, MlipPrediction, MlipTrainRequest, MlipTrainSummary
 from sdl.service import Service, ServiceError, method
@@ -30,7 +26,6 @@ from sdl.surrogates.mlip import (
     choose_device,
     load_committee,
     make_batch,
-    save_committee,
     train_committee,
 )
 
@@ -61,14 +56,7 @@ class MlipService(Service):
 
     @method(MlipTrainRequest)
     def train(self, request: MlipTrainRequest) -> MlipTrainSummary:
-        structures = []
-        for item in request.structures:
-            atoms = item.structure.to_atoms()
-            results = {"energy": item.energy_ev, "forces": np.asarray(item.forces_ev_per_ang)}
-            if item.stress_ev_per_ang3 is not None:
-                results["stress"] = full_3x3_to_voigt_6_stress(np.asarray(item.stress_ev_per_ang3))
-            atoms.calc = SinglePointCalculator(atoms, **results)
-            structures.append(atoms)
+        structures = [item.to_atoms() for item in request.structures]
         if request.warm_start and not self.trained:
             raise ServiceError("warm_start asks to continue training, but this committee has not been trained yet")
         settings = self.training if request.epochs is None else self.training.model_copy(update={"epochs": request.epochs})
@@ -107,10 +95,6 @@ class MlipService(Service):
             max_force_std_ev_per_ang=[float(spread[owner == k].max()) for k in range(batch.n_structures)],
             stress_ev_per_ang3=out["stress"].cpu().double().tolist() if stress else None,
         )
-
-    def save(self, path: str | Path) -> None:
-        save_committee(self.committee, path)
-
 
 def spawn_mlip_agent(options: dict, *, broker_address: str, service_name: str = "surrogate.mlip",
                      num_cpus: float = 1.0):

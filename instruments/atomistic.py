@@ -19,14 +19,11 @@ import importlib
 import time
 from typing import Any
 
-import numpy as np
 from ase import Atoms
-from ase.calculators.singlepoint import SinglePointCalculator
-from ase.stress import full_3x3_to_voigt_6_stress
 from pydantic import Field, field_validator
 
 from sdl.instruments.base import Instrument, InstrumentParameters
-from sdl.protocol import AtomicStructure, ExperimentSpec
+from sdl.protocol import AtomicStructure, ExperimentSpec, LabelledStructure
 
 # short names for calculators; anything else is given as "package.module.ClassName"
 CALCULATORS = {"emt": "ase.calculators.emt.EMT", "lj": "ase.calculators.lj.LennardJones"}
@@ -103,11 +100,11 @@ class AseCalculatorOracle(Instrument):
         key = hashlib.sha256(structure.model_dump_json().encode()).hexdigest()[:32]
         spec = ExperimentSpec(experiment_id=f"structure-{key[:12]}", campaign_id=campaign_id, structure=structure)
         result = self.run(spec, idempotency_key=key)
-        labelled = atoms.copy()
-        results: dict[str, Any] = {"energy": result.measurements["energy_ev"],
-                                   "forces": np.asarray(result.arrays["forces_ev_per_ang"])}
-        if "stress_ev_per_ang3" in result.arrays:
-            results["stress"] = full_3x3_to_voigt_6_stress(np.asarray(result.arrays["stress_ev_per_ang3"]))
-        labelled.calc = SinglePointCalculator(labelled, **results)
+        labelled = LabelledStructure(
+            structure=structure, energy_ev=result.measurements["energy_ev"],
+            forces_ev_per_ang=result.arrays["forces_ev_per_ang"],
+            stress_ev_per_ang3=result.arrays.get("stress_ev_per_ang3"),
+        ).to_atoms()
+        labelled.info.update(atoms.info)
         labelled.info["oracle_compute_s"] = result.measurements["compute_s"]
         return labelled

@@ -521,6 +521,18 @@ class LabelledStructure(_Model):
             raise ValueError("energy, forces and stress must be finite")
         return self
 
+    def to_atoms(self):
+        """``ase.Atoms`` with these labels attached (a SinglePointCalculator), as training data."""
+        from ase.calculators.singlepoint import SinglePointCalculator
+        from ase.stress import full_3x3_to_voigt_6_stress
+
+        atoms = self.structure.to_atoms()
+        results: dict[str, Any] = {"energy": self.energy_ev, "forces": self.forces_ev_per_ang}
+        if self.stress_ev_per_ang3 is not None:
+            results["stress"] = full_3x3_to_voigt_6_stress(self.stress_ev_per_ang3)
+        atoms.calc = SinglePointCalculator(atoms, **results)
+        return atoms
+
 
 class MlipTrainRequest(_Model):
     structures: list[LabelledStructure] = Field(min_length=1)

@@ -97,10 +97,6 @@ class AtomsBatch:
     n_structures: int
     volumes: torch.Tensor  # (structures,) cubic angstrom (inf for a non-periodic structure)
 
-    @property
-    def atoms_per_structure(self) -> torch.Tensor:
-        return torch.bincount(self.structure, minlength=self.n_structures)
-
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> AtomsBatch:
         dtype = dtype or self.positions.dtype
         return AtomsBatch(

@@ -231,6 +231,7 @@ def explore(committee: Committee, config: ActiveLearningConfig, rng: np.random.G
                     break  # beyond the trust level: this frame and the rest of the trajectory are dropped
                 frame.info["exploration_temperature_k"] = temperature
                 frame.info["trajectory"] = f"{temperature:g}K-{start_index}"
+                frame.info["max_force_spread_ev_per_ang"] = float(frame_spread)
                 candidates.append(frame)
     return candidates
 
@@ -296,8 +297,10 @@ def run_arm(config: ActiveLearningConfig, selection: str, oracle, test: list[Ato
         if selection == "random":
             chosen = pick_rng.choice(len(candidates), size=k, replace=False)
         else:
-            chosen = most_uncertain(candidates, uncertainty(committee, candidates, selection, labelled), k,
-                                    config.exploration.max_per_trajectory)
+            # explore() already scored every frame by committee spread (its trust level needs it)
+            scores = (np.array([c.info["max_force_spread_ev_per_ang"] for c in candidates]) if selection == "committee"
+                      else uncertainty(committee, candidates, selection, labelled))
+            chosen = most_uncertain(candidates, scores, k, config.exploration.max_per_trajectory)
         labelled += [oracle.label(candidates[i]) for i in chosen]
         started = time.perf_counter()
         train_committee(committee, labelled, retrain, device=config.device, prepare=False)
