@@ -6,7 +6,9 @@ Model/acquisition split as in BoTorch. Inputs are the space's continuous paramet
 lie on the simplex by construction, not by a penalty.
 
 - Model: ``SingleTaskGP`` per objective (homoskedastic noise inferred: noise-aware), inputs
-  normalised over the space's bounds, outcomes standardised.
+  normalised over the space's bounds, outcomes standardised. The GP sees the parameters and the
+  *free* fractions only: the balance element is a linear function of them, and an ARD kernel over a
+  redundant, collinear coordinate fits one lengthscale too many on a handful of points.
 - Acquisition: noisy log expected improvement (``qLogNoisyExpectedImprovement``) over the feasible
   incumbents, or (``acquisition: ei``) plug-in log-EI over the best posterior mean at them, or
   log-NEHVI for several objectives; plus log P(feasible) per point. P(feasible) comes from the phase classifier
@@ -33,7 +35,7 @@ from botorch.acquisition.logei import qLogExpectedImprovement, qLogNoisyExpected
 from botorch.acquisition.multi_objective.logei import qLogNoisyExpectedHypervolumeImprovement
 from botorch.fit import fit_gpytorch_mll
 from botorch.models import SingleTaskGP
-from botorch.models.transforms.input import Normalize
+from botorch.models.transforms.input import ChainedInputTransform, FilterFeatures, Normalize
 from botorch.models.transforms.outcome import Standardize
 from botorch.optim import optimize_acqf
 from botorch.optim.initializers import initialize_q_batch
@@ -43,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy.stats import qmc
 
 from sdl.agents.planner import Planner, SobolPlanner
-from sdl.config import ConstraintConfig, ObjectiveConfig, PlannerConfig, check_bo_options
+from sdl.config import CausalPlannerConfig, ConstraintConfig, ObjectiveConfig, PlannerConfig, check_bo_options
 from sdl.protocol import Composition, DesignPoint, FeasibilityModel, Observation, ProposeRequest
 from sdl.space import SearchSpace
 from sdl.surrogates.phase_classifier import log_probit_probability, polynomial_features
@@ -70,6 +72,9 @@ class BoSettings(BaseModel):
     )
     penalty_weight: float = Field(default=10.0, ge=0, description="objective standard deviations per unit violation")
     initial_points: int = Field(default=8, ge=2, description="Sobol' points before the first model")
+    initial_design: Literal["sobol", "causal"] = Field(
+        default="sobol", description="the first points: Sobol', or the causal planner's best guesses from a past ledger")
+    causal: CausalPlannerConfig | None = None
     num_restarts: int = Field(default=8, ge=1)
     raw_samples: int = Field(default=512, ge=16)
     mc_samples: int = Field(default=128, ge=16)
@@ -79,13 +84,16 @@ class BoSettings(BaseModel):
         fields = planner.model_dump(include={"acquisition", "feasibility", "constraint", "constraint_handling",
                                              "penalty_weight",
                                              "update_classifier", "feasibility_exponent",
-                                             "initial_points", "num_restarts", "raw_samples", "mc_samples"})
+                                             "initial_points", "initial_design", "causal",
+                                             "num_restarts", "raw_samples", "mc_samples"})
         return cls(objectives=[objective, *planner.extra_objectives], **fields)
 
     @model_validator(mode="after")
     def _consistent(self) -> BoSettings:
         check_bo_options(self.feasibility, self.constraint, self.constraint_handling, len(self.objectives),
                          self.update_classifier)
+        if self.initial_design == "causal" and self.causal is None:
+            raise ValueError("initial_design 'causal' needs the `causal` settings (at least `history`)")
         return self
 
 
@@ -116,6 +124,11 @@ class BoPlanner(Planner):
         super().__init__(space, seed=seed)
         self.settings = BoSettings.model_validate(settings)
         self.initial = SobolPlanner(space, seed=seed)
+        self.warm_start = None
+        if self.settings.initial_design == "causal":
+            from sdl.agents.causal_planner import CausalPlanner
+
+            self.warm_start = CausalPlanner(space, seed=seed, settings=self.settings.causal)
         self.columns = list(space.parameters) + (list(space.composition.elements) if space.composition else [])
         lows = [r.low for r in space.parameters.values()]
         highs = [r.high for r in space.parameters.values()]
@@ -124,7 +137,11 @@ class BoPlanner(Planner):
             highs += [hi for _, hi in space.composition.elements.values()]
         self.bounds = torch.tensor([lows, highs], dtype=DTYPE)
         self.equality_constraints = []
+        # Columns the GP sees: everything but the balance element (see the module docstring).
+        self.model_columns = torch.arange(len(self.columns))
         if space.composition is not None:
+            self.model_columns = torch.tensor([i for i, name in enumerate(self.columns)
+                                               if name != space.composition.balance_element])
             start = len(space.parameters)
             k = len(space.composition.elements)
             self.equality_constraints = [(torch.arange(start, start + k), torch.ones(k, dtype=DTYPE), 1.0)]
@@ -158,8 +175,10 @@ class BoPlanner(Planner):
     def _gp(self, x: torch.Tensor, y: torch.Tensor) -> SingleTaskGP:
         # Fitted from scratch each time: a planner is a pure function of its request, so a restarted
         # actor proposes what the lost one would have (about 0.6 s at 100 observations, 2 threads).
-        model = SingleTaskGP(x, y, input_transform=Normalize(d=x.shape[-1], bounds=self.bounds),
-                             outcome_transform=Standardize(m=y.shape[-1]))
+        keep = self.model_columns
+        inputs = ChainedInputTransform(free=FilterFeatures(feature_indices=keep),
+                                       normalize=Normalize(d=len(keep), bounds=self.bounds[:, keep]))
+        model = SingleTaskGP(x, y, input_transform=inputs, outcome_transform=Standardize(m=y.shape[-1]))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # input-scaling and fit-restart warnings on small data sets
             fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
@@ -217,6 +236,7 @@ class BoPlanner(Planner):
         return done, y
 
     def propose(self, request: ProposeRequest) -> list[DesignPoint]:
+        self.predicted = []
         done, y = self._training_data(request.observations)
         if len(done) < self.settings.initial_points:
             return self._initial_design(request)
@@ -252,7 +272,12 @@ class BoPlanner(Planner):
 
     def _initial_design(self, request: ProposeRequest) -> list[DesignPoint]:
         """The Sobol' sequence; with a feasibility classifier, only its points with P(feasible) >= 0.5
-        (an alloy CALPHAD says cannot be processed is not worth a first experiment either)."""
+        (an alloy CALPHAD says cannot be processed is not worth a first experiment either). With
+        ``initial_design: causal``, the causal planner's best guesses from the past ledger instead."""
+        if self.warm_start is not None:
+            points = self.warm_start.propose(request)
+            self.predicted = self.warm_start.predicted
+            return points
         if self.settings.feasibility != "classifier" or request.feasibility is None:
             return self.initial.propose(request)
         position = len(request.observations) + len(request.pending)

@@ -32,6 +32,9 @@ class Planner:
     def __init__(self, space: SearchSpace, *, seed: int = 0) -> None:
         self.space = space
         self.seed = seed
+        # What the planner expects of each point of its last proposal (e.g. objective mean and sd);
+        # empty for planners without a model.
+        self.predicted: list[dict[str, float]] = []
 
     def propose(self, request: ProposeRequest) -> list[DesignPoint]:
         raise NotImplementedError
@@ -96,10 +99,16 @@ def make_planner(kind: str, space: SearchSpace, *, seed: int, settings: dict | N
         if settings is None:
             raise ValueError("the bo planner needs settings (at least its objectives)")
         return BoPlanner(space, seed=seed, settings=settings)
+    if kind == "causal":
+        from sdl.agents.causal_planner import CausalPlanner  # pyro import only where it is used
+
+        if settings is None:
+            raise ValueError("the causal planner needs settings (at least `history`, a past campaign directory)")
+        return CausalPlanner(space, seed=seed, settings=settings)
     try:
         cls = PLANNERS[kind]
     except KeyError:
-        raise ValueError(f"unknown planner {kind!r}; available: {', '.join(sorted([*PLANNERS, 'bo']))}") from None
+        raise ValueError(f"unknown planner {kind!r}; available: {', '.join(sorted([*PLANNERS, 'bo', 'causal']))}") from None
     return cls(space, seed=seed)
 
 
@@ -122,4 +131,5 @@ class PlannerService(Service):
             points = self.planner.propose(request)
         except ValueError as e:
             raise ServiceError(str(e), code="invalid_payload") from e
-        return Proposal(points=points, planner=self.planner.name, planner_seconds=time.perf_counter() - started)
+        return Proposal(points=points, planner=self.planner.name, planner_seconds=time.perf_counter() - started,
+                        predicted=self.planner.predicted)

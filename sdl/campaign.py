@@ -240,10 +240,18 @@ class Campaign:
             self.actors[name] = spawn_agent(kind, options, service_name=name, node_id=next(nodes), **common, **extra)
 
         planner_options = {"planner": cfg.planner.kind, "space": space, "seed": cfg.seed}
+        causal = None
+        if cfg.planner.causal is not None:  # paths as the user meant them: from where `sdl run` started
+            causal = {**cfg.planner.causal.model_dump(mode="json"),
+                      "history": str(Path(cfg.planner.causal.history).expanduser().resolve()),
+                      "graph_config": str(Path(cfg.planner.causal.graph_config).expanduser().resolve())}
         if cfg.planner.kind == "bo":
             from sdl.agents.bo_planner import BoSettings
 
-            planner_options["settings"] = BoSettings.from_config(cfg.planner, cfg.objective).model_dump(mode="json")
+            planner_options["settings"] = {**BoSettings.from_config(cfg.planner, cfg.objective).model_dump(mode="json"),
+                                           "causal": causal}
+        elif cfg.planner.kind == "causal":
+            planner_options["settings"] = causal
         spawn(f"planner.{cfg.planner.kind}", "planner", planner_options, num_cpus=cfg.planner.num_cpus)
         if cfg.phase_boundary is not None:
             spawn("simulator.phase_boundary", "phase_boundary",
@@ -427,6 +435,8 @@ class Campaign:
             for i, point in enumerate(proposal.points[:n])
         ]
         ledger.plan(planned)
+        for p, expected in zip(planned, proposal.predicted):  # what the planner expected, to compare later
+            ledger.log_event("planner.predicted", {"experiment_id": p.experiment_id, **expected})
         return [r for r in ledger.experiments(("planned",)) if r.experiment_id in {p.experiment_id for p in planned}]
 
     def _route(self, ledger: Ledger, client: BusClient, point: DesignPoint) -> tuple[ProcessStep, ...]:

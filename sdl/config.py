@@ -99,8 +99,21 @@ class ConstraintConfig(_Section):
         return None if value is None else self.violation(value) == 0.0
 
 
+class CausalPlannerConfig(_Section):
+    """The causal planner (``planner.causal``, or the BO planner's warm start): what it learns from and how it ranks."""
+
+    history: str = Field(description="a campaign run directory whose ledger the causal model learns from")
+    graph_config: str = Field(default="configs/causal.yaml", description="the causal graph and mechanism settings")
+    exploration: float = Field(default=0.0, ge=0.0, le=10.0, description="rank by mean + exploration x sd")
+    candidates: int = Field(default=512, ge=8, le=65_536, description="Sobol' candidates scored per proposal")
+    rows_per_candidate: int = Field(default=64, ge=4, description="history rows the do() averages over per candidate")
+    fixed: dict[str, float] = Field(
+        default_factory=dict, description="variables also held by do(), e.g. the campaign's ageing temperature")
+    min_distance: float = Field(default=0.01, ge=0.0, description="skip candidates this close (max |dx|) to made ones")
+
+
 class PlannerConfig(_Section):
-    kind: Literal["random", "sobol", "bo"] = "sobol"
+    kind: Literal["random", "sobol", "bo", "causal"] = "sobol"
     timeout_s: float = Field(default=60.0, gt=0)
     num_cpus: float = Field(default=0.0, ge=0)
     # -- Bayesian optimisation (kind: bo) --
@@ -127,12 +140,18 @@ class PlannerConfig(_Section):
         default_factory=list, description="more objectives besides `objective`: multi-objective BO with log-NEHVI"
     )
     initial_points: int = Field(default=8, ge=2, description="Sobol' points before the first model")
+    initial_design: Literal["sobol", "causal"] = Field(
+        default="sobol", description="bo: the first points from Sobol', or the causal planner's best guesses")
     num_restarts: int = Field(default=8, ge=1)
     raw_samples: int = Field(default=512, ge=16)
     mc_samples: int = Field(default=128, ge=16)
+    # -- causal reasoning over a past ledger (kind: causal, or initial_design: causal) --
+    causal: CausalPlannerConfig | None = None
 
     @model_validator(mode="after")
     def _bo_options(self) -> PlannerConfig:
+        if (self.kind == "causal" or (self.kind == "bo" and self.initial_design == "causal")) and self.causal is None:
+            raise ValueError("the causal planner needs a `causal` section with at least `history` (a past campaign directory)")
         if self.kind == "bo":
             check_bo_options(self.feasibility, self.constraint, self.constraint_handling,
                              1 + len(self.extra_objectives), self.update_classifier)

@@ -280,6 +280,8 @@ class Proposal(_Model):
     points: list[DesignPoint]
     planner: str
     planner_seconds: float = Field(ge=0.0)
+    predicted: list[dict[str, float]] = Field(
+        default_factory=list, description="per point, what the planner expects (e.g. hardness_hv, hardness_hv_std)")
 
 
 class RouteLimits(_Model):

@@ -30,7 +30,7 @@ def test_instrument_list_shows_the_registered_drivers():
 @pytest.mark.parametrize(
     "change, fragment",
     [
-        ({"planner": {"kind": "gradient"}}, "planner.kind: Input should be 'random', 'sobol' or 'bo'"),
+        ({"planner": {"kind": "gradient"}}, "planner.kind: Input should be 'random', 'sobol', 'bo' or 'causal'"),
         ({"planner": {"kind": "bo", "feasibility": "classifier"}}, "needs a phase_boundary section"),
         ({"planner": {"kind": "bo", "feasibility": "measured"}}, "feasibility 'measured' needs a constraint"),
         ({"planner": {"kind": "bo", "constraint": {"measurements": ["c1"]}}}, "a constraint needs at_least, at_most or both"),

@@ -70,7 +70,7 @@ def test_planner_service_contract():
     assert reply.ok and len(reply.payload["points"]) == 3 and reply.payload["planner"] == "sobol"
     bad = service.handle(Request(service="planner.sobol", method="propose", payload={"n": 0}))
     assert not bad.ok and bad.error.code == "invalid_payload" and "greater than or equal to 1" in bad.error.message
-    with pytest.raises(ValueError, match="unknown planner 'tpe'; available: bo, random, sobol"):
+    with pytest.raises(ValueError, match="unknown planner 'tpe'; available: bo, causal, random, sobol"):
         PlannerService(planner="tpe", space=ALLOY, seed=0)
     with pytest.raises(ValueError, match="needs settings"):
         PlannerService(planner="bo", space=ALLOY, seed=0)

@@ -1,0 +1,243 @@
+"""Causal reasoning: identification, do(), back-door adjustment, counterfactuals, the causal planner and CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from pyro import poutine
+
+from sdl.agents.planner import PlannerService
+from sdl.cli import main
+from sdl.protocol import DesignPoint, Observation, ProposeRequest, Request
+from sdl.space import SearchSpace
+from sdl.surrogates.causal import (CausalConfig, CausalGraph, MechanismSettings, NotIdentifiable,
+                                   StructuralCausalModel, backdoor_effect, composition_change, ledger_frame,
+                                   naive_effect, scm_effect)
+
+LINEAR = MechanismSettings(kind="polynomial", degree=1, svi_steps=800, posterior_samples=100)
+SMALL_GP = {"kind": "gp", "rff_features": 128, "gp_steps": 80, "posterior_samples": 40}
+
+
+def linear_gaussian(n: int = 500, seed: int = 0) -> pd.DataFrame:
+    """z -> t -> m -> y and z -> y: the effect of t on y is 1.5 x 2.0 = 3.0; z confounds t and y."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=n)
+    t = 0.8 * z + 0.6 * rng.normal(size=n)
+    m = 1.5 * t + 0.3 * rng.normal(size=n)
+    y = 2.0 * m + 3.0 * z + 0.5 * rng.normal(size=n)
+    return pd.DataFrame({"z": z, "t": t, "m": m, "y": y})
+
+
+LINEAR_GRAPH = {"edges": [["z", "t"], ["z", "y"], ["t", "m"], ["m", "y"]]}
+
+
+# -- identification ------------------------------------------------------------------------------
+
+
+def test_back_door_sets_are_found_checked_and_refused_with_the_reason():
+    graph = CausalGraph(LINEAR_GRAPH)
+    assert graph.adjustment_set(["t"], "y") == ["z"]
+    graph.check_adjustment_set(["t"], "y", ["z"])
+    with pytest.raises(NotIdentifiable, match=r"\['m'\] lie downstream of \['t'\]"):
+        graph.check_adjustment_set(["t"], "y", ["z", "m"])
+    with pytest.raises(NotIdentifiable, match="the back-door path t <- z -> y stays open given nothing"):
+        graph.check_adjustment_set(["t"], "y", [])
+    # M-bias: conditioning on the collider c opens t <- a -> c <- b -> y; the empty set is the valid one.
+    m_bias = CausalGraph({"edges": [["a", "t"], ["a", "c"], ["b", "c"], ["b", "y"], ["t", "y"]]})
+    assert m_bias.adjustment_set(["t"], "y") == []
+    with pytest.raises(NotIdentifiable, match="t <- a -> c <- b -> y stays open"):
+        m_bias.check_adjustment_set(["t"], "y", ["c"])
+
+
+def test_a_latent_confounder_of_treatment_and_outcome_is_refused_clearly():
+    graph = CausalGraph({"edges": [["t", "y"]], "latent": {"u": ["t", "y"]}})
+    with pytest.raises(NotIdentifiable, match="no set of recorded variables blocks .* t <- u -> y"):
+        graph.adjustment_set(["t"], "y")
+    with pytest.raises(NotIdentifiable, match=r"cannot adjust for \['u'\]"):
+        graph.check_adjustment_set(["t"], "y", ["u"])
+    # The lab's graph: the latent practice confounds composition and process; the process blocks it.
+    lab = CausalGraph(yaml.safe_load(Path("configs/causal.yaml").read_text())["graph"])
+    assert set(lab.adjustment_set(["x_Al"], "hardness_hv")) >= {"age_temperature_k", "age_log10_duration_s"}
+    assert "gamma_prime_fraction" not in lab.adjustment_set(["x_Al"], "hardness_hv")
+
+
+def test_graph_config_errors_say_what_is_wrong():
+    with pytest.raises(ValueError, match="cycle"):
+        CausalGraph({"edges": [["a", "b"], ["b", "a"]]})
+    with pytest.raises(ValueError, match="not recorded variables of the graph"):
+        CausalGraph(LINEAR_GRAPH).adjustment_set(["w"], "y")
+    with pytest.raises(NotIdentifiable, match="not a descendant"):
+        CausalGraph(LINEAR_GRAPH).adjustment_set(["y"], "t")
+    config = yaml.safe_load(Path("configs/causal.yaml").read_text())
+    with pytest.raises(ValueError, match="transforms name"):
+        CausalConfig.model_validate({**config, "transforms": {"radius": "log1p"}})
+    with pytest.raises(ValueError, match="balance"):
+        CausalConfig.model_validate({**config, "balance": "Fe"})
+
+
+# -- estimation ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def linear_scm():
+    data = linear_gaussian()
+    return data, StructuralCausalModel(CausalGraph(LINEAR_GRAPH), LINEAR).fit(data)
+
+
+def test_linear_gaussian_effect_matches_the_closed_form(linear_scm):
+    data, scm = linear_scm
+    graph = scm.graph
+    backdoor = backdoor_effect(data, graph, "t", "y", [0.0, 1.0], settings=LINEAR)
+    simulated = scm_effect(scm, "t", "y", [0.0, 1.0])
+    naive = naive_effect(data, "t", "y", [0.0, 1.0], settings=LINEAR)
+    assert backdoor.adjustment == ("z",)
+    assert backdoor.difference() == pytest.approx(3.0, abs=0.15)
+    assert simulated.difference() == pytest.approx(3.0, abs=0.15)
+    # E[y | t] carries z's effect through cov(t, z): slope 3.0 + 3.0 x 0.8 / (0.64 + 0.36) = 5.4
+    assert naive.difference() == pytest.approx(5.4, abs=0.3)
+    assert backdoor.std[1] < 0.2 and simulated.std[1] < 0.3
+
+
+def test_do_replaces_one_mechanism_and_leaves_upstream_alone(linear_scm):
+    data, scm = linear_scm
+    rows = torch.arange(len(data))
+    trace = poutine.trace(poutine.do(scm.model, data={"m": torch.tensor(7.0, dtype=torch.double)})).get_trace(rows)
+    assert torch.all(trace.nodes["_RETURN"]["value"]["m"] == 7.0)  # pyro's do() on the model itself
+    values = scm._run(rows, {"m": 7.0})
+    assert torch.all(values["m"] == 7.0)
+    # upstream of m: the recorded values (t is its mechanism plus its own recorded noise)
+    assert torch.allclose(values["t"][0], torch.tensor(data["t"].to_numpy()), atol=1e-9)
+    assert torch.equal(values["z"][0], torch.tensor(data["z"].to_numpy()))
+    # y follows m's new value: 2 x 7 + 3 z + noise
+    assert float((values["y"] - 3.0 * values["z"]).mean()) == pytest.approx(14.0, abs=0.3)
+    with pytest.raises(ValueError, match="cannot intervene on"):
+        scm._run(rows, {"w": 1.0})
+
+
+def test_counterfactuals_are_consistent_and_follow_the_mechanisms(linear_scm):
+    data, scm = linear_scm
+    row = 5
+    same = scm.counterfactual(row, {})
+    assert float(same["y"].mean()) == pytest.approx(data["y"][row], abs=1e-9)
+    unchanged = scm.counterfactual(row, {"t": float(data["t"][row])})
+    assert torch.allclose(unchanged["y"], torch.tensor(data["y"][row], dtype=torch.double), atol=1e-9)
+    moved = scm.counterfactual(row, {"t": float(data["t"][row]) + 1.0})
+    assert float(moved["y"].mean() - data["y"][row]) == pytest.approx(3.0, abs=0.15)
+    assert float(moved["z"].mean()) == pytest.approx(data["z"][row])  # causes of t untouched
+
+
+def test_composition_changes_keep_the_simplex():
+    row = {"x_Al": 0.10, "x_Co": 0.05, "x_Cr": 0.05}
+    elements = ["Ni", "Al", "Co", "Cr"]
+    assert composition_change(row, {"Al": 0.12}, elements=elements, balance="Ni") == {
+        "x_Al": 0.12, "x_Co": 0.05, "x_Cr": 0.05}
+    scaled = composition_change(row, {"Ni": 0.85}, elements=elements, balance="Ni")
+    assert sum(scaled.values()) == pytest.approx(0.15) and scaled["x_Al"] == pytest.approx(0.075)
+    with pytest.raises(ValueError, match="unknown elements"):
+        composition_change(row, {"Fe": 0.1}, elements=elements, balance="Ni")
+    with pytest.raises(ValueError, match="sum above 1"):
+        composition_change(row, {"Al": 0.95}, elements=elements, balance="Ni")
+    with pytest.raises(ValueError, match="lies in"):
+        composition_change(row, {"Al": -0.1}, elements=elements, balance="Ni")
+
+
+# -- on the twin's lab history: CLI and the causal planner ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory):
+    out = tmp_path_factory.mktemp("history")
+    result = CliRunner().invoke(main, ["causal", "history", str(out / "lab"), "--n", "120", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    config = yaml.safe_load(Path("configs/causal.yaml").read_text())
+    config["mechanisms"] = SMALL_GP
+    graph_config = out / "causal.yaml"
+    graph_config.write_text(yaml.safe_dump(config))
+    return out / "lab", graph_config
+
+
+def test_history_ledger_holds_the_confounded_practice(history):
+    lab, _ = history
+    data = ledger_frame(lab)
+    assert len(data) == 120 and {"x_Al", "age_temperature_k", "gamma_prime_radius_nm", "hardness_hv"} <= set(data)
+    # The practice: Al-rich alloys were mostly stabilised hot, lean ones aged cold.
+    rich = data["x_Al"] > 0.09
+    assert data.loc[rich, "age_temperature_k"].mean() > data.loc[~rich, "age_temperature_k"].mean() + 50
+    result = CliRunner().invoke(main, ["causal", "history", str(lab)])
+    assert result.exit_code != 0 and "exists" in result.output
+
+
+def test_cli_effect_and_whatif(history):
+    lab, graph_config = history
+    runner = CliRunner()
+    result = runner.invoke(main, ["causal", "effect", str(lab), "--treatment", "Al", "--values", "0.05,0.11",
+                                  "--config", str(graph_config)])
+    assert result.exit_code == 0, result.output
+    assert "adjustment set: x_Co, x_Cr, solution_temperature_k, age_temperature_k, age_log10_duration_s" in result.output
+    assert (lab / "causal" / "effect_x_Al.png").stat().st_size > 10_000
+    refused = runner.invoke(main, ["causal", "effect", str(lab), "--treatment", "Al", "--adjust",
+                                   "gamma_prime_fraction", "--config", str(graph_config)])
+    assert refused.exit_code != 0 and "not identifiable" in refused.output and "downstream" in refused.output
+    unknown = runner.invoke(main, ["causal", "effect", str(lab), "--treatment", "Fe", "--config", str(graph_config)])
+    assert unknown.exit_code != 0 and "not a variable of the graph" in unknown.output
+
+    result = runner.invoke(main, ["causal", "whatif", str(lab), "--specimen", "h00004", "--set", "Ni=0.7",
+                                  "--config", str(graph_config)])
+    assert result.exit_code == 0, result.output
+    assert "hardness_hv" in result.output and "counterfactual" in result.output
+    assert (lab / "causal" / "whatif_h00004.png").exists()
+    bad = runner.invoke(main, ["causal", "whatif", str(lab), "--specimen", "e99999", "--set", "Ni=0.7",
+                               "--config", str(graph_config)])
+    assert bad.exit_code != 0 and "no finished specimen" in bad.output
+    bad = runner.invoke(main, ["causal", "whatif", str(lab), "--specimen", "h00004", "--set", "Ni",
+                               "--config", str(graph_config)])
+    assert bad.exit_code != 0 and "NAME=VALUE" in bad.output
+
+
+SPACE = SearchSpace.model_validate({"composition": {"elements": {"Ni": [0.55, 0.95], "Al": [0.02, 0.14],
+                                                                 "Co": [0.0, 0.15], "Cr": [0.0, 0.15]},
+                                                    "balance": "Ni"}})
+
+
+def test_causal_planner_ranks_by_interventional_effect_over_the_bus_contract(history):
+    lab, graph_config = history
+    settings = {"history": str(lab), "graph_config": str(graph_config), "candidates": 64, "rows_per_candidate": 16}
+    service = PlannerService(planner="causal", space=SPACE.model_dump(mode="json"), seed=0, settings=settings)
+    reply = service.handle(Request(service="planner.causal", method="propose", payload={"n": 3}))
+    assert reply.ok, reply.error
+    points = reply.payload["points"]
+    predicted = reply.payload["predicted"]
+    assert len(points) == 3 and len(predicted) == 3
+    for p in points:
+        SPACE.check(DesignPoint.model_validate(p))
+    # Aluminium raises hardness (gamma-prime): the best-ranked alloys are Al-rich, ranked high to low.
+    assert all(p["composition"]["Al"] > 0.08 for p in points)
+    means = [e["hardness_hv"] for e in predicted]
+    assert means == sorted(means, reverse=True) and all(e["hardness_hv_std"] > 0 for e in predicted)
+    # What was made is not proposed again.
+    planner = service.planner
+    made = [Observation(point=planner.propose(ProposeRequest(n=1))[0], status="done", measurements={})]
+    again = planner.propose(ProposeRequest(n=1, observations=made))[0]
+    assert again != made[0].point
+    with pytest.raises(ValueError, match="differ from the causal graph"):
+        PlannerService(planner="causal", seed=0, settings=settings,
+                       space={"composition": {"elements": {"Ni": [0.5, 1.0], "Al": [0.0, 0.5]}, "balance": "Ni"}})
+
+
+def test_bo_warm_start_from_the_causal_planner(history):
+    lab, graph_config = history
+    from sdl.agents.bo_planner import BoPlanner
+
+    causal = {"history": str(lab), "graph_config": str(graph_config), "candidates": 64, "rows_per_candidate": 16}
+    bo = BoPlanner(SPACE, seed=0, settings={"objectives": [{"measurement": "hardness_hv", "direction": "maximize"}],
+                                            "initial_design": "causal", "causal": causal})
+    first = bo.propose(ProposeRequest(n=2))
+    assert first == bo.warm_start.propose(ProposeRequest(n=2)) and bo.predicted
+    with pytest.raises(ValueError, match="needs the `causal` settings"):
+        BoPlanner(SPACE, seed=0, settings={"objectives": [{"measurement": "hardness_hv"}], "initial_design": "causal"})
