@@ -14,7 +14,10 @@ from pyro import poutine
 
 from sdl.agents.planner import PlannerService
 from sdl.cli import main
-from sdl.protocol import DesignPoint, Observation, ProposeRequest, Request
+from sdl.client import BusClient
+from sdl.config import PlannerConfig
+from sdl.protocol import Observation, Proposal, ProposeRequest
+from sdl.service import Worker
 from sdl.space import SearchSpace
 from sdl.surrogates.causal import (CausalConfig, CausalGraph, MechanismSettings, NotIdentifiable,
                                    StructuralCausalModel, backdoor_effect, composition_change, ledger_frame,
@@ -205,19 +208,23 @@ SPACE = SearchSpace.model_validate({"composition": {"elements": {"Ni": [0.55, 0.
                                                     "balance": "Ni"}})
 
 
-def test_causal_planner_ranks_by_interventional_effect_over_the_bus_contract(history):
+def test_causal_planner_ranks_by_interventional_effect_over_the_bus(history, broker):
     lab, graph_config = history
     settings = {"history": str(lab), "graph_config": str(graph_config), "candidates": 64, "rows_per_candidate": 16}
     service = PlannerService(planner="causal", space=SPACE.model_dump(mode="json"), seed=0, settings=settings)
-    reply = service.handle(Request(service="planner.causal", method="propose", payload={"n": 3}))
-    assert reply.ok, reply.error
-    points = reply.payload["points"]
-    predicted = reply.payload["predicted"]
-    assert len(points) == 3 and len(predicted) == 3
-    for p in points:
-        SPACE.check(DesignPoint.model_validate(p))
+    worker = Worker(service, broker.frontend_address, service_name="planner.causal").start()
+    try:
+        with BusClient(broker.frontend_address) as client:
+            proposal = Proposal.model_validate(client.request("planner.causal", "propose", ProposeRequest(n=3),
+                                                              timeout_s=60))
+    finally:
+        worker.stop()
+    assert proposal.planner == "causal" and len(proposal.points) == 3 and len(proposal.predicted) == 3
+    for p in proposal.points:
+        SPACE.check(p)
     # Aluminium raises hardness (gamma-prime): the best-ranked alloys are Al-rich, ranked high to low.
-    assert all(p["composition"]["Al"] > 0.08 for p in points)
+    assert all(p.composition["Al"] > 0.08 for p in proposal.points)
+    predicted = proposal.predicted
     means = [e["hardness_hv"] for e in predicted]
     assert means == sorted(means, reverse=True) and all(e["hardness_hv_std"] > 0 for e in predicted)
     # What was made is not proposed again.
@@ -239,5 +246,8 @@ def test_bo_warm_start_from_the_causal_planner(history):
                                             "initial_design": "causal", "causal": causal})
     first = bo.propose(ProposeRequest(n=2))
     assert first == bo.warm_start.propose(ProposeRequest(n=2)) and bo.predicted
+    with pytest.raises(ValueError, match="needs a `causal` section"):
+        PlannerConfig.model_validate({"kind": "causal"})
+    assert PlannerConfig.model_validate({"kind": "bo", "initial_design": "causal", "causal": causal}).causal.history
     with pytest.raises(ValueError, match="needs the `causal` settings"):
         BoPlanner(SPACE, seed=0, settings={"objectives": [{"measurement": "hardness_hv"}], "initial_design": "causal"})
