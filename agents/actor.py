@@ -17,7 +17,8 @@ import ray
 
 from sdl.service import Service, Worker
 
-AgentKind = Literal["planner", "process_planner", "surrogate", "mlip", "simulator", "phase_boundary", "instrument"]
+AgentKind = Literal["planner", "process_planner", "surrogate", "mlip", "generative", "simulator", "phase_boundary",
+                    "instrument"]
 
 # The four agent kinds of the design card (planner, surrogate, simulator, instrument) and the
 # services that implement them; the phase-boundary learner is a simulator over CALPHAD, the
@@ -27,6 +28,7 @@ SERVICE_CLASSES: dict[str, str] = {
     "process_planner": "sdl.agents.process_planner:ProcessPlannerService",
     "surrogate": "sdl.agents.surrogate_host:SurrogateHostService",
     "mlip": "sdl.agents.mlip_host:MlipService",  # surrogate.mlip: interatomic potentials (GPU when present)
+    "generative": "sdl.agents.generative_host:GenerativeService",  # surrogate.generative: constrained generators
     "simulator": "sdl.agents.simulator_host:SimulatorHostService",
     "phase_boundary": "sdl.agents.phase_boundary_host:PhaseBoundaryService",
     "instrument": "sdl.agents.instrument_driver:InstrumentDriverService",

@@ -562,3 +562,42 @@ class MlipPrediction(_Model):
     forces_ev_per_ang: list[list[tuple[float, float, float]]]
     max_force_std_ev_per_ang: list[float] = Field(description="largest per-atom committee force spread")
     stress_ev_per_ang3: list[list[list[float]]] | None = None
+
+
+# -- the generative surrogate (surrogate.generative) ---------------------------------------------
+
+
+class GenerateRequest(_Model):
+    """Alloys with these target conditions (e.g. hardness_hv: 280, feasible: 1)."""
+
+    target: dict[str, float] = Field(min_length=1, description="a value for every condition the model was trained on")
+    n: int = Field(default=16, ge=1, le=100_000)
+    seed: int = 0
+
+
+class GeneratedCompositions(_Model):
+    points: list[DesignPoint]
+    conditions: list[str]
+
+
+class MicrostructureRequest(_Model):
+    """Two-phase fields with a given second-phase fraction, or the one CALPHAD predicts for an alloy at a temperature."""
+
+    fraction: float | None = Field(default=None, gt=0.0, lt=1.0)
+    composition: Composition | None = None
+    temperature_k: float | None = Field(default=None, gt=0.0, description="with composition: where to ask CALPHAD")
+    n: int = Field(default=1, ge=1, le=64)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_source(self) -> MicrostructureRequest:
+        if (self.fraction is None) == (self.composition is None):
+            raise ValueError("give either fraction or composition (with temperature_k)")
+        if self.composition is not None and self.temperature_k is None:
+            raise ValueError("a composition needs temperature_k: the fraction is CALPHAD's gamma-prime there")
+        return self
+
+
+class MicrostructureFields(_Model):
+    fraction: float = Field(description="second-phase (gamma-prime) area fraction every field has exactly")
+    fields: list[list[list[float]]] = Field(description="n fields, rows x columns, density in [0, 1]")
