@@ -78,6 +78,9 @@ class BoSettings(BaseModel):
     num_restarts: int = Field(default=8, ge=1)
     raw_samples: int = Field(default=512, ge=16)
     mc_samples: int = Field(default=128, ge=16)
+    candidate_generator: Literal["sobol", "cvae"] = Field(
+        default="sobol", description="starting candidates of the acquisition search: Sobol' points of the space, or "
+                                     "half of them from a conditional VAE of the campaign's results (composition spaces)")
 
     @classmethod
     def from_config(cls, planner: PlannerConfig, objective: ObjectiveConfig) -> BoSettings:
@@ -85,7 +88,7 @@ class BoSettings(BaseModel):
                                              "penalty_weight",
                                              "update_classifier", "feasibility_exponent",
                                              "initial_points", "initial_design", "causal",
-                                             "num_restarts", "raw_samples", "mc_samples"})
+                                             "num_restarts", "raw_samples", "mc_samples", "candidate_generator"})
         return cls(objectives=[objective, *planner.extra_objectives], **fields)
 
     @model_validator(mode="after")
@@ -94,6 +97,8 @@ class BoSettings(BaseModel):
                          self.update_classifier)
         if self.initial_design == "causal" and self.causal is None:
             raise ValueError("initial_design 'causal' needs the `causal` settings (at least `history`)")
+        if self.candidate_generator == "cvae" and len(self.objectives) > 1:
+            raise ValueError("candidate_generator 'cvae' conditions on one objective; use sobol with several")
         return self
 
 
@@ -124,6 +129,8 @@ class BoPlanner(Planner):
         super().__init__(space, seed=seed)
         self.settings = BoSettings.model_validate(settings)
         self.initial = SobolPlanner(space, seed=seed)
+        if self.settings.candidate_generator == "cvae" and (space.composition is None or space.parameters):
+            raise ValueError("candidate_generator 'cvae' generates compositions: it needs a composition-only space")
         self.warm_start = None
         if self.settings.initial_design == "causal":
             from sdl.agents.causal_planner import CausalPlanner
@@ -248,13 +255,15 @@ class BoPlanner(Planner):
         pending = self.to_tensor(request.pending) if request.pending else None
         chosen: list[torch.Tensor] = []
         feasible = self._observed_feasible(x, done, log_feasibility)
+        generated = self._generated_candidates(x, y, feasible, seed=position) \
+            if self.settings.candidate_generator == "cvae" else None
         for i in range(request.n):
             x_pending = torch.cat([t for t in ([pending] if pending is not None else []) + chosen], dim=0) \
                 if (pending is not None or chosen) else None
             acquisition = self._acquisition(model, x, y, x_pending, feasible, seed=position + i)
             if log_feasibility is not None:
                 acquisition = FeasibilityWeighted(acquisition, log_feasibility, self.settings.feasibility_exponent)
-            chosen.append(self._optimize(acquisition, seed=position + i))
+            chosen.append(self._optimize(acquisition, seed=position + i, generated=generated))
         return [self.to_point(c[0]) for c in chosen]
 
     def _observed_feasible(self, x: torch.Tensor, done: list[Observation], log_feasibility) -> torch.Tensor:
@@ -324,16 +333,44 @@ class BoPlanner(Planner):
                 ref.append(float(column.min() - 0.1 * (column.max() - column.min()).clamp_min(1e-9)))
         return ref
 
-    def _optimize(self, acquisition: AcquisitionFunction, *, seed: int) -> torch.Tensor:
+    def _generated_candidates(self, x: torch.Tensor, y: torch.Tensor, feasible: torch.Tensor, *, seed: int) -> torch.Tensor:
+        """Half the raw samples from a conditional VAE of the results so far, asked for the best
+        feasible value: alloys like the best ones, each inside the bounds by the VAE's projection
+        layer. Trained from scratch each call (a planner stays a pure function of its request)."""
+        from sdl.surrogates.generative import CompositionData, train_composition_cvae
+
+        comp = self.space.composition
+        elements = list(comp.elements)
+        index = [self.columns.index(e) for e in elements]
+        data = CompositionData(elements, x[:, index].numpy(),
+                               np.column_stack([y[:, 0].numpy(), feasible.numpy().astype(float)]), ["objective", "feasible"])
+        model = train_composition_cvae(data, [comp.elements[e][0] for e in elements],
+                                       [comp.elements[e][1] for e in elements], epochs=200, batch_size=64,
+                                       seed=self.seed * 1_000_003 + seed)
+        best = float(y[feasible, 0].max()) if feasible.any() else float(y[:, 0].max())
+        n = self.settings.raw_samples // 2
+        fractions = model.sample(torch.tensor([[best, 1.0]]).expand(n, -1),
+                                 torch.Generator().manual_seed(self.seed + seed)).double()
+        out = torch.zeros(n, len(self.columns), dtype=DTYPE)
+        out[:, index] = fractions
+        return out
+
+    def _optimize(self, acquisition: AcquisitionFunction, *, seed: int, generated: torch.Tensor | None = None
+                  ) -> torch.Tensor:
         s = self.settings
-        # Starting points: Sobol' points of the space itself (on the simplex, inside the bounds);
-        # BoTorch's initialize_q_batch keeps a good, diverse subset as restarts.
+        # Starting points: Sobol' points of the space itself (on the simplex, inside the bounds),
+        # and the generator's where one is used; BoTorch's initialize_q_batch keeps a good, diverse
+        # subset as restarts.
+        sobol_n = s.raw_samples - (0 if generated is None else len(generated))
         sampler = qmc.Sobol(d=self.space.dimension, scramble=True, seed=self.seed * 7919 + seed)
         raw: list[DesignPoint] = []
-        while len(raw) < s.raw_samples:
+        while len(raw) < sobol_n:
             accepted, _ = self.space.from_unit_cube(sampler.random(s.raw_samples))
             raw.extend(accepted)
-        raw_x = self.to_tensor(raw[: s.raw_samples]).unsqueeze(1)
+        raw_x = self.to_tensor(raw[:sobol_n])
+        if generated is not None:
+            raw_x = torch.cat([raw_x, generated])
+        raw_x = raw_x.unsqueeze(1)
         with torch.no_grad():
             values = torch.cat([acquisition(chunk) for chunk in raw_x.split(128)])
         starts, _ = initialize_q_batch(raw_x, values, n=min(s.num_restarts, len(raw_x)))

@@ -258,6 +258,7 @@ class PlannerSpec(_Section):
     acquisition: Literal["nei", "ei"] = "nei"
     num_restarts: int = Field(default=8, ge=1)
     raw_samples: int = Field(default=512, ge=16)
+    candidate_generator: Literal["sobol", "cvae"] = "sobol"
 
 
 class BenchConfig(_Section):
@@ -334,6 +335,7 @@ def make_bench_planner(spec: PlannerSpec, problem: BenchProblem, seed: int):
             "initial_points": spec.initial_points,
             "num_restarts": spec.num_restarts,
             "raw_samples": spec.raw_samples,
+            "candidate_generator": spec.candidate_generator,
         }
         return make_planner("bo", problem.space, seed=seed, settings=settings)
     from sdl.agents.peer_planners import make_peer_planner

@@ -145,6 +145,9 @@ class PlannerConfig(_Section):
     num_restarts: int = Field(default=8, ge=1)
     raw_samples: int = Field(default=512, ge=16)
     mc_samples: int = Field(default=128, ge=16)
+    candidate_generator: Literal["sobol", "cvae"] = Field(
+        default="sobol", description="bo: acquisition-search starts from Sobol' points, or half from a conditional "
+                                     "VAE of the campaign's results (its projection keeps every alloy in bounds)")
     # -- causal reasoning over a past ledger (kind: causal, or initial_design: causal) --
     causal: CausalPlannerConfig | None = None
 

@@ -115,3 +115,27 @@ def test_sdl_generate(tmp_path):
     assert (tmp_path / "generated" / "generated.png").stat().st_size > 10_000
     bad = CliRunner().invoke(main, ["generate", str(tmp_path), "--target", "density=8"])
     assert bad.exit_code != 0 and "unknown conditions" in bad.output
+
+
+def test_bo_planner_takes_starting_candidates_from_the_cvae():
+    from sdl.agents.bo_planner import BoPlanner
+    from sdl.protocol import DesignPoint, Observation, ProposeRequest
+
+    rng = np.random.default_rng(0)
+    observations = []
+    for _ in range(12):
+        al, co, cr = rng.uniform(0.02, 0.14), rng.uniform(0, 0.18), rng.uniform(0, 0.18)
+        point = DesignPoint(composition={"Ni": 1 - al - co - cr, "Al": al, "Co": co, "Cr": cr})
+        observations.append(Observation(point=point, status="done", measurements={"hardness_hv": 1000 * al + 100 * co}))
+    settings = {"objectives": [{"measurement": "hardness_hv", "direction": "maximize"}],
+                "candidate_generator": "cvae", "raw_samples": 64, "num_restarts": 2}
+    planner = BoPlanner(SPACE, seed=0, settings=settings)
+    x = planner.to_tensor([o.point for o in observations])
+    y = torch.tensor([[o.measurements["hardness_hv"]] for o in observations], dtype=torch.double)
+    generated = planner._generated_candidates(x, y, torch.ones(12, dtype=torch.bool), seed=0)
+    assert generated.shape == (32, 4) and torch.allclose(generated.sum(-1), torch.ones(32, dtype=torch.double), atol=1e-6)
+    assert generated[:, 1].mean() > x[:, 1].mean()  # asked for the best: aluminium-rich like the best results
+    (point,) = planner.propose(ProposeRequest(n=1, observations=observations))
+    SPACE.check(point)
+    with pytest.raises(ValueError, match="composition-only space"):
+        BoPlanner(SearchSpace.model_validate({"parameters": {"x": {"low": 0, "high": 1}}}), settings=settings)
