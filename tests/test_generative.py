@@ -7,13 +7,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from sdl.agents.generative_host import GenerativeService
 from sdl.cli import main
 from sdl.client import BusClient, RemoteError
 from sdl.env.heat_treatment import textbook_route
 from sdl.env.twin import AlloyTwin
 from sdl.protocol import GeneratedCompositions, GenerateRequest, MicrostructureFields, MicrostructureRequest
-from sdl.service import Worker
 from sdl.space import SearchSpace
 from sdl.surrogates.generative import (MicrostructureVAE, train_composition_cvae, train_microstructure_vae,
                                        twin_composition_data, two_phase_fields)
@@ -77,30 +75,51 @@ def test_microstructure_fraction_is_exact_and_training_lowers_the_loss():
         MicrostructureVAE(size=36)
 
 
-def test_generative_agent_over_the_bus(broker):
-    service = GenerativeService(space=SPACE.model_dump(mode="json"),
-                                settings={"twin_samples": 256, "epochs": 30, "field_size": 32, "field_samples": 32,
-                                          "field_epochs": 1})
-    worker = Worker(service, broker.frontend_address, service_name="surrogate.generative").start()
-    try:
-        with BusClient(broker.frontend_address) as client:
-            reply = GeneratedCompositions.model_validate(client.request(
-                "surrogate.generative", "generate", GenerateRequest(target={"hardness_hv": 250, "feasible": 1}, n=20),
-                timeout_s=60))
-            assert len(reply.points) == 20
-            for p in reply.points:
-                SPACE.check(p)
-            with pytest.raises(RemoteError, match="missing"):
-                client.request("surrogate.generative", "generate", GenerateRequest(target={"hardness_hv": 250}),
-                               timeout_s=30)
-            fields = MicrostructureFields.model_validate(client.request(
-                "surrogate.generative", "microstructure",
-                MicrostructureRequest(composition={"Ni": 0.76, "Al": 0.12, "Co": 0.06, "Cr": 0.06}, temperature_k=1050,
-                                      n=2), timeout_s=120))
-            assert 0.05 < fields.fraction < 0.9  # gamma-prime at 1050 K, from the twin's CALPHAD
-            assert np.abs(np.asarray(fields.fields).mean((1, 2)) - fields.fraction).max() <= 1e-6
-    finally:
-        worker.stop()
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_generative_agent_as_a_ray_actor_over_the_bus(ray_session):
+    import time
+
+    import ray
+
+    from sdl.agents.generative_host import spawn_generative_agent
+    from sdl.bus import Broker
+
+    settings = {"twin_samples": 256, "epochs": 30, "field_size": 32, "field_samples": 32, "field_epochs": 1}
+    with Broker() as broker:
+        actor = spawn_generative_agent({"space": SPACE.model_dump(mode="json"), "settings": settings},
+                                       broker_address=broker.frontend_address, num_cpus=0)
+        try:
+            ray.get(actor.info.remote(), timeout=180)  # constructed (or its error raised here)
+            deadline = time.monotonic() + 30
+            while "surrogate.generative" not in broker.services() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            with BusClient(broker.frontend_address) as client:
+                reply = GeneratedCompositions.model_validate(client.request(
+                    "surrogate.generative", "generate", GenerateRequest(target={"hardness_hv": 250, "feasible": 1}, n=20),
+                    timeout_s=60))
+                assert len(reply.points) == 20
+                for p in reply.points:
+                    SPACE.check(p)
+                with pytest.raises(RemoteError, match="missing"):
+                    client.request("surrogate.generative", "generate", GenerateRequest(target={"hardness_hv": 250}),
+                                   timeout_s=30)
+                fields = MicrostructureFields.model_validate(client.request(
+                    "surrogate.generative", "microstructure",
+                    MicrostructureRequest(composition={"Ni": 0.76, "Al": 0.12, "Co": 0.06, "Cr": 0.06},
+                                          temperature_k=1050, n=2), timeout_s=120))
+                assert 0.05 < fields.fraction < 0.9  # gamma-prime at 1050 K, from the twin's CALPHAD
+                assert np.abs(np.asarray(fields.fields).mean((1, 2)) - fields.fraction).max() <= 1e-6
+        finally:
+            ray.get(actor.shutdown.remote())
+            ray.kill(actor)
     with pytest.raises(ValueError, match="either fraction or composition"):
         MicrostructureRequest(n=1)
 
