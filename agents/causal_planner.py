@@ -38,6 +38,9 @@ class CausalPlanner(Planner):
         unknown = sorted(set(self.settings.fixed) - set(self.graph.observed))
         if unknown:
             raise ValueError(f"cannot hold {unknown} fixed: not variables of the graph {self.graph.observed}")
+        # Fewer posterior draws than an effect estimate uses: a proposal scores hundreds of alloys.
+        config = config.model_copy(update={"mechanisms": config.mechanisms.model_copy(
+            update={"posterior_samples": self.settings.posterior_samples})})
         self.scm = config.causal_model().fit(ledger_frame(self.settings.history))
         self.free = [e for e in space.composition.elements if e != space.composition.balance_element]
         self.predicted: list[dict[str, float]] = []

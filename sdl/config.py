@@ -105,8 +105,9 @@ class CausalPlannerConfig(_Section):
     history: str = Field(description="a campaign run directory whose ledger the causal model learns from")
     graph_config: str = Field(default="configs/causal.yaml", description="the causal graph and mechanism settings")
     exploration: float = Field(default=0.0, ge=0.0, le=10.0, description="rank by mean + exploration x sd")
-    candidates: int = Field(default=512, ge=8, le=65_536, description="Sobol' candidates scored per proposal")
-    rows_per_candidate: int = Field(default=64, ge=4, description="history rows the do() averages over per candidate")
+    candidates: int = Field(default=256, ge=8, le=65_536, description="Sobol' candidates scored per proposal")
+    rows_per_candidate: int = Field(default=32, ge=4, description="history rows the do() averages over per candidate")
+    posterior_samples: int = Field(default=64, ge=10, le=10_000, description="posterior draws each score averages over")
     fixed: dict[str, float] = Field(
         default_factory=dict, description="variables also held by do(), e.g. the campaign's ageing temperature")
     min_distance: float = Field(default=0.01, ge=0.0, description="skip candidates this close (max |dx|) to made ones")

@@ -297,12 +297,16 @@ class BayesianRegression:
     def mean(self, x: torch.Tensor) -> torch.Tensor:
         """E[y | x] per posterior draw, in y's units: x (n, p) shared by all draws, or (S, n, p) one per
         draw (as inside the SCM, where parents are themselves drawn) -> (S, n)."""
-        phi = self._features((torch.as_tensor(x, dtype=DTYPE) - self.x_mean) / self.x_std)
+        x = torch.as_tensor(x, dtype=DTYPE)
         w, b = self.samples["w"], self.samples["b"]  # (S, k), (S, 1)
-        if phi.dim() == 2:
-            linear = (phi @ w.T).T
-        elif phi.dim() == 3 and phi.shape[0] == w.shape[0]:
-            linear = torch.einsum("snk,sk->sn", phi, w)
+        if x.dim() == 2:
+            linear = (self._features((x - self.x_mean) / self.x_std) @ w.T).T
+        elif x.dim() == 3 and x.shape[0] == w.shape[0]:
+            # Features per draw are S x n x k numbers: evaluated a slice of rows at a time (~16 M
+            # numbers each) so that thousands of rows x hundreds of draws stay within memory.
+            step = max(1, (1 << 24) // (w.shape[0] * w.shape[1]))
+            linear = torch.cat([torch.einsum("snk,sk->sn", self._features((part - self.x_mean) / self.x_std), w)
+                                for part in x.split(step, dim=1)], dim=1)
         else:
             raise ValueError(f"inputs of shape {tuple(x.shape)}: expected (n, p) or ({w.shape[0]}, n, p)")
         return self.y_mean + self.y_std * (b + linear)
@@ -455,7 +459,11 @@ class StructuralCausalModel:
                 value = self.data[v][rows].expand(S, len(rows))
             else:
                 mechanism = self.mechanisms[v]
-                mean = mechanism.mean(torch.stack([values[p] for p in parents], dim=-1))
+                inputs = [values[p] for p in parents]
+                if all(t.stride(0) == 0 for t in inputs):  # the same for every draw (recorded or set): once
+                    mean = mechanism.mean(torch.stack([t[0] for t in inputs], dim=-1))
+                else:
+                    mean = mechanism.mean(torch.stack(inputs, dim=-1))
                 if self.settings.noise == "empirical":
                     u = pyro.sample(f"u_{v}", dist.Delta(self.residuals[v][:, rows].expand_as(mean)))
                 else:
