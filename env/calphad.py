@@ -22,6 +22,7 @@ import itertools
 import json
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,9 +130,15 @@ class PhaseEquilibria:
         self._cache.commit()
         self.computed_points = 0  # equilibria computed by pycalphad (not served from the cache)
         self._workspace = None  # pycalphad.Workspace, built on first use
+        # One caller at a time: an instrument with capacity > 1 calls from several threads, and both
+        # the SQLite connection (one transaction at a time) and the Workspace (its conditions are
+        # set, then solved) are shared state. Measured: "cannot commit - no transaction is active"
+        # from a furnace of capacity 2 without it.
+        self._lock = threading.RLock()
 
     def close(self) -> None:
-        self._cache.close()
+        with self._lock:
+            self._cache.close()
 
     # -- classification --------------------------------------------------------------------------
 
@@ -225,12 +232,13 @@ class PhaseEquilibria:
         if min(rounded.values()) < 0 or sum(rounded.values()) > 1.0:
             raise CalphadError(f"mole fractions must be >= 0 and sum to at most 1, got {rounded}")
         keys = {float(t): self._key(rounded, t) for t in temperatures_k}
-        values = self._cached(list(keys.values()))
-        missing = [t for t, k in keys.items() if k not in values]
-        if missing:
-            computed = self._compute({e: np.array([x]) for e, x in rounded.items()}, missing)
-            self._store(computed)
-            values.update(computed)
+        with self._lock:
+            values = self._cached(list(keys.values()))
+            missing = [t for t, k in keys.items() if k not in values]
+            if missing:
+                computed = self._compute({e: np.array([x]) for e, x in rounded.items()}, missing)
+                self._store(computed)
+                values.update(computed)
         return {t: values[k] for t, k in keys.items()}
 
     def grid(self, axes: dict[str, Sequence[float]], temperatures_k: Sequence[float], *,
@@ -252,15 +260,16 @@ class PhaseEquilibria:
         indices = list(itertools.product(*(range(len(a)) for a in arrays.values())))
         keys = {(ti, index): self._key({e: float(arrays[e][i]) for e, i in zip(free_elements, index)}, temperature)
                 for ti, temperature in enumerate(temperatures) for index in indices}
-        values = self._cached(list(keys.values()))
-        missing = sorted({ti for (ti, _), key in keys.items() if key not in values})
-        for start in range(0, len(missing), TEMPERATURES_PER_CALL):
-            chunk = [float(temperatures[ti]) for ti in missing[start:start + TEMPERATURES_PER_CALL]]
-            computed = self._compute(arrays, chunk)
-            self._store(computed)
-            values.update(computed)
-            if progress is not None:
-                progress(min(start + TEMPERATURES_PER_CALL, len(missing)), len(missing))
+        with self._lock:
+            values = self._cached(list(keys.values()))
+            missing = sorted({ti for (ti, _), key in keys.items() if key not in values})
+            for start in range(0, len(missing), TEMPERATURES_PER_CALL):
+                chunk = [float(temperatures[ti]) for ti in missing[start:start + TEMPERATURES_PER_CALL]]
+                computed = self._compute(arrays, chunk)
+                self._store(computed)
+                values.update(computed)
+                if progress is not None:
+                    progress(min(start + TEMPERATURES_PER_CALL, len(missing)), len(missing))
         tables = {c: np.full(shape, np.nan) for c in CONSTITUENTS}
         for (ti, index), key in keys.items():
             if sum(arrays[e][i] for e, i in zip(free_elements, index)) <= 1.0 + 1e-12:

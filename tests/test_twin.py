@@ -171,3 +171,31 @@ def test_twin_refuses_what_it_does_not_model(twin):
         twin.properties([{"Ni": 0.9, "Ti": 0.1}], route(1))
     with pytest.raises(ValueError, match="outside the twin's tabulated 1050.0-1500.0 K"):
         twin.properties([{"Al": 0.1, "Co": 0.1, "Cr": 0.1, "Ni": 0.7}], route(1, age_k=900.0))
+
+
+def test_phase_equilibria_serve_several_threads(tmp_path):
+    """An instrument of capacity > 1 asks from several threads at once; the shared SQLite cache and
+    pycalphad Workspace must not interleave (it failed with "cannot commit - no transaction is active")."""
+    import threading
+
+    equilibria = PhaseEquilibria(cache_path=tmp_path / "cache.sqlite")
+    errors, results = [], {}
+
+    def work(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        for i in range(5):
+            free = {"Al": float(rng.uniform(0.02, 0.12)), "Co": float(rng.uniform(0, 0.1)), "Cr": float(rng.uniform(0, 0.1))}
+            try:
+                results[(seed, i)] = (free, equilibria.point(free, [1050.0, 1300.0]))
+            except Exception as e:  # noqa: BLE001 - any error is the failure this test looks for
+                errors.append(repr(e))
+
+    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 20
+    free, answer = results[(0, 0)]
+    assert equilibria.point(free, [1050.0, 1300.0]) == answer  # what the cache kept is what was returned
+    equilibria.close()
