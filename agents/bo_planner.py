@@ -49,6 +49,7 @@ from sdl.config import CausalPlannerConfig, ConstraintConfig, ObjectiveConfig, P
 from sdl.protocol import Composition, DesignPoint, FeasibilityModel, Observation, ProposeRequest
 from sdl.space import SearchSpace
 from sdl.surrogates.phase_classifier import log_probit_probability, polynomial_features
+from sdl.surrogates.projection import project_capped_simplex
 
 DTYPE = torch.double
 
@@ -170,9 +171,12 @@ class BoPlanner(Planner):
         composition = None
         if self.space.composition is not None:
             comp = self.space.composition
-            fractions = dict(zip(comp.elements, x[n:]))
+            # SLSQP meets the equality only to ~1e-8, so a point on a bound can leave the balance
+            # element just outside its own; the exact projection onto the bounded simplex puts it back.
+            projected = project_capped_simplex(torch.tensor([x[n:]], dtype=DTYPE), self.bounds[0, n:],
+                                               self.bounds[1, n:], 1.0)[0].tolist()
+            fractions = dict(zip(comp.elements, projected))
             free = comp.free_elements
-            # SLSQP meets the equality to ~1e-9; the balance element absorbs the remainder exactly.
             fractions[comp.balance_element] = min(max(1.0 - math.fsum(fractions[e] for e in free), 0.0), 1.0)
             composition = Composition({e: fractions[e] for e in comp.elements})
         return DesignPoint(parameters=dict(zip(self.space.parameters, x[:n])), composition=composition)

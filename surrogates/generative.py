@@ -158,16 +158,23 @@ def train_composition_cvae(data: CompositionData, low: Sequence[float], high: Se
     c = torch.as_tensor(data.conditions, dtype=torch.float32, device=device)
     model.condition_mean.copy_(c.mean(0))
     model.condition_std.copy_(c.std(0).clamp_min(1e-6))
+    return _fit_elbo(model, x, c, lambda recon, target: (((recon - target) / model.scale) ** 2).sum(-1).mean(),
+                     epochs=epochs, batch_size=batch_size, beta=beta, learning_rate=learning_rate, seed=seed,
+                     progress=progress)
+
+
+def _fit_elbo(model: nn.Module, x: torch.Tensor, conditions: torch.Tensor, reconstruction, *, epochs: int,
+              batch_size: int, beta: float, learning_rate: float, seed: int, progress) -> nn.Module:
+    """The loop both VAEs share: Adam on minibatches of reconstruction(output, x) + beta x KL(q(z) || N(0, I))."""
     optimiser = torch.optim.Adam(model.parameters(), lr=learning_rate)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     for epoch in range(epochs):
-        order = torch.randperm(len(x), generator=generator).to(device)
+        order = torch.randperm(len(x), generator=generator).to(x.device)
         total = 0.0
         for batch in order.split(batch_size):
-            recon, mu, log_var = model(x[batch], c[batch])
-            reconstruction = (((recon - x[batch]) / model.scale) ** 2).sum(-1).mean()
-            kl = (-0.5 * (1 + log_var - mu**2 - log_var.exp()).sum(-1)).mean()
-            loss = reconstruction + beta * kl
+            out, mu, log_var = model(x[batch], conditions[batch])
+            kl = (-0.5 * (1 + log_var - mu**2 - log_var.exp())).flatten(1).sum(-1).mean()
+            loss = reconstruction(out, x[batch]) + beta * kl
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -269,24 +276,11 @@ def train_microstructure_vae(fields: np.ndarray, fractions: np.ndarray, *, epoch
     model = MicrostructureVAE(fields.shape[-1], latent_channels, channels).to(device)
     x = torch.as_tensor(fields, dtype=torch.float32, device=device)
     f = torch.as_tensor(fractions, dtype=torch.float32, device=device)
-    optimiser = torch.optim.Adam(model.parameters(), lr=learning_rate)
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    for epoch in range(epochs):
-        order = torch.randperm(len(x), generator=generator).to(device)
-        total = 0.0
-        for batch in order.split(batch_size):
-            rho, mu, log_var = model(x[batch], f[batch])
-            reconstruction = nn.functional.binary_cross_entropy(rho.clamp(1e-6, 1 - 1e-6), x[batch],
-                                                                reduction="none").sum((1, 2)).mean()
-            kl = (-0.5 * (1 + log_var - mu**2 - log_var.exp()).sum((1, 2, 3))).mean()
-            loss = reconstruction + beta * kl
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            total += float(loss.detach()) * len(batch)
-        if progress is not None:
-            progress(epoch + 1, total / len(x))
-    return model.eval()
+    def cross_entropy(rho: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return nn.functional.binary_cross_entropy(rho.clamp(1e-6, 1 - 1e-6), target, reduction="none").sum((1, 2)).mean()
+
+    return _fit_elbo(model, x, f, cross_entropy, epochs=epochs, batch_size=batch_size, beta=beta,
+                     learning_rate=learning_rate, seed=seed, progress=progress)
 
 
 # -- plots ---------------------------------------------------------------------------------------

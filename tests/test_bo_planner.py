@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from sdl.agents.bo_planner import BoPlanner, feasibility_probability
 from sdl.protocol import DesignPoint, FeasibilityModel, Observation, ProposeRequest
@@ -201,3 +202,15 @@ def test_the_initial_design_skips_alloys_the_classifier_rules_out():
     rest = planner.propose(ProposeRequest(n=2, pending=first, feasibility=model))
     assert all(p.parameters["a"] <= 0.55 for p in first + rest)
     assert len({(p.parameters["a"], p.parameters["b"]) for p in first + rest}) == 6  # the sequence moves on
+
+
+def test_a_candidate_just_past_a_bound_comes_back_inside_the_space():
+    """SLSQP meets the simplex equality to ~1e-8: free elements on their upper bounds left the
+    balance element 7.6e-9 under its lower bound in a campaign (refused as outside the space)."""
+    space = SearchSpace.model_validate({"composition": {"elements": {"Ni": [0.6, 0.9], "Al": [0.02, 0.135],
+                                                                     "Co": [0.06, 0.14], "Cr": [0.06, 0.14]},
+                                                        "balance": "Ni"}})
+    planner = BoPlanner(space, settings={"objectives": [{"measurement": "hardness_hv"}]})
+    point = planner.to_point(torch.tensor([0.5999999924007068, 0.135, 0.14, 0.1250000076], dtype=torch.double))
+    space.check(point)
+    assert sum(point.composition.root.values()) == pytest.approx(1.0, abs=1e-12)
