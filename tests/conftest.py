@@ -59,3 +59,16 @@ def broker():
 @pytest.fixture
 def campaign_dir(tmp_path: Path) -> Path:
     return tmp_path / "campaign"
+
+
+def wait_until_serving(actor, broker: Broker, service: str, *, construct_s: float = 180, join_s: float = 30) -> None:
+    """An agent actor is constructed (or its start-up error is raised here) and its service has joined the broker."""
+    import time
+
+    import ray
+
+    ray.get(actor.info.remote(), timeout=construct_s)
+    deadline = time.monotonic() + join_s
+    while service not in broker.services() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert service in broker.services(), f"{service} did not join the broker within {join_s} s"

@@ -15,6 +15,7 @@ from sdl.protocol import GeneratedCompositions, GenerateRequest, MicrostructureF
 from sdl.space import SearchSpace
 from sdl.surrogates.generative import (MicrostructureVAE, train_composition_cvae, train_microstructure_vae,
                                        twin_composition_data, two_phase_fields)
+from conftest import wait_until_serving
 
 SPACE = SearchSpace.model_validate({"composition": {"elements": {"Ni": [0.45, 0.98], "Al": [0.02, 0.145],
                                                                  "Co": [0.0, 0.185], "Cr": [0.0, 0.185]},
@@ -85,8 +86,6 @@ def ray_session():
 
 
 def test_generative_agent_as_a_ray_actor_over_the_bus(ray_session):
-    import time
-
     import ray
 
     from sdl.agents.generative_host import spawn_generative_agent
@@ -97,10 +96,7 @@ def test_generative_agent_as_a_ray_actor_over_the_bus(ray_session):
         actor = spawn_generative_agent({"space": SPACE.model_dump(mode="json"), "settings": settings},
                                        broker_address=broker.frontend_address, num_cpus=0)
         try:
-            ray.get(actor.info.remote(), timeout=180)  # constructed (or its error raised here)
-            deadline = time.monotonic() + 30
-            while "surrogate.generative" not in broker.services() and time.monotonic() < deadline:
-                time.sleep(0.1)
+            wait_until_serving(actor, broker, "surrogate.generative", construct_s=180)
             with BusClient(broker.frontend_address) as client:
                 reply = GeneratedCompositions.model_validate(client.request(
                     "surrogate.generative", "generate", GenerateRequest(target={"hardness_hv": 250, "feasible": 1}, n=20),

@@ -1,8 +1,6 @@
 """The MLIP: invariances, forces and stress consistent with the energy, the ASE calculator
 contract, committee uncertainty, and the DFT instrument (ASE EMT) that labels structures."""
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -29,6 +27,7 @@ from sdl.surrogates.mlip import (
     save_committee,
     train_committee,
 )
+from conftest import wait_until_serving
 
 ELEMENTS = ["Ni", "Cu", "Al"]
 CONFIG = MlipConfig(elements=ELEMENTS, radial_cutoff_ang=4.5, angular_cutoff_ang=3.8, hidden_layers=[16])
@@ -250,10 +249,7 @@ def test_mlip_agent_trains_and_predicts_over_the_bus(ray_session, oracle):
                                   "training": {"epochs": 5, "batch_structures": 3}, "device": "cpu"},
                                  broker_address=broker.frontend_address, num_cpus=0)
         try:
-            ray.get(actor.info.remote(), timeout=120)  # constructed (or its error raised here)
-            deadline = time.monotonic() + 30
-            while "surrogate.mlip" not in broker.services() and time.monotonic() < deadline:
-                time.sleep(0.1)
+            wait_until_serving(actor, broker, "surrogate.mlip", construct_s=120)
             with BusClient(broker.frontend_address) as client:
                 request = MlipPredictRequest(structures=[AtomicStructure.from_atoms(labelled[0])])
                 with pytest.raises(RemoteError, match="not been trained"):
