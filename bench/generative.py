@@ -50,7 +50,6 @@ def main() -> None:
     args = parser.parse_args()
 
     from scipy.optimize import minimize
-    from scipy.stats import qmc
 
     from sdl.config import load_config
     from sdl.env.twin import AlloyTwin
@@ -94,13 +93,8 @@ def main() -> None:
     slsqp_rate = len(rows) / (time.perf_counter() - started)
 
     # 3. conditional hit rate against the prior, by the twin's truth
-    sampler = qmc.Sobol(d=space.dimension, scramble=True, seed=123)
-    prior = []
-    while len(prior) < 1000:
-        accepted, _ = space.from_unit_cube(sampler.random(1024))
-        prior.extend(p.composition.root for p in accepted)
-    prior = prior[:1000]
-    prior_hv, prior_ok = twin_labels(twin, prior)
+    prior = twin_composition_data(twin, space, 1000, seed=123)  # Sobol' alloys of the space, labelled by the twin
+    prior_hv, prior_ok = prior.conditions[:, 0], prior.conditions[:, 1]
     hits = {}
     for target in args.targets:
         c = torch.tensor([[target, 1.0]], dtype=torch.float32, device=args.device).expand(1000, -1)

@@ -211,17 +211,18 @@ def causal_history(out: Path, count: int, seed: int) -> None:
 
 def _causal_inputs(campaign_dir: Path, config: Path):
     from sdl.config import ConfigError
-    from sdl.surrogates.causal import ledger_frame, load_causal_config
+    from sdl.surrogates.causal import CausalGraph, ledger_frame, load_causal_config
 
     try:
         cfg = load_causal_config(config)
         data = ledger_frame(campaign_dir)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         raise click.ClickException(str(e)) from None
-    missing = [v for v in cfg.causal_model().graph.observed if v not in data.columns]
+    variables = CausalGraph(cfg.graph).observed
+    missing = [v for v in variables if v not in data.columns]
     if missing:
         raise click.ClickException(f"{campaign_dir}: the ledger lacks the graph's variables {missing}")
-    dropped = data[cfg.causal_model().graph.observed].isna().any(axis=1)
+    dropped = data[variables].isna().any(axis=1)
     if dropped.any():
         click.echo(f"leaving out {int(dropped.sum())} specimens with a missing variable (e.g. no ageing step)")
     return cfg, data[~dropped]

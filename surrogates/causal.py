@@ -9,12 +9,13 @@ were heat-treated, so E[Y | C = c] (what a regression on the ledger answers) is 
   (Pearl's criterion: no descendant of the treatment, and every back-door path blocked), checked when
   the user names one, and refused with the open path or the offending node when none exists.
 - **Back-door adjustment** (:func:`backdoor_effect`): E[Y | do(T = t)] = mean over the recorded rows
-  of E[Y | T = t, Z = z_i], with E[Y | T, Z] a Bayesian polynomial regression (pyro), so the estimate
-  carries posterior uncertainty. :func:`naive_effect` is the regression on T alone, for comparison.
+  of E[Y | T = t, Z = z_i], with E[Y | T, Z] a Bayesian regression (:class:`BayesianRegression`: a
+  Gaussian process by default), so the estimate carries posterior uncertainty. :func:`naive_effect`
+  is the regression on T alone, for comparison.
 - **Simulation from the fitted SCM** (:class:`StructuralCausalModel`): every observed variable with
-  recorded parents is ``f(parents) + u`` (additive noise, ``f`` a Bayesian polynomial regression
-  fitted by SVI); variables without recorded parents (composition and process, confounded by the
-  latent practice) are drawn jointly from the recorded rows. Interventions are ``pyro.poutine.do``
+  recorded parents is ``f(parents) + u`` (additive noise, ``f`` the same kind of Bayesian
+  regression; ``u`` each recorded row's own residual); variables without recorded parents
+  (composition and process, confounded by the latent practice) are drawn jointly from the recorded rows. Interventions are ``pyro.poutine.do``
   on the model; counterfactuals are abduction (the exogenous ``u`` of a recorded specimen, exact for
   additive noise), action (``do``) and prediction (the model conditioned on those ``u`` with
   ``pyro.poutine.condition``).
@@ -365,10 +366,6 @@ class CausalConfig(_Section):
         """The (unfitted) SCM this config describes."""
         return StructuralCausalModel(CausalGraph(self.graph), self.mechanisms, self.transforms)
 
-    @property
-    def composition_variables(self) -> list[str]:
-        observed = CausalGraph(self.graph).observed
-        return [f"x_{e}" for e in self.elements if e != self.balance and f"x_{e}" in observed]
 
 
 def load_causal_config(path: str | Path) -> CausalConfig:
@@ -385,7 +382,7 @@ def load_causal_config(path: str | Path) -> CausalConfig:
 
 
 class StructuralCausalModel:
-    """Fit with :meth:`fit`; then :meth:`interventional_mean`, :meth:`counterfactual`, or the pyro
+    """Fit with :meth:`fit`; then :meth:`interventional_means`, :meth:`counterfactual`, or the pyro
     model itself (:meth:`model`) under ``poutine.do`` / ``poutine.condition``."""
 
     def __init__(self, graph: CausalGraph, settings: MechanismSettings | None = None,
@@ -403,11 +400,6 @@ class StructuralCausalModel:
 
     def _inverse(self, v: str, x: torch.Tensor) -> torch.Tensor:
         return TRANSFORMS[self.transforms[v]][1](x) if v in self.transforms else x
-
-    @property
-    def roots(self) -> list[str]:
-        """Recorded variables with no recorded parent: drawn jointly from the data (their confounding kept)."""
-        return [v for v in self.graph.observed if not self.graph.parents(v)]
 
     def fit(self, data: pd.DataFrame) -> StructuralCausalModel:
         missing = [v for v in self.graph.observed if v not in data.columns]
@@ -491,18 +483,13 @@ class StructuralCausalModel:
             values = program(rows)
         return {v: self._inverse(v, x) for v, x in values.items()}
 
-    def interventional_mean(self, interventions: dict[str, float], outcome: str, *, seed: int = 0) -> torch.Tensor:
-        """E[outcome | do(interventions)] per posterior draw (S,): the unintervened roots keep their
-        recorded joint distribution (every recorded row once), noise is drawn."""
-        values = self._run(torch.arange(self.rows), interventions, seed=seed)
-        return values[outcome].mean(dim=1)
-
     def interventional_means(self, interventions: dict[str, np.ndarray], outcome: str, *,
                              rows_per_candidate: int = 64, seed: int = 0, chunk: int = 4096) -> np.ndarray:
         """E[outcome | do(interventions[k][c] for every k)] per posterior draw and candidate c: (S, C).
 
         Many candidates at once: each is paired with the same seeded subset of recorded rows (the
-        distribution of everything not intervened on), and the model runs on the stacked pairs."""
+        distribution of everything not intervened on; all of them when ``rows_per_candidate`` >= the
+        recorded rows), and the model runs on the stacked pairs."""
         lengths = {len(np.atleast_1d(v)) for v in interventions.values()}
         if len(lengths) != 1:
             raise ValueError(f"every intervened variable needs one value per candidate; got lengths {sorted(lengths)}")
@@ -522,13 +509,9 @@ class StructuralCausalModel:
         return torch.cat(out, dim=1).numpy()
 
     def abduct(self, row: int) -> dict[str, torch.Tensor]:
-        """Exogenous noise of recorded row ``row`` per posterior draw (additive noise: exact)."""
-        observed = {v: self.data[v][[row]] for v in self.graph.observed}
-        noise = {}
-        for v, mechanism in self.mechanisms.items():
-            parents = torch.stack([observed[p].expand(self.settings.posterior_samples, 1) for p in self.graph.parents(v)], -1)
-            noise[f"u_{v}"] = observed[v] - mechanism.mean(parents)
-        return noise
+        """Exogenous noise of recorded row ``row`` per posterior draw (additive noise: exact), as
+        :meth:`fit` computed it for every row."""
+        return {f"u_{v}": residual[:, [row]] for v, residual in self.residuals.items()}
 
     def counterfactual(self, row: int, changes: dict[str, float]) -> dict[str, torch.Tensor]:
         """Abduction, action, prediction: every variable (S,) had ``changes`` been made to row ``row``."""
@@ -584,10 +567,9 @@ def naive_effect(data: pd.DataFrame, treatment: str, outcome: str, values: Seque
 
 
 def scm_effect(scm: StructuralCausalModel, treatment: str, outcome: str, values: Sequence[float]) -> EffectCurve:
-    """E[Y | do(T = t)] by simulating the fitted SCM under ``poutine.do``."""
-    draws = torch.stack([scm.interventional_mean({treatment: float(t)}, outcome, seed=i) for i, t in enumerate(values)], 1)
-    return EffectCurve(treatment, np.asarray(values, float), draws.mean(0).numpy(), draws.std(0).numpy(),
-                       "SCM simulation (do)")
+    """E[Y | do(T = t)] by simulating the fitted SCM under ``poutine.do``, over every recorded row."""
+    draws = scm.interventional_means({treatment: np.asarray(values, float)}, outcome, rows_per_candidate=scm.rows)
+    return EffectCurve(treatment, np.asarray(values, float), draws.mean(0), draws.std(0), "SCM simulation (do)")
 
 
 # -- compositions as variables -------------------------------------------------------------------

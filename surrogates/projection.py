@@ -32,7 +32,7 @@ SORT_UP_TO = 64  # components; above this "auto" bisects (a field of 64 x 64 pix
 def _as_rows(value, like: torch.Tensor, name: str) -> torch.Tensor:
     t = torch.as_tensor(value, dtype=like.dtype, device=like.device)
     try:
-        return torch.broadcast_to(t, like.shape) if t.dim() else t.expand(like.shape)
+        return torch.broadcast_to(t, like.shape)
     except RuntimeError:
         raise ValueError(f"{name} of shape {tuple(t.shape)} does not broadcast to the input's {tuple(like.shape)}") from None
 

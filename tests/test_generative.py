@@ -13,7 +13,7 @@ from sdl.env.heat_treatment import textbook_route
 from sdl.env.twin import AlloyTwin
 from sdl.protocol import GeneratedCompositions, GenerateRequest, MicrostructureFields, MicrostructureRequest
 from sdl.space import SearchSpace
-from sdl.surrogates.generative import (MicrostructureVAE, train_composition_cvae, train_microstructure_vae,
+from sdl.surrogates.generative import (MicrostructureVAE, load_composition_cvae, train_composition_cvae, train_microstructure_vae,
                                        twin_composition_data, two_phase_fields)
 from conftest import wait_until_serving
 
@@ -128,6 +128,10 @@ def test_sdl_generate(tmp_path):
     lines = (tmp_path / "generated" / "compositions.csv").read_text().splitlines()
     assert lines[0] == "Ni,Al,Co,Cr,twin_hardness_hv" and len(lines) == 51
     assert (tmp_path / "generated" / "generated.png").stat().st_size > 10_000
+    model, elements = load_composition_cvae(tmp_path / "generated" / "cvae.pt")  # the saved model comes back whole
+    first = [float(v) for v in lines[1].split(",")[:4]]
+    again = model.sample(torch.tensor([[260.0, 1.0]]).expand(50, -1), torch.Generator().manual_seed(0))[0]
+    assert elements == ["Ni", "Al", "Co", "Cr"] and np.allclose(again.numpy(), first, atol=1e-6)
     bad = CliRunner().invoke(main, ["generate", str(tmp_path), "--target", "density=8"])
     assert bad.exit_code != 0 and "unknown conditions" in bad.output
 
