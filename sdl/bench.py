@@ -264,6 +264,7 @@ class PlannerSpec(_Section):
 class BenchConfig(_Section):
     name: str = Field(default="bench", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     seeds: int = Field(default=10, ge=1, le=1000)
+    first_seed: int = Field(default=0, ge=0, description="seeds run are first_seed .. first_seed + seeds - 1")
     problems: list[ProblemSpec] = Field(min_length=1)
     planners: list[PlannerSpec] = Field(min_length=1)
     num_cpus: int | None = Field(default=2, ge=1, description="CPUs for a local Ray (tasks run one per CPU)")
@@ -471,7 +472,7 @@ def _run_tasks(config: BenchConfig, problems: dict[str, BenchProblem], out: Path
             ray.init(num_cpus=config.num_cpus, include_dashboard=False, log_to_driver=False)
     try:
         task = ray.remote(num_cpus=1, max_retries=1)(run_one)
-        refs = [task.remote(p, q, seed) for p in config.problems for q in config.planners for seed in range(config.seeds)]
+        refs = [task.remote(p, q, seed) for p in config.problems for q in config.planners for seed in range(config.first_seed, config.first_seed + config.seeds)]
         results: list[RunResult] = []
         with tqdm(total=len(refs), desc=f"bench {config.name}", unit="run", disable=not progress) as bar:
             pending = list(refs)
@@ -530,6 +531,49 @@ def summarise(config: BenchConfig, problems: dict[str, BenchProblem], results: l
                 })
             summary[spec.name][planner.name] = row
     return summary
+
+
+def merge_results(result_files: list[Path], out: Path) -> dict[str, Any]:
+    """Several ``results.json`` of one bench (e.g. seeds 0-9 today, 10-19 tomorrow, or planners run
+    apart) as one: the union of their runs, summarised and plotted again in ``out``. Refused when
+    they disagree on a problem's reference, which would make "95 % of the best" mean two things."""
+    if not result_files:
+        raise ValueError("nothing to merge: name at least one results.json")
+    loaded = [json.loads(Path(f).read_text()) for f in result_files]
+    references: dict = {}
+    problems: dict[str, dict] = {}
+    planners: dict[str, dict] = {}
+    runs: dict[tuple, RunResult] = {}
+    for f, data in zip(result_files, loaded):
+        for name, ref in data["references"].items():
+            if name in references and not math.isclose(references[name]["best"], ref["best"], rel_tol=1e-9):
+                raise ValueError(f"{f}: problem {name!r} has best {ref['best']}, another file {references[name]['best']};"
+                                 f" results of different problem definitions cannot be merged")
+            references.setdefault(name, ref)
+        for spec in data["config"]["problems"]:
+            problems.setdefault(spec["name"], spec)
+        for spec in data["config"]["planners"]:
+            planners.setdefault(spec["name"], spec)
+        for r in data["runs"]:
+            runs[(r["problem"], r["planner"], r["seed"])] = RunResult(**r)  # a later file's run of a seed wins
+    seeds = sorted({seed for _, _, seed in runs})
+    config = BenchConfig.model_validate({**loaded[0]["config"], "problems": list(problems.values()),
+                                         "planners": list(planners.values()), "seeds": len(seeds),
+                                         "first_seed": seeds[0], "out": out})
+    built = {spec.name: make_problem(spec) for spec in config.problems}
+    try:
+        results = list(runs.values())
+        summary = summarise(config, built, results, references)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(
+            {"config": config.model_dump(mode="json"), "references": references, "summary": summary,
+             "runs": [asdict(r) for r in results]}, indent=1))
+        (out / "table.md").write_text(format_table(config, summary, references))
+        plot_regret(config, built, results, references, out / "regret.png")
+    finally:
+        for problem in built.values():
+            problem.close()
+    return {"out": str(out), "summary": summary, "references": references}
 
 
 def format_table(config: BenchConfig, summary: dict, references: dict) -> str:

@@ -94,6 +94,38 @@ def test_bench_runs_end_to_end_as_ray_tasks(tmp_path):
     assert "experiments to 95 %" in (out / "table.md").read_text()
 
 
+
+def test_more_seeds_later_merge_into_one_table(tmp_path):
+    """--first-seed adds seeds to an earlier run; bench-merge makes one table of both."""
+    config = tmp_path / "bench.yaml"
+    config.write_text(yaml.safe_dump({"name": "tiny", "seeds": 2, "problems": [{"name": "branin", "budget": 4}],
+                                      "planners": [{"name": "random", "kind": "random"}]}))
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "sdl.cli", "bench", str(config), "--out", str(out), "--no-progress"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    extra = tmp_path / "extra"
+    done = subprocess.run([sys.executable, "-m", "sdl.cli", "bench", str(config), "--out", str(extra), "--no-progress",
+                           "--first-seed", "2", "--seeds", "1"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [r["seed"] for r in json.loads((extra / "results.json").read_text())["runs"]] == [2]
+    merged = tmp_path / "merged"
+    done = subprocess.run([sys.executable, "-m", "sdl.cli", "bench-merge", str(out / "results.json"),
+                           str(extra / "results.json"), "--out", str(merged)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = json.loads((merged / "results.json").read_text())["runs"]
+    assert sorted(r["seed"] for r in runs) == [0, 1, 2]
+    assert "median over 3 seeds" in (merged / "table.md").read_text()
+    assert (merged / "regret.png").stat().st_size > 10_000
+    # results of a differently defined problem are refused, not averaged
+    other = json.loads((extra / "results.json").read_text())
+    other["references"]["branin"]["best"] += 1.0
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    done = subprocess.run([sys.executable, "-m", "sdl.cli", "bench-merge", str(out / "results.json"),
+                           str(tmp_path / "other.json"), "--out", str(tmp_path / "bad")], capture_output=True, text=True)
+    assert done.returncode != 0 and "cannot be merged" in done.stderr
+
+
 def test_entry_point_problems_are_found(tmp_path, monkeypatch):
     """A package contributes a problem through the `sdl.bench_problems` entry-point group."""
     dist = tmp_path / "extra_problems-0.1.dist-info"
