@@ -1,11 +1,11 @@
 """Seconds per BO planner iteration against the number of observations (2 CPU threads).
 
-    python bench/planner_time.py --observations 25 50 100 --repeats 3
+    python bench/planner_time.py --observations 25 50 100 --repeats 3 --planners bo_constrained bo_cautious_wide
 
-Problems: Hartmann-6 (6 continuous parameters) and the alloy composition space of the demo
-(4 elements on the simplex, weighted by a feasibility classifier and updated by measured labels),
-each with 3 experiments pending. Prints the median time of one ``propose`` call (GP fit +
-acquisition optimisation) per size.
+Problems: Hartmann-6 (6 continuous parameters, default BO settings) and the alloy composition
+space of the demo (4 elements on the simplex, weighted by a feasibility classifier and updated by
+measured labels) with each named BO planner of the bench config, all with 3 experiments pending.
+Prints the median time of one ``propose`` call (GP fit + acquisition optimisation) per size.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ import time
 import numpy as np
 import torch
 
-from sdl.agents.bo_planner import BoPlanner
 from sdl.agents.planner import RandomPlanner
-from sdl.bench import TestFunctionProblem, TwinProblem
+from sdl.bench import PlannerSpec, TestFunctionProblem, TwinProblem, load_bench_config, make_bench_planner
 from sdl.protocol import Observation, ProposeRequest
 
 
@@ -28,28 +27,31 @@ def main() -> None:
     parser.add_argument("--observations", type=int, nargs="+", default=[25, 50, 100])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--config", default="configs/bench.yaml", help="bench config whose BO planners are timed")
+    parser.add_argument("--planners", nargs="+", default=["bo_constrained", "bo_cautious_wide"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    specs = {p.name: p for p in load_bench_config(args.config).planners}
+    unknown = [name for name in args.planners if name not in specs or specs[name].kind != "bo"]
+    if unknown:
+        parser.error(f"{unknown} are not BO planners of {args.config}; it has "
+                     f"{sorted(n for n, p in specs.items() if p.kind == 'bo')}")
     hartmann = TestFunctionProblem("hartmann6")
     twin = TwinProblem()
     feasibility = twin.feasibility_model(seed=0)
-    cases = [
-        ("hartmann6", hartmann, {"objectives": [hartmann.objective.model_dump()]}, None),
-        ("twin, classifier + measured update", twin,
-         {"objectives": [twin.objective.model_dump()], "feasibility": "classifier",
-          "constraint": twin.constraint.model_dump(), "update_classifier": True}, feasibility),
-    ]
+    cases = [("hartmann6", hartmann, PlannerSpec(name="bo", kind="bo"), None)]
+    cases += [(f"twin, {name}", twin, specs[name], feasibility) for name in args.planners]
     rng = np.random.default_rng(0)
-    print(f"{'problem':>36} {'observations':>12} {'s / propose (median)':>22}")
-    for name, problem, settings, model in cases:
+    print(f"{'problem, planner':>36} {'observations':>12} {'s / propose (median)':>22}")
+    for name, problem, spec, model in cases:
         for n in args.observations:
             points = RandomPlanner(problem.space, seed=1).propose(ProposeRequest(n=n + 3))
             measured = problem.measure(points[:n], rng)
             observations = [Observation(point=p, status="done", measurements=m) for p, m in zip(points, measured)]
             times = []
             for r in range(args.repeats):
-                planner = BoPlanner(problem.space, seed=r, settings=settings)
+                planner = make_bench_planner(spec, problem, seed=r)
                 started = time.perf_counter()
                 planner.propose(ProposeRequest(n=1, observations=observations, pending=points[n:], feasibility=model))
                 times.append(time.perf_counter() - started)

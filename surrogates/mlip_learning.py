@@ -108,12 +108,12 @@ class ActiveLearningConfig(_Section):
     repeat: int = Field(default=2, ge=1, le=6, description="FCC cubic cell repeats: 4 repeat^3 atoms per structure")
     architecture: ArchitectureSettings = ArchitectureSettings()
     committee_size: int = Field(default=3, ge=2, le=16)
-    training: TrainingSettings = TrainingSettings(epochs=150, batch_structures=16)
-    retrain_epochs: int = Field(default=50, ge=1, description="epochs of each warm-started retraining")
+    training: TrainingSettings = TrainingSettings(epochs=200, batch_structures=4, learning_rate=1e-2)
+    retrain_epochs: int = Field(default=60, ge=1, description="epochs of each warm-started retraining")
     # a warm start from a full learning rate would first undo what the model knows
-    retrain_learning_rate: float = Field(default=1.5e-3, gt=0)
+    retrain_learning_rate: float = Field(default=3e-3, gt=0)
     initial_structures: int = Field(default=10, ge=1)
-    per_iteration: int = Field(default=10, ge=1, description="structures labelled per iteration")
+    per_iteration: int = Field(default=5, ge=1, description="structures labelled per iteration")
     max_oracle_calls: int = Field(default=150, ge=1)
     selection: Literal["committee", "grade"] = "committee"
     compare_random: bool = Field(default=True, description="run the random-selection baseline in the same run")
