@@ -271,9 +271,15 @@ def most_uncertain(candidates: list[Atoms], scores: np.ndarray, k: int, max_per_
     return chosen + [int(i) for i in order if i not in set(chosen)][: k - len(chosen)]
 
 
+Scorer = Callable[[Committee, list[Atoms], list[Atoms]], np.ndarray]
+
+
 def run_arm(config: ActiveLearningConfig, selection: str, oracle, test: list[Atoms], *,
-            progress: Callable[[str, int, float], None] | None = None) -> tuple[LearningCurve, Committee]:
-    """One learning run with ``selection`` (committee, grade or random) until budget or convergence."""
+            progress: Callable[[str, int, float], None] | None = None,
+            score: Scorer | None = None) -> tuple[LearningCurve, Committee]:
+    """One learning run with ``selection`` (committee, grade or random) until budget or convergence.
+    ``score(committee, candidates, labelled)``, when given, ranks the candidates instead (higher is
+    labelled first) and ``selection`` only names the arm: how a benchmark tries other rules."""
     rng = np.random.default_rng(config.seed)  # the same initial structures for every arm
     curve = LearningCurve(selection=selection)
     labelled = [oracle.label(random_solid_solution(random_composition(config.elements, rng), rng,
@@ -294,12 +300,16 @@ def run_arm(config: ActiveLearningConfig, selection: str, oracle, test: list[Ato
             curve.stopped = "exploration produced no physical snapshot"
             break
         k = min(config.per_iteration, config.max_oracle_calls - len(labelled), len(candidates))
-        if selection == "random":
+        if selection == "random" and score is None:
             chosen = pick_rng.choice(len(candidates), size=k, replace=False)
         else:
-            # explore() already scored every frame by committee spread (its trust level needs it)
-            scores = (np.array([c.info["max_force_spread_ev_per_ang"] for c in candidates]) if selection == "committee"
-                      else uncertainty(committee, candidates, selection, labelled))
+            if score is not None:
+                scores = np.asarray(score(committee, candidates, labelled), dtype=float)
+            elif selection == "committee":
+                # explore() already scored every frame by committee spread (its trust level needs it)
+                scores = np.array([c.info["max_force_spread_ev_per_ang"] for c in candidates])
+            else:
+                scores = uncertainty(committee, candidates, selection, labelled)
             chosen = most_uncertain(candidates, scores, k, config.exploration.max_per_trajectory)
         labelled += [oracle.label(candidates[i]) for i in chosen]
         started = time.perf_counter()
@@ -359,7 +369,8 @@ def plot_learning_curves(curves: dict[str, LearningCurve], config: ActiveLearnin
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     styles = {"committee": ("C0", "active: committee spread"), "grade": ("C2", "active: extrapolation grade"),
-              "random": ("C7", "random selection")}
+              "random": ("C7", "random selection"),
+              "true_error": ("C3", "bound: largest true error (not an active learner)")}
     for selection, curve in curves.items():
         colour, label = styles.get(selection, ("C3", selection))
         axes[0].plot(curve.oracle_calls, curve.force_mae_mev_per_ang, "o-", color=colour, label=label)

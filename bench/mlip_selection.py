@@ -1,0 +1,101 @@
+"""How many oracle calls can the choice of what to label save? One run, several selection rules.
+
+    python bench/mlip_selection.py configs/mlip.yaml --max-oracle-calls 70 --out runs/mlip/selection
+
+Arms, each from the same initial structures and the same held-out set: committee spread and
+extrapolation grade (the active learners), random selection, and a bound no active learner can
+reach: ``true_error`` labels the frames whose committee forces are furthest from the oracle's,
+with the oracle run on every candidate on the side (those runs are not counted as calls). If even
+the bound needs nearly as many calls as random, no uncertainty measure can do much better on this
+problem: every frame the exploration offers teaches about as much as any other.
+
+Arms run two at a time, each in its own process with one thread. Prints, per arm, the oracle calls
+to reach the config's target force MAE and their ratio to random's; writes selection.png and
+selection.json in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ARMS = ("committee", "grade", "random", "true_error")
+
+
+def run(config_json: str, arm: str, out: str) -> dict:
+    import torch
+
+    from sdl.instruments.atomistic import AseCalculatorOracle, calculator_class
+    from sdl.surrogates.mlip import make_batch
+    from sdl.surrogates.mlip_learning import ActiveLearningConfig, build_test_set, run_arm
+
+    torch.set_num_threads(1)
+    config = ActiveLearningConfig.model_validate_json(config_json)
+    reference = calculator_class(config.oracle.calculator)(**config.oracle.calculator_options)
+
+    def true_error(committee, candidates, labelled):
+        param = next(committee.parameters())
+        batch = make_batch(candidates, committee.config.elements, committee.config.radial_cutoff_ang,
+                           device=param.device, dtype=param.dtype)
+        predicted = committee(batch)["forces"].detach().cpu().numpy()
+        scores, offset = [], 0
+        for atoms in candidates:
+            truth = atoms.copy()
+            truth.calc = reference
+            scores.append(float(np.abs(predicted[offset:offset + len(atoms)] - truth.get_forces()).mean()))
+            offset += len(atoms)
+        return np.array(scores)
+
+    oracle = AseCalculatorOracle(calculator=config.oracle.calculator, calculator_options=config.oracle.calculator_options,
+                                 journal_path=Path(out) / f"oracle_{arm}.sqlite")
+    try:
+        test = build_test_set(config, oracle, np.random.default_rng(config.seed + 1000))
+        started = time.perf_counter()
+        curve, _ = run_arm(config, arm, oracle, test, score=true_error if arm == "true_error" else None,
+                           progress=lambda s, n, mae: print(f"{arm:>11} {n:>4} calls  force MAE {mae:6.1f} meV/A  "
+                                                            f"{time.perf_counter() - started:6.0f} s", flush=True))
+    finally:
+        oracle.close()
+    return vars(curve)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="an `sdl mlip active-learn` config (YAML)")
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    parser.add_argument("--max-oracle-calls", type=int, help="override the config's budget")
+    parser.add_argument("--out", type=Path, default=Path("runs/mlip/selection"))
+    args = parser.parse_args()
+
+    from sdl.surrogates.mlip_learning import LearningCurve, load_active_learning_config, plot_learning_curves
+
+    config = load_active_learning_config(args.config)
+    # the same number of labels for every arm: a convergence stop would end arms at different budgets
+    update = {"convergence_tolerance": 0.0, "device": "cpu"}
+    if args.max_oracle_calls:
+        update["max_oracle_calls"] = args.max_oracle_calls
+    config = config.model_copy(update=update)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        futures = {arm: pool.submit(run, config.model_dump_json(), arm, str(args.out)) for arm in args.arms}
+        curves = {arm: LearningCurve(**future.result()) for arm, future in futures.items()}
+
+    target = config.target_force_mae_mev_per_ang
+    calls = {arm: curve.calls_to_reach(target) for arm, curve in curves.items()}
+    print(f"\noracle calls to a held-out force MAE of {target:g} meV/A (budget {config.max_oracle_calls}):")
+    for arm, n in calls.items():
+        ratio = f"{n / calls['random']:.0%} of random's" if n and calls.get("random") else ""
+        print(f"  {arm:>11}: {n if n else '> budget':>8}  {ratio}")
+    (args.out / "selection.json").write_text(json.dumps({"config": config.model_dump(mode="json"), "calls_to_target": calls,
+                                                         "curves": {a: vars(c) for a, c in curves.items()}}, indent=1))
+    plot_learning_curves(curves, config, args.out / "selection.png")
+    print(f"wrote {args.out}/selection.png, selection.json")
+
+
+if __name__ == "__main__":
+    main()
