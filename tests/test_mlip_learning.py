@@ -45,6 +45,41 @@ def test_active_learning_runs_on_a_tiny_budget(tmp_path):
     assert ("committee", 4) in seen and ("random", 8) in seen
 
 
+def test_a_score_function_decides_what_is_labelled():
+    """run_arm's score hook (how bench/mlip_selection.py tries other rules): the frames it ranks
+    highest, one per trajectory, are the ones sent to the oracle."""
+    from sdl.instruments.atomistic import AseCalculatorOracle
+    from sdl.surrogates.mlip_learning import run_arm
+
+    config = ActiveLearningConfig.model_validate({**TINY, "max_oracle_calls": 6})
+    oracle = AseCalculatorOracle(calculator="emt")
+    labelled, offered = [], []
+    label = oracle.label
+    oracle.label = lambda atoms: labelled.append(atoms.copy()) or label(atoms)
+
+    def coldest(committee, candidates, training):
+        offered.append([c.info["exploration_temperature_k"] for c in candidates])
+        assert len(training) == 4  # the labelled set so far is passed in
+        return -np.array(offered[-1])
+
+    try:
+        test = [label(atoms) for atoms in labelled_test_structures()]
+        curve, _ = run_arm(config, "coldest", oracle, test, score=coldest)
+    finally:
+        oracle.close()
+    assert curve.selection == "coldest" and curve.oracle_calls == [4, 6]
+    assert 1200 in offered[0] and 300 in offered[0]
+    assert [a.info["exploration_temperature_k"] for a in labelled[4:]] == [300, 300]
+    assert labelled[4].info["trajectory"] != labelled[5].info["trajectory"]
+
+
+def labelled_test_structures():
+    from sdl.env.atomistic import random_composition, random_solid_solution
+
+    rng = np.random.default_rng(3)
+    return [random_solid_solution(random_composition(TINY["elements"], rng), rng, repeat=1) for _ in range(3)]
+
+
 def test_selection_takes_the_most_uncertain_from_distinct_trajectories():
     frames = []
     for trajectory in ("a", "a", "a", "b", "c"):
