@@ -590,11 +590,13 @@ def format_table(config: BenchConfig, summary: dict, references: dict) -> str:
                   "infeasible experiments | planner s/iter (median, last 5) |",
                   "|---|---|---|---|---|---|"]
         for name, row in rows.items():
+            if row["runs"] != config.seeds:  # merged results can hold fewer seeds of some planners
+                name = f"{name} ({row['runs']} seeds)"
             if "experiments_to_95" not in row:
                 lines.append(f"| {name} | failed: {'; '.join(row['errors'])[:200]} | | | | |")
                 continue
             hits = row["experiments_to_95"]
-            hits_text = f"{hits:.0f}" if math.isfinite(hits) else f"> {budget}"
+            hits_text = f"{hits:g}" if math.isfinite(hits) else f"> {budget}"
             regret, q = row["final_regret_median"], row["final_regret_q25_q75"]
             regret_text = f"{regret:.4g} [{q[0]:.3g}, {q[1]:.3g}]" if regret is not None else "no feasible point"
             lines.append(f"| {name} | {hits_text} | {row['reached_95_share']:.0%} | {regret_text} | "
