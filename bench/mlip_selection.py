@@ -27,12 +27,12 @@ import numpy as np
 ARMS = ("committee", "grade", "random", "true_error")
 
 
-def run(config_json: str, arm: str, out: str) -> dict:
+def run(config_json: str, arm: str, test: list, out: str) -> dict:
     import torch
 
     from sdl.instruments.atomistic import AseCalculatorOracle, calculator_class
     from sdl.surrogates.mlip import make_batch
-    from sdl.surrogates.mlip_learning import ActiveLearningConfig, build_test_set, run_arm
+    from sdl.surrogates.mlip_learning import ActiveLearningConfig, run_arm
 
     torch.set_num_threads(1)
     config = ActiveLearningConfig.model_validate_json(config_json)
@@ -54,7 +54,6 @@ def run(config_json: str, arm: str, out: str) -> dict:
     oracle = AseCalculatorOracle(calculator=config.oracle.calculator, calculator_options=config.oracle.calculator_options,
                                  journal_path=Path(out) / f"oracle_{arm}.sqlite")
     try:
-        test = build_test_set(config, oracle, np.random.default_rng(config.seed + 1000))
         started = time.perf_counter()
         curve, _ = run_arm(config, arm, oracle, test, score=true_error if arm == "true_error" else None,
                            progress=lambda s, n, mae: print(f"{arm:>11} {n:>4} calls  force MAE {mae:6.1f} meV/A  "
@@ -72,7 +71,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/mlip/selection"))
     args = parser.parse_args()
 
-    from sdl.surrogates.mlip_learning import LearningCurve, load_active_learning_config, plot_learning_curves
+    from sdl.instruments.atomistic import AseCalculatorOracle
+    from sdl.surrogates.mlip_learning import (LearningCurve, build_test_set, load_active_learning_config,
+                                              plot_learning_curves)
 
     config = load_active_learning_config(args.config)
     # the same number of labels for every arm: a convergence stop would end arms at different budgets
@@ -81,8 +82,15 @@ def main() -> None:
         update["max_oracle_calls"] = args.max_oracle_calls
     config = config.model_copy(update=update)
     args.out.mkdir(parents=True, exist_ok=True)
+    # one held-out set, labelled once, for every arm (each oracle call may be a DFT run)
+    oracle = AseCalculatorOracle(calculator=config.oracle.calculator, calculator_options=config.oracle.calculator_options,
+                                 journal_path=args.out / "oracle_test_set.sqlite")
+    try:
+        test = build_test_set(config, oracle, np.random.default_rng(config.seed + 1000))
+    finally:
+        oracle.close()
     with ProcessPoolExecutor(max_workers=2) as pool:
-        futures = {arm: pool.submit(run, config.model_dump_json(), arm, str(args.out)) for arm in args.arms}
+        futures = {arm: pool.submit(run, config.model_dump_json(), arm, test, str(args.out)) for arm in args.arms}
         curves = {arm: LearningCurve(**future.result()) for arm, future in futures.items()}
 
     target = config.target_force_mae_mev_per_ang

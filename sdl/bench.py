@@ -472,7 +472,8 @@ def _run_tasks(config: BenchConfig, problems: dict[str, BenchProblem], out: Path
             ray.init(num_cpus=config.num_cpus, include_dashboard=False, log_to_driver=False)
     try:
         task = ray.remote(num_cpus=1, max_retries=1)(run_one)
-        refs = [task.remote(p, q, seed) for p in config.problems for q in config.planners for seed in range(config.first_seed, config.first_seed + config.seeds)]
+        seeds = range(config.first_seed, config.first_seed + config.seeds)
+        refs = [task.remote(p, q, seed) for p in config.problems for q in config.planners for seed in seeds]
         results: list[RunResult] = []
         with tqdm(total=len(refs), desc=f"bench {config.name}", unit="run", disable=not progress) as bar:
             pending = list(refs)
@@ -483,7 +484,14 @@ def _run_tasks(config: BenchConfig, problems: dict[str, BenchProblem], out: Path
     finally:
         if started_ray:
             ray.shutdown()
+    return write_outputs(config, problems, results, references, out)
+
+
+def write_outputs(config: BenchConfig, problems: dict[str, BenchProblem], results: list[RunResult],
+                  references: dict, out: Path) -> dict[str, Any]:
+    """Summarise the runs and write results.json, table.md and regret.png in ``out``."""
     summary = summarise(config, problems, results, references)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(
         {"config": config.model_dump(mode="json"), "references": references, "summary": summary,
          "runs": [asdict(r) for r in results]}, indent=1))
@@ -562,18 +570,10 @@ def merge_results(result_files: list[Path], out: Path) -> dict[str, Any]:
                                          "first_seed": seeds[0], "out": out})
     built = {spec.name: make_problem(spec) for spec in config.problems}
     try:
-        results = list(runs.values())
-        summary = summarise(config, built, results, references)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(
-            {"config": config.model_dump(mode="json"), "references": references, "summary": summary,
-             "runs": [asdict(r) for r in results]}, indent=1))
-        (out / "table.md").write_text(format_table(config, summary, references))
-        plot_regret(config, built, results, references, out / "regret.png")
+        return write_outputs(config, built, list(runs.values()), references, out)
     finally:
         for problem in built.values():
             problem.close()
-    return {"out": str(out), "summary": summary, "references": references}
 
 
 def format_table(config: BenchConfig, summary: dict, references: dict) -> str:
