@@ -430,7 +430,7 @@ def mlip() -> None:
 @click.option("--max-oracle-calls", type=click.IntRange(2, 100000), help="Override the config's oracle budget.")
 @click.option("--no-random", is_flag=True, help="Skip the random-selection baseline.")
 @click.option("--device", help="auto, cpu, cuda, cuda:N (overrides the config).")
-@click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
+@click.option("--no-progress", is_flag=True, help="A line per round instead of a progress bar (for logs).")
 def mlip_active_learn(config: Path, out: Path | None, max_oracle_calls: int | None, no_random: bool,
                       device: str | None, no_progress: bool) -> None:
     """Train an MLIP committee by active learning (CONFIG, YAML): label what the committee is least
@@ -458,6 +458,9 @@ def mlip_active_learn(config: Path, out: Path | None, max_oracle_calls: int | No
     done = {arm: 0 for arm in arms}
 
     def progress(selection: str, calls: int, force_mae: float) -> None:
+        if no_progress:  # a log wants one line per round, not a redrawn bar
+            click.echo(f"{selection:>9}: {calls} oracle calls, held-out force MAE {force_mae:.1f} meV/A")
+            return
         bar.update(calls - done[selection])
         done[selection] = calls
         bar.set_postfix({"arm": selection, "force MAE meV/A": f"{force_mae:.1f}"})

@@ -115,3 +115,19 @@ def test_cli_active_learn_help_and_bad_config(tmp_path):
     bad.write_text("elements: [Ni, Fe]\n")
     result = CliRunner().invoke(main, ["mlip", "active-learn", str(bad), "--no-progress"])
     assert result.exit_code != 0 and "EMT oracle has no parameters for ['Fe']" in result.output
+
+
+def test_cli_without_progress_bar_logs_a_line_per_round(tmp_path):
+    import yaml
+    from click.testing import CliRunner
+
+    from sdl.cli import main
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    result = CliRunner().invoke(main, ["mlip", "active-learn", str(config), "--no-progress", "--no-random",
+                                       "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    rounds = [line for line in result.output.splitlines() if "oracle calls, held-out force MAE" in line]
+    assert [line.split(":")[1].split()[0] for line in rounds] == ["4", "6", "8"]
+    assert (tmp_path / "run" / "learning_curve.png").is_file()
