@@ -472,8 +472,9 @@ def mlip_active_learn(config: Path, out: Path | None, max_oracle_calls: int | No
     for arm, curve in summary["curves"].items():
         click.echo(f"{arm:>9}: {curve['oracle_calls'][-1]} oracle calls -> force MAE "
                    f"{curve['force_mae_mev_per_ang'][-1]:.1f} meV/A, energy MAE {curve['energy_mae_mev_per_atom'][-1]:.2f} "
-                   f"meV/atom ({curve['stopped']}); target {cfg.target_force_mae_mev_per_ang:g} meV/A reached after "
-                   f"{summary['calls_to_target'][arm] or 'not'} calls")
+                   f"meV/atom ({curve['stopped']}); {cfg.target_force_mae_mev_per_ang:g} meV/A reached after "
+                   f"{summary['calls_to_target'][arm] or 'not'} calls, {cfg.target_energy_mae_mev_per_atom:g} meV/atom "
+                   f"after {summary['calls_to_energy_target'][arm] or 'not'}")
     click.echo(f"wrote {cfg.out}/committee.pt, learning.json, learning_curve.png")
 
 

@@ -118,6 +118,7 @@ class ActiveLearningConfig(_Section):
     selection: Literal["committee", "grade"] = "committee"
     compare_random: bool = Field(default=True, description="run the random-selection baseline in the same run")
     target_force_mae_mev_per_ang: float = Field(default=50.0, gt=0)
+    target_energy_mae_mev_per_atom: float = Field(default=5.0, gt=0)
     convergence_tolerance: float = Field(default=0.03, ge=0, description="relative change of the held-out force MAE")
     oracle: OracleSettings = OracleSettings()
     exploration: ExplorationSettings = ExplorationSettings()
@@ -171,10 +172,14 @@ class LearningCurve:
         self.train_s.append(train_s)
 
     def calls_to_reach(self, force_mae_mev_per_ang: float) -> int | None:
-        for calls, mae in zip(self.oracle_calls, self.force_mae_mev_per_ang):
-            if mae <= force_mae_mev_per_ang:
-                return calls
-        return None
+        return _first_at_or_below(self.oracle_calls, self.force_mae_mev_per_ang, force_mae_mev_per_ang)
+
+    def calls_to_reach_energy(self, energy_mae_mev_per_atom: float) -> int | None:
+        return _first_at_or_below(self.oracle_calls, self.energy_mae_mev_per_atom, energy_mae_mev_per_atom)
+
+
+def _first_at_or_below(calls: list[int], errors: list[float], target: float) -> int | None:
+    return next((n for n, error in zip(calls, errors) if error <= target), None)
 
 
 def nearest_neighbour_distance_ang(atoms: Atoms) -> float:
@@ -353,6 +358,8 @@ def active_learn(config: ActiveLearningConfig, *, progress: Callable[[str, int, 
             "oracle_calls_total": oracle.calls,
             "curves": {k: vars(c) for k, c in curves.items()},
             "calls_to_target": {k: c.calls_to_reach(config.target_force_mae_mev_per_ang) for k, c in curves.items()},
+            "calls_to_energy_target": {k: c.calls_to_reach_energy(config.target_energy_mae_mev_per_atom)
+                                       for k, c in curves.items()},
         }
     finally:
         oracle.close()
@@ -366,6 +373,7 @@ def plot_learning_curves(curves: dict[str, LearningCurve], config: ActiveLearnin
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     styles = {"committee": ("C0", "active: committee spread"), "grade": ("C2", "active: extrapolation grade"),
@@ -373,17 +381,22 @@ def plot_learning_curves(curves: dict[str, LearningCurve], config: ActiveLearnin
               "true_error": ("C3", "bound: largest true error (not an active learner)")}
     for selection, curve in curves.items():
         colour, label = styles.get(selection, ("C3", selection))
-        axes[0].plot(curve.oracle_calls, curve.force_mae_mev_per_ang, "o-", color=colour, label=label)
+        reached = curve.calls_to_reach(config.target_force_mae_mev_per_ang)
+        axes[0].plot(curve.oracle_calls, curve.force_mae_mev_per_ang, "o-", color=colour,
+                     label=f"{label}: target at {reached if reached else '> ' + str(curve.oracle_calls[-1])} calls")
         axes[1].plot(curve.oracle_calls, curve.energy_mae_mev_per_atom, "o-", color=colour, label=label)
     axes[0].axhline(config.target_force_mae_mev_per_ang, color="k", ls="--", lw=1, label="target")
-    axes[1].axhline(5.0, color="k", ls="--", lw=1, label="target")
+    axes[1].axhline(config.target_energy_mae_mev_per_atom, color="k", ls="--", lw=1, label="target")
     axes[0].set_ylabel("held-out force MAE (meV/Å)")
     axes[1].set_ylabel("held-out energy MAE (meV/atom)")
     for ax in axes:
         ax.set_xlabel("oracle calls (labelled structures)")
         ax.set_yscale("log")
+        # plain numbers on the log axis: "40" reads faster than "4 x 10^1"
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(ScalarFormatter())
         ax.grid(alpha=0.3, which="both")
-        ax.legend()
+        ax.legend(fontsize=8)
     fig.suptitle(f"MLIP active learning on {'-'.join(config.elements)} ({config.oracle.calculator} oracle)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -39,7 +39,7 @@ def test_active_learning_runs_on_a_tiny_budget(tmp_path):
     assert summary["oracle_calls_for_test_set"] == 5
     assert summary["oracle_calls_total"] <= 5 + 8 + 8
     written = json.loads((tmp_path / "run" / "learning.json").read_text())
-    assert written["calls_to_target"].keys() == {"committee", "random"}
+    assert written["calls_to_target"].keys() == written["calls_to_energy_target"].keys() == {"committee", "random"}
     assert (tmp_path / "run" / "committee.pt").is_file()
     assert (tmp_path / "run" / "learning_curve.png").stat().st_size > 10_000
     assert ("committee", 4) in seen and ("random", 8) in seen
