@@ -102,17 +102,22 @@ def main() -> None:
                    for seed in seeds for arm in args.arms}
         curves = {key: LearningCurve(**future.result()) for key, future in futures.items()}
 
-    target = config.target_force_mae_mev_per_ang
+    target, energy_target = config.target_force_mae_mev_per_ang, config.target_energy_mae_mev_per_atom
     calls = {key: curve.calls_to_reach(target) for key, curve in curves.items()}
-    print(f"\noracle calls to a held-out force MAE of {target:g} meV/A (budget {config.max_oracle_calls}):")
+    energy_calls = {key: curve.calls_to_reach_energy(energy_target) for key, curve in curves.items()}
+    print(f"\noracle calls to a held-out force MAE of {target:g} meV/A and an energy MAE of {energy_target:g} meV/atom "
+          f"(budget {config.max_oracle_calls}):")
     for seed in seeds:
         for arm in args.arms:
             n, random_n = calls[seed, arm], calls.get((seed, "random"))
             ratio = f"{n / random_n:.0%} of random's" if n and random_n else ""
-            print(f"  seed {seed} {arm:>11}: {n if n else '> budget':>8}  {ratio}")
+            energy_n = energy_calls[seed, arm]
+            print(f"  seed {seed} {arm:>11}: force {n if n else '> budget':>8} {ratio:>16}   "
+                  f"energy {energy_n if energy_n else '> budget'}")
     (args.out / "selection.json").write_text(json.dumps({
         "config": config.model_dump(mode="json"), "seeds": seeds,
         "calls_to_target": {f"{seed}/{arm}": n for (seed, arm), n in calls.items()},
+        "calls_to_energy_target": {f"{seed}/{arm}": n for (seed, arm), n in energy_calls.items()},
         "curves": {f"{seed}/{arm}": vars(c) for (seed, arm), c in curves.items()}}, indent=1))
     plot_learning_curves({arm: curves[seeds[0], arm] for arm in args.arms}, configs[seeds[0]], args.out / "selection.png")
     print(f"wrote {args.out}/selection.png (seed {seeds[0]}), selection.json")
