@@ -33,26 +33,17 @@ def run(config_json: str, arm: str, test: list, out: str) -> dict:
     """One arm of one seed (the seed is the config's), in a worker process."""
     import torch
 
-    from sdl.instruments.atomistic import AseCalculatorOracle, calculator_class
-    from sdl.surrogates.mlip import make_batch
+    from sdl.instruments.atomistic import AseCalculatorOracle
+    from sdl.surrogates.mlip import structure_errors
     from sdl.surrogates.mlip_learning import ActiveLearningConfig, run_arm
 
     torch.set_num_threads(1)
     config = ActiveLearningConfig.model_validate_json(config_json)
-    reference = calculator_class(config.oracle.calculator)(**config.oracle.calculator_options)
+    # the bound's side oracle: its own instance (in memory), so its calls never reach the arm's count
+    reference = AseCalculatorOracle(calculator=config.oracle.calculator, calculator_options=config.oracle.calculator_options)
 
     def true_error(committee, candidates, labelled):
-        param = next(committee.parameters())
-        batch = make_batch(candidates, committee.config.elements, committee.config.radial_cutoff_ang,
-                           device=param.device, dtype=param.dtype)
-        predicted = committee(batch)["forces"].detach().cpu().numpy()
-        scores, offset = [], 0
-        for atoms in candidates:
-            truth = atoms.copy()
-            truth.calc = reference
-            scores.append(float(np.abs(predicted[offset:offset + len(atoms)] - truth.get_forces()).mean()))
-            offset += len(atoms)
-        return np.array(scores)
+        return np.array([e.forces_ev_per_ang.mean() for e in structure_errors(committee, [reference.label(a) for a in candidates])])
 
     oracle = AseCalculatorOracle(calculator=config.oracle.calculator, calculator_options=config.oracle.calculator_options,
                                  journal_path=Path(out) / f"oracle_{arm}_seed{config.seed}.sqlite")
@@ -63,6 +54,7 @@ def run(config_json: str, arm: str, test: list, out: str) -> dict:
                                                             f"{time.perf_counter() - started:6.0f} s", flush=True))
     finally:
         oracle.close()
+        reference.close()
     return vars(curve)
 
 

@@ -568,30 +568,48 @@ def load_committee(path, *, device: str = "auto") -> Committee:
 # -- errors against labels -----------------------------------------------------------------------
 
 
-def evaluate_errors(potential: InteratomicPotential | Committee, structures: Sequence[Atoms], *,
-                    chunk: int = 32) -> dict[str, float]:
-    """Mean absolute errors against the labels: energy meV/atom, force meV/A, stress meV/A^3."""
+@dataclass
+class StructureErrors:
+    """Absolute errors of a potential on one labelled structure."""
+
+    energy_ev_per_atom: float
+    forces_ev_per_ang: np.ndarray  # (atoms, 3)
+    stress_ev_per_ang3: np.ndarray | None  # (3, 3); None where not periodic or not labelled
+
+
+def structure_errors(potential: InteratomicPotential | Committee, structures: Sequence[Atoms], *,
+                     chunk: int = 32) -> list[StructureErrors]:
+    """Per labelled structure, the potential's absolute errors (batched ``chunk`` structures at a time)."""
     param = next(potential.parameters())
     builder = NeighbourListBuilder(potential.config.radial_cutoff_ang)
-    e_err, f_err, s_err = [], [], []
+    errors = []
     for start in range(0, len(structures), chunk):
         part = structures[start:start + chunk]
         batch = collate([structure_batch(a, potential.config.elements, builder) for a in part]).to(param.device, param.dtype)
         periodic = all(check_cell(a) for a in part)
         out = potential(batch, forces=True, stress=periodic)
-        labels = [labels_of(a) for a in part]
         energy = out["energy"].detach().cpu().numpy()
         forces = out["forces"].detach().cpu().numpy()
         offset = 0
-        for k, (atoms, lab) in enumerate(zip(part, labels)):
-            e_err.append(abs(energy[k] - lab.energy_ev) / len(atoms))
-            f_err.append(np.abs(forces[offset:offset + len(atoms)] - lab.forces_ev_per_ang).ravel())
+        for k, atoms in enumerate(part):
+            lab = labels_of(atoms)
+            stress = None
             if periodic and lab.stress_ev_per_ang3 is not None:
-                s_err.append(np.abs(out["stress"][k].detach().cpu().numpy() - lab.stress_ev_per_ang3).ravel())
+                stress = np.abs(out["stress"][k].detach().cpu().numpy() - lab.stress_ev_per_ang3)
+            errors.append(StructureErrors(abs(energy[k] - lab.energy_ev) / len(atoms),
+                                          np.abs(forces[offset:offset + len(atoms)] - lab.forces_ev_per_ang), stress))
             offset += len(atoms)
-    return {"energy_mae_mev_per_atom": 1000 * float(np.mean(e_err)),
-            "force_mae_mev_per_ang": 1000 * float(np.mean(np.concatenate(f_err))),
-            "stress_mae_mev_per_ang3": 1000 * float(np.mean(np.concatenate(s_err))) if s_err else float("nan")}
+    return errors
+
+
+def evaluate_errors(potential: InteratomicPotential | Committee, structures: Sequence[Atoms], *,
+                    chunk: int = 32) -> dict[str, float]:
+    """Mean absolute errors against the labels: energy meV/atom, force meV/A, stress meV/A^3."""
+    errors = structure_errors(potential, structures, chunk=chunk)
+    stresses = [e.stress_ev_per_ang3.ravel() for e in errors if e.stress_ev_per_ang3 is not None]
+    return {"energy_mae_mev_per_atom": 1000 * float(np.mean([e.energy_ev_per_atom for e in errors])),
+            "force_mae_mev_per_ang": 1000 * float(np.mean(np.concatenate([e.forces_ev_per_ang.ravel() for e in errors]))),
+            "stress_mae_mev_per_ang3": 1000 * float(np.mean(np.concatenate(stresses))) if stresses else float("nan")}
 
 
 # -- the ASE calculator --------------------------------------------------------------------------
