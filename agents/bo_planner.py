@@ -33,49 +33,49 @@ import torch
 from botorch.acquisition import AcquisitionFunction
 from botorch.acquisition.logei import qLogExpectedImprovement, qLogNoisyExpectedImprovement
 from botorch.acquisition.multi_objective.logei import qLogNoisyExpectedHypervolumeImprovement
-from botorch.fit import fit_gpytorch_mll
-from botorch.models import SingleTaskGP
-from botorch.models.transforms.input import ChainedInputTransform, FilterFeatures, Normalize
-from botorch.models.transforms.outcome import Standardize
 from botorch.optim import optimize_acqf
 from botorch.optim.initializers import initialize_q_batch
 from botorch.sampling import SobolQMCNormalSampler
-from gpytorch.mlls import ExactMarginalLogLikelihood
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from scipy.stats import qmc
 
-from sdl.agents.planner import Planner, SobolPlanner
-from sdl.config import CausalPlannerConfig, ConstraintConfig, ObjectiveConfig, PlannerConfig, check_bo_options
-from sdl.protocol import Composition, DesignPoint, FeasibilityModel, Observation, ProposeRequest
-from sdl.space import SearchSpace
-from sdl.surrogates.phase_classifier import log_probit_probability, polynomial_features
+from sdl.agents.base import AgentContext, Capability
+from sdl.agents.causal_planner import CausalPlanner, CausalSettings
+from sdl.agents.planner import Planner, ProposeRequest, SobolPlanner
+from sdl.experiment import Composition, DesignPoint, Observation
+from sdl.objective import ConstraintConfig, ObjectiveConfig
+from sdl.settings import NoSettings, Section
+from sdl.surrogates.gp import fit_single_task_gp
+from sdl.surrogates.phase_classifier import classifier_log_probability, update_classifier
 from sdl.surrogates.projection import project_capped_simplex
 
 DTYPE = torch.double
 
 
-class BoSettings(BaseModel):
-    """How the BO planner works; the campaign config's ``planner`` section carries these."""
+class BoSettings(Section):
+    """How the BO planner works (``planner: {kind: bo, settings: ...}``); the objective is the campaign's."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    objectives: list[ObjectiveConfig] = Field(min_length=1, description="one: log-(N)EI; several: log-NEHVI")
     acquisition: Literal["nei", "ei"] = Field(
-        default="nei", description="one objective: noisy log-EI (joint over the incumbents) or plug-in log-EI")
-    feasibility: Literal["none", "classifier", "measured"] = "none"
-    constraint: ConstraintConfig | None = Field(default=None, description="for feasibility 'measured' or penalty")
-    update_classifier: bool = Field(
-        default=False, description="update the CALPHAD classifier with each experiment's measured feasibility"
-    )
-    feasibility_exponent: float = Field(default=1.0, ge=0.0, le=10.0, description="EI x P(feasible)^exponent")
+        default="nei", description="one objective: noisy log-EI (joint over the feasible incumbents) or plug-in log-EI")
+    extra_objectives: list[ObjectiveConfig] = Field(
+        default_factory=list, description="more objectives besides the campaign's: multi-objective BO with log-NEHVI")
+    feasibility: Literal["none", "classifier", "measured"] = Field(
+        default="none", description="where P(feasible) comes from: an agent providing `feasibility` (the CALPHAD "
+                                    "phase-boundary simulator), or a GP on `constraint`")
+    constraint: ConstraintConfig | None = Field(
+        default=None, description="what counts as feasible in the measurements (for 'measured', 'penalty' and reports)")
     constraint_handling: Literal["probability", "penalty"] = Field(
-        default="probability", description="probability: log EI + log P(feasible); penalty: objective - weight x violation"
-    )
+        default="probability", description="probability: log EI + log P(feasible); penalty: objective - weight x violation")
+    update_classifier: bool = Field(
+        default=False,
+        description="feasibility 'classifier': also learn from each experiment's `constraint` verdict (Laplace update)")
+    feasibility_exponent: float = Field(
+        default=1.0, ge=0.0, le=10.0, description="EI x P(feasible)^exponent; above 1 avoids failed specimens harder")
     penalty_weight: float = Field(default=10.0, ge=0, description="objective standard deviations per unit violation")
     initial_points: int = Field(default=8, ge=2, description="Sobol' points before the first model")
     initial_design: Literal["sobol", "causal"] = Field(
         default="sobol", description="the first points: Sobol', or the causal planner's best guesses from a past ledger")
-    causal: CausalPlannerConfig | None = None
+    causal: CausalSettings | None = Field(default=None, description="initial_design 'causal': the causal planner's settings")
     num_restarts: int = Field(default=8, ge=1)
     raw_samples: int = Field(default=512, ge=16)
     mc_samples: int = Field(default=128, ge=16)
@@ -83,22 +83,20 @@ class BoSettings(BaseModel):
         default="sobol", description="starting candidates of the acquisition search: Sobol' points of the space, or "
                                      "half of them from a conditional VAE of the campaign's results (composition spaces)")
 
-    @classmethod
-    def from_config(cls, planner: PlannerConfig, objective: ObjectiveConfig) -> BoSettings:
-        fields = planner.model_dump(include={"acquisition", "feasibility", "constraint", "constraint_handling",
-                                             "penalty_weight",
-                                             "update_classifier", "feasibility_exponent",
-                                             "initial_points", "initial_design", "causal",
-                                             "num_restarts", "raw_samples", "mc_samples", "candidate_generator"})
-        return cls(objectives=[objective, *planner.extra_objectives], **fields)
-
     @model_validator(mode="after")
     def _consistent(self) -> BoSettings:
-        check_bo_options(self.feasibility, self.constraint, self.constraint_handling, len(self.objectives),
-                         self.update_classifier)
+        if self.feasibility == "measured" and self.constraint is None:
+            raise ValueError("feasibility 'measured' needs a constraint (measurements and at_least/at_most)")
+        if self.update_classifier and (self.feasibility != "classifier" or self.constraint is None):
+            raise ValueError("update_classifier needs feasibility 'classifier' and a constraint giving the verdicts")
+        if self.constraint_handling == "penalty":
+            if self.constraint is None:
+                raise ValueError("constraint_handling 'penalty' needs a constraint to penalise")
+            if self.extra_objectives:
+                raise ValueError("constraint_handling 'penalty' applies to a single objective")
         if self.initial_design == "causal" and self.causal is None:
             raise ValueError("initial_design 'causal' needs the `causal` settings (at least `history`)")
-        if self.candidate_generator == "cvae" and len(self.objectives) > 1:
+        if self.candidate_generator == "cvae" and self.extra_objectives:
             raise ValueError("candidate_generator 'cvae' conditions on one objective; use sobol with several")
         return self
 
@@ -125,18 +123,30 @@ class FeasibilityWeighted(AcquisitionFunction):
 
 class BoPlanner(Planner):
     name = "bo"
+    Settings = BoSettings
 
-    def __init__(self, space: SearchSpace, *, seed: int = 0, settings: BoSettings | dict) -> None:
-        super().__init__(space, seed=seed)
-        self.settings = BoSettings.model_validate(settings)
-        self.initial = SobolPlanner(space, seed=seed)
-        if self.settings.candidate_generator == "cvae" and (space.composition is None or space.parameters):
-            raise ValueError("candidate_generator 'cvae' generates compositions: it needs a composition-only space")
-        self.warm_start = None
-        if self.settings.initial_design == "causal":
-            from sdl.agents.causal_planner import CausalPlanner
+    @classmethod
+    def check(cls, settings: BoSettings, context: AgentContext) -> None:
+        space = context.require_space("the bo planner")
+        if settings.candidate_generator == "cvae":
+            context.require_space("candidate_generator 'cvae'", composition=True)
+            if space.parameters:
+                raise ValueError("candidate_generator 'cvae' generates compositions: it needs a composition-only space")
+        if settings.initial_design == "causal":
+            CausalPlanner.check(settings.causal, context)
 
-            self.warm_start = CausalPlanner(space, seed=seed, settings=self.settings.causal)
+    @classmethod
+    def requires(cls, settings: BoSettings) -> frozenset[Capability]:
+        needs_classifier = settings.feasibility == "classifier" and settings.constraint_handling == "probability"
+        return frozenset({"feasibility"}) if needs_classifier else frozenset()
+
+    def __init__(self, settings: BoSettings, context: AgentContext) -> None:
+        super().__init__(settings, context)
+        space = self.space
+        self.objectives = [context.objective, *settings.extra_objectives]
+        self.initial = SobolPlanner(NoSettings(), context)
+        self.check(settings, context)
+        self.warm_start = CausalPlanner(settings.causal, context) if settings.initial_design == "causal" else None
         self.columns = list(space.parameters) + (list(space.composition.elements) if space.composition else [])
         lows = [r.low for r in space.parameters.values()]
         highs = [r.high for r in space.parameters.values()]
@@ -183,17 +193,10 @@ class BoPlanner(Planner):
 
     # -- models --------------------------------------------------------------------------------
 
-    def _gp(self, x: torch.Tensor, y: torch.Tensor) -> SingleTaskGP:
+    def _gp(self, x: torch.Tensor, y: torch.Tensor):
         # Fitted from scratch each time: a planner is a pure function of its request, so a restarted
         # actor proposes what the lost one would have (about 0.6 s at 100 observations, 2 threads).
-        keep = self.model_columns
-        inputs = ChainedInputTransform(free=FilterFeatures(feature_indices=keep),
-                                       normalize=Normalize(d=len(keep), bounds=self.bounds[:, keep]))
-        model = SingleTaskGP(x, y, input_transform=inputs, outcome_transform=Standardize(m=y.shape[-1]))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # input-scaling and fit-restart warnings on small data sets
-            fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
-        return model
+        return fit_single_task_gp(x, y, bounds=self.bounds, columns=self.model_columns)
 
     def _log_feasibility(self, request: ProposeRequest, done: list[Observation]):
         s = self.settings
@@ -235,10 +238,10 @@ class BoPlanner(Planner):
 
     def _training_data(self, observations: list[Observation]) -> tuple[list[Observation], torch.Tensor]:
         s = self.settings
-        names = [o.measurement for o in s.objectives]
+        names = [o.measurement for o in self.objectives]
         done = [o for o in observations if o.status == "done" and all(n in o.measurements for n in names)]
         y = torch.tensor([[o.measurements[n] for n in names] for o in done], dtype=DTYPE).reshape(len(done), len(names))
-        signs = torch.tensor([1.0 if o.direction == "maximize" else -1.0 for o in s.objectives], dtype=DTYPE)
+        signs = torch.tensor([1.0 if o.direction == "maximize" else -1.0 for o in self.objectives], dtype=DTYPE)
         y = y * signs  # BoTorch maximises
         if s.constraint_handling == "penalty" and len(done) > 1:
             violation = torch.tensor([s.constraint.violation(v) if (v := s.constraint.value(o.measurements)) is not None
@@ -329,7 +332,7 @@ class BoPlanner(Planner):
     def reference_point(self, y: torch.Tensor) -> list[float]:
         """The configured worst values (sign-flipped to maximisation), else the observed worst minus 10 % of the range."""
         ref = []
-        for j, o in enumerate(self.settings.objectives):
+        for j, o in enumerate(self.objectives):
             if o.reference is not None:
                 ref.append(o.reference if o.direction == "maximize" else -o.reference)
             else:
@@ -385,64 +388,3 @@ class BoPlanner(Planner):
                                          equality_constraints=self.equality_constraints or None,
                                          options={"maxiter": 200})
         return candidate.detach()
-
-
-def classifier_features(model: FeasibilityModel, columns: list[str]):
-    """X (... x d, the planner's columns) -> the classifier's polynomial features; differentiable in X."""
-    missing = [name for name in model.inputs if name not in columns]
-    if missing:
-        raise ValueError(f"the feasibility model needs inputs {missing} that the search space lacks")
-    index = torch.tensor([columns.index(name) for name in model.inputs])
-    low = torch.tensor(model.low, dtype=DTYPE)
-    span = torch.tensor(model.span, dtype=DTYPE)
-    return lambda X: polynomial_features((X[..., index] - low) / span, model.degree)
-
-
-def classifier_log_probability(model: FeasibilityModel, columns: list[str]):
-    """log P(feasible | X) from a classifier posterior; differentiable in X (... x d)."""
-    features = classifier_features(model, columns)
-    mean = torch.tensor(model.weight_mean, dtype=DTYPE)
-    cov = torch.tensor(model.weight_covariance, dtype=DTYPE)
-
-    def log_probability(X: torch.Tensor) -> torch.Tensor:
-        phi = features(X)
-        return log_probit_probability(phi @ mean, ((phi @ cov) * phi).sum(dim=-1).clamp_min(0.0))
-
-    return log_probability
-
-
-def update_classifier(model: FeasibilityModel, columns: list[str], x: torch.Tensor, labels: torch.Tensor,
-                      *, iterations: int = 25) -> FeasibilityModel:
-    """The classifier's posterior updated with experiments' measured feasibility (Laplace approximation).
-
-    The CALPHAD-trained Gaussian posterior over the weights is the prior; each experiment adds a
-    Bernoulli likelihood. Newton's method finds the new mode, the Hessian there gives the new
-    covariance. Experiments land where the planner wants to go, which is where the boundary matters,
-    so a few labels there correct the classifier more than many CALPHAD points elsewhere. Written
-    here because the update must run inside the planner, on the posterior it was sent.
-    """
-    phi = classifier_features(model, columns)(x)
-    prior_mean = torch.tensor(model.weight_mean, dtype=DTYPE)
-    prior_precision = torch.linalg.inv(torch.tensor(model.weight_covariance, dtype=DTYPE))
-    w = prior_mean.clone()
-    for _ in range(iterations):
-        p = torch.sigmoid(phi @ w)
-        gradient = phi.T @ (labels - p) - prior_precision @ (w - prior_mean)
-        hessian = (phi.T * (p * (1 - p))) @ phi + prior_precision
-        step = torch.linalg.solve(hessian, gradient)
-        w = w + step
-        if step.abs().max() < 1e-8:
-            break
-    p = torch.sigmoid(phi @ w)
-    covariance = torch.linalg.inv((phi.T * (p * (1 - p))) @ phi + prior_precision)
-    covariance = 0.5 * (covariance + covariance.T)
-    return model.model_copy(update={"weight_mean": w.tolist(), "weight_covariance": covariance.tolist()})
-
-
-def feasibility_probability(model: FeasibilityModel, points: list[DesignPoint]) -> np.ndarray:
-    """P(feasible) at design points, for reports and benchmarks."""
-    columns = list(model.inputs)
-    x = torch.tensor([[p.composition[e] if p.composition is not None and e in p.composition.root
-                       else p.parameters[e] for e in columns] for p in points], dtype=DTYPE)
-    with torch.no_grad():
-        return classifier_log_probability(model, columns)(x).exp().numpy()

@@ -1,34 +1,47 @@
 """The generative agent (``surrogate.generative``): constrained alloys and microstructures on the bus,
-on a GPU where the cluster has one.
+on a GPU where the cluster has one (``num_gpus: auto``, its default).
 
 Methods: ``generate`` (compositions for target conditions, from the conditional VAE whose decoder
 ends in the capped-simplex projection) and ``microstructure`` (two-phase fields whose phase
 fraction is exactly the one asked for, or the gamma-prime fraction the twin's CALPHAD predicts for
 an alloy at a temperature). The models are plain torch (:mod:`sdl.surrogates.generative`); this
 module trains them at start-up (the composition model) or on first use (the field model) and
-serves them.
+serves them. The generative *planner* (:mod:`sdl.agents.generative_planner`) proposes a campaign's
+experiments with the same composition model.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import numpy as np
 import torch
-import torch._dynamo  # noqa: F401  (start-up import; see agents/mlip_host.py)
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
-from sdl.config import _Section
-from sdl.protocol import (DesignPoint, GeneratedCompositions, GenerateRequest, MicrostructureFields,
-                          MicrostructureRequest, Composition)
-from sdl.service import Service, ServiceError, method
-from sdl.space import SearchSpace
-from sdl.surrogates.generative import (ledger_composition_data, train_composition_cvae, train_microstructure_vae,
-                                       twin_composition_data, two_phase_fields)
+from sdl.agents.base import Agent, AgentContext
+from sdl.bus import ServiceError, method
+from sdl.experiment import Composition, DesignPoint
+from sdl.ledger import finished_experiments
+from sdl.settings import Section
+from sdl.surrogates.generative import (CompositionData, measured_composition_data, train_composition_cvae,
+                                       train_microstructure_vae, twin_composition_data, two_phase_fields)
 from sdl.surrogates.mlip import choose_device
+from sdl.wire import WireModel
 
 
-class GenerativeSettings(_Section):
+def history_composition_data(campaign_dirs: Sequence[str | Path], elements: Sequence[str], *,
+                             objective: str = "hardness_hv") -> list[CompositionData]:
+    """The finished specimens of past campaigns' ledgers as training data, one set per campaign."""
+    return [measured_composition_data(((r.point.composition.root, r.result.measurements)
+                                       for r in finished_experiments(d) if r.point.composition is not None),
+                                      elements, objective=objective)
+            for d in campaign_dirs]
+
+
+class GenerativeSettings(Section):
     twin_samples: int = Field(default=4096, ge=64, le=1_000_000, description="twin alloys the composition model learns from")
-    history: list[str] = Field(default_factory=list, description="campaign directories whose specimens it also learns from")
+    history: list[Path] = Field(default_factory=list, description="campaign directories whose specimens it also learns from")
     epochs: int = Field(default=300, ge=1, le=100_000)
     field_size: int = Field(default=64, ge=16, le=512, description="microstructure fields are size x size pixels")
     field_samples: int = Field(default=2048, ge=16, le=100_000)
@@ -36,29 +49,73 @@ class GenerativeSettings(_Section):
     device: str = Field(default="auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
     seed: int = 0
 
+    @field_validator("history")
+    @classmethod
+    def _from_here(cls, paths: list[Path]) -> list[Path]:
+        return [p.expanduser().resolve() for p in paths]
 
-class GenerativeService(Service):
-    kind = "surrogate"
 
-    def __init__(self, *, space: SearchSpace | dict, settings: GenerativeSettings | dict | None = None) -> None:
+class GenerateRequest(WireModel):
+    """Alloys with these target conditions (e.g. hardness_hv: 280, feasible: 1)."""
+
+    target: dict[str, float] = Field(min_length=1, description="a value for every condition the model was trained on")
+    n: int = Field(default=16, ge=1, le=100_000)
+    seed: int = 0
+
+
+class GeneratedCompositions(WireModel):
+    points: list[DesignPoint]
+    conditions: list[str]
+
+
+class MicrostructureRequest(WireModel):
+    """Two-phase fields with a given second-phase fraction, or the one CALPHAD predicts for an alloy at a temperature."""
+
+    fraction: float | None = Field(default=None, gt=0.0, lt=1.0)
+    composition: Composition | None = None
+    temperature_k: float | None = Field(default=None, gt=0.0, description="with composition: where to ask CALPHAD")
+    n: int = Field(default=1, ge=1, le=64)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_source(self) -> MicrostructureRequest:
+        if (self.fraction is None) == (self.composition is None):
+            raise ValueError("give either fraction or composition (with temperature_k)")
+        if self.composition is not None and self.temperature_k is None:
+            raise ValueError("a composition needs temperature_k: the fraction is CALPHAD's gamma-prime there")
+        return self
+
+
+class MicrostructureFields(WireModel):
+    fraction: float = Field(description="second-phase (gamma-prime) area fraction every field has exactly")
+    fields: list[list[list[float]]] = Field(description="n fields, rows x columns, density in [0, 1]")
+
+
+class GenerativeAgent(Agent):
+    role = "surrogate"
+    Settings = GenerativeSettings
+    default_num_gpus = "auto"
+
+    @classmethod
+    def check(cls, settings: GenerativeSettings, context: AgentContext) -> None:
+        context.require_space("the generative agent", composition=True)
+
+    def __init__(self, settings: GenerativeSettings, context: AgentContext) -> None:
         from sdl.env.twin import AlloyTwin
 
-        self.space = SearchSpace.model_validate(space)
-        if self.space.composition is None:
-            raise ValueError("the generative agent makes compositions; the space has none")
-        self.settings = GenerativeSettings.model_validate(settings or {})
-        self.device = choose_device(self.settings.device)
+        super().__init__(settings, context)
+        self.space = context.require_space("the generative agent", composition=True)
+        self.device = choose_device(settings.device)
         self.twin = AlloyTwin()
         comp = self.space.composition
-        elements = list(comp.elements)
-        data = twin_composition_data(self.twin, self.space, self.settings.twin_samples, seed=self.settings.seed)
-        for directory in self.settings.history:
-            data = data + ledger_composition_data(directory, elements)
+        self.elements = list(comp.elements)
+        data = twin_composition_data(self.twin, self.space, settings.twin_samples, seed=settings.seed)
+        for past in history_composition_data(settings.history, self.elements):
+            data = data + past
         self.conditions = data.condition_names
-        self.elements = elements
-        self.model = train_composition_cvae(data, [comp.elements[e][0] for e in elements],
-                                            [comp.elements[e][1] for e in elements], epochs=self.settings.epochs,
-                                            seed=self.settings.seed, device=str(self.device))
+        self.model = train_composition_cvae(data, [comp.elements[e][0] for e in self.elements],
+                                            [comp.elements[e][1] for e in self.elements], epochs=settings.epochs,
+                                            seed=settings.seed, device=str(self.device))
         self.field_model = None
 
     def details(self) -> dict:
@@ -104,14 +161,5 @@ class GenerativeService(Service):
         rho = self.field_model.sample(f, torch.Generator().manual_seed(request.seed)).cpu().numpy().astype(np.float64)
         return MicrostructureFields(fraction=fraction, fields=rho.tolist())
 
-
-def spawn_generative_agent(options: dict, *, broker_address: str, service_name: str = "surrogate.generative",
-                           num_cpus: float = 1.0):
-    """Start the generative agent as a Ray actor, with a GPU when the cluster has one free."""
-    import ray
-
-    from sdl.agents.actor import spawn_agent
-
-    gpus = 1.0 if ray.available_resources().get("GPU", 0.0) >= 1.0 else 0.0
-    return spawn_agent("generative", options, broker_address=broker_address, service_name=service_name,
-                       num_cpus=num_cpus, num_gpus=gpus)
+    def close(self) -> None:
+        self.twin.close()

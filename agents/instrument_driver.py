@@ -1,7 +1,9 @@
 """The instrument-driver agent: any :class:`sdl.instruments.base.Instrument` as a bus service.
 
-The same service runs inside a Ray actor (``sdl.agents.actor``) or in a plain process on the PC
-wired to the hardware (``sdl instrument serve``); the campaign cannot tell them apart.
+The same service runs inside a Ray actor (started by a campaign for each ``instruments`` entry with
+``host: ray``) or in a plain process on the PC wired to the hardware (``sdl instrument serve``);
+the campaign cannot tell them apart. Drivers are found through the ``sdl.instruments`` entry-point
+group; their options are validated by the driver's own ``Parameters`` when the config is loaded.
 """
 
 from __future__ import annotations
@@ -9,18 +11,45 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field, model_validator
+
+from sdl.agents.base import Agent, AgentContext
+from sdl.bus import ServiceError, method
+from sdl.experiment import ExperimentResult, ExperimentSpec
 from sdl.instruments.base import InstrumentFault, driver_class
-from sdl.protocol import ExperimentResult, RunExperiment
-from sdl.service import Service, ServiceError, method
+from sdl.settings import Section, describe_validation_error
+from sdl.wire import ErrorCode, WireModel
 
 
-class InstrumentDriverService(Service):
+class InstrumentDriverSettings(Section):
+    driver: str = Field(description="a driver name from the sdl.instruments entry points (`sdl instrument list`)")
+    options: dict[str, Any] = Field(default_factory=dict, description="the driver's parameters")
+    journal_path: Path | None = Field(default=None, description="its idempotency journal (SQLite; default: in memory)")
+
+    @model_validator(mode="after")
+    def _driver_options(self) -> InstrumentDriverSettings:
+        from pydantic import ValidationError
+
+        try:
+            driver_class(self.driver).Parameters.model_validate(self.options)
+        except ValidationError as e:
+            raise ValueError(f"options of driver {self.driver!r}: {describe_validation_error(e)}") from None
+        return self
+
+
+class RunExperiment(WireModel):
+    experiment: ExperimentSpec
+
+
+class InstrumentDriverAgent(Agent):
     """Method ``run`` (a hardware command: needs an idempotency key) and ``describe``."""
 
-    kind = "instrument"
+    role = "instrument"
+    Settings = InstrumentDriverSettings
 
-    def __init__(self, *, driver: str, options: dict[str, Any] | None = None, journal_path: str | Path | None = None):
-        self.instrument = driver_class(driver)(journal_path=journal_path, **(options or {}))
+    def __init__(self, settings: InstrumentDriverSettings, context: AgentContext | None = None) -> None:
+        super().__init__(settings, context or AgentContext())
+        self.instrument = driver_class(settings.driver)(journal_path=settings.journal_path, **settings.options)
 
     def details(self) -> dict[str, Any]:
         return self.instrument.describe()
@@ -30,9 +59,9 @@ class InstrumentDriverService(Service):
         try:
             return self.instrument.run(request.experiment, idempotency_key=idempotency_key)
         except InstrumentFault as e:
-            raise ServiceError(str(e), code="instrument_fault") from e
+            raise ServiceError(str(e), code=ErrorCode.INSTRUMENT_FAULT) from e
         except ValueError as e:  # the experiment does not fit this instrument (names, limits)
-            raise ServiceError(str(e), code="invalid_payload") from e
+            raise ServiceError(str(e), code=ErrorCode.INVALID_PAYLOAD) from e
 
     def close(self) -> None:
         self.instrument.close()

@@ -1,5 +1,5 @@
 """The MLIP agent (``surrogate.mlip``): a committee of machine-learned interatomic potentials on
-the bus, on a GPU where the cluster has one.
+the bus, on a GPU where the cluster has one (``num_gpus: auto``, its default).
 
 Methods: ``predict`` (committee mean energy, forces, optional stress, and the committee spread
 that tells an active learner where the potential is unsure) and ``train`` (on structures an
@@ -12,13 +12,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-# torch imports its compiler (torch._dynamo, seconds of imports) lazily on the first optimiser;
-# inside a request handler that stalls the worker's heartbeat thread past the broker's liveness
-# limit, so the agent imports it at start-up instead.
-import torch._dynamo  # noqa: F401
+from pydantic import Field, field_validator, model_validator
 
-from sdl.protocol import MlipPredictRequest, MlipPrediction, MlipTrainRequest, MlipTrainSummary
-from sdl.service import Service, ServiceError, method
+from sdl.agents.base import Agent, AgentContext
+from sdl.bus import ServiceError, method
+from sdl.experiment import AtomicStructure, LabelledStructure
+from sdl.settings import Section
 from sdl.surrogates.mlip import (
     Committee,
     MlipConfig,
@@ -28,31 +27,81 @@ from sdl.surrogates.mlip import (
     make_batch,
     train_committee,
 )
+from sdl.wire import WireModel
 
 
-class MlipService(Service):
-    kind = "surrogate"
+class MlipSettings(Section):
+    """A committee to train (``potential``) or a trained one to load (``checkpoint``)."""
 
-    def __init__(self, *, potential: MlipConfig | dict | None = None, checkpoint: str | None = None,
-                 committee_size: int = 3, training: TrainingSettings | dict | None = None,
-                 device: str = "auto", seed: int = 0) -> None:
-        if (potential is None) == (checkpoint is None):
-            raise ValueError("give the MLIP agent either a potential architecture (to train) or a checkpoint (to load)")
-        self.device = choose_device(device)
-        self.training = TrainingSettings.model_validate(training or {})
-        self.checkpoint = checkpoint
-        if checkpoint is not None:
-            if not Path(checkpoint).is_file():
-                raise ValueError(f"MLIP checkpoint {checkpoint} does not exist; train one with `sdl mlip active-learn`")
-            self.committee = load_committee(checkpoint, device=str(self.device))
+    potential: MlipConfig | None = Field(default=None, description="architecture of a new committee")
+    checkpoint: Path | None = Field(default=None, description="a committee.pt from `sdl mlip active-learn`")
+    committee_size: int = Field(default=3, ge=1, le=64)
+    training: TrainingSettings = TrainingSettings()
+    device: str = Field(default="auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
+    seed: int = 0
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _from_here(cls, path: Path | None) -> Path | None:
+        return None if path is None else path.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _one_source(self) -> MlipSettings:
+        if (self.potential is None) == (self.checkpoint is None):
+            raise ValueError("give either a potential architecture (to train) or a checkpoint (to load)")
+        if self.checkpoint is not None and not self.checkpoint.is_file():
+            raise ValueError(f"MLIP checkpoint {self.checkpoint} does not exist; train one with `sdl mlip active-learn`")
+        return self
+
+
+class MlipTrainRequest(WireModel):
+    structures: list[LabelledStructure] = Field(min_length=1)
+    epochs: int | None = Field(default=None, ge=1, le=100000, description="default: the agent's training settings")
+    warm_start: bool = Field(default=False, description="continue from the current weights and normalisation")
+
+
+class MlipTrainSummary(WireModel):
+    n_train: int
+    train_s: float
+    device: str
+    final_loss: list[float]
+
+
+class MlipPredictRequest(WireModel):
+    structures: list[AtomicStructure] = Field(min_length=1)
+    stress: bool = False
+
+
+class MlipPrediction(WireModel):
+    """Committee mean and spread per structure; forces per atom."""
+
+    energy_ev: list[float]
+    energy_std_ev: list[float]
+    forces_ev_per_ang: list[list[tuple[float, float, float]]]
+    max_force_std_ev_per_ang: list[float] = Field(description="largest per-atom committee force spread")
+    stress_ev_per_ang3: list[list[list[float]]] | None = None
+
+
+class MlipAgent(Agent):
+    role = "surrogate"
+    Settings = MlipSettings
+    default_num_gpus = "auto"
+
+    def __init__(self, settings: MlipSettings, context: AgentContext) -> None:
+        super().__init__(settings, context)
+        self.device = choose_device(settings.device)
+        self.training = settings.training
+        self.checkpoint = settings.checkpoint
+        if settings.checkpoint is not None:
+            self.committee = load_committee(settings.checkpoint, device=str(self.device))
             self.trained = True
         else:
-            self.committee = Committee.new(MlipConfig.model_validate(potential), committee_size, seed=seed)
+            self.committee = Committee.new(settings.potential, settings.committee_size, seed=settings.seed)
             self.trained = False
 
     def details(self) -> dict:
         return {"elements": self.committee.config.elements, "committee_size": len(self.committee.members),
-                "device": str(self.device), "trained": self.trained, "checkpoint": self.checkpoint}
+                "device": str(self.device), "trained": self.trained, "checkpoint": str(self.checkpoint) if self.checkpoint else None}
 
     @method(MlipTrainRequest)
     def train(self, request: MlipTrainRequest) -> MlipTrainSummary:
@@ -95,15 +144,3 @@ class MlipService(Service):
             max_force_std_ev_per_ang=[float(spread[owner == k].max()) for k in range(batch.n_structures)],
             stress_ev_per_ang3=out["stress"].cpu().double().tolist() if stress else None,
         )
-
-def spawn_mlip_agent(options: dict, *, broker_address: str, service_name: str = "surrogate.mlip",
-                     num_cpus: float = 1.0):
-    """Start the MLIP agent as a Ray actor, with a GPU when the cluster has one free (then the
-    committee trains and predicts on it: ``device: auto`` inside the actor sees CUDA)."""
-    import ray
-
-    from sdl.agents.actor import spawn_agent
-
-    gpus = 1.0 if ray.available_resources().get("GPU", 0.0) >= 1.0 else 0.0
-    return spawn_agent("mlip", options, broker_address=broker_address, service_name=service_name,
-                       num_cpus=num_cpus, num_gpus=gpus)

@@ -8,26 +8,45 @@ high-level interface as BoTorch does). Ax receives a measured constraint as an o
 BayBE has no outcome constraints, so an infeasible result is told as the worst value observed so
 far (the usual workaround). Each peer runs with its own defaults otherwise.
 
-Install with the ``peers`` extra: ``pip install -e '.[peers]'``.
+Both are agent kinds (``planner.ax``, ``planner.baybe``), so a campaign can run them too. Install
+with the ``peers`` extra: ``pip install -e '.[peers]'``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
+from typing import ClassVar
 
-from sdl.agents.planner import Planner
-from sdl.config import ConstraintConfig, ObjectiveConfig
-from sdl.protocol import Composition, DesignPoint, ProposeRequest
-from sdl.space import SearchSpace
+from pydantic import Field
+
+from sdl.agents.base import AgentContext
+from sdl.agents.planner import Planner, ProposeRequest
+from sdl.experiment import Composition, DesignPoint
+from sdl.objective import ConstraintConfig
+from sdl.settings import Section
+
+
+class PeerSettings(Section):
+    initial_points: int = Field(default=8, ge=1, description="the peer's own initial design size")
+    constraint: ConstraintConfig | None = Field(default=None, description="what counts as feasible in the measurements")
 
 
 class PeerPlanner(Planner):
-    def __init__(self, space: SearchSpace, objective: ObjectiveConfig, constraint: ConstraintConfig | None, *,
-                 seed: int = 0, initial_points: int = 8) -> None:
-        super().__init__(space, seed=seed)
-        self.objective = objective
-        self.constraint = constraint
-        self.initial_points = initial_points
+    Settings = PeerSettings
+    library: ClassVar[str]  # the peer's import name
+
+    @classmethod
+    def check(cls, settings: PeerSettings, context: AgentContext) -> None:
+        super().check(settings, context)
+        if importlib.util.find_spec(cls.library) is None:
+            raise ValueError(f"the {cls.name} planner needs the optional peers: pip install -e '.[peers]'")
+
+    def __init__(self, settings: PeerSettings, context: AgentContext) -> None:
+        super().__init__(settings, context)
+        self.objective = context.objective
+        self.constraint = settings.constraint
+        self.initial_points = settings.initial_points
         self._told = 0
         self._asked: list = []  # peer-side handles of proposals not yet told, in order
 
@@ -87,9 +106,10 @@ class AxPlanner(PeerPlanner):
     """Ax (``ax.api.Client``): its default generation strategy (Sobol', then BoTorch)."""
 
     name = "ax"
+    library = "ax"
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, settings: PeerSettings, context: AgentContext) -> None:
+        super().__init__(settings, context)
         from ax.api.client import Client
         from ax.api.configs import RangeParameterConfig
 
@@ -135,9 +155,10 @@ class BayBEPlanner(PeerPlanner):
     """BayBE (``baybe.Campaign``) with its default recommenders."""
 
     name = "baybe"
+    library = "baybe"
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, settings: PeerSettings, context: AgentContext) -> None:
+        super().__init__(settings, context)
         from baybe import Campaign
         from baybe.constraints import ContinuousLinearConstraint
         from baybe.objectives import SingleTargetObjective
@@ -177,18 +198,3 @@ class BayBEPlanner(PeerPlanner):
         measured = handle.copy()
         measured[self.objective.measurement] = value
         self.campaign.add_measurements(measured)
-
-
-PEERS = {"ax": AxPlanner, "baybe": BayBEPlanner}
-
-
-def make_peer_planner(kind: str, space: SearchSpace, objective: ObjectiveConfig, constraint: ConstraintConfig | None,
-                      *, seed: int, initial_points: int = 8) -> PeerPlanner:
-    try:
-        cls = PEERS[kind]
-    except KeyError:
-        raise ValueError(f"unknown peer {kind!r}; available: {', '.join(PEERS)}") from None
-    try:
-        return cls(space, objective, constraint, seed=seed, initial_points=initial_points)
-    except ImportError as e:
-        raise RuntimeError(f"the {kind} planner needs the optional peers: pip install -e '.[peers]' ({e})") from e

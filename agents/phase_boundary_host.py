@@ -1,44 +1,70 @@
-"""The phase-boundary simulator agent: learns P(target phase state | composition) from CALPHAD by
-active learning and hands the posterior to planners.
+"""The phase-boundary simulator agent (``simulator.phase_boundary``): learns P(target phase state |
+composition) from CALPHAD by active learning and hands the posterior to planners.
 
-Served as ``simulator.phase_boundary``. Method ``feasibility`` returns the current
-:class:`FeasibilityModel`, learning first (``calphad_calls`` points, chosen by expected error
-reduction or least confidence) if it has not yet; the CALPHAD equilibria are cached on disk, so a
-restarted agent relearns in seconds.
+Method ``feasibility`` returns the current :class:`FeasibilityModel`, learning first
+(``calphad_calls`` points, chosen by expected error reduction or least confidence) if it has not
+yet; the CALPHAD equilibria are cached on disk, so a restarted agent relearns in seconds. It
+provides the ``feasibility`` capability: a campaign whose planner weighs by P(feasible) asks it.
 """
 
 from __future__ import annotations
 
 import threading
-import numpy as np
+from typing import Literal
 
-from sdl.config import PhaseBoundaryConfig
-from sdl.env.calphad import default_cache_path
-from sdl.env.phase_state import CalphadPhaseOracle
-from sdl.protocol import FeasibilityModel, FeasibilityRequest
-from sdl.service import Service, ServiceError, method
+import numpy as np
+from pydantic import Field
+
+from sdl.agents.base import Agent, AgentContext
+from sdl.bus import ServiceError, method
+from sdl.env.calphad import DEFAULT_DATABASE, default_cache_path
+from sdl.env.phase_state import CalphadPhaseOracle, PhaseTarget
+from sdl.settings import Section
 from sdl.space import SearchSpace
 from sdl.surrogates.phase_boundary import PhaseBoundaryLearner, candidate_pool
+from sdl.surrogates.phase_classifier import FeasibilityModel
+from sdl.wire import ErrorCode, WireModel
 
 
-class PhaseBoundaryService(Service):
-    kind = "simulator"
+class PhaseBoundarySettings(Section):
+    """What the CALPHAD phase-boundary learner learns, and how."""
 
-    def __init__(self, *, space: SearchSpace | dict, settings: PhaseBoundaryConfig | dict | None = None,
-                 seed: int = 0) -> None:
-        self.space = SearchSpace.model_validate(space)
-        self.settings = PhaseBoundaryConfig.model_validate(settings or {})
-        if self.space.composition is None:
-            raise ValueError("the phase-boundary agent needs a search space with a composition")
-        comp = self.space.composition
+    target: PhaseTarget = PhaseTarget()
+    database: str = Field(default=DEFAULT_DATABASE, description="path to a TDB file, or pycalphad:NAME")
+    calphad_calls: int = Field(default=48, ge=4, le=2000, description="compositions labelled by CALPHAD")
+    strategy: Literal["eer", "least_confidence", "random", "grid"] = "eer"
+    degree: int = Field(default=3, ge=1, le=4, description="polynomial degree of the classifier's features")
+    pool_size: int = Field(default=2048, ge=64, description="candidate compositions the learner chooses from")
+    cache_path: str | None = Field(default=None, description="CALPHAD cache (default: ~/.cache/sdl)")
+
+
+class FeasibilityRequest(WireModel):
+    calphad_calls: int | None = Field(default=None, ge=1, description="learn until this many (default: configured)")
+
+
+class PhaseBoundaryAgent(Agent):
+    role = "simulator"
+    Settings = PhaseBoundarySettings
+    provides = frozenset({"feasibility"})
+    default_timeout_s = 900.0  # learning on a cold CALPHAD cache takes minutes
+
+    @classmethod
+    def check(cls, settings: PhaseBoundarySettings, context: AgentContext) -> None:
+        space = context.require_space("the phase-boundary agent", composition=True)
+        if space.parameters:
+            raise ValueError("the phase-boundary agent learns over a composition-only space")
+
+    def __init__(self, settings: PhaseBoundarySettings, context: AgentContext) -> None:
+        super().__init__(settings, context)
+        self.check(settings, context)
+        comp = context.space.composition
         self.free = comp.free_elements
-        self.oracle = CalphadPhaseOracle(self.free, comp.balance_element, self.settings.target,
-                                         database=self.settings.database,
-                                         cache_path=self.settings.cache_path or default_cache_path())
+        self.oracle = CalphadPhaseOracle(self.free, comp.balance_element, settings.target, database=settings.database,
+                                         cache_path=settings.cache_path or default_cache_path())
         bounds = np.array([comp.elements[e] for e in self.free])
-        pool = candidate_pool(SearchSpace(composition=comp), self.settings.pool_size, seed=seed)
-        self.learner = PhaseBoundaryLearner(self.oracle.label, pool, bounds, strategy=self.settings.strategy,
-                                            degree=self.settings.degree, seed=seed)
+        pool = candidate_pool(SearchSpace(composition=comp), settings.pool_size, seed=context.seed)
+        self.learner = PhaseBoundaryLearner(self.oracle.label, pool, bounds, strategy=settings.strategy,
+                                            degree=settings.degree, seed=context.seed)
         self._lock = threading.Lock()  # one learning run at a time, whichever slot asks
 
     def details(self) -> dict:
@@ -50,15 +76,13 @@ class PhaseBoundaryService(Service):
         budget = request.calphad_calls or self.settings.calphad_calls
         if budget > self.settings.pool_size:
             raise ServiceError(f"calphad_calls {budget} exceeds the candidate pool of {self.settings.pool_size}",
-                               code="invalid_payload")
+                               code=ErrorCode.INVALID_PAYLOAD)
         with self._lock:
             classifier = self.learner.run(max(budget, self.learner.calls))
-            mean, cov = classifier.posterior_gaussian()
-            low, span = classifier.scaling
-            return FeasibilityModel(
-                inputs=list(self.free), low=low.tolist(), span=span.tolist(),
-                degree=classifier.degree, weight_mean=mean.tolist(), weight_covariance=cov.tolist(),
-                calphad_calls=self.learner.calls,
+            return FeasibilityModel.from_classifier(
+                classifier, inputs=list(self.free), calphad_calls=self.learner.calls,
                 target={"description": "single gamma at the solution temperature, no brittle phase at ageing",
-                        **self.settings.target.model_dump()},
-            )
+                        **self.settings.target.model_dump()})
+
+    def close(self) -> None:
+        self.oracle.close()

@@ -1,40 +1,75 @@
 """Planner agents: which experiments to run next.
 
-A planner is a pure function of the search space, its seed, and what the campaign tells it (finished
-observations and pending points), so a restarted planner actor or a resumed campaign asks again and
-gets the same answer. The ``k``-th proposal of a campaign is always the same point for a given seed,
-where ``k`` counts observations plus pending experiments.
+A planner is a pure function of the search space, its seed, its settings and what the campaign tells
+it (finished observations and pending points), so a restarted planner actor or a resumed campaign
+asks again and gets the same answer. The ``k``-th proposal of a campaign is always the same point
+for a given seed, where ``k`` counts observations plus pending experiments.
 
-This module holds the model-free planners (``random``, ``sobol``) and the bus service that hosts
-any planner; model-based planners (BO, causal, process) live beside it.
+This module holds the planner contract (:class:`Planner`, the ``propose`` messages and the bus
+service that hosts any planner) and the model-free planners (``random``, ``sobol``); each
+model-based planner is its own module beside it (``bo_planner``, ``causal_planner``,
+``generative_planner``, ``peer_planners``).
 """
 
 from __future__ import annotations
 
 import time
+from typing import ClassVar
 
 import numpy as np
+from pydantic import Field
 from scipy.stats import qmc
 
-from sdl.protocol import DesignPoint, ProposeRequest, Proposal
-from sdl.service import Service, ServiceError, method
+from sdl.agents.base import AgentContext, AgentKind
+from sdl.agents.registry import agent_class, validate_settings
+from sdl.bus import Service, ServiceError, method
+from sdl.experiment import DesignPoint, Observation
+from sdl.settings import Section
 from sdl.space import SearchSpace
+from sdl.surrogates.phase_classifier import FeasibilityModel
+from sdl.wire import ErrorCode, WireModel
 
 # Give up when this many candidates in a row are rejected by the composition bounds.
 MAX_REJECTED_DRAWS = 2**20
 
 
-class Planner:
-    """Proposes ``n`` points given the campaign's history."""
+class ProposeRequest(WireModel):
+    n: int = Field(ge=1, le=10_000)
+    observations: list[Observation] = Field(default_factory=list)
+    pending: list[DesignPoint] = Field(default_factory=list)
+    feasibility: FeasibilityModel | None = Field(default=None, description="for planners that weigh by P(feasible)")
 
-    name = "planner"
 
-    def __init__(self, space: SearchSpace, *, seed: int = 0) -> None:
-        self.space = space
-        self.seed = seed
+class Proposal(WireModel):
+    points: list[DesignPoint]
+    planner: str
+    planner_seconds: float = Field(ge=0.0)
+    predicted: list[dict[str, float]] = Field(
+        default_factory=list, description="per point, what the planner expects (e.g. hardness_hv, hardness_hv_std)")
+
+
+class Planner(AgentKind):
+    """Proposes ``n`` points given the campaign's history. Built as ``Planner(settings, context)``."""
+
+    role = "planner"
+    name: ClassVar[str] = "planner"
+
+    def __init__(self, settings: Section, context: AgentContext) -> None:
+        self.settings = settings
+        self.context = context
+        self.space: SearchSpace = context.require_space(f"the {self.name} planner")
+        self.seed = context.seed
         # What the planner expects of each point of its last proposal (e.g. objective mean and sd);
         # empty for planners without a model.
         self.predicted: list[dict[str, float]] = []
+
+    @classmethod
+    def check(cls, settings: Section, context: AgentContext) -> None:
+        context.require_space(f"the {cls.name} planner")
+
+    @classmethod
+    def build(cls, settings: Section, context: AgentContext) -> Service:
+        return PlannerService(cls(settings, context))
 
     def propose(self, request: ProposeRequest) -> list[DesignPoint]:
         raise NotImplementedError
@@ -65,9 +100,9 @@ class SobolPlanner(Planner):
 
     name = "sobol"
 
-    def __init__(self, space: SearchSpace, *, seed: int = 0) -> None:
-        super().__init__(space, seed=seed)
-        self._sampler = qmc.Sobol(d=space.dimension, scramble=True, seed=seed)
+    def __init__(self, settings: Section, context: AgentContext) -> None:
+        super().__init__(settings, context)
+        self._sampler = qmc.Sobol(d=self.space.dimension, scramble=True, seed=self.seed)
         self._sequence: list[DesignPoint] = []  # accepted points, in order; a memo of a fixed sequence
         self._drawn = 0
 
@@ -76,8 +111,7 @@ class SobolPlanner(Planner):
 
     def points(self, start: int, n: int) -> list[DesignPoint]:
         """Points ``start`` .. ``start + n - 1`` of the seed's sequence (inside the space)."""
-        position = start
-        while len(self._sequence) < position + n:
+        while len(self._sequence) < start + n:
             if self._drawn > MAX_REJECTED_DRAWS and not self._sequence:
                 raise ValueError("the composition bounds leave almost no volume; widen them")
             # Doubling keeps the total a power of two, which Sobol' balance properties need.
@@ -85,44 +119,28 @@ class SobolPlanner(Planner):
             accepted, _ = self.space.from_unit_cube(self._sampler.random_base2(m=m))
             self._drawn += 2**m
             self._sequence.extend(accepted)
-        return self._sequence[position : position + n]
+        return self._sequence[start : start + n]
 
 
-PLANNERS: dict[str, type[Planner]] = {"random": RandomPlanner, "sobol": SobolPlanner}
-
-
-def make_planner(kind: str, space: SearchSpace, *, seed: int, settings: dict | None = None) -> Planner:
-    """A planner by name; ``settings`` configure the model-based ones (``bo``: :class:`BoSettings`)."""
-    if kind == "bo":
-        from sdl.agents.bo_planner import BoPlanner  # botorch import only where it is used
-
-        if settings is None:
-            raise ValueError("the bo planner needs settings (at least its objectives)")
-        return BoPlanner(space, seed=seed, settings=settings)
-    if kind == "causal":
-        from sdl.agents.causal_planner import CausalPlanner  # pyro import only where it is used
-
-        if settings is None:
-            raise ValueError("the causal planner needs settings (at least `history`, a past campaign directory)")
-        return CausalPlanner(space, seed=seed, settings=settings)
-    try:
-        cls = PLANNERS[kind]
-    except KeyError:
-        raise ValueError(f"unknown planner {kind!r}; available: {', '.join(sorted([*PLANNERS, 'bo', 'causal']))}") from None
-    return cls(space, seed=seed)
+def make_planner(kind: str, context: AgentContext, settings: Section | dict | None = None) -> Planner:
+    """A planner of an installed kind (``bo`` or ``planner.bo``), built in this process, without a bus:
+    what benchmarks and notebooks use. Its settings are validated by the kind's own model."""
+    name = kind if "." in kind else f"planner.{kind}"
+    cls = agent_class(name, role="planner")
+    return cls(validate_settings(cls, settings, name=name), context)
 
 
 class PlannerService(Service):
-    """Hosts a planner on the bus as ``planner.<kind>``; method ``propose``."""
+    """Hosts a planner on the bus (as ``planner.<kind>``); method ``propose``."""
 
     kind = "planner"
 
-    def __init__(self, *, planner: str, space: SearchSpace | dict, seed: int = 0, settings: dict | None = None) -> None:
-        self.space = SearchSpace.model_validate(space)
-        self.planner = make_planner(planner, self.space, seed=seed, settings=settings)
+    def __init__(self, planner: Planner) -> None:
+        self.planner = planner
 
     def details(self) -> dict:
-        return {"planner": self.planner.name, "seed": self.planner.seed, "space": self.space.model_dump(mode="json")}
+        return {"planner": self.planner.name, "seed": self.planner.seed,
+                "space": self.planner.space.model_dump(mode="json")}
 
     @method(ProposeRequest)
     def propose(self, request: ProposeRequest) -> Proposal:
@@ -130,6 +148,6 @@ class PlannerService(Service):
         try:
             points = self.planner.propose(request)
         except ValueError as e:
-            raise ServiceError(str(e), code="invalid_payload") from e
+            raise ServiceError(str(e), code=ErrorCode.INVALID_PAYLOAD) from e
         return Proposal(points=points, planner=self.planner.name, planner_seconds=time.perf_counter() - started,
                         predicted=self.planner.predicted)

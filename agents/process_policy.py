@@ -21,19 +21,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from sdl.config import ConfigError, _Section, read_yaml
+from sdl.settings import Section, load_yaml
 from sdl.env.heat_treatment import (DEFAULT_DURATIONS_S, DEFAULT_TEMPERATURES_K, HeatTreatmentEnv, optimal_actions,
                                     rollout, textbook_actions)
 from sdl.env.twin import AlloyTwin, TwinConfig
-from sdl.protocol import ProcessStep, describe_validation_error
+from sdl.experiment import ProcessStep
 
 ENV_NAME = "sdl-heat-treatment"
 SETTINGS_FILE = "sdl_policy.json"
 
 
-class HeatTreatmentSettings(_Section):
+class HeatTreatmentSettings(Section):
     """The MDP the policy is trained on (see :class:`sdl.env.heat_treatment.HeatTreatmentEnv`)."""
 
     composition: dict[str, tuple[float, float]] = Field(
@@ -70,7 +70,7 @@ class HeatTreatmentSettings(_Section):
                                 temperature_scatter_k=self.temperature_scatter_k)
 
 
-class PpoSettings(_Section):
+class PpoSettings(Section):
     """RLlib PPO hyper-parameters (new API stack)."""
 
     iterations: int = Field(default=40, ge=1, le=10000)
@@ -91,7 +91,7 @@ class PpoSettings(_Section):
         return self
 
 
-class PolicyConfig(_Section):
+class PolicyConfig(Section):
     """``sdl policy train CONFIG``."""
 
     name: str = Field(default="heat_treatment_policy", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -103,10 +103,7 @@ class PolicyConfig(_Section):
 
 
 def load_policy_config(path: str | Path) -> PolicyConfig:
-    try:
-        return PolicyConfig.model_validate(read_yaml(path, "policy config") or {})
-    except ValidationError as e:
-        raise ConfigError(f"{path}: {describe_validation_error(e)}") from None
+    return load_yaml(PolicyConfig, path, "policy config")
 
 
 # -- training ------------------------------------------------------------------------------------

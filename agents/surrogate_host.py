@@ -1,7 +1,8 @@
-"""The surrogate-host agent: a surrogate model of the measured objective, served on the bus.
+"""The GP surrogate agent (``surrogate.gp``): a model of the measured objective, served on the bus.
 
 Methods: ``fit`` (on the campaign's observations; returns the observed point with the best
-posterior mean, the usual recommendation under noise) and ``predict``.
+posterior mean, the usual recommendation under noise) and ``predict``. It provides the
+``recommendation`` capability: at the end of a campaign the loop asks it for the recommended point.
 """
 
 from __future__ import annotations
@@ -9,27 +10,54 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
-from sdl.protocol import FitRequest, FitSummary, Prediction, PredictRequest
-from sdl.service import Service, ServiceError, method
-from sdl.space import SearchSpace
+from sdl.agents.base import Agent, AgentContext
+from sdl.bus import ServiceError, method
+from sdl.experiment import DesignPoint, Observation
+from sdl.settings import NoSettings
 from sdl.surrogates.gp import GaussianProcess
+from sdl.wire import WireModel
 
-SURROGATES = {"gp": GaussianProcess}
+
+class FitRequest(WireModel):
+    observations: list[Observation]
+    objective: str
+    direction: Literal["minimize", "maximize"] = "minimize"
 
 
-class SurrogateHostService(Service):
-    kind = "surrogate"
+class FitSummary(WireModel):
+    n_train: int
+    recommended: DesignPoint | None
+    recommended_mean: float | None
+    recommended_std: float | None
 
-    def __init__(self, *, model: Literal["gp"] = "gp", space: SearchSpace | dict) -> None:
-        if model not in SURROGATES:
-            raise ValueError(f"unknown surrogate {model!r}; available: {', '.join(SURROGATES)}")
-        self.model_name = model
-        self.space = SearchSpace.model_validate(space)
-        self.model = SURROGATES[model]()
+
+class PredictRequest(WireModel):
+    points: list[DesignPoint] = Field(min_length=1)
+
+
+class Prediction(WireModel):
+    mean: list[float]
+    std: list[float]
+
+
+class GpSurrogate(Agent):
+    role = "surrogate"
+    Settings = NoSettings
+    provides = frozenset({"recommendation"})
+
+    @classmethod
+    def check(cls, settings: NoSettings, context: AgentContext) -> None:
+        context.require_space("the GP surrogate")
+
+    def __init__(self, settings: NoSettings, context: AgentContext) -> None:
+        super().__init__(settings, context)
+        self.space = context.require_space("the GP surrogate")
+        self.model = GaussianProcess()
 
     def details(self) -> dict:
-        return {"model": self.model_name, "fitted": self.model.model is not None}
+        return {"model": "gp", "fitted": self.model.model is not None}
 
     @method(FitRequest)
     def fit(self, request: FitRequest) -> FitSummary:
@@ -41,12 +69,8 @@ class SurrogateHostService(Service):
         self.model.fit(x, y)
         mean, std = self.model.predict(x)
         best = int(np.argmin(mean) if request.direction == "minimize" else np.argmax(mean))
-        return FitSummary(
-            n_train=len(usable),
-            recommended=usable[best].point,
-            recommended_mean=float(mean[best]),
-            recommended_std=float(std[best]),
-        )
+        return FitSummary(n_train=len(usable), recommended=usable[best].point, recommended_mean=float(mean[best]),
+                          recommended_std=float(std[best]))
 
     @method(PredictRequest)
     def predict(self, request: PredictRequest) -> Prediction:

@@ -102,7 +102,7 @@ def _broker_process(address_queue: mp.Queue, stop: mp.Event) -> None:
 
 def _worker_process(address: str, stop: mp.Event) -> None:
     from sdl import protocol
-    from sdl.service import Service, Worker, method
+    from sdl.bus import Service, Worker, method
 
     class Echo(Service):
         kind = "bench"
@@ -122,7 +122,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def round_trips(n: int) -> None:
     from sdl import protocol
-    from sdl.client import BusClient
+    from sdl.bus import BusClient
 
     payload = protocol.EvaluateRequest(points=[protocol.DesignPoint(parameters={"x1": 1.0, "x2": 2.0})])
     body = protocol.encode(protocol.Request(service="bench.echo", method="evaluate", payload=payload.model_dump(mode="json")))
@@ -197,7 +197,7 @@ def throughput(n: int) -> None:
     import ray
 
     from sdl.campaign import Campaign
-    from sdl.config import parse_config
+    from sdl.campaign import parse_config
     from sdl.ledger import Ledger
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

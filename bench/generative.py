@@ -51,7 +51,7 @@ def main() -> None:
 
     from scipy.optimize import minimize
 
-    from sdl.config import load_config
+    from sdl.campaign import load_config
     from sdl.env.twin import AlloyTwin
     from sdl.surrogates.generative import (plot_fields, plot_generated, train_composition_cvae,
                                            train_microstructure_vae, twin_composition_data, twin_labels,

@@ -19,7 +19,8 @@ import torch
 
 from sdl.agents.planner import RandomPlanner
 from sdl.bench import PlannerSpec, TestFunctionProblem, TwinProblem, load_bench_config, make_bench_planner
-from sdl.protocol import Observation, ProposeRequest
+from sdl.experiment import Observation
+from sdl.protocol import ProposeRequest  # TODO-MOVE  # FIXME
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ def main() -> None:
     from sdl.env.calphad import PhaseEquilibria
     from sdl.env.twin import AlloyTwin, TwinConfig
     from sdl.instruments.alloy_lab import Furnace
-    from sdl.protocol import DesignPoint, ExperimentSpec, ProcessStep
+    from sdl.experiment import DesignPoint, ExperimentSpec, ProcessStep
 
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "calphad.sqlite"

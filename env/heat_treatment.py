@@ -33,7 +33,7 @@ from sdl.env.calphad import BRITTLE
 from sdl.env.kinetics import Microstructure, hold, quench
 from sdl.env.strength import vickers_hardness
 from sdl.env.twin import AlloyTwin
-from sdl.protocol import ProcessStep
+from sdl.experiment import ProcessStep
 
 DEFAULT_TEMPERATURES_K = (950.0, 1000.0, 1050.0, 1100.0, 1150.0, 1250.0, 1300.0, 1400.0)
 DEFAULT_DURATIONS_S = (1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 57600.0)

@@ -2,7 +2,7 @@
 
 Vectorised over specimens (NumPy arrays of equal length). The state is the grain size, the
 gamma-prime volume fraction and mean radius, and the time and temperature history. A route is a list
-of :class:`sdl.protocol.ProcessStep`; each isothermal hold applies, in order:
+of :class:`sdl.experiment.ProcessStep`; each isothermal hold applies, in order:
 
 * grain growth, parabolic with an Arrhenius rate: d^2 - d0^2 = k_g(T) t;
 * precipitation toward the CALPHAD equilibrium fraction at the hold temperature by JMAK,
@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from sdl.protocol import ProcessStep
+from sdl.experiment import ProcessStep
 
 GAS_CONSTANT_J_PER_MOL_K = 8.314462618
 

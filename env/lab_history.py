@@ -15,21 +15,19 @@ So Al and the heat treatment are correlated through the era: the Al-rich alloys 
 over-aged, and a regression of hardness on Al alone mixes Al's strong positive effect with the
 stabilisation's softening (in the bench's history it has the wrong sign).
 Each specimen's outcome is the twin's (the same kinetics and strength model the simulated furnace
-and hardness tester use), with the tester's measurement noise; rows go into a real campaign ledger.
+and hardness tester use), with the tester's measurement noise; ``sdl causal history`` writes the rows
+into a real campaign ledger (:func:`sdl.agents.causal_planner.write_history`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from sdl.env.heat_treatment import hold_step
 from sdl.env.twin import AlloyTwin
-from sdl.protocol import Composition, DesignPoint, ExperimentResult, ProcessStep
+from sdl.experiment import ProcessStep
 
 ERAS = ("precipitation_hardening", "high_temperature_service")
 
@@ -80,28 +78,3 @@ def outcomes(twin: AlloyTwin, specimens: list[HistoricalSpecimen], *, noise_hv: 
             "hardness_hv": float(p.hardness_hv[0] + rng.normal(0.0, noise_hv)),
         })
     return rows
-
-
-def write_history(out_dir: str | Path, twin: AlloyTwin, n: int, seed: int = 0) -> Path:
-    """Write the practice's ``n`` specimens as a finished campaign ledger in ``out_dir`` (created)."""
-    from sdl.ledger import Ledger, PlannedExperiment
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / "ledger.sqlite").exists():
-        raise FileExistsError(f"{out / 'ledger.sqlite'} exists; give a new directory")
-    specimens = past_practice(n, seed)
-    measured = outcomes(twin, specimens, seed=seed)
-    tag = hashlib.sha256(f"history-{n}-{seed}".encode()).hexdigest()[:8]
-    with Ledger.in_campaign(out, synchronous="normal") as ledger:
-        ledger.set_meta(name="lab_history", practice="env/lab_history.py past_practice", seed=seed, n=n)
-        planned = [PlannedExperiment(f"h{i:05d}", DesignPoint(composition=Composition(s.composition)), tuple(s.route),
-                                     "past_practice", f"history-{tag}:h{i:05d}") for i, s in enumerate(specimens, 1)]
-        ledger.plan(planned)
-        for p, m in zip(planned, measured):
-            ledger.mark_dispatched(p.experiment_id, "history")
-            now = time.time()
-            ledger.record_result(p.experiment_id, ExperimentResult(experiment_id=p.experiment_id, instrument="history",
-                                                                   measurements=m, started_at_unix_s=now,
-                                                                   finished_at_unix_s=now))
-    return out

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from botorch.test_functions.synthetic import Branin, ConstrainedHartmann, Hartmann, SyntheticTestFunction
 
-from sdl.protocol import DesignPoint
+from sdl.experiment import DesignPoint
 from sdl.space import ParameterRange, SearchSpace
 
 

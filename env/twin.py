@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sdl.env.calphad import BRITTLE, CONSTITUENTS, DEFAULT_DATABASE, PhaseEquilibria, PhaseTable
 from sdl.env.kinetics import KineticsParameters, Microstructure, apply_route
 from sdl.env.strength import StrengthParameters, elongation_pct, vickers_hardness, yield_strength_mpa
-from sdl.protocol import ProcessStep
+from sdl.experiment import ProcessStep
 
 
 class GridAxis(BaseModel):

@@ -23,14 +23,11 @@ from pydantic import Field
 from sdl.env.calphad import BRITTLE, default_cache_path
 from sdl.env.strength import StrengthParameters, elongation_pct, vickers_hardness, yield_strength_mpa
 from sdl.env.twin import AlloyTwin, TwinConfig
-from sdl.instruments.base import Instrument, InstrumentFault, InstrumentParameters
-from sdl.protocol import Composition, ExperimentSpec
+from sdl.instruments.base import Instrument, InstrumentFault, InstrumentParameters, InstrumentRefused
+from sdl.instruments.limits import ProcessLimits
+from sdl.experiment import Composition, ExperimentSpec
 
 AMBIENT_K = 298.0
-
-
-class InstrumentRefused(ValueError):
-    """A command the instrument will not execute as given (over a limit); nothing was done."""
 
 
 class SimulatedParameters(InstrumentParameters):
@@ -40,10 +37,11 @@ class SimulatedParameters(InstrumentParameters):
 
 
 class SimulatedInstrument(Instrument):
-    """Bookkeeping shared by the simulated lab: refusals, seeded faults, simulated time.
+    """Bookkeeping shared by the simulated lab: seeded faults, simulated time.
 
     Subclasses implement :meth:`simulate` and :meth:`lab_time_s`, and :meth:`check` if they refuse
-    some specimens; :meth:`measure` runs them in the order a real instrument would.
+    some specimens (the base class calls it before anything happens); :meth:`measure` runs the rest
+    in the order a real instrument would.
     """
 
     allowed_faults: ClassVar[tuple[str, ...]] = ("offline",)
@@ -71,18 +69,14 @@ class SimulatedInstrument(Instrument):
         if self.parameters.time_scale:
             time.sleep(lab_time_s * self.parameters.time_scale)
 
-    def check(self, experiment: ExperimentSpec) -> None:
-        """Refuse (InstrumentRefused) a specimen or command this instrument cannot take; default: accept."""
-
     def simulate(self, experiment: ExperimentSpec, rng: np.random.Generator) -> dict[str, float]:
         """What the instrument measures on the specimen; subclasses implement it."""
         raise NotImplementedError
 
     def measure(self, experiment: ExperimentSpec, *, attempt: int) -> dict[str, float]:
-        # Refusals come first (nothing happens to the specimen), then faults, then the measurement,
-        # then the simulated time passes.
+        # Refusals came first (Instrument.run; nothing happened to the specimen), then faults, then
+        # the measurement, then the simulated time passes.
         lab_time_s = self.lab_time_s(experiment)
-        self.check(experiment)
         rng = self._rng(experiment)
         self._faults(rng, experiment, attempt)
         values = self.simulate(experiment, rng)
@@ -156,10 +150,10 @@ class ArcMelter(SimulatedInstrument):
 class Furnace(SimulatedInstrument):
     """Heat-treatment furnace: executes the route on the specimen (the twin's kinetics).
 
-    Limits are enforced, never clamped: a step above ``max_temperature_k``, below
-    ``min_temperature_k``, longer than ``max_duration_s`` or ramped faster than ``max_ramp_k_per_s``
-    is refused with the limit in the message. Measurements (the specimen's state after the route, as
-    the simulation knows it): grain size, gamma-prime fraction and radius, brittle-phase fractions.
+    Its ``limits`` (hold temperatures, hold time, ramp rate, holds per route) are enforced by the
+    instrument base class on every command, never clamped: a step outside them is refused with the
+    limit in the message. Measurements (the specimen's state after the route, as the simulation
+    knows it): grain size, gamma-prime fraction and radius, brittle-phase fractions.
     """
 
     name = "furnace"
@@ -168,53 +162,39 @@ class Furnace(SimulatedInstrument):
 
     class Parameters(SimulatedParameters):
         # Defaults match the twin's default tabulation (900-1500 K), where it has physics.
-        max_temperature_k: float = Field(default=1500.0, gt=AMBIENT_K)
-        min_temperature_k: float = Field(default=900.0, gt=0)
-        max_ramp_k_per_s: float = Field(default=0.5, gt=0)
-        default_ramp_k_per_s: float = Field(default=0.2, gt=0)
-        max_duration_s: float = Field(default=7 * 86400.0, gt=0)
+        limits: ProcessLimits = Field(default_factory=ProcessLimits, description="what the furnace can run")
+        default_ramp_k_per_s: float = Field(default=0.2, gt=0, description="for steps that name no ramp")
         twin: TwinConfig = TwinConfig()
         cache_path: str | None = Field(default=None, description="CALPHAD cache (default: ~/.cache/sdl)")
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         p = self.parameters
-        if p.default_ramp_k_per_s > p.max_ramp_k_per_s:
-            raise ValueError(f"default_ramp_k_per_s {p.default_ramp_k_per_s} exceeds max_ramp_k_per_s {p.max_ramp_k_per_s}")
+        if p.default_ramp_k_per_s > p.limits.max_ramp_k_per_s:
+            raise ValueError(f"default_ramp_k_per_s {p.default_ramp_k_per_s} exceeds limits.max_ramp_k_per_s "
+                             f"{p.limits.max_ramp_k_per_s}")
         lo, hi = min(p.twin.temperatures_k), max(p.twin.temperatures_k)
-        if p.max_temperature_k > hi or p.min_temperature_k < lo:
+        if p.limits.max_temperature_k > hi or p.limits.min_temperature_k < lo:
             # The furnace may only run where the twin has physics; say so at start-up, not mid-campaign.
-            raise ValueError(f"furnace limits {p.min_temperature_k}-{p.max_temperature_k} K exceed the twin's "
-                             f"tabulated {lo}-{hi} K; widen twin.temperatures_k or narrow the limits")
+            raise ValueError(f"furnace limits {p.limits.min_temperature_k}-{p.limits.max_temperature_k} K exceed the "
+                             f"twin's tabulated {lo}-{hi} K; widen twin.temperatures_k or narrow the limits")
         self.twin = AlloyTwin(p.twin, cache_path=p.cache_path or default_cache_path())
 
-    def check_route(self, experiment: ExperimentSpec) -> float:
-        """Refuse any step outside the limits; return the route's duration in simulated seconds."""
-        p = self.parameters
+    def check(self, experiment: ExperimentSpec) -> None:
         if not experiment.process:
             raise InstrumentRefused("the furnace was sent an empty route")
+
+    def lab_time_s(self, experiment: ExperimentSpec) -> float:
+        """The route's duration in simulated seconds: ramps and holds."""
         temperature, total = AMBIENT_K, 0.0
-        for i, step in enumerate(experiment.process, 1):
+        for step in experiment.process:
             if step.operation == "quench":
                 temperature = AMBIENT_K
                 continue
-            if step.temperature_k > p.max_temperature_k:
-                raise InstrumentRefused(f"step {i} ({step.operation}) at {step.temperature_k} K is above the furnace's "
-                                        f"maximum {p.max_temperature_k} K")
-            if step.temperature_k < p.min_temperature_k:
-                raise InstrumentRefused(f"step {i} ({step.operation}) at {step.temperature_k} K is below the furnace's "
-                                        f"minimum {p.min_temperature_k} K")
-            if step.duration_s > p.max_duration_s:
-                raise InstrumentRefused(f"step {i} lasts {step.duration_s} s; the furnace runs at most {p.max_duration_s} s")
-            ramp = step.ramp_k_per_s or p.default_ramp_k_per_s
-            if ramp > p.max_ramp_k_per_s:
-                raise InstrumentRefused(f"step {i} ramps at {ramp} K/s; the furnace's maximum is {p.max_ramp_k_per_s} K/s")
+            ramp = step.ramp_k_per_s or self.parameters.default_ramp_k_per_s
             total += abs(step.temperature_k - temperature) / ramp + step.duration_s
             temperature = AMBIENT_K if step.quench_medium in ("water", "oil") else step.temperature_k
         return total
-
-    def lab_time_s(self, experiment: ExperimentSpec) -> float:
-        return self.check_route(experiment)  # refuses an over-limit route before anything happens
 
     def simulate(self, experiment: ExperimentSpec, rng: np.random.Generator) -> dict[str, float]:
         props = self.twin.properties([self.composition(experiment)], experiment.process)

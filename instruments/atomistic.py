@@ -1,6 +1,6 @@
 """The "DFT instrument": any ASE calculator behind the instrument protocol.
 
-An experiment carries an :class:`~sdl.protocol.AtomicStructure`; the instrument returns its
+An experiment carries an :class:`~sdl.experiment.AtomicStructure`; the instrument returns its
 energy (``energy_ev``, ``energy_ev_per_atom``), the compute time (``compute_s``) and, as arrays,
 the forces on every atom (``forces_ev_per_ang``) and the stress (``stress_ev_per_ang3``, 3 x 3,
 periodic cells). Like every driver it journals results by idempotency key, so asking twice for
@@ -23,7 +23,7 @@ from ase import Atoms
 from pydantic import Field, field_validator
 
 from sdl.instruments.base import Instrument, InstrumentParameters
-from sdl.protocol import AtomicStructure, ExperimentSpec, LabelledStructure
+from sdl.experiment import AtomicStructure, ExperimentSpec, LabelledStructure
 
 # short names for calculators; anything else is given as "package.module.ClassName"
 CALCULATORS = {"emt": "ase.calculators.emt.EMT", "lj": "ase.calculators.lj.LennardJones"}

@@ -3,7 +3,10 @@
 A concrete driver declares ``implemented_measurements`` and a pydantic ``Parameters`` model, and
 implements one method, :meth:`Instrument.measure`. The base class owns the bookkeeping every real
 instrument PC needs: the idempotency journal (a command seen twice returns the first outcome, so a
-retried or resumed campaign never runs a specimen twice), attempt counting, and timing.
+retried or resumed campaign never runs a specimen twice), attempt counting, timing, and limits: a
+driver whose ``Parameters`` have a ``limits`` field (:class:`~sdl.instruments.limits.ProcessLimits`)
+gets every command checked against it before anything happens, refused and never clamped. A driver
+refuses other commands it cannot take in :meth:`Instrument.check`, also before anything happens.
 
 Drivers raise :class:`InstrumentFault` for the lab's failures (furnace trip, specimen lost,
 instrument offline); the fault is journaled and replayed like a result.
@@ -22,13 +25,19 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from sdl.protocol import ExperimentResult, ExperimentSpec
+from sdl.experiment import ExperimentResult, ExperimentSpec
+from sdl.instruments.limits import ProcessLimits
 
 ENTRY_POINT_GROUP = "sdl.instruments"
 
 
 class InstrumentFault(RuntimeError):
     """The instrument could not complete the experiment (recorded as a failed experiment)."""
+
+
+class InstrumentRefused(ValueError):
+    """A command the instrument will not execute as given (over a limit, a specimen it cannot take);
+    nothing was done, and nothing is journaled."""
 
 
 class InstrumentParameters(BaseModel):
@@ -105,6 +114,15 @@ class Instrument:
         self._running: dict[str, threading.Event] = {}  # keys being executed now, in this process
         self._running_lock = threading.Lock()
 
+    @property
+    def limits(self) -> ProcessLimits | None:
+        """The route limits this driver declares in its parameters, if any."""
+        limits = getattr(self.parameters, "limits", None)
+        return limits if isinstance(limits, ProcessLimits) else None
+
+    def check(self, experiment: ExperimentSpec) -> None:
+        """Refuse (:class:`InstrumentRefused`) a specimen or command this instrument cannot take; default: accept."""
+
     def measure(self, experiment: ExperimentSpec, *, attempt: int) -> dict[str, float]:
         """Make/measure the specimen; return values for ``implemented_measurements``.
 
@@ -127,9 +145,13 @@ class Instrument:
     def run(self, experiment: ExperimentSpec, *, idempotency_key: str) -> ExperimentResult:
         """Run once per key: a repeated key returns (or re-raises) the journaled outcome.
 
-        A duplicate that arrives while the first is still running waits for it rather than
-        starting the specimen a second time.
+        A command outside the limits, or one :meth:`check` refuses, raises :class:`InstrumentRefused`
+        (or :class:`~sdl.instruments.limits.LimitExceeded`) first. A duplicate that arrives while the
+        first is still running waits for it rather than starting the specimen a second time.
         """
+        if self.limits is not None and experiment.process:
+            self.limits.check(experiment.process, instrument=f"the {self.name}")
+        self.check(experiment)
         while True:
             with self._running_lock:
                 busy = self._running.get(idempotency_key)

@@ -17,7 +17,7 @@ from pydantic import Field
 
 from sdl.env.test_functions import TestProblem, get_problem
 from sdl.instruments.base import Instrument, InstrumentFault, InstrumentParameters
-from sdl.protocol import ExperimentSpec
+from sdl.experiment import ExperimentSpec
 
 
 class EmulatedParameters(InstrumentParameters):

@@ -21,14 +21,14 @@ were heat-treated, so E[Y | C = c] (what a regression on the ledger answers) is 
   ``pyro.poutine.condition``).
 
 Plain torch + pyro + networkx; no Ray or ZeroMQ. The data are a :class:`pandas.DataFrame` with one
-row per specimen; :func:`ledger_frame` builds one from a campaign ledger.
+row per specimen; :func:`specimen_frame` builds one from made specimens.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -44,7 +44,7 @@ from pyro import poutine
 from pyro.infer import SVI, Predictive, Trace_ELBO
 from pyro.infer.autoguide import AutoMultivariateNormal
 
-from sdl.config import _Section
+from sdl.settings import Section, load_yaml
 
 DTYPE = torch.double
 # Monotone bijections a variable may be modelled on (forward, inverse); e.g. log1p for a precipitate
@@ -59,7 +59,7 @@ class NotIdentifiable(ValueError):
 # -- the graph -----------------------------------------------------------------------------------
 
 
-class GraphConfig(_Section):
+class GraphConfig(Section):
     """Variables in groups, edges between groups or variables (a group edge joins every pair), and
     latent common causes: ``latent: {lab_practice: [composition, process]}`` says an unrecorded
     practice drove both."""
@@ -321,7 +321,7 @@ class BayesianRegression:
 # -- the structural causal model -----------------------------------------------------------------
 
 
-class MechanismSettings(_Section):
+class MechanismSettings(Section):
     """How each mechanism (and the back-door and naive regressions) is learned."""
 
     kind: Literal["gp", "polynomial"] = Field(
@@ -337,7 +337,7 @@ class MechanismSettings(_Section):
     seed: int = 0
 
 
-class CausalConfig(_Section):
+class CausalConfig(Section):
     """The lab's causal graph and how to learn it (``configs/causal.yaml``)."""
 
     graph: GraphConfig
@@ -367,18 +367,8 @@ class CausalConfig(_Section):
         return StructuralCausalModel(CausalGraph(self.graph), self.mechanisms, self.transforms)
 
 
-
 def load_causal_config(path: str | Path) -> CausalConfig:
-    from pydantic import ValidationError
-
-    from sdl.config import ConfigError, read_yaml
-    from sdl.protocol import describe_validation_error
-
-    data = read_yaml(path, "causal config")
-    try:
-        return CausalConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(f"{path}: {describe_validation_error(e)}") from None
+    return load_yaml(CausalConfig, path, "causal config")
 
 
 class StructuralCausalModel:
@@ -622,19 +612,12 @@ def route_features(route: Sequence) -> dict[str, float]:
     }
 
 
-def ledger_frame(campaign_dir: str | Path) -> pd.DataFrame:
-    """One row per finished specimen of a campaign's ledger: its measurements and route variables,
-    indexed by experiment id."""
-    from sdl.ledger import Ledger
-
-    path = Path(campaign_dir)
-    if not (path / "ledger.sqlite").exists():
-        raise FileNotFoundError(f"{path} has no ledger.sqlite: give a campaign run directory")
-    with Ledger.in_campaign(path, readonly=True) as ledger:
-        records = ledger.experiments(["done"])
-    rows = {r.experiment_id: {**r.result.measurements, **route_features(r.process)} for r in records}
+def specimen_frame(specimens: Iterable[tuple[str, Mapping[str, float], Sequence]]) -> pd.DataFrame:
+    """One row per finished specimen, given as (id, measurements, heat-treatment route): its
+    measurements and route variables, indexed by the id."""
+    rows = {name: {**measurements, **route_features(route)} for name, measurements, route in specimens}
     if not rows:
-        raise ValueError(f"{path}: the ledger has no finished experiments")
+        raise ValueError("no finished specimens to learn from")
     return pd.DataFrame.from_dict(rows, orient="index")
 
 

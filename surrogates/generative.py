@@ -14,13 +14,13 @@
   random fields), and the fraction to ask for can come from the twin's CALPHAD.
 
 Plain torch; device-agnostic (``device="cuda"`` when one exists). Training data from the twin:
-:func:`twin_composition_data`; from a campaign's ledger: :func:`ledger_composition_data`.
+:func:`twin_composition_data`; from made specimens: :func:`measured_composition_data`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,23 +86,22 @@ def twin_labels(twin, compositions: list[dict[str, float]], *, route=None, targe
     return hardness, feasible
 
 
-def ledger_composition_data(campaign_dir: str | Path, elements: Sequence[str], *, brittle_key: str = "xrd_brittle_detected"
-                            ) -> CompositionData:
-    """Finished specimens of a campaign: measured composition, hardness, and feasible = no brittle phase seen."""
-    from sdl.ledger import Ledger
-
-    with Ledger.in_campaign(Path(campaign_dir), readonly=True) as ledger:
-        records = [r for r in ledger.experiments(["done"]) if "hardness_hv" in r.result.measurements]
+def measured_composition_data(specimens: Iterable[tuple[dict[str, float], dict[str, float]]], elements: Sequence[str],
+                              *, objective: str = "hardness_hv", brittle_key: str = "xrd_brittle_detected"
+                              ) -> CompositionData:
+    """Made specimens as training data: each a (nominal composition, measurements) pair; the measured
+    composition (``x_<El>``) where the melter analysed it, the objective, and feasible = no brittle
+    phase seen (``brittle_key`` below 0.5, or not measured)."""
     rows, conditions = [], []
-    for r in records:
-        m = r.result.measurements
+    for nominal, m in specimens:
+        if objective not in m:
+            continue
         measured = [m.get(f"x_{e}") for e in elements]
-        fractions = measured if None not in measured else [r.point.composition[e] for e in elements]
-        rows.append(fractions)
-        conditions.append([m["hardness_hv"], 0.0 if m.get(brittle_key, 0.0) > 0.5 else 1.0])
+        rows.append(measured if None not in measured else [nominal[e] for e in elements])
+        conditions.append([m[objective], 0.0 if m.get(brittle_key, 0.0) > 0.5 else 1.0])
     if not rows:
-        raise ValueError(f"{campaign_dir}: no finished specimens with a hardness")
-    return CompositionData(list(elements), np.array(rows), np.array(conditions), ["hardness_hv", "feasible"])
+        raise ValueError(f"no specimens with a measured {objective}")
+    return CompositionData(list(elements), np.array(rows), np.array(conditions), [objective, "feasible"])
 
 
 # -- compositions --------------------------------------------------------------------------------

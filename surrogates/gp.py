@@ -1,17 +1,36 @@
-"""A Gaussian-process regression surrogate (BoTorch ``SingleTaskGP``) on unit-cube inputs.
+"""Gaussian-process regression (BoTorch ``SingleTaskGP``): the one GP builder of the project.
 
-Plain torch/BoTorch: no Ray, no bus. The surrogate-host agent wraps it; the BO planner builds on
-the same model class.
+:func:`fit_single_task_gp` is what the BO planner models each objective and measured constraint
+with; :class:`GaussianProcess` wraps it for unit-cube inputs as the surrogate agent serves it.
+Plain torch/BoTorch: no Ray, no bus.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import torch
 from botorch.fit import fit_gpytorch_mll
 from botorch.models import SingleTaskGP
+from botorch.models.transforms.input import ChainedInputTransform, FilterFeatures, Normalize
 from botorch.models.transforms.outcome import Standardize
 from gpytorch.mlls import ExactMarginalLogLikelihood
+
+
+def fit_single_task_gp(x: torch.Tensor, y: torch.Tensor, *, bounds: torch.Tensor,
+                       columns: torch.Tensor | None = None) -> SingleTaskGP:
+    """A GP on ``x`` (n x d) -> ``y`` (n x m), noise inferred, outcomes standardised, inputs normalised
+    over ``bounds`` (2 x d); only ``columns`` of x enter the kernel (all by default), so a coordinate
+    that is a function of the others (a composition's balance element) does not get a lengthscale."""
+    columns = torch.arange(x.shape[-1]) if columns is None else columns
+    inputs = ChainedInputTransform(free=FilterFeatures(feature_indices=columns),
+                                   normalize=Normalize(d=len(columns), bounds=bounds[:, columns]))
+    model = SingleTaskGP(x, y, input_transform=inputs, outcome_transform=Standardize(m=y.shape[-1]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # input-scaling and fit-restart warnings on small data sets
+        fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
+    return model
 
 
 class GaussianProcess:
@@ -29,11 +48,9 @@ class GaussianProcess:
             raise ValueError(f"a GP needs at least 2 observations, got {len(x)}")
         if not (np.isfinite(x).all() and np.isfinite(y).all()):
             raise ValueError("x and y must be finite")
-        train_x = torch.as_tensor(x, dtype=torch.double)
-        train_y = torch.as_tensor(y, dtype=torch.double)
-        model = SingleTaskGP(train_x, train_y, outcome_transform=Standardize(m=1))
-        fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
-        self.model = model
+        unit = torch.tensor([[0.0] * x.shape[1], [1.0] * x.shape[1]], dtype=torch.double)
+        self.model = fit_single_task_gp(torch.as_tensor(x, dtype=torch.double), torch.as_tensor(y, dtype=torch.double),
+                                        bounds=unit)
         return self
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -27,11 +27,10 @@ from typing import Literal
 import numpy as np
 import torch
 from ase import Atoms
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from sdl.config import ConfigError, _Section, read_yaml
+from sdl.settings import Section, load_yaml
 from sdl.env.atomistic import md_snapshots, random_composition, random_solid_solution
-from sdl.protocol import describe_validation_error
 from sdl.surrogates.mlip import (
     Committee,
     ExtrapolationGrade,
@@ -45,12 +44,12 @@ from sdl.surrogates.mlip import (
 )
 
 
-class OracleSettings(_Section):
+class OracleSettings(Section):
     calculator: str = Field(default="emt", description="emt, lj, or 'package.module.Class' of an ASE calculator")
     calculator_options: dict = Field(default_factory=dict)
 
 
-class ArchitectureSettings(_Section):
+class ArchitectureSettings(Section):
     """:class:`MlipConfig` without the elements (given once, for the whole run)."""
 
     radial_cutoff_ang: float = 5.0
@@ -62,7 +61,7 @@ class ArchitectureSettings(_Section):
     hidden_layers: list[int] = Field(default_factory=lambda: [32, 32])
 
 
-class ExplorationSettings(_Section):
+class ExplorationSettings(Section):
     temperatures_k: list[float] = Field(default_factory=lambda: [300.0, 600.0, 900.0, 1200.0], min_length=1)
     starts_per_temperature: int = Field(default=4, ge=1, description="fresh random solid solutions per temperature")
     md_steps: int = Field(default=100, ge=1)
@@ -86,7 +85,7 @@ class ExplorationSettings(_Section):
         return self
 
 
-class TestSetSettings(_Section):
+class TestSetSettings(Section):
     """The held-out set, labelled by the oracle once per run."""
 
     __test__ = False
@@ -102,7 +101,7 @@ class TestSetSettings(_Section):
         return self
 
 
-class ActiveLearningConfig(_Section):
+class ActiveLearningConfig(Section):
     name: str = "mlip"
     elements: list[str] = Field(default_factory=lambda: ["Ni", "Cu", "Al", "Pd"], min_length=1)
     repeat: int = Field(default=2, ge=1, le=6, description="FCC cubic cell repeats: 4 repeat^3 atoms per structure")
@@ -146,10 +145,7 @@ class ActiveLearningConfig(_Section):
 
 
 def load_active_learning_config(path: str | Path) -> ActiveLearningConfig:
-    try:
-        return ActiveLearningConfig.model_validate(read_yaml(path, "MLIP active-learning config") or {})
-    except ValidationError as e:
-        raise ConfigError(f"{path}: {describe_validation_error(e)}") from None
+    return load_yaml(ActiveLearningConfig, path, "MLIP active-learning config")
 
 
 @dataclass

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyro
@@ -25,6 +25,11 @@ import pyro.distributions as dist
 import torch
 from pyro.infer import MCMC, NUTS, SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoMultivariateNormal
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from sdl.experiment import DesignPoint
+
+DTYPE = torch.double
 
 
 class BayesianLogisticClassifier:
@@ -196,3 +201,106 @@ def probit_probability(mean_logit: torch.Tensor, var_logit: torch.Tensor) -> tor
 def log_probit_probability(mean_logit: torch.Tensor, var_logit: torch.Tensor) -> torch.Tensor:
     """log of :func:`probit_probability`, computed stably for acquisition functions."""
     return torch.nn.functional.logsigmoid(mean_logit / torch.sqrt(1.0 + math.pi * var_logit / 8.0))
+
+
+# -- the posterior as planners use it ------------------------------------------------------------
+
+
+class FeasibilityModel(BaseModel):
+    """A learned P(target phase state | inputs) a planner evaluates (and differentiates) itself.
+
+    Bayesian logistic regression on polynomial features (up to ``degree``) of the inputs scaled as
+    (x - low) / span; the weights' posterior as a Gaussian (mean, covariance); P by the probit
+    approximation. Inputs are element symbols (mole fractions) or process-parameter names.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    inputs: list[str] = Field(min_length=1)
+    low: list[float]
+    span: list[float]
+    degree: int = Field(ge=1, le=6)
+    weight_mean: list[float]
+    weight_covariance: list[list[float]]
+    calphad_calls: int = Field(ge=0)
+    target: dict[str, Any] = Field(default_factory=dict, description="the phase state the classifier predicts")
+
+    @model_validator(mode="after")
+    def _shapes(self) -> FeasibilityModel:
+        k = len(self.inputs)
+        if len(self.low) != k or len(self.span) != k or any(s <= 0 for s in self.span):
+            raise ValueError(f"low and span need {k} entries each (span > 0)")
+        n = math.comb(k + self.degree, self.degree)  # polynomial terms up to the degree, constant included
+        if len(self.weight_mean) != n or len(self.weight_covariance) != n or any(len(r) != n for r in self.weight_covariance):
+            raise ValueError(f"{k} inputs at degree {self.degree} need {n} weights and an {n} x {n} covariance")
+        return self
+
+    @classmethod
+    def from_classifier(cls, classifier: BayesianLogisticClassifier, *, inputs: list[str], calphad_calls: int,
+                        target: dict[str, Any]) -> FeasibilityModel:
+        """The Gaussian form of a fitted classifier's posterior, for a planner to evaluate itself."""
+        mean, cov = classifier.posterior_gaussian()
+        low, span = classifier.scaling
+        return cls(inputs=inputs, low=low.tolist(), span=span.tolist(), degree=classifier.degree,
+                   weight_mean=mean.tolist(), weight_covariance=cov.tolist(), calphad_calls=calphad_calls, target=target)
+
+
+def classifier_features(model: FeasibilityModel, columns: list[str]):
+    """X (... x d, the planner's columns) -> the classifier's polynomial features; differentiable in X."""
+    missing = [name for name in model.inputs if name not in columns]
+    if missing:
+        raise ValueError(f"the feasibility model needs inputs {missing} that the search space lacks")
+    index = torch.tensor([columns.index(name) for name in model.inputs])
+    low = torch.tensor(model.low, dtype=DTYPE)
+    span = torch.tensor(model.span, dtype=DTYPE)
+    return lambda X: polynomial_features((X[..., index] - low) / span, model.degree)
+
+
+def classifier_log_probability(model: FeasibilityModel, columns: list[str]):
+    """log P(feasible | X) from a classifier posterior; differentiable in X (... x d)."""
+    features = classifier_features(model, columns)
+    mean = torch.tensor(model.weight_mean, dtype=DTYPE)
+    cov = torch.tensor(model.weight_covariance, dtype=DTYPE)
+
+    def log_probability(X: torch.Tensor) -> torch.Tensor:
+        phi = features(X)
+        return log_probit_probability(phi @ mean, ((phi @ cov) * phi).sum(dim=-1).clamp_min(0.0))
+
+    return log_probability
+
+
+def update_classifier(model: FeasibilityModel, columns: list[str], x: torch.Tensor, labels: torch.Tensor,
+                      *, iterations: int = 25) -> FeasibilityModel:
+    """The classifier's posterior updated with experiments' measured feasibility (Laplace approximation).
+
+    The CALPHAD-trained Gaussian posterior over the weights is the prior; each experiment adds a
+    Bernoulli likelihood. Newton's method finds the new mode, the Hessian there gives the new
+    covariance. Experiments land where the planner wants to go, which is where the boundary matters,
+    so a few labels there correct the classifier more than many CALPHAD points elsewhere. Written
+    by hand because the update runs inside the planner, on the Gaussian posterior it was sent, not on pyro's.
+    """
+    phi = classifier_features(model, columns)(x)
+    prior_mean = torch.tensor(model.weight_mean, dtype=DTYPE)
+    prior_precision = torch.linalg.inv(torch.tensor(model.weight_covariance, dtype=DTYPE))
+    w = prior_mean.clone()
+    for _ in range(iterations):
+        p = torch.sigmoid(phi @ w)
+        gradient = phi.T @ (labels - p) - prior_precision @ (w - prior_mean)
+        hessian = (phi.T * (p * (1 - p))) @ phi + prior_precision
+        step = torch.linalg.solve(hessian, gradient)
+        w = w + step
+        if step.abs().max() < 1e-8:
+            break
+    p = torch.sigmoid(phi @ w)
+    covariance = torch.linalg.inv((phi.T * (p * (1 - p))) @ phi + prior_precision)
+    covariance = 0.5 * (covariance + covariance.T)
+    return model.model_copy(update={"weight_mean": w.tolist(), "weight_covariance": covariance.tolist()})
+
+
+def feasibility_probability(model: FeasibilityModel, points: list[DesignPoint]) -> np.ndarray:
+    """P(feasible) at design points, for reports and benchmarks."""
+    columns = list(model.inputs)
+    x = torch.tensor([[p.composition[e] if p.composition is not None and e in p.composition.root
+                       else p.parameters[e] for e in columns] for p in points], dtype=DTYPE)
+    with torch.no_grad():
+        return classifier_log_probability(model, columns)(x).exp().numpy()

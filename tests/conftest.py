@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from sdl.bus import Broker
-from sdl.config import CampaignConfig, parse_config
+from sdl.campaign import CampaignConfig, parse_config
 from sdl.ledger import Ledger, LedgerError
 
 
@@ -24,7 +24,6 @@ def branin_config(**overrides: Any) -> CampaignConfig:
     data: dict[str, Any] = {
         "name": "test-branin",
         "seed": 3,
-        "problem": "branin",
         "space": {"parameters": {"x1": {"low": -5, "high": 10}, "x2": {"low": 0, "high": 15}}},
         "objective": {"measurement": "y", "direction": "minimize"},
         "planner": {"kind": "sobol"},
@@ -32,7 +31,7 @@ def branin_config(**overrides: Any) -> CampaignConfig:
             {"name": "a", "driver": "branin", "options": {"latency_s": 0.02, "noise_std": 0.01}},
             {"name": "b", "driver": "branin", "options": {"latency_s": 0.03, "noise_std": 0.01}},
         ],
-        "surrogate": None,
+        "simulators": [{"kind": "test_function", "settings": {"problem": "branin"}}],
         "stop": {"max_experiments": 12, "max_in_flight": 2},
         "bus": {"join_timeout_s": 60},
         "ledger": {"synchronous": "normal"},
@@ -59,6 +58,16 @@ def broker():
 @pytest.fixture
 def campaign_dir(tmp_path: Path) -> Path:
     return tmp_path / "campaign"
+
+
+def wait_for_service(broker: Broker, name: str, timeout_s: float = 10.0) -> None:
+    """Until a worker of ``name`` has joined the broker."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while name not in broker.services():
+        assert time.monotonic() < deadline, f"{name} never joined; live: {broker.services()}"
+        time.sleep(0.02)
 
 
 def wait_until_serving(actor, broker: Broker, service: str, *, construct_s: float = 180, join_s: float = 30) -> None:

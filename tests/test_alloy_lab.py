@@ -5,14 +5,16 @@ import numpy as np
 import pytest
 import ray
 
-from sdl.agents.instrument_driver import InstrumentDriverService
-from sdl.campaign import Campaign
-from sdl.config import parse_config
-from sdl.instruments.alloy_lab import ArcMelter, Furnace, HardnessTester, InstrumentRefused, XrdPhaseId
-from sdl.instruments.base import InstrumentFault
+from sdl.agents.instrument_driver import InstrumentDriverAgent, InstrumentDriverSettings, RunExperiment
+from sdl.campaign import Campaign, parse_config
+from sdl.experiment import DesignPoint, ExperimentSpec, ProcessStep
+from sdl.instruments.alloy_lab import ArcMelter, Furnace, HardnessTester, XrdPhaseId
+from sdl.instruments.base import InstrumentFault, InstrumentRefused
+from sdl.instruments.limits import LimitExceeded
 from sdl.ledger import Ledger
-from sdl.protocol import DesignPoint, ExperimentSpec, ProcessStep, Request, RunExperiment
+from sdl.ledger.documents import ExperimentStep, FeasibilityLearned
 from sdl.report import write_report
+from sdl.wire import Request
 
 SMALL_TWIN = {
     "grid": {"Al": {"low": 0.0, "high": 0.15, "points": 4}, "Co": {"low": 0.05, "high": 0.15, "points": 2},
@@ -29,6 +31,9 @@ def spec(i=0, route=ROUTE, specimen=None, composition=ALLOY):
                           process=route, specimen=specimen or {})
 
 
+LIMITS = {"min_temperature_k": 1050, "max_temperature_k": 1500}
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     return str(tmp_path_factory.mktemp("calphad") / "cache.sqlite")
@@ -36,7 +41,7 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def furnace(cache):
-    return Furnace(twin=SMALL_TWIN, cache_path=cache, min_temperature_k=1050, max_temperature_k=1500, time_scale=0)
+    return Furnace(twin=SMALL_TWIN, cache_path=cache, limits=LIMITS, time_scale=0)
 
 
 @pytest.mark.parametrize("step, fragment", [
@@ -46,13 +51,20 @@ def furnace(cache):
     (ProcessStep(operation="age", temperature_k=1100, duration_s=30 * 86400), "runs at most"),
 ])
 def test_furnace_refuses_commands_over_its_limits(furnace, step, fragment):
-    with pytest.raises(InstrumentRefused, match=fragment):
+    with pytest.raises(LimitExceeded, match=fragment):
         furnace.run(spec(route=[step]), idempotency_key=f"k-{fragment}")
+    assert "running" not in furnace.journal.summary()  # refused before anything: no row left running
+
+
+def test_a_refused_command_leaves_no_journal_row(furnace):
+    with pytest.raises(InstrumentRefused, match="empty route"):
+        furnace.run(spec(route=[]), idempotency_key="empty")
+    assert "running" not in furnace.journal.summary()
 
 
 def test_refusal_reaches_the_caller_as_a_clear_error_reply(cache):
-    service = InstrumentDriverService(driver="furnace", options={"twin": SMALL_TWIN, "cache_path": cache,
-                                                                  "min_temperature_k": 1050, "max_temperature_k": 1500})
+    service = InstrumentDriverAgent(InstrumentDriverSettings(
+        driver="furnace", options={"twin": SMALL_TWIN, "cache_path": cache, "limits": LIMITS}))
     hot = spec(route=[ProcessStep(operation="solutionise", temperature_k=1600, duration_s=60)])
     reply = service.handle(Request(service="instrument.furnace", method="run", idempotency_key="k",
                                    payload=RunExperiment(experiment=hot).model_dump(mode="json")))
@@ -61,7 +73,7 @@ def test_refusal_reaches_the_caller_as_a_clear_error_reply(cache):
 
 def test_furnace_limits_must_fit_the_twin(cache):
     with pytest.raises(ValueError, match="exceed the twin's tabulated 1050.0-1500.0 K"):
-        Furnace(twin=SMALL_TWIN, cache_path=cache)  # default limits 673-1573 K
+        Furnace(twin=SMALL_TWIN, cache_path=cache)  # default limits 900-1500 K
 
 
 def test_furnace_reports_microstructure_and_simulated_time(furnace):
@@ -102,7 +114,7 @@ def test_faults_are_named_and_unknown_ones_refused():
 
 
 def test_demo_workflow_campaign_records_results_and_faults(tmp_path, cache):
-    twin_options = {"twin": SMALL_TWIN, "cache_path": cache, "min_temperature_k": 1050, "max_temperature_k": 1500}
+    twin_options = {"twin": SMALL_TWIN, "cache_path": cache, "limits": LIMITS}
     config = parse_config({
         "name": "mini-demo",
         # inside the small grid with room for the melter's scatter (BO proposes on the bounds)
@@ -110,9 +122,11 @@ def test_demo_workflow_campaign_records_results_and_faults(tmp_path, cache):
                                                "Cr": [0.06, 0.14]}, "balance": "Ni"}},
         "objective": {"measurement": "hardness_hv", "direction": "maximize"},
         # the BO planner weighs by P(processable) from the phase-boundary agent's CALPHAD classifier
-        "planner": {"kind": "bo", "feasibility": "classifier", "initial_points": 4, "raw_samples": 64,
-                    "num_restarts": 2, "constraint": {"measurements": ["xrd_brittle_detected"], "at_most": 0.5}},
-        "phase_boundary": {"calphad_calls": 12, "degree": 2, "pool_size": 256, "cache_path": cache},
+        "planner": {"kind": "bo", "settings": {
+            "feasibility": "classifier", "initial_points": 4, "raw_samples": 64, "num_restarts": 2,
+            "constraint": {"measurements": ["xrd_brittle_detected"], "at_most": 0.5}}},
+        "simulators": [{"kind": "phase_boundary",
+                        "settings": {"calphad_calls": 12, "degree": 2, "pool_size": 256, "cache_path": cache}}],
         "process": [step.model_dump() for step in ROUTE],
         "workflow": ["melt", "heat_treat", "hardness", "xrd"],
         "instruments": [
@@ -122,7 +136,6 @@ def test_demo_workflow_campaign_records_results_and_faults(tmp_path, cache):
             {"name": "hardness", "driver": "hardness_tester", "station": "hardness", "options": {"time_scale": 0}},
             {"name": "xrd", "driver": "xrd", "station": "xrd", "options": {"time_scale": 0}},
         ],
-        "surrogate": None,
         "stop": {"max_experiments": 12, "max_in_flight": 3},
         "ledger": {"synchronous": "normal"},
     })
@@ -135,7 +148,8 @@ def test_demo_workflow_campaign_records_results_and_faults(tmp_path, cache):
     with Ledger.in_campaign(tmp_path / "c", readonly=True) as ledger:
         done = ledger.experiments(("done",))
         failed = ledger.experiments(("failed",))
-        steps = ledger.events("experiment.step")
+        steps = ledger.documents(ExperimentStep)
+        learned = ledger.documents(FeasibilityLearned)
     for record in done:  # every station's measurements arrive in one result
         assert {"x_Al", "grain_size_um", "hardness_hv", "xrd_gamma_prime"} <= set(record.result.measurements)
         route_s = (1500 - 298) / 0.2 + 3600 + (1100 - 298) / 0.2 + 4 * 3600  # holds and ramps
@@ -143,8 +157,7 @@ def test_demo_workflow_campaign_records_results_and_faults(tmp_path, cache):
     assert all(r.error_code == "instrument_fault" and "furnace trip" in r.error_message
                and "station heat_treat" in r.error_message for r in failed), [(r.error_code, r.error_message) for r in failed]
     assert len(steps) == 3 * len(done) + len(failed)  # melt committed for the failed, three stations for the done
-    learned = ledger_events(tmp_path / "c", "feasibility.learned")
-    assert len(learned) == 1 and learned[0]["calphad_calls"] == 12
+    assert len(learned) == 1 and learned[0].calphad_calls == 12 and learned[0].service == "simulator.phase_boundary"
     assert {r.planner for r in done + failed} == {"bo"}
     summary_md = write_report(tmp_path / "c").read_text()
     assert "phase_map.png" in summary_md and "best specimen microstructure" in summary_md and "lab time" in summary_md
@@ -152,15 +165,10 @@ def test_demo_workflow_campaign_records_results_and_faults(tmp_path, cache):
     assert (tmp_path / "c" / "report" / "phase_map.png").stat().st_size > 20_000
 
 
-def ledger_events(campaign_dir, kind):
-    with Ledger.in_campaign(campaign_dir, readonly=True) as ledger:
-        return [payload for _, _, payload in ledger.events(kind)]
-
-
 def test_demo_config_is_valid_and_inside_the_twin():
     from pathlib import Path
 
-    from sdl.config import load_config
+    from sdl.campaign import load_config
     from sdl.env.twin import TwinConfig
 
     config = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import yaml
 
-from sdl.bench import (FormulaProblem, PlannerSpec, ProblemSpec, TestFunctionProblem, load_bench_config,
+from sdl.bench import (BenchPlannerSpec, FormulaProblem, ProblemSpec, TestFunctionProblem, load_bench_config,
                        make_problem, reference, run_one)
-from sdl.config import ConfigError
-from sdl.protocol import DesignPoint
+from sdl.experiment import DesignPoint
+from sdl.settings import ConfigError
 
 RING = {"name": "ring", "budget": 6, "parameters": {"a": {"low": -1, "high": 1}, "b": {"low": -1, "high": 1}},
         "objective": "(a - 0.6)**2 + (b + 0.5)**2", "constraints": ["0.5 - a**2 - b**2"]}
@@ -40,15 +40,22 @@ def test_bad_problems_and_configs_are_refused_with_the_reason(tmp_path):
         make_problem(ProblemSpec(name="nosuch"))
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"problems": [{"name": "branin"}], "planners": [{"name": "x", "kind": "gradient"}]}))
-    with pytest.raises(ConfigError, match="kind"):
+    with pytest.raises(ConfigError, match="unknown agent kind 'planner.gradient'; installed: ax, baybe, bo"):
         load_bench_config(bad)
+    bad.write_text(yaml.safe_dump({"problems": [{"name": "branin"}],
+                                   "planners": [{"name": "x", "kind": "bo", "settings": {"num_restarts": 0}}]}))
+    with pytest.raises(ConfigError, match="planner x on problem branin: settings of x: num_restarts: Input should be"):
+        load_bench_config(bad)
+    # a planner that cannot work on a problem is a result that says why
+    result = run_one(ProblemSpec(name="branin", budget=2), BenchPlannerSpec(name="x", kind="generative"), seed=0)
+    assert "the generative planner works on compositions; the space has none" in result.error
 
 
 @pytest.mark.parametrize("kind", ["ax", "baybe"])
 def test_peer_adapters_plan_inside_the_space(kind):
     pytest.importorskip({"ax": "ax", "baybe": "baybe"}[kind])
     result = run_one(ProblemSpec(name="hartmann6_constrained", budget=5),
-                     PlannerSpec(name=kind, kind=kind, initial_points=3), seed=0)
+                     BenchPlannerSpec(name=kind, kind=kind, constrained=True, settings={"initial_points": 3}), seed=0)
     assert result.error is None, result.error
     assert len(result.values) == 5 and len(result.feasible) == 5
 
@@ -71,9 +78,10 @@ def test_bench_runs_end_to_end_as_ray_tasks(tmp_path):
         "name": "tiny", "seeds": 2,
         "problems": [{"name": "branin", "budget": 6}, RING],
         "planners": [{"name": "random", "kind": "random"},
-                     {"name": "bo", "kind": "bo", "initial_points": 3, "raw_samples": 32, "num_restarts": 2},
-                     {"name": "bo_constrained", "kind": "bo", "constrained": True, "initial_points": 3,
-                      "raw_samples": 32, "num_restarts": 2}],
+                     {"name": "bo", "kind": "bo", "settings": {"initial_points": 3, "raw_samples": 32,
+                                                               "num_restarts": 2}},
+                     {"name": "bo_constrained", "kind": "bo", "constrained": True,
+                      "settings": {"initial_points": 3, "raw_samples": 32, "num_restarts": 2}}],
     }))
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, "-m", "sdl.cli", "bench", str(config), "--out", str(out), "--no-progress"],
@@ -87,7 +95,7 @@ def test_bench_runs_end_to_end_as_ray_tasks(tmp_path):
     # a seed fixes a run: the two random runs differ, and each is reproducible
     random_runs = [r for r in results["runs"] if r["planner"] == "random" and r["problem"] == "branin"]
     assert random_runs[0]["values"] != random_runs[1]["values"]
-    again = run_one(ProblemSpec(name="branin", budget=6), PlannerSpec(name="random", kind="random"),
+    again = run_one(ProblemSpec(name="branin", budget=6), BenchPlannerSpec(name="random", kind="random"),
                     seed=random_runs[0]["seed"])
     assert again.values == pytest.approx(random_runs[0]["values"])
     assert (out / "regret.png").stat().st_size > 10_000

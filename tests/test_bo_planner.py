@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from sdl.agents.bo_planner import BoPlanner, feasibility_probability
-from sdl.protocol import DesignPoint, FeasibilityModel, Observation, ProposeRequest
+from sdl.agents.base import AgentContext
+from sdl.agents.planner import ProposeRequest, make_planner
+from sdl.experiment import DesignPoint, Observation
+from sdl.objective import ObjectiveConfig
 from sdl.space import SearchSpace
-from sdl.surrogates.phase_classifier import BayesianLogisticClassifier
+from sdl.surrogates.phase_classifier import (BayesianLogisticClassifier, FeasibilityModel, feasibility_probability,
+                                             update_classifier)
 
 ALLOY = SearchSpace.model_validate({
     "parameters": {"age_temperature_k": {"low": 950, "high": 1150}},
@@ -32,18 +35,17 @@ def observe(points, f, **extra) -> list[Observation]:
 
 
 def start(space, n, seed=0):
-    from sdl.agents.planner import SobolPlanner
-
-    return SobolPlanner(space, seed=seed).propose(ProposeRequest(n=n))
+    return make_planner("sobol", AgentContext(space=space, seed=seed)).propose(ProposeRequest(n=n))
 
 
-def settings(**kw):
-    return {"objectives": [{"measurement": "y", "direction": "maximize"}], "initial_points": 5, "num_restarts": 3,
-            "raw_samples": 64, "mc_samples": 64, **kw}
+def bo(space, seed=0, objective=ObjectiveConfig(measurement="y", direction="maximize"), **settings):
+    """The BO planner, quick settings unless overridden."""
+    quick = {"initial_points": 5, "num_restarts": 3, "raw_samples": 64, "mc_samples": 64}
+    return make_planner("bo", AgentContext(space=space, seed=seed, objective=objective), {**quick, **settings})
 
 
 def test_proposals_lie_on_the_simplex_and_inside_every_bound():
-    planner = BoPlanner(ALLOY, seed=1, settings=settings())
+    planner = bo(ALLOY, seed=1)
     observations = observe(start(ALLOY, 10), alloy_value)
     for round_ in range(3):
         points = planner.propose(ProposeRequest(n=3, observations=observations))
@@ -60,9 +62,9 @@ def test_proposals_lie_on_the_simplex_and_inside_every_bound():
 
 def test_pending_points_change_the_batch_and_a_seed_fixes_it():
     observations = observe(start(ALLOY, 10), alloy_value)
-    planner = BoPlanner(ALLOY, seed=4, settings=settings())
+    planner = bo(ALLOY, seed=4)
     alone = planner.propose(ProposeRequest(n=1, observations=observations))[0]
-    again = BoPlanner(ALLOY, seed=4, settings=settings()).propose(ProposeRequest(n=1, observations=observations))[0]
+    again = bo(ALLOY, seed=4).propose(ProposeRequest(n=1, observations=observations))[0]
     assert again == alone  # deterministic for a seed, even in a fresh planner (a restarted actor)
     pending = [alone, alone]
     with_pending = planner.propose(ProposeRequest(n=1, observations=observations, pending=pending))[0]
@@ -74,18 +76,13 @@ def test_pending_points_change_the_batch_and_a_seed_fixes_it():
 
 
 def test_initial_design_is_sobol_until_enough_results():
-    from sdl.agents.planner import SobolPlanner
-
-    planner = BoPlanner(ALLOY, seed=2, settings=settings(initial_points=6))
+    planner = bo(ALLOY, seed=2, initial_points=6)
     request = ProposeRequest(n=2, observations=observe(start(ALLOY, 3, seed=2), alloy_value))
-    assert planner.propose(request) == SobolPlanner(ALLOY, seed=2).propose(request)
+    assert planner.propose(request) == make_planner("sobol", AgentContext(space=ALLOY, seed=2)).propose(request)
 
 
 def _feasibility_model(classifier: BayesianLogisticClassifier, inputs) -> FeasibilityModel:
-    mean, cov = classifier.posterior_gaussian()
-    low, span = classifier.scaling
-    return FeasibilityModel(inputs=inputs, low=low.tolist(), span=span.tolist(), degree=classifier.degree,
-                            weight_mean=mean.tolist(), weight_covariance=cov.tolist(), calphad_calls=0)
+    return FeasibilityModel.from_classifier(classifier, inputs=inputs, calphad_calls=0, target={})
 
 
 def test_classifier_feasibility_keeps_proposals_out_of_a_known_infeasible_region():
@@ -103,8 +100,8 @@ def test_classifier_feasibility_keeps_proposals_out_of_a_known_infeasible_region
         return point.parameters["a"] + point.parameters["b"]
 
     observations = observe(start(SQUARE, 6), f)
-    constrained = BoPlanner(SQUARE, seed=0, settings=settings(feasibility="classifier"))
-    plain = BoPlanner(SQUARE, seed=0, settings=settings())
+    constrained = bo(SQUARE, seed=0, feasibility="classifier")
+    plain = bo(SQUARE, seed=0)
     chosen = {"constrained": [], "plain": []}
     for name, planner in (("constrained", constrained), ("plain", plain)):
         history = list(observations)
@@ -127,7 +124,7 @@ def test_measured_constraint_and_penalty_steer_away_from_the_infeasible_corner()
 
     constraint = {"measurements": ["c"], "at_least": 0.0}
     for extra in ({"feasibility": "measured"}, {"constraint_handling": "penalty"}):
-        planner = BoPlanner(SQUARE, seed=3, settings=settings(constraint=constraint, **extra))
+        planner = bo(SQUARE, seed=3, constraint=constraint, **extra)
         history = observe(start(SQUARE, 8, seed=3), f, c=slack)
         proposed = []
         for _ in range(8):
@@ -147,10 +144,8 @@ def test_multi_objective_proposals_spread_along_the_trade_off():
         return 16 * point.composition["Ni"] + 33 * point.composition["Co"] + 2.6 * point.composition["Al"]
 
     space = SearchSpace(composition=ALLOY.composition)
-    planner = BoPlanner(space, seed=0, settings={
-        "objectives": [{"measurement": "y", "direction": "maximize"},
-                       {"measurement": "cost", "direction": "minimize"}],
-        "initial_points": 6, "num_restarts": 2, "raw_samples": 64, "mc_samples": 32})
+    planner = bo(space, seed=0, extra_objectives=[{"measurement": "cost", "direction": "minimize"}],
+                 initial_points=6, num_restarts=2, raw_samples=64, mc_samples=32)
     history = observe(start(space, 8), hardness, cost=cost)
     points = planner.propose(ProposeRequest(n=2, observations=history))
     for p in points:
@@ -163,17 +158,15 @@ def test_multi_objective_proposals_spread_along_the_trade_off():
 
 def test_bad_settings_are_refused_with_the_reason():
     with pytest.raises(ValueError, match="needs a constraint"):
-        BoPlanner(SQUARE, settings=settings(feasibility="measured"))
+        bo(SQUARE, feasibility="measured")
     with pytest.raises(ValueError, match="penalty"):
-        BoPlanner(SQUARE, settings=settings(constraint_handling="penalty"))
-    planner = BoPlanner(SQUARE, settings=settings(feasibility="classifier"))
+        bo(SQUARE, constraint_handling="penalty")
+    planner = bo(SQUARE, feasibility="classifier")
     with pytest.raises(ValueError, match="carries none"):
         planner.propose(ProposeRequest(n=1, observations=observe(start(SQUARE, 6), lambda p: 1.0)))
 
 
 def test_measured_verdicts_update_the_classifier_where_experiments_were_made():
-    from sdl.agents.bo_planner import update_classifier
-
     rng = np.random.default_rng(1)
     x = rng.random((48, 2))  # as many CALPHAD labels as the demo's classifier gets
     classifier = BayesianLogisticClassifier(degree=1, num_steps=1000).fit(x, (x[:, 0] <= 0.6).astype(float))
@@ -197,7 +190,7 @@ def test_the_initial_design_skips_alloys_the_classifier_rules_out():
     x = rng.random((300, 2))
     classifier = BayesianLogisticClassifier(degree=1, num_steps=1000).fit(x, (x[:, 0] <= 0.5).astype(float))
     model = _feasibility_model(classifier, ["a", "b"])
-    planner = BoPlanner(SQUARE, seed=0, settings=settings(feasibility="classifier", initial_points=6))
+    planner = bo(SQUARE, seed=0, feasibility="classifier", initial_points=6)
     first = planner.propose(ProposeRequest(n=4, feasibility=model))
     rest = planner.propose(ProposeRequest(n=2, pending=first, feasibility=model))
     assert all(p.parameters["a"] <= 0.55 for p in first + rest)
@@ -210,7 +203,7 @@ def test_a_candidate_just_past_a_bound_comes_back_inside_the_space():
     space = SearchSpace.model_validate({"composition": {"elements": {"Ni": [0.6, 0.9], "Al": [0.02, 0.135],
                                                                      "Co": [0.06, 0.14], "Cr": [0.06, 0.14]},
                                                         "balance": "Ni"}})
-    planner = BoPlanner(space, settings={"objectives": [{"measurement": "hardness_hv"}]})
+    planner = bo(space, objective=ObjectiveConfig(measurement="hardness_hv"))
     point = planner.to_point(torch.tensor([0.5999999924007068, 0.135, 0.14, 0.1250000076], dtype=torch.double))
     space.check(point)
     assert sum(point.composition.root.values()) == pytest.approx(1.0, abs=1e-12)

@@ -10,44 +10,52 @@ import time
 import pytest
 import zmq
 
-from sdl import protocol
-from sdl.agents.simulator_host import SimulatorHostService
-from sdl.client import BusClient, EventSubscriber, RemoteError
-from sdl.protocol import CLIENT_HEADER, DesignPoint, EvaluateRequest, decode
-from sdl.service import Service, Worker, method
+from sdl.agents.base import AgentContext
+from sdl.agents.simulator_host import EvaluateRequest, TestFunctionSettings, TestFunctionSimulator
+from sdl.bus import BusClient, Empty, EventSubscriber, RemoteError, Service, ServiceError, Worker, method
+from sdl.experiment import DesignPoint
+from sdl.wire import CLIENT_HEADER, ErrorCode, Ready, decode, encode
+
+from conftest import wait_for_service
 
 POINT = DesignPoint(parameters={"x1": 1.0, "x2": 2.0})
+
+
+def branin() -> TestFunctionSimulator:
+    return TestFunctionSimulator(TestFunctionSettings(problem="branin"), AgentContext())
 
 SLOW_WORKER = textwrap.dedent(
     """
     import sys, time
-    from sdl import protocol
-    from sdl.service import Service, Worker, method
+    from sdl.bus import Empty, Service, Worker, method
 
     class Slow(Service):
         kind = "test"
-        @method(protocol.Empty)
+        @method(Empty)
         def wait(self, _):
             time.sleep(float(sys.argv[2]))
-            return protocol.Empty()
+            return Empty()
 
-    Worker(Slow(), sys.argv[1], service_name="test.slow", capacity=2).run()
+        @method(Empty)
+        def spin(self, _):
+            # Hold the GIL: a pure-Python loop that no other Python thread may interrupt for 30 s.
+            sys.setswitchinterval(30.0)
+            end = time.perf_counter() + float(sys.argv[2])
+            while time.perf_counter() < end:
+                pass
+            sys.setswitchinterval(0.005)
+            return Empty()
+
+    Worker(Slow(), sys.argv[1], service_name="test.slow", capacity=int(sys.argv[3])).run()
     """
 )
 
 
 @pytest.fixture
 def simulator(broker):
-    worker = Worker(SimulatorHostService(problem="branin"), broker.frontend_address, service_name="simulator.branin").start()
+    worker = Worker(branin(), broker.frontend_address, service_name="simulator.branin").start()
     yield worker
     worker.stop()
-
-
-def wait_for_service(broker, name, timeout_s=10.0):
-    deadline = time.monotonic() + timeout_s
-    while name not in broker.services():
-        assert time.monotonic() < deadline, f"{name} never joined; live: {broker.services()}"
-        time.sleep(0.02)
 
 
 def test_request_reply_through_the_broker(broker, simulator):
@@ -80,7 +88,7 @@ def test_event_stream_carries_published_and_broker_events(broker):
     with BusClient(broker.frontend_address) as client:
         client.publish("lab.door", {"open": True})
         client.publish("other.topic", {"ignored": True})
-        worker = Worker(SimulatorHostService(problem="branin"), broker.frontend_address, service_name="simulator.x").start()
+        worker = Worker(branin(), broker.frontend_address, service_name="simulator.x").start()
         try:
             seen = {}
             deadline = time.monotonic() + 5
@@ -104,9 +112,9 @@ def test_garbage_frames_get_error_replies_and_the_broker_carries_on(broker, simu
     garbage = [
         [b"just one frame"],
         [CLIENT_HEADER, b"\x00\x01\x02 not json"],
-        [CLIENT_HEADER, b'{"kind": "teleport", "version": 1}'],
-        [CLIENT_HEADER, b'{"kind": "request", "version": 1, "id": "r1", "service": "simulator.branin"}'],
-        [CLIENT_HEADER, protocol.encode(protocol.Ready(service="x", worker="y"))],  # a worker message from a client
+        [CLIENT_HEADER, b'{"kind": "teleport", "version": 2}'],
+        [CLIENT_HEADER, b'{"kind": "request", "version": 2, "id": "r1", "service": "simulator.branin"}'],
+        [CLIENT_HEADER, encode(Ready(service="x", worker="y"))],  # a worker message from a client
         [b"XXXX", b"{}", b"extra"],
     ]
     replies = []
@@ -141,14 +149,14 @@ class Recorder(Service):
         self.seen = []
         self.lock = threading.Lock()
 
-    @method(protocol.Empty, hardware=True)
+    @method(Empty, hardware=True)
     def act(self, _, *, idempotency_key):
         with self.lock:
             self.seen.append(idempotency_key)
             first = len(self.seen) == 1
         if first:
             time.sleep(0.8)
-        return protocol.Empty()
+        return Empty()
 
 
 def test_timeout_retries_reuse_the_idempotency_key(broker):
@@ -171,7 +179,7 @@ def test_timeout_retries_reuse_the_idempotency_key(broker):
 
 
 def test_killed_service_is_detected_and_its_requests_requeued_or_failed(broker):
-    process = subprocess.Popen([sys.executable, "-c", SLOW_WORKER, broker.frontend_address, "60"])
+    process = subprocess.Popen([sys.executable, "-c", SLOW_WORKER, broker.frontend_address, "60", "2"])
     try:
         wait_for_service(broker, "test.slow", timeout_s=20)
         subscriber = EventSubscriber(broker.events_address, topics=("bus.lost",))
@@ -190,7 +198,7 @@ def test_killed_service_is_detected_and_its_requests_requeued_or_failed(broker):
         outcomes = client.poll(timeout_s=5)
         assert [(o.call_id, o.error.code) for o in outcomes] == [(unkeyed, "worker_lost")]
         # ... the keyed one waits in the queue and is served by the next worker of the service.
-        replacement = subprocess.Popen([sys.executable, "-c", SLOW_WORKER, broker.frontend_address, "0"])
+        replacement = subprocess.Popen([sys.executable, "-c", SLOW_WORKER, broker.frontend_address, "0", "2"])
         try:
             outcomes = client.poll(timeout_s=20)
             assert [(o.call_id, o.ok) for o in outcomes] == [(keyed, True)]
@@ -204,15 +212,85 @@ def test_killed_service_is_detected_and_its_requests_requeued_or_failed(broker):
         process.wait()
 
 
-def test_a_long_handler_keeps_its_worker_alive(broker):
-    """A handler that runs longer than the heartbeat liveness window (3 s) is not declared dead:
-    the worker's heartbeat thread beats for the busy slot."""
-    process = subprocess.Popen([sys.executable, "-c", SLOW_WORKER, broker.frontend_address, "4.5"])
+def test_a_handler_holding_the_gil_for_10_s_keeps_its_worker_alive(broker):
+    """Liveness is libzmq's (its I/O thread answers heartbeats without Python): a handler that lets no
+    other Python thread run for 10 s is not declared dead, and its answer arrives."""
+    process = subprocess.Popen([sys.executable, "-c", SLOW_WORKER, broker.frontend_address, "10", "1"])
     try:
         wait_for_service(broker, "test.slow", timeout_s=20)
+        subscriber = EventSubscriber(broker.events_address, topics=("bus.lost",))
+        time.sleep(0.2)
         with BusClient(broker.frontend_address) as client:
-            client.request("test.slow", "wait", {}, timeout_s=15)
-        assert broker.counters["worker_lost"] == 0 and broker.services() == {"test.slow": 2}
+            started = time.monotonic()
+            client.request("test.slow", "spin", {}, timeout_s=30)
+            assert time.monotonic() - started >= 10
+        assert subscriber.receive(timeout_s=0.5) is None, "the busy worker was dropped"
+        subscriber.close()
+        assert broker.counters["worker_lost"] == 0 and broker.services() == {"test.slow": 1}
     finally:
         process.kill()
         process.wait()
+
+
+class Flaky(Service):
+    """Handlers that fail in every way a handler can, and one that answers."""
+
+    kind = "test"
+
+    def __init__(self):
+        self.release = threading.Event()
+
+    @method(Empty)
+    def hang(self, _):
+        self.release.wait(60)  # past any deadline the tests give it
+        return Empty()
+
+    @method(Empty)
+    def crash(self, _):
+        raise RuntimeError("boom")
+
+    @method(Empty)
+    def bad_code(self, _):
+        raise ServiceError("a route the furnace cannot run", code="invalid_route")  # not a protocol code
+
+    @method(Empty)
+    def bad_result(self, _):
+        return {"not": "a model"}
+
+    @method(Empty)
+    def ping(self, _):
+        return Empty()
+
+
+def test_every_handler_failure_is_an_error_reply_and_the_worker_keeps_serving(broker):
+    worker = Worker(Flaky(), broker.frontend_address, service_name="test.flaky").start()
+    try:
+        wait_for_service(broker, "test.flaky")
+        with BusClient(broker.frontend_address) as client:
+            for name, fragment in (("crash", "RuntimeError: boom"), ("bad_code", "'invalid_route' is not a valid ErrorCode"),
+                                   ("bad_result", "AttributeError")):
+                with pytest.raises(RemoteError, match=fragment) as e:
+                    client.request("test.flaky", name, {}, timeout_s=5)
+                assert e.value.code == ErrorCode.HANDLER_ERROR
+            assert client.request("test.flaky", "ping", {}, timeout_s=5) == {}
+        assert worker.handled == 4 and broker.services() == {"test.flaky": 1}
+    finally:
+        worker.service.release.set()
+        worker.stop()
+
+
+def test_a_hung_handler_gets_deadline_exceeded_and_the_worker_recovers(broker):
+    worker = Worker(Flaky(), broker.frontend_address, service_name="test.flaky").start()
+    try:
+        wait_for_service(broker, "test.flaky")
+        with BusClient(broker.frontend_address) as client:
+            started = time.monotonic()
+            with pytest.raises(RemoteError, match="held hang past its 1.8 s deadline") as e:
+                client.request("test.flaky", "hang", {}, timeout_s=2.0)
+            assert e.value.code == ErrorCode.DEADLINE_EXCEEDED and time.monotonic() - started < 2.0
+            # the slot stuck in the handler is replaced; the same worker answers the next request
+            assert client.request("test.flaky", "ping", {}, timeout_s=10) == {}
+        assert worker.abandoned == 1 and broker.counters["deadline_exceeded"] == 1
+    finally:
+        worker.service.release.set()
+        worker.stop()

@@ -12,16 +12,19 @@ import yaml
 from click.testing import CliRunner
 from pyro import poutine
 
-from sdl.agents.planner import PlannerService
+from sdl.agents.base import AgentContext
+from sdl.agents.causal_planner import history_frame
+from sdl.agents.planner import PlannerService, Proposal, ProposeRequest, make_planner
+from sdl.bus import BusClient, Worker
+from sdl.campaign import parse_config
 from sdl.cli import main
-from sdl.client import BusClient
-from sdl.config import PlannerConfig
-from sdl.protocol import Observation, Proposal, ProposeRequest
-from sdl.service import Worker
+from sdl.experiment import Observation
+from sdl.objective import ObjectiveConfig
+from sdl.settings import ConfigError
 from sdl.space import SearchSpace
 from sdl.surrogates.causal import (CausalConfig, CausalGraph, MechanismSettings, NotIdentifiable,
-                                   StructuralCausalModel, backdoor_effect, composition_change, ledger_frame,
-                                   naive_effect, scm_effect)
+                                   StructuralCausalModel, backdoor_effect, composition_change, naive_effect,
+                                   scm_effect)
 
 LINEAR = MechanismSettings(kind="polynomial", degree=1, svi_steps=800, posterior_samples=100)
 SMALL_GP = {"kind": "gp", "rff_features": 128, "gp_steps": 80, "posterior_samples": 40}
@@ -167,7 +170,7 @@ def history(tmp_path_factory):
 
 def test_history_ledger_holds_the_confounded_practice(history):
     lab, _ = history
-    data = ledger_frame(lab)
+    data = history_frame(lab)
     assert len(data) == 120 and {"x_Al", "age_temperature_k", "gamma_prime_radius_nm", "hardness_hv"} <= set(data)
     # The practice: Al-rich alloys were mostly stabilised hot, lean ones aged cold.
     rich = data["x_Al"] > 0.09
@@ -211,7 +214,7 @@ SPACE = SearchSpace.model_validate({"composition": {"elements": {"Ni": [0.55, 0.
 def test_causal_planner_ranks_by_interventional_effect_over_the_bus(history, broker):
     lab, graph_config = history
     settings = {"history": str(lab), "graph_config": str(graph_config), "candidates": 64, "rows_per_candidate": 16}
-    service = PlannerService(planner="causal", space=SPACE.model_dump(mode="json"), seed=0, settings=settings)
+    service = PlannerService(make_planner("causal", AgentContext(space=SPACE, seed=0), settings))
     worker = Worker(service, broker.frontend_address, service_name="planner.causal").start()
     try:
         with BusClient(broker.frontend_address) as client:
@@ -232,22 +235,22 @@ def test_causal_planner_ranks_by_interventional_effect_over_the_bus(history, bro
     made = [Observation(point=planner.propose(ProposeRequest(n=1))[0], status="done", measurements={})]
     again = planner.propose(ProposeRequest(n=1, observations=made))[0]
     assert again != made[0].point
+    other = SearchSpace.model_validate({"composition": {"elements": {"Ni": [0.5, 1.0], "Al": [0.0, 0.5]}, "balance": "Ni"}})
     with pytest.raises(ValueError, match="differ from the causal graph"):
-        PlannerService(planner="causal", seed=0, settings=settings,
-                       space={"composition": {"elements": {"Ni": [0.5, 1.0], "Al": [0.0, 0.5]}, "balance": "Ni"}})
+        make_planner("causal", AgentContext(space=other), settings)
 
 
 def test_bo_warm_start_from_the_causal_planner(history):
     lab, graph_config = history
-    from sdl.agents.bo_planner import BoPlanner
-
     causal = {"history": str(lab), "graph_config": str(graph_config), "candidates": 64, "rows_per_candidate": 16}
-    bo = BoPlanner(SPACE, seed=0, settings={"objectives": [{"measurement": "hardness_hv", "direction": "maximize"}],
-                                            "initial_design": "causal", "causal": causal})
+    context = AgentContext(space=SPACE, seed=0, objective=ObjectiveConfig(measurement="hardness_hv", direction="maximize"))
+    bo = make_planner("bo", context, {"initial_design": "causal", "causal": causal})
     first = bo.propose(ProposeRequest(n=2))
     assert first == bo.warm_start.propose(ProposeRequest(n=2)) and bo.predicted
-    with pytest.raises(ValueError, match="needs a `causal` section"):
-        PlannerConfig.model_validate({"kind": "causal"})
-    assert PlannerConfig.model_validate({"kind": "bo", "initial_design": "causal", "causal": causal}).causal.history
+    campaign = {"space": SPACE.model_dump(mode="json"), "instruments": [{"name": "a", "driver": "xrd"}]}
+    with pytest.raises(ConfigError, match="planner: settings of planner.causal: history: Field required"):
+        parse_config({**campaign, "planner": {"kind": "causal"}})
+    config = parse_config({**campaign, "planner": {"kind": "bo", "settings": {"initial_design": "causal", "causal": causal}}})
+    assert config.planner.settings.causal.history == lab.resolve()
     with pytest.raises(ValueError, match="needs the `causal` settings"):
-        BoPlanner(SPACE, seed=0, settings={"objectives": [{"measurement": "hardness_hv"}], "initial_design": "causal"})
+        make_planner("bo", context, {"initial_design": "causal"})

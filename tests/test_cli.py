@@ -10,13 +10,17 @@ import yaml
 from click.testing import CliRunner
 
 from sdl.cli import main
-from sdl.config import ConfigError, load_config
+from sdl.campaign import load_config
+from sdl.settings import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("command", [[], ["run"], ["status"], ["report"], ["ledger"], ["ledger", "export"],
-                                     ["instrument"], ["instrument", "serve"], ["instrument", "list"]])
+                                     ["instrument"], ["instrument", "serve"], ["instrument", "list"], ["agents"],
+                                     ["bench"], ["bench-merge"], ["policy", "train"], ["policy", "route"],
+                                     ["causal", "history"], ["causal", "effect"], ["causal", "whatif"], ["generate"],
+                                     ["mlip", "active-learn"]])
 def test_every_command_has_help(command):
     result = CliRunner().invoke(main, [*command, "--help"])
     assert result.exit_code == 0 and "Usage:" in result.output
@@ -27,14 +31,35 @@ def test_instrument_list_shows_the_registered_drivers():
     assert "branin" in result.output and "hartmann6_constrained" in result.output
 
 
+def test_agents_lists_the_kinds_and_shows_their_settings():
+    result = CliRunner().invoke(main, ["agents"])
+    assert result.exit_code == 0
+    for kind in ("planner.bo", "planner.generative", "planner.process", "surrogate.mlip", "surrogate.generative",
+                 "simulator.phase_boundary"):
+        assert kind in result.output
+    result = CliRunner().invoke(main, ["agents", "planner.bo"])
+    assert result.exit_code == 0 and "planner.bo: a planner" in result.output and "feasibility_exponent" in result.output
+    result = CliRunner().invoke(main, ["agents", "planner.nope"])
+    assert result.exit_code != 0 and "unknown agent kind 'planner.nope'" in result.output
+
+
 @pytest.mark.parametrize(
     "change, fragment",
     [
-        ({"planner": {"kind": "gradient"}}, "planner.kind: Input should be 'random', 'sobol', 'bo' or 'causal'"),
-        ({"planner": {"kind": "bo", "feasibility": "classifier"}}, "needs a phase_boundary section"),
-        ({"planner": {"kind": "bo", "feasibility": "measured"}}, "feasibility 'measured' needs a constraint"),
-        ({"planner": {"kind": "bo", "constraint": {"measurements": ["c1"]}}}, "a constraint needs at_least, at_most or both"),
-        ({"phase_boundary": {"calphad_calls": 48}}, "phase_boundary learns over a composition-only space"),
+        ({"planner": {"kind": "gradient"}}, "planner: unknown agent kind 'planner.gradient'; installed: ax, baybe, bo"),
+        ({"planner": {"kind": "bo", "settings": {"feasibility": "classifier"}}},
+         "planner.bo needs an agent that provides 'feasibility'"),
+        ({"planner": {"kind": "bo", "settings": {"feasibility": "measured"}}}, "feasibility 'measured' needs a constraint"),
+        ({"planner": {"kind": "bo", "settings": {"constraint": {"measurements": ["c1"]}}}},
+         "settings of planner.bo: constraint: a constraint needs at_least, at_most or both"),
+        ({"planner": {"kind": "sobol", "settings": {"n": 3}}}, "settings of planner.sobol: n: Extra inputs"),
+        ({"simulators": [{"kind": "phase_boundary"}]},
+         "simulator.phase_boundary: the phase-boundary agent works on compositions; the space has none"),
+        ({"simulators": [{"kind": "test_function", "settings": {"problem": "rosenbrock"}}]},
+         "unknown test problem 'rosenbrock'; available: branin"),
+        ({"surrogates": [{"kind": "gp"}, {"kind": "gp"}]}, "service names must be unique; repeated: ['surrogate.gp']"),
+        ({"surrogates": [{"kind": "bo"}]}, "surrogates.0: unknown agent kind 'surrogate.bo'; installed: generative, gp"),
+        ({"surrogates": [{"kind": "planner.bo"}]}, "agent kind 'planner.bo' is a planner, not a surrogate"),
         ({"stop": {"max_experiments": 0}}, "stop.max_experiments: Input should be greater than or equal to 1"),
         ({"instruments": [{"name": "a", "driver": "laser"}]}, "unknown instrument driver 'laser'; installed drivers: arc_melter, ase_calculator, branin, furnace"),
         ({"instruments": [{"name": "a", "driver": "branin", "options": {"noise": 1}}]}, "options of driver 'branin': noise: Extra inputs"),

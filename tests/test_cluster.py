@@ -7,6 +7,7 @@ from ray.cluster_utils import Cluster
 
 from sdl.campaign import Campaign
 from sdl.ledger import Ledger
+from sdl.ledger.documents import AgentPlaced
 
 from conftest import branin_config
 
@@ -26,8 +27,8 @@ def test_campaign_on_a_two_node_cluster_spreads_its_agents(two_node_cluster, cam
     summary = Campaign(config, campaign_dir, ray_address=two_node_cluster.address, progress=False).run()
     assert summary.counts["done"] == 8
     with Ledger.in_campaign(campaign_dir, readonly=True) as ledger:
-        placed = [payload for _, _, payload in ledger.events("agent.placed")]
-    assert {p["service"] for p in placed} == {"planner.sobol", "simulator.branin", "instrument.a", "instrument.b"}
+        placed = ledger.documents(AgentPlaced)
+    assert {p.service for p in placed} == {"planner.sobol", "simulator.test_function", "instrument.a", "instrument.b"}
     cluster_nodes = {node.node_id for node in two_node_cluster.list_all_nodes()}
-    used = {p["node_id"] for p in placed}
+    used = {p.node_id for p in placed}
     assert used <= cluster_nodes and len(used) == 2

@@ -10,6 +10,7 @@ import time
 import yaml
 
 from sdl.ledger import Ledger
+from sdl.ledger.documents import CampaignResumed, CampaignStarted, ExperimentStep
 
 from conftest import done_count
 
@@ -21,7 +22,6 @@ CONFIG = {
         {"name": "a", "driver": "branin", "options": {"latency_s": 0.25, "noise_std": 0.1}},
         {"name": "b", "driver": "branin", "options": {"latency_s": 0.4, "noise_std": 0.1}},
     ],
-    "surrogate": None,
     "stop": {"max_experiments": 24, "max_in_flight": 2},
     "ledger": {"synchronous": "normal"},
 }
@@ -76,7 +76,7 @@ def test_kill_9_mid_campaign_then_resume_runs_each_experiment_exactly_once(tmp_p
             assert len(finishes) == 1, f"{r.experiment_id} finished {len(finishes)} times"
             if at_kill.get(r.experiment_id) == "done":  # recorded before the crash: untouched since
                 assert r.dispatch_count == 1
-        assert [e[1] for e in ledger.events("campaign.")][:2] == ["campaign.started", "campaign.resumed"]
+        assert [type(d) for d in ledger.documents(CampaignStarted, CampaignResumed)] == [CampaignStarted, CampaignResumed]
     # Instrument side: one journal entry per experiment, all done; only experiments that were in
     # flight at the kill may have needed a second attempt.
     journal = journal_rows(campaign_dir)
@@ -127,7 +127,7 @@ def test_kill_9_mid_workflow_resumes_from_the_first_uncommitted_station(tmp_path
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
     with Ledger.in_campaign(campaign_dir, readonly=True) as ledger:
-        committed_first = {p["experiment_id"] for _, _, p in ledger.events("experiment.step") if p["station"] == "first"}
+        committed_first = {d.experiment_id for d in ledger.documents(ExperimentStep) if d.station == "first"}
         unfinished = {r.experiment_id for r in ledger.experiments(("planned", "dispatched"))}
     time.sleep(2)
     second = sdl_run(str(config_path), "--campaign-dir", str(campaign_dir), "--resume")
@@ -135,10 +135,10 @@ def test_kill_9_mid_workflow_resumes_from_the_first_uncommitted_station(tmp_path
     assert second.returncode == 0, output
     with Ledger.in_campaign(campaign_dir, readonly=True) as ledger:
         assert ledger.counts()["done"] == 16
-        steps = [p for _, _, p in ledger.events("experiment.step")]
+        steps = ledger.documents(ExperimentStep)
         records = ledger.experiments()
     # Each specimen's first station is committed exactly once, also across the kill.
-    assert sorted(p["experiment_id"] for p in steps) == sorted(r.experiment_id for r in records)
+    assert sorted(d.experiment_id for d in steps) == sorted(r.experiment_id for r in records)
     with sqlite3.connect(campaign_dir / "instruments" / "one.sqlite") as db:
         first_station = dict(db.execute("SELECT key, attempts FROM executions").fetchall())
     for experiment_id in committed_first & unfinished:  # waiting for station two at the kill

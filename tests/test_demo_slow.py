@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from sdl.ledger import Ledger
+from sdl.ledger.documents import FeasibilityLearned, RouteFallback
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,8 +29,8 @@ def test_demo_designs_a_hard_processable_alloy(tmp_path):
     assert "completed (budget)" in out
     with Ledger.in_campaign(tmp_path / "demo", readonly=True) as ledger:
         done = ledger.experiments(("done",))
-        learned = [p for _, _, p in ledger.events("feasibility.learned")]
-    assert len(learned) == 1 and learned[0]["calphad_calls"] == 48
+        learned = ledger.documents(FeasibilityLearned)
+    assert len(learned) == 1 and learned[0].calphad_calls == 48
     hardness = [r.result.measurements["hardness_hv"] for r in done]
     assert max(hardness) > 300  # best feasible on the twin: 326 HV (noiseless)
     brittle = [r.result.measurements["xrd_brittle_detected"] for r in done]
@@ -68,8 +69,7 @@ def test_demo_heat_treats_every_alloy_by_the_trained_policy(tmp_path):
     assert "share of the exhaustive optimum" in trained.stdout
     checkpoint = tmp_path / "policy" / "checkpoint"
     config = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
-    config["process_planner"]["checkpoint"] = str(checkpoint)
-    config["process_planner"]["require_checkpoint"] = True
+    config["process_planner"]["settings"] = {"checkpoint": str(checkpoint), "require_checkpoint": True}
     config["stop"] = {"max_experiments": 12, "max_in_flight": 4}
     (tmp_path / "demo.yaml").write_text(yaml.safe_dump(config))
     done = subprocess.run([sys.executable, "-m", "sdl.cli", "run", str(tmp_path / "demo.yaml"),
@@ -79,7 +79,7 @@ def test_demo_heat_treats_every_alloy_by_the_trained_policy(tmp_path):
     policy = ProcessPolicy(checkpoint)
     with Ledger.in_campaign(tmp_path / "demo", readonly=True) as ledger:
         records = ledger.experiments()
-        textbook = list(ledger.events("process.textbook_route"))
+        textbook = ledger.documents(RouteFallback)
     assert len(records) >= 12
     for record in records:  # every experiment got the policy's route for its own composition
         steps, _, _ = policy.route(record.point.composition.root)

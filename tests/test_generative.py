@@ -7,15 +7,20 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from sdl.agents.base import AgentContext
+from sdl.agents.generative_host import (GenerateRequest, GeneratedCompositions, GenerativeAgent, GenerativeSettings,
+                                        MicrostructureFields, MicrostructureRequest)
+from sdl.agents.planner import ProposeRequest, make_planner
+from sdl.bus import BusClient, RemoteError, Worker
 from sdl.cli import main
-from sdl.client import BusClient, RemoteError
 from sdl.env.heat_treatment import textbook_route
 from sdl.env.twin import AlloyTwin
-from sdl.protocol import GeneratedCompositions, GenerateRequest, MicrostructureFields, MicrostructureRequest
+from sdl.experiment import DesignPoint, Observation
+from sdl.objective import ObjectiveConfig
 from sdl.space import SearchSpace
 from sdl.surrogates.generative import (MicrostructureVAE, load_composition_cvae, train_composition_cvae, train_microstructure_vae,
                                        twin_composition_data, two_phase_fields)
-from conftest import wait_until_serving
+from conftest import wait_for_service
 
 SPACE = SearchSpace.model_validate({"composition": {"elements": {"Ni": [0.45, 0.98], "Al": [0.02, 0.145],
                                                                  "Co": [0.0, 0.185], "Cr": [0.0, 0.185]},
@@ -76,46 +81,31 @@ def test_microstructure_fraction_is_exact_and_training_lowers_the_loss():
         MicrostructureVAE(size=36)
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-def test_generative_agent_as_a_ray_actor_over_the_bus(ray_session):
-    import ray
-
-    from sdl.agents.generative_host import spawn_generative_agent
-    from sdl.bus import Broker
-
-    settings = {"twin_samples": 256, "epochs": 30, "field_size": 32, "field_samples": 32, "field_epochs": 1}
-    with Broker() as broker:
-        actor = spawn_generative_agent({"space": SPACE.model_dump(mode="json"), "settings": settings},
-                                       broker_address=broker.frontend_address, num_cpus=0)
-        try:
-            wait_until_serving(actor, broker, "surrogate.generative", construct_s=180)
-            with BusClient(broker.frontend_address) as client:
-                reply = GeneratedCompositions.model_validate(client.request(
-                    "surrogate.generative", "generate", GenerateRequest(target={"hardness_hv": 250, "feasible": 1}, n=20),
-                    timeout_s=60))
-                assert len(reply.points) == 20
-                for p in reply.points:
-                    SPACE.check(p)
-                with pytest.raises(RemoteError, match="missing"):
-                    client.request("surrogate.generative", "generate", GenerateRequest(target={"hardness_hv": 250}),
-                                   timeout_s=30)
-                fields = MicrostructureFields.model_validate(client.request(
-                    "surrogate.generative", "microstructure",
-                    MicrostructureRequest(composition={"Ni": 0.76, "Al": 0.12, "Co": 0.06, "Cr": 0.06},
-                                          temperature_k=1050, n=2), timeout_s=120))
-                assert 0.05 < fields.fraction < 0.9  # gamma-prime at 1050 K, from the twin's CALPHAD
-                assert np.abs(np.asarray(fields.fields).mean((1, 2)) - fields.fraction).max() <= 1e-6
-        finally:
-            ray.get(actor.shutdown.remote())
-            ray.kill(actor)
+def test_generative_agent_over_the_bus(broker):
+    """The agent's methods over real sockets (a campaign hosts it as a Ray actor: test_agents_campaign)."""
+    settings = GenerativeSettings(twin_samples=256, epochs=30, field_size=32, field_samples=32, field_epochs=1)
+    worker = Worker(GenerativeAgent(settings, AgentContext(space=SPACE)), broker.frontend_address,
+                    service_name="surrogate.generative").start()
+    try:
+        wait_for_service(broker, "surrogate.generative")
+        with BusClient(broker.frontend_address) as client:
+            reply = GeneratedCompositions.model_validate(client.request(
+                "surrogate.generative", "generate", GenerateRequest(target={"hardness_hv": 250, "feasible": 1}, n=20),
+                timeout_s=60))
+            assert len(reply.points) == 20
+            for p in reply.points:
+                SPACE.check(p)
+            with pytest.raises(RemoteError, match="missing"):
+                client.request("surrogate.generative", "generate", GenerateRequest(target={"hardness_hv": 250}),
+                               timeout_s=30)
+            fields = MicrostructureFields.model_validate(client.request(
+                "surrogate.generative", "microstructure",
+                MicrostructureRequest(composition={"Ni": 0.76, "Al": 0.12, "Co": 0.06, "Cr": 0.06},
+                                      temperature_k=1050, n=2), timeout_s=120))
+            assert 0.05 < fields.fraction < 0.9  # gamma-prime at 1050 K, from the twin's CALPHAD
+            assert np.abs(np.asarray(fields.fields).mean((1, 2)) - fields.fraction).max() <= 1e-6
+    finally:
+        worker.stop()
     with pytest.raises(ValueError, match="either fraction or composition"):
         MicrostructureRequest(n=1)
 
@@ -137,18 +127,15 @@ def test_sdl_generate(tmp_path):
 
 
 def test_bo_planner_takes_starting_candidates_from_the_cvae():
-    from sdl.agents.bo_planner import BoPlanner
-    from sdl.protocol import DesignPoint, Observation, ProposeRequest
-
     rng = np.random.default_rng(0)
     observations = []
     for _ in range(12):
         al, co, cr = rng.uniform(0.02, 0.14), rng.uniform(0, 0.18), rng.uniform(0, 0.18)
         point = DesignPoint(composition={"Ni": 1 - al - co - cr, "Al": al, "Co": co, "Cr": cr})
         observations.append(Observation(point=point, status="done", measurements={"hardness_hv": 1000 * al + 100 * co}))
-    settings = {"objectives": [{"measurement": "hardness_hv", "direction": "maximize"}],
-                "candidate_generator": "cvae", "raw_samples": 64, "num_restarts": 2}
-    planner = BoPlanner(SPACE, seed=0, settings=settings)
+    settings = {"candidate_generator": "cvae", "raw_samples": 64, "num_restarts": 2}
+    hardness = ObjectiveConfig(measurement="hardness_hv", direction="maximize")
+    planner = make_planner("bo", AgentContext(space=SPACE, objective=hardness), settings)
     x = planner.to_tensor([o.point for o in observations])
     y = torch.tensor([[o.measurements["hardness_hv"]] for o in observations], dtype=torch.double)
     generated = planner._generated_candidates(x, y, torch.ones(12, dtype=torch.bool), seed=0)
@@ -156,5 +143,6 @@ def test_bo_planner_takes_starting_candidates_from_the_cvae():
     assert generated[:, 1].mean() > x[:, 1].mean()  # asked for the best: aluminium-rich like the best results
     (point,) = planner.propose(ProposeRequest(n=1, observations=observations))
     SPACE.check(point)
-    with pytest.raises(ValueError, match="composition-only space"):
-        BoPlanner(SearchSpace.model_validate({"parameters": {"x": {"low": 0, "high": 1}}}), settings=settings)
+    with pytest.raises(ValueError, match="works on compositions; the space has none"):
+        make_planner("bo", AgentContext(space=SearchSpace.model_validate({"parameters": {"x": {"low": 0, "high": 1}}})),
+                     settings)

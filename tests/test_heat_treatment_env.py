@@ -7,7 +7,7 @@ from gymnasium.utils.env_checker import check_env
 
 from sdl.env.heat_treatment import HeatTreatmentEnv
 from sdl.env.twin import AlloyTwin, TwinConfig
-from sdl.protocol import ProcessStep
+from sdl.experiment import ProcessStep
 
 SMALL_TWIN = {
     "grid": {"Al": {"low": 0.0, "high": 0.15, "points": 4}, "Co": {"low": 0.05, "high": 0.15, "points": 2},

@@ -2,10 +2,11 @@ import threading
 
 import pytest
 
-from sdl.agents.instrument_driver import InstrumentDriverService
+from sdl.agents.instrument_driver import InstrumentDriverAgent, InstrumentDriverSettings, RunExperiment
+from sdl.experiment import DesignPoint, ExperimentSpec
 from sdl.instruments.base import InstrumentFault, available_drivers, driver_class
 from sdl.instruments.emulated import Branin, ConstrainedHartmann6
-from sdl.protocol import DesignPoint, ExperimentSpec, Request, RunExperiment
+from sdl.wire import Request
 
 
 def spec(i=0, **params):
@@ -91,11 +92,11 @@ def test_bad_options_and_bad_experiments_are_refused_clearly():
         Branin(noise_std=-1)
     with pytest.raises(ValueError, match="latency"):
         Branin(latency=3)  # the unit must be in the name: latency_s
-    service = InstrumentDriverService(driver="branin")
+    service = InstrumentDriverAgent(InstrumentDriverSettings(driver="branin"))
     reply = service.handle(Request(service="instrument.a", method="run", idempotency_key="k",
                                    payload=RunExperiment(experiment=spec(0, a=1.0)).model_dump(mode="json")))
     assert not reply.ok and reply.error.code == "invalid_payload" and "needs parameters ['x1', 'x2']" in reply.error.message
-    fault = InstrumentDriverService(driver="branin", options={"failure_probability": 1.0}).handle(
+    fault = InstrumentDriverAgent(InstrumentDriverSettings(driver="branin", options={"failure_probability": 1.0})).handle(
         Request(service="instrument.a", method="run", idempotency_key="k",
                 payload=RunExperiment(experiment=spec()).model_dump(mode="json")))
     assert fault.error.code == "instrument_fault"

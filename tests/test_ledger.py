@@ -4,8 +4,11 @@ import sqlite3
 import pyarrow.parquet as pq
 import pytest
 
-from sdl.ledger import Ledger, LedgerError, PlannedExperiment, export
-from sdl.protocol import Composition, DesignPoint, ExperimentResult, ProcessStep
+from sdl.experiment import Composition, DesignPoint, ExperimentResult, ProcessStep
+from sdl.ledger import Ledger, LedgerError, PlannedExperiment
+from sdl.ledger.documents import (AgentJoined, ExperimentDispatched, ExperimentDone, ExperimentFailed,
+                                  ExperimentPlanned, ExperimentStep, parse_document)
+from sdl.ledger.export import export_experiments
 
 
 def planned(i, **point):
@@ -83,7 +86,7 @@ def test_export_has_one_row_per_experiment_with_inputs_and_measurements(tmp_path
         ledger.plan([planned(0), planned(1, composition=Composition({"Ni": 0.8, "Al": 0.2}))])
         ledger.mark_dispatched("e0", "instrument.a")
         ledger.record_result("e0", result(0, 2.5))
-        path = export(ledger, tmp_path / "out", file_format)
+        path = export_experiments(ledger, tmp_path / "out", file_format)
     if file_format == "csv":
         rows = list(csv.DictReader(path.open()))
     else:
@@ -91,3 +94,51 @@ def test_export_has_one_row_per_experiment_with_inputs_and_measurements(tmp_path
     assert [r["experiment_id"] for r in rows] == ["e0", "e1"]
     assert float(rows[0]["meas.y"]) == 2.5 and float(rows[0]["param.x1"]) == 0.0
     assert float(rows[1]["x.Ni"]) == 0.8 and rows[1]["status"] == "planned"
+
+
+def test_plan_returns_what_it_wrote(tmp_path):
+    with Ledger(tmp_path / "l.sqlite") as ledger:
+        ledger.plan([planned(0)])
+        records = ledger.plan([planned(1), planned(2)])
+    assert [(r.experiment_id, r.seq, r.status) for r in records] == [("e1", 1, "planned"), ("e2", 2, "planned")]
+    assert records[0].point == planned(1).point and records[0].process == planned(1).process
+
+
+def test_each_transition_writes_its_typed_document_and_publishes_it_only_after_commit(tmp_path):
+    path = tmp_path / "l.sqlite"
+    seen = []
+
+    def subscriber(document):
+        # at the moment a document is handed out, another connection already reads it from the file
+        with Ledger(path, readonly=True) as reader:
+            assert document in reader.documents(type(document))
+        seen.append(document)
+
+    with Ledger(path, on_commit=subscriber) as ledger:
+        ledger.plan([PlannedExperiment("e0", DesignPoint(parameters={"x1": 0.0}), (), "sobol", "c:e0", {"y": 1.5})])
+        ledger.mark_dispatched("e0", "instrument.a")
+        ledger.record_step("e0", step=0, station="melt", instrument="instrument.a", result=result(0, 1.0))
+        ledger.record_result("e0", result(0, 2.0))
+        ledger.plan([planned(1)])
+        ledger.record_failure("e1", "instrument_fault", "trip", station="melt")
+        ledger.record(AgentJoined(service="planner.bo", worker="w"))
+        with pytest.raises(LedgerError):
+            ledger.record_step("e1", step=0, station="melt", instrument="instrument.a", result=result(1, 1.0))
+        documents = ledger.documents()
+    assert [type(d) for d in seen] == [ExperimentPlanned, ExperimentDispatched, ExperimentStep, ExperimentDone,
+                                       ExperimentPlanned, ExperimentFailed, AgentJoined]  # nothing for the refusal
+    assert documents == seen
+    assert seen[0].predicted == {"y": 1.5} and seen[1].dispatch_count == 1 and seen[3].result.measurements == {"y": 2.0}
+    assert parse_document(seen[5].model_dump_json()) == seen[5]
+    with Ledger(path, readonly=True) as reader:
+        assert [d.experiment_id for d in reader.documents(ExperimentDone, ExperimentFailed)] == ["e0", "e1"]
+
+
+def test_a_corrupted_ledger_is_refused_with_one_line(tmp_path):
+    path = tmp_path / "ledger.sqlite"
+    with Ledger(path) as ledger:
+        ledger.plan([planned(0)])
+    path.write_bytes(b"this is not SQLite" * 200)
+    for readonly in (True, False):
+        with pytest.raises(LedgerError, match="is not a readable ledger"):
+            Ledger(path, readonly=readonly)

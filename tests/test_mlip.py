@@ -13,7 +13,7 @@ from ase import units
 
 from sdl.env.atomistic import md_snapshots, random_composition, random_solid_solution
 from sdl.instruments.atomistic import AseCalculatorOracle
-from sdl.protocol import AtomicStructure, ExperimentSpec
+from sdl.experiment import AtomicStructure, ExperimentSpec
 from sdl.surrogates.mlip import (
     Committee,
     ExtrapolationGrade,
@@ -27,7 +27,7 @@ from sdl.surrogates.mlip import (
     save_committee,
     train_committee,
 )
-from conftest import wait_until_serving
+from conftest import wait_for_service
 
 ELEMENTS = ["Ni", "Cu", "Al"]
 CONFIG = MlipConfig(elements=ELEMENTS, radial_cutoff_ang=4.5, angular_cutoff_ang=3.8, hidden_layers=[16])
@@ -222,48 +222,38 @@ def test_md_snapshots_with_the_oracle():
 # -- the surrogate.mlip agent, as a Ray actor on the bus ---------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-def test_mlip_agent_trains_and_predicts_over_the_bus(ray_session, oracle):
-    import ray
-
-    from sdl.agents.mlip_host import spawn_mlip_agent
-    from sdl.bus import Broker
-    from sdl.client import BusClient, RemoteError
-    from sdl.protocol import LabelledStructure, MlipPrediction, MlipPredictRequest, MlipTrainRequest, MlipTrainSummary
+def test_mlip_agent_trains_and_predicts_over_the_bus(broker, oracle):
+    """The agent's methods over real sockets (a campaign hosts it as a Ray actor: test_agents_campaign).
+    Its first training imports torch's compiler, seconds under the GIL: the worker stays alive."""
+    from sdl.agents.base import AgentContext
+    from sdl.agents.mlip_host import (MlipAgent, MlipPredictRequest, MlipPrediction, MlipSettings, MlipTrainRequest,
+                                      MlipTrainSummary)
+    from sdl.bus import BusClient, RemoteError, Worker
+    from sdl.experiment import LabelledStructure
 
     rng = np.random.default_rng(21)
     labelled = [oracle.label(random_solid_solution(random_composition(ELEMENTS, rng), rng)) for _ in range(6)]
     payload = [LabelledStructure(structure=AtomicStructure.from_atoms(a), energy_ev=a.get_potential_energy(),
                                  forces_ev_per_ang=a.get_forces().tolist(),
                                  stress_ev_per_ang3=a.get_stress(voigt=False).tolist()) for a in labelled]
-    with Broker() as broker:
-        actor = spawn_mlip_agent({"potential": CONFIG.model_dump(), "committee_size": 2,
-                                  "training": {"epochs": 5, "batch_structures": 3}, "device": "cpu"},
-                                 broker_address=broker.frontend_address, num_cpus=0)
-        try:
-            wait_until_serving(actor, broker, "surrogate.mlip", construct_s=120)
-            with BusClient(broker.frontend_address) as client:
-                request = MlipPredictRequest(structures=[AtomicStructure.from_atoms(labelled[0])])
-                with pytest.raises(RemoteError, match="not been trained"):
-                    client.request("surrogate.mlip", "predict", request, timeout_s=60)
-                summary = MlipTrainSummary.model_validate(
-                    client.request("surrogate.mlip", "train", MlipTrainRequest(structures=payload), timeout_s=300))
-                assert summary.n_train == 6 and summary.device == "cpu" and len(summary.final_loss) == 2
-                reply = MlipPrediction.model_validate(client.request("surrogate.mlip", "predict", request, timeout_s=60))
-                assert len(reply.forces_ev_per_ang[0]) == len(labelled[0])
-                assert reply.energy_std_ev[0] > 0 and reply.max_force_std_ev_per_ang[0] > 0
-                gold = bulk("Au", "fcc", a=4.08, cubic=True)
-                with pytest.raises(RemoteError, match="also has"):
-                    client.request("surrogate.mlip", "predict",
-                                   MlipPredictRequest(structures=[AtomicStructure.from_atoms(gold)]), timeout_s=60)
-        finally:
-            ray.get(actor.shutdown.remote())
-            ray.kill(actor)
+    settings = MlipSettings(potential=CONFIG, committee_size=2, training={"epochs": 5, "batch_structures": 3},
+                            device="cpu")
+    worker = Worker(MlipAgent(settings, AgentContext()), broker.frontend_address, service_name="surrogate.mlip").start()
+    try:
+        wait_for_service(broker, "surrogate.mlip")
+        with BusClient(broker.frontend_address) as client:
+            request = MlipPredictRequest(structures=[AtomicStructure.from_atoms(labelled[0])])
+            with pytest.raises(RemoteError, match="not been trained"):
+                client.request("surrogate.mlip", "predict", request, timeout_s=60)
+            summary = MlipTrainSummary.model_validate(
+                client.request("surrogate.mlip", "train", MlipTrainRequest(structures=payload), timeout_s=300))
+            assert summary.n_train == 6 and summary.device == "cpu" and len(summary.final_loss) == 2
+            reply = MlipPrediction.model_validate(client.request("surrogate.mlip", "predict", request, timeout_s=60))
+            assert len(reply.forces_ev_per_ang[0]) == len(labelled[0])
+            assert reply.energy_std_ev[0] > 0 and reply.max_force_std_ev_per_ang[0] > 0
+            gold = bulk("Au", "fcc", a=4.08, cubic=True)
+            with pytest.raises(RemoteError, match="also has"):
+                client.request("surrogate.mlip", "predict",
+                               MlipPredictRequest(structures=[AtomicStructure.from_atoms(gold)]), timeout_s=60)
+    finally:
+        worker.stop()

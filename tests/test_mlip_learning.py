@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from ase import Atoms
 
-from sdl.config import ConfigError
+from sdl.settings import ConfigError
 from sdl.surrogates.mlip_learning import ActiveLearningConfig, load_active_learning_config, most_uncertain
 
 TINY = {

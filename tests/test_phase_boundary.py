@@ -4,10 +4,12 @@ known boundary with few labels, and the agent hands a usable feasibility model t
 import numpy as np
 import pytest
 
-from sdl.agents.bo_planner import feasibility_probability
+from sdl.agents.base import AgentContext
+from sdl.agents.phase_boundary_host import FeasibilityRequest, PhaseBoundaryAgent, PhaseBoundarySettings
 from sdl.env.phase_state import CalphadPhaseOracle, PhaseTarget
-from sdl.protocol import Composition, DesignPoint, FeasibilityModel, FeasibilityRequest
+from sdl.experiment import Composition, DesignPoint
 from sdl.space import SearchSpace
+from sdl.surrogates.phase_classifier import FeasibilityModel, feasibility_probability
 from sdl.surrogates.phase_boundary import PhaseBoundaryLearner, candidate_pool, grid_design
 
 SPACE = SearchSpace.model_validate({"composition": {
@@ -66,10 +68,8 @@ def test_grid_design_spreads_within_budget():
 
 
 def test_phase_boundary_agent_learns_from_calphad_and_feeds_the_planner(cache):
-    from sdl.agents.phase_boundary_host import PhaseBoundaryService
-
-    service = PhaseBoundaryService(space=SPACE, settings={"calphad_calls": 16, "degree": 2, "pool_size": 256,
-                                                          "cache_path": cache}, seed=0)
+    service = PhaseBoundaryAgent(PhaseBoundarySettings(calphad_calls=16, degree=2, pool_size=256, cache_path=cache),
+                                 AgentContext(space=SPACE, seed=0))
     model = service.feasibility(FeasibilityRequest())
     FeasibilityModel.model_validate(model.model_dump())  # survives the wire
     assert model.calphad_calls == 16 and model.inputs == ["Al", "Co", "Cr"]

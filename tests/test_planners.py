@@ -1,9 +1,12 @@
 import numpy as np
 import pytest
 
-from sdl.agents.planner import PlannerService, RandomPlanner, SobolPlanner, make_planner
-from sdl.protocol import Observation, ProposeRequest, Request
+from sdl.agents.base import AgentContext
+from sdl.agents.planner import PlannerService, ProposeRequest, RandomPlanner, SobolPlanner, make_planner
+from sdl.experiment import Observation
+from sdl.settings import NoSettings
 from sdl.space import SearchSpace
+from sdl.wire import Request
 
 ALLOY = SearchSpace.model_validate({
     "parameters": {"age_temperature_k": {"low": 900, "high": 1100}},
@@ -13,7 +16,7 @@ ALLOY = SearchSpace.model_validate({
 
 @pytest.mark.parametrize("kind", ["random", "sobol"])
 def test_points_respect_the_simplex_and_every_bound(kind):
-    planner = make_planner(kind, ALLOY, seed=7)
+    planner = make_planner(kind, AgentContext(space=ALLOY, seed=7))
     points = planner.propose(ProposeRequest(n=500))
     assert len(points) == 500
     for p in points:
@@ -40,14 +43,17 @@ def test_infeasible_bounds_are_rejected_with_the_reason():
 
 @pytest.mark.parametrize("cls", [RandomPlanner, SobolPlanner])
 def test_proposals_are_deterministic_by_seed_and_position(cls):
-    a = cls(ALLOY, seed=1).propose(ProposeRequest(n=6))
-    b = cls(ALLOY, seed=1).propose(ProposeRequest(n=6))
-    c = cls(ALLOY, seed=2).propose(ProposeRequest(n=6))
+    def make(seed):
+        return cls(NoSettings(), AgentContext(space=ALLOY, seed=seed))
+
+    a = make(1).propose(ProposeRequest(n=6))
+    b = make(1).propose(ProposeRequest(n=6))
+    c = make(2).propose(ProposeRequest(n=6))
     assert a == b and a != c
     # Pending points move the position: asking again with 4 pending gives the sequence's next points.
-    resumed = cls(ALLOY, seed=1).propose(ProposeRequest(n=2, pending=a[:2], observations=[
+    resumed = make(1).propose(ProposeRequest(n=2, pending=a[:2], observations=[
         Observation(point=p, status="done", measurements={"y": 1.0}) for p in a[2:4]]))
-    fresh = cls(ALLOY, seed=1).propose(ProposeRequest(n=6))
+    fresh = make(1).propose(ProposeRequest(n=6))
     assert resumed != a[:2] and len(resumed) == 2
     if cls is SobolPlanner:
         assert resumed == fresh[4:6]
@@ -61,16 +67,19 @@ def test_sobol_is_more_uniform_than_random():
         pts = planner.propose(ProposeRequest(n=128))
         return qmc.discrepancy(np.array([[p.parameters["x1"], p.parameters["x2"]] for p in pts]))
 
-    assert discrepancy(SobolPlanner(space, seed=0)) < discrepancy(RandomPlanner(space, seed=0))
+    context = AgentContext(space=space, seed=0)
+    assert discrepancy(SobolPlanner(NoSettings(), context)) < discrepancy(RandomPlanner(NoSettings(), context))
 
 
 def test_planner_service_contract():
-    service = PlannerService(planner="sobol", space=ALLOY.model_dump(mode="json"), seed=0)
+    service = PlannerService(make_planner("sobol", AgentContext(space=ALLOY)))
     reply = service.handle(Request(service="planner.sobol", method="propose", payload={"n": 3}))
     assert reply.ok and len(reply.payload["points"]) == 3 and reply.payload["planner"] == "sobol"
     bad = service.handle(Request(service="planner.sobol", method="propose", payload={"n": 0}))
     assert not bad.ok and bad.error.code == "invalid_payload" and "greater than or equal to 1" in bad.error.message
-    with pytest.raises(ValueError, match="unknown planner 'tpe'; available: bo, causal, random, sobol"):
-        PlannerService(planner="tpe", space=ALLOY, seed=0)
-    with pytest.raises(ValueError, match="needs settings"):
-        PlannerService(planner="bo", space=ALLOY, seed=0)
+    with pytest.raises(ValueError, match="unknown agent kind 'planner.tpe'; installed: ax, baybe, bo, causal"):
+        make_planner("tpe", AgentContext(space=ALLOY))
+    with pytest.raises(ValueError, match="settings of planner.bo: acquisition: Input should be 'nei' or 'ei'"):
+        make_planner("bo", AgentContext(space=ALLOY), {"acquisition": "ucb"})
+    with pytest.raises(ValueError, match="the sobol planner needs a search space"):
+        make_planner("sobol", AgentContext())

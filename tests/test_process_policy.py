@@ -10,13 +10,15 @@ import json
 import numpy as np
 import pytest
 
-from sdl.agents.process_planner import ProcessPlannerService
+from sdl.agents.base import AgentContext
+from sdl.agents.process_planner import ProcessPlannerAgent, ProcessPlannerSettings, RouteRequest, Routes
 from sdl.agents.process_policy import HeatTreatmentSettings, PolicyConfig, ProcessPolicy, train_policy
-from sdl.client import BusClient, RemoteError
+from sdl.bus import BusClient, RemoteError, Worker
 from sdl.env.heat_treatment import HeatTreatmentEnv, optimal_actions, rollout, textbook_actions, textbook_route
 from sdl.env.twin import AlloyTwin, TwinConfig
-from sdl.protocol import ProcessStep, Route, RouteLimits, RouteRequest
-from sdl.service import Worker
+from sdl.experiment import ProcessStep
+from sdl.instruments.limits import LimitExceeded, ProcessLimits
+from sdl.space import SearchSpace
 
 SMALL_TWIN = {
     "grid": {"Al": {"low": 0.0, "high": 0.15, "points": 4}, "Co": {"low": 0.05, "high": 0.15, "points": 2},
@@ -24,6 +26,19 @@ SMALL_TWIN = {
     "temperatures_k": [1000.0, 1050.0, 1100.0, 1300.0],
 }
 ALLOY = {"Al": 0.11, "Co": 0.10, "Cr": 0.10}
+SPACE = SearchSpace.model_validate({"composition": {"elements": {"Ni": [0.45, 0.98], "Al": [0.02, 0.145],
+                                                                 "Co": [0.0, 0.185], "Cr": [0.0, 0.185]}, "balance": "Ni"}})
+
+
+def process_planner(limits: dict | None = None, **settings) -> ProcessPlannerAgent:
+    """The agent as a campaign builds it: its settings, and the limits of the furnaces it plans for."""
+    context = AgentContext(space=SPACE, process_limits=ProcessLimits(**limits) if limits is not None else None)
+    return ProcessPlannerAgent(ProcessPlannerSettings(**settings), context)
+
+
+def one_route(agent: ProcessPlannerAgent, composition: dict):
+    (route,) = agent.route(RouteRequest(compositions=[composition])).routes
+    return route
 
 
 def replay(actions):
@@ -70,31 +85,38 @@ def test_textbook_actions_are_the_textbook_route(env, twin):
 
 
 def test_route_limits_refuse_what_the_furnace_cannot_do():
-    limits = RouteLimits(min_temperature_k=900, max_temperature_k=1350, max_duration_s=86400, max_steps=2)
+    limits = ProcessLimits(min_temperature_k=900, max_temperature_k=1350, max_duration_s=86400, max_steps=2)
     limits.check(textbook_route())
     hot = [ProcessStep(operation="solutionise", temperature_k=1400, duration_s=3600, quench_medium="water")]
-    with pytest.raises(ValueError, match=r"1400.0 K is outside the furnace's 900.0-1350.0 K"):
+    with pytest.raises(LimitExceeded, match=r"1400.0 K is above the furnace's maximum 1350.0 K"):
         limits.check(hot)
     long = [ProcessStep(operation="age", temperature_k=1000, duration_s=2 * 86400)]
-    with pytest.raises(ValueError, match="at most 86400.0 s"):
+    with pytest.raises(LimitExceeded, match="at most 86400.0 s"):
         limits.check(long)
-    with pytest.raises(ValueError, match="3 holds; the limit is 2"):
+    with pytest.raises(LimitExceeded, match="3 holds; the furnace runs at most 2"):
         limits.check(textbook_route() + long[:0] + [ProcessStep(operation="age", temperature_k=1000, duration_s=60)])
+    fast = [ProcessStep(operation="age", temperature_k=1000, duration_s=60, ramp_k_per_s=2.0)]
+    with pytest.raises(LimitExceeded, match="ramps at 2.0 K/s; the furnace's maximum is 0.5 K/s"):
+        limits.check(fast)
+    assert ProcessLimits.tightest([limits, ProcessLimits(max_temperature_k=1200, max_steps=4)]).model_dump() == {
+        "min_temperature_k": 900, "max_temperature_k": 1200, "max_duration_s": 86400, "max_ramp_k_per_s": 0.5,
+        "max_steps": 2}
+    with pytest.raises(ValueError, match="no route fits every instrument's limits"):
+        ProcessLimits.tightest([ProcessLimits(max_temperature_k=1000), ProcessLimits(min_temperature_k=1100)])
 
 
 def test_without_a_checkpoint_the_agent_says_so_and_uses_the_textbook_route():
-    service = ProcessPlannerService()
-    route = service.route(RouteRequest(composition={"Ni": 0.7, "Al": 0.1, "Co": 0.1, "Cr": 0.1}))
-    assert route.source == "textbook" and "no policy checkpoint" in route.note
-    assert [(s.temperature_k, s.duration_s) for s in route.steps] == [(1300.0, 7200.0), (1050.0, 14400.0)]
-    with pytest.raises(ValueError, match="outside the furnace"):
-        ProcessPlannerService(limits={"max_temperature_k": 1200.0})  # the textbook route itself would break it
+    alloy = {"Ni": 0.7, "Al": 0.1, "Co": 0.1, "Cr": 0.1}
+    routes = process_planner().route(RouteRequest(compositions=[alloy, alloy])).routes  # one request, a batch
+    assert len(routes) == 2 and all(r.source == "textbook" and "no policy checkpoint" in r.note for r in routes)
+    assert [(s.temperature_k, s.duration_s) for s in routes[0].steps] == [(1300.0, 7200.0), (1050.0, 14400.0)]
+    with pytest.raises(ValueError, match="the textbook route is outside the instruments' limits"):
+        process_planner(limits={"max_temperature_k": 1200.0})  # the textbook route itself would break it
     # A configured checkpoint that is not there yet: the answer says where it was looked for.
-    missing = ProcessPlannerService(checkpoint="/nonexistent/checkpoint")
-    route = missing.route(RouteRequest(composition={"Ni": 0.7, "Al": 0.1, "Co": 0.1, "Cr": 0.1}))
+    route = one_route(process_planner(checkpoint="/nonexistent/checkpoint"), alloy)
     assert route.source == "textbook" and "no policy checkpoint at /nonexistent/checkpoint" in route.note
-    with pytest.raises(FileNotFoundError, match="not a policy checkpoint"):
-        ProcessPlannerService(checkpoint="/nonexistent/checkpoint", require_checkpoint=True)
+    with pytest.raises(ValueError, match="/nonexistent/checkpoint is not a directory"):
+        ProcessPlannerSettings(checkpoint="/nonexistent/checkpoint", require_checkpoint=True)
 
 
 def test_policy_config_refuses_bad_settings():
@@ -152,23 +174,24 @@ def test_the_policy_plans_a_valid_route_and_answers_over_the_bus(trained, broker
         assert step.temperature_k in (1050.0, 1300.0) and step.duration_s in (3600.0, 14400.0)
         assert step.quench_medium == "water"
     # The same, as the planner.process agent on the bus.
-    service = ProcessPlannerService(checkpoint=str(out / "checkpoint"))
+    service = process_planner(checkpoint=str(out / "checkpoint"))
     worker = Worker(service, broker.frontend_address, service_name="planner.process").start()
     try:
         with BusClient(broker.frontend_address) as client:
-            reply = Route.model_validate(client.request(
-                "planner.process", "route", RouteRequest(composition={"Ni": 0.69, **ALLOY}), timeout_s=30))
+            (reply,) = Routes.model_validate(client.request(
+                "planner.process", "route", RouteRequest(compositions=[{"Ni": 0.69, **ALLOY}]), timeout_s=30)).routes
             assert reply.steps
             if reply.source == "policy":
                 assert reply.steps == steps and reply.expected_hardness_hv == pytest.approx(hardness_hv)
             with pytest.raises(RemoteError, match="composition lacks"):
-                client.request("planner.process", "route", RouteRequest(composition={"Ni": 0.9, "Al": 0.1}),
+                client.request("planner.process", "route", RouteRequest(compositions=[{"Ni": 0.9, "Al": 0.1}]),
                                timeout_s=30)
     finally:
         worker.stop()
-    with pytest.raises(ValueError, match="outside the furnace limits"):
-        ProcessPlannerService(checkpoint=str(out / "checkpoint"), limits={"max_temperature_k": 1200.0,
-                                                                         "min_temperature_k": 900.0})
+    # the policy's action grid (1300 K holds) against furnaces that stop at 1200 K: refused before it starts
+    with pytest.raises(ValueError, match="can choose holds outside the instruments' limits"):
+        ProcessPlannerAgent.check(ProcessPlannerSettings(checkpoint=out / "checkpoint"),
+                                  AgentContext(space=SPACE, process_limits=ProcessLimits(max_temperature_k=1200.0)))
 
 
 def test_rollouts_of_a_trained_policy_are_deterministic(trained):

@@ -8,7 +8,7 @@ from sdl.env.calphad import CalphadError, PhaseEquilibria, resolve_database
 from sdl.env.kinetics import KineticsParameters, Microstructure, hold
 from sdl.env.strength import StrengthParameters, precipitation_mpa
 from sdl.env.twin import AlloyTwin, GridAxis, TwinConfig
-from sdl.protocol import ProcessStep
+from sdl.experiment import ProcessStep
 
 AL = np.round(np.linspace(0.0, 0.25, 6), 3)  # 0, .05, .10, .15, .20, .25
 

@@ -17,6 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sdl.ledger import ExperimentRecord, Ledger  # noqa: E402
+from sdl.objective import ConstraintConfig  # noqa: E402
+from sdl.report import alloy  # noqa: E402
 
 MAX_COVERAGE_DIMENSIONS = 8
 
@@ -83,11 +85,9 @@ def write_report(campaign_dir: str | Path, out: str | Path | None = None) -> Pat
 
 def _constraint_page(config: dict, records) -> str:
     """Share of finished experiments that broke the planner's measured constraint."""
-    constraint = (config.get("planner") or {}).get("constraint")
+    constraint = ((config.get("planner") or {}).get("settings") or {}).get("constraint")
     if not constraint:
         return ""
-    from sdl.config import ConstraintConfig
-
     c = ConstraintConfig.model_validate(constraint)
     verdicts = [c.satisfied(r.result.measurements) for r in records if r.status == "done" and r.result]
     known = [v for v in verdicts if v is not None]
@@ -121,7 +121,7 @@ def _routes_page(config: dict, records, measurement: str) -> str:
 
 def _pareto_page(config: dict, records, out: Path) -> str:
     """Pareto front of the first two objectives when the planner optimised several."""
-    extra = (config.get("planner") or {}).get("extra_objectives") or []
+    extra = ((config.get("planner") or {}).get("settings") or {}).get("extra_objectives") or []
     if not extra:
         return ""
     objectives = [config.get("objective", {}), extra[0]]
@@ -154,19 +154,17 @@ def _pareto_page(config: dict, records, out: Path) -> str:
 
 def _alloy_pages(config, records, measurement, direction, out: Path) -> str:
     """Phase map and best-specimen pages when the campaign ran on the simulated alloy lab."""
-    from sdl import alloy_report
-
-    if alloy_report.furnace_options(config) is None:
+    if alloy.furnace_options(config) is None:
         return ""
     lines = ["", "## Alloy", ""]
-    caption = alloy_report.plot_phase_map(config, records, measurement, out / "phase_map.png")
+    caption = alloy.plot_phase_map(config, records, measurement, out / "phase_map.png")
     if caption:
         lines += [f"![{caption}](phase_map.png)", ""]
     done = [r for r in records if r.status == "done" and measurement in r.result.measurements]
     if done:
         pick = max if direction == "maximize" else min
         best = pick(done, key=lambda r: r.result.measurements[measurement])
-        lines += alloy_report.plot_best_specimen(best, measurement, out / "best_specimen.png")
+        lines += alloy.plot_best_specimen(best, measurement, out / "best_specimen.png")
         lines += ["", "![best specimen](best_specimen.png)", ""]
     return "\n".join(lines)
 

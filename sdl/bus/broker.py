@@ -1,4 +1,4 @@
-"""The lab bus broker: named services, request/reply, heartbeats and the event stream.
+"""The lab bus broker: named services, request/reply, liveness and the event stream.
 
 In the spirit of the ZeroMQ guide's Majordomo broker: one ROUTER socket faces both clients
 (the campaign, the CLI) and workers (agents, instrument drivers); a worker announces the service it
@@ -7,20 +7,26 @@ capacity, and routes the reply back. A PUB socket carries the event stream.
 
 Guarantees:
 
-* A worker silent for ``HEARTBEAT_LIVENESS`` heartbeat intervals is dead (about 3 s). Its in-flight
+* A worker whose connection dies (its process killed, its host gone: libzmq's heartbeats close a
+  connection that stops answering, see :mod:`sdl.wire`) is lost within seconds, whatever its
+  handlers are doing. The broker's socket monitor reports the closed connection; the broker then
+  probes its busy workers, and a worker it can no longer route to is dropped. Its in-flight
   requests are re-queued when they carry an idempotency key (the driver's journal makes a repeat
-  safe) and otherwise answered with a ``worker_lost`` error: never silently dropped.
-* A request that no worker takes before its ``timeout_ms`` gets a ``service_unavailable`` reply.
+  safe) and otherwise answered with ``worker_lost``: never silently dropped.
+* A request is bounded by its ``timeout_s`` from the moment the broker receives it: one no worker
+  takes in time gets ``service_unavailable``; one a worker holds too long gets ``deadline_exceeded``
+  and that worker is retired until it registers again. A busy worker is never judged by silence.
 * Garbage frames, unknown kinds and invalid messages get an error reply and a log line; the loop
   catches everything a single message can raise, so one bad peer never stops the broker.
 
-The broker is the only role in this module; the worker API is :mod:`sdl.service` and the client API
-:mod:`sdl.client` (one module per role, as in Majordomo).
+The broker is the only role in this module; the worker API is :mod:`sdl.bus.worker` and the client
+API :mod:`sdl.bus.client` (one module per role, as in Majordomo).
 """
 
 from __future__ import annotations
 
 import collections
+import errno
 import json
 import logging
 import threading
@@ -29,19 +35,23 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from sdl import protocol
-from sdl.protocol import (
+from sdl.bus.sockets import configure_liveness
+from sdl.wire import (
     CLIENT_HEADER,
     HEARTBEAT_INTERVAL_S,
-    HEARTBEAT_LIVENESS,
     WORKER_HEADER,
     Disconnect,
+    Envelope,
+    ErrorCode,
     Event,
     Heartbeat,
+    Message,
     ProtocolError,
     Ready,
     Reply,
     Request,
+    decode,
+    encode,
     error_reply,
 )
 
@@ -50,6 +60,10 @@ log = logging.getLogger(__name__)
 # How often a request whose worker died may be handed to another worker before it fails.
 REQUEUE_LIMIT = 3
 BROKER_EVENT_TOPIC = "bus"
+# After a connection closes, busy workers are probed this often, for this long (libzmq takes a
+# moment to forget a closed connection's routing id).
+PROBE_INTERVAL_S = 0.05
+PROBE_WINDOW_S = 1.0
 
 
 @dataclass
@@ -67,7 +81,6 @@ class _Worker:
     name: str
     service: str
     capacity: int
-    expires_at_s: float
     in_flight: dict[str, _Pending] = field(default_factory=dict)
 
     @property
@@ -94,11 +107,14 @@ class Broker:
         self._events_endpoint = events
         self._context = context or zmq.Context.instance()
         self._router: zmq.Socket | None = None
+        self._monitor: zmq.Socket | None = None
         self._publisher: zmq.Socket | None = None
         self._workers: dict[bytes, _Worker] = {}
         self._queues: dict[str, collections.deque[_Pending]] = collections.defaultdict(collections.deque)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._probe_until_s = 0.0
+        self._unreachable: set[bytes] = set()  # workers a send could not reach: dropped by _reap
         self.frontend_address: str | None = None
         self.events_address: str | None = None
         # Clients in the broker's own process (the campaign) skip TCP and ZeroMQ's I/O thread.
@@ -111,6 +127,9 @@ class Broker:
         self._router = self._context.socket(zmq.ROUTER)
         self._router.setsockopt(zmq.LINGER, 0)
         self._router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted worker may reuse its identity
+        self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a closed connection fails: how the dead are found
+        configure_liveness(self._router)
+        self._monitor = self._router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._router.bind(self._frontend_endpoint)
         self.frontend_address = _connectable(self._router.getsockopt_string(zmq.LAST_ENDPOINT))
         self._router.bind(self.local_address)
@@ -153,12 +172,18 @@ class Broker:
             self.bind()
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
         next_heartbeat_s = time.monotonic() + HEARTBEAT_INTERVAL_S
+        next_probe_s = 0.0
         try:
             while not self._stop.is_set():
-                wake_s = min([next_heartbeat_s] + [p.deadline_s for q in self._queues.values() for p in q])
+                wake_s = min([next_heartbeat_s, self._next_deadline()]
+                             + ([next_probe_s] if self._probe_until_s > time.monotonic() else []))
                 wait_ms = max(0, min(100, int((wake_s - time.monotonic()) * 1000) + 1))
-                if poller.poll(timeout=wait_ms):
+                ready = dict(poller.poll(timeout=wait_ms))
+                if self._monitor in ready:
+                    self._on_connection_closed()
+                if self._router in ready:
                     # Drain what is waiting before housekeeping, so a burst is not interleaved
                     # with a heartbeat sweep per message.
                     for _ in range(1000):
@@ -167,17 +192,30 @@ class Broker:
                             break
                 now = time.monotonic()
                 self._expire_requests(now)
+                if now < self._probe_until_s and now >= next_probe_s:
+                    for worker in [w for w in self._workers.values() if w.in_flight]:
+                        self._send(worker.identity, WORKER_HEADER, Heartbeat())
+                    next_probe_s = now + PROBE_INTERVAL_S
                 if now >= next_heartbeat_s:
-                    self._purge_dead_workers(now)
-                    for worker in list(self._workers.values()):
+                    # Idle workers hear the broker every interval (so they notice when it is gone); the
+                    # same send finds idle workers whose connection closed.
+                    for worker in [w for w in self._workers.values() if not w.in_flight]:
                         self._send(worker.identity, WORKER_HEADER, Heartbeat())
                     next_heartbeat_s = now + HEARTBEAT_INTERVAL_S
+                self._reap()
         finally:
             for worker in list(self._workers.values()):
                 self._send(worker.identity, WORKER_HEADER, Disconnect(reason="broker stopping"))
+            self._router.disable_monitor()
+            self._monitor.close(0)
             self._router.close(0)
             self._publisher.close(0)
-            self._router = self._publisher = None
+            self._router = self._publisher = self._monitor = None
+
+    def _on_connection_closed(self) -> None:
+        while self._monitor.get(zmq.EVENTS) & zmq.POLLIN:
+            self._monitor.recv_multipart()
+        self._probe_until_s = time.monotonic() + PROBE_WINDOW_S
 
     def _handle_frames(self, frames: list[bytes]) -> None:
         identity = frames[0]
@@ -190,26 +228,27 @@ class Broker:
                     else "expected 2 frames [header, body], got none"
                 )
             header, body = frames[1], frames[2]
-            message = protocol.decode(body)
+            message = decode(body)
             if header == CLIENT_HEADER:
                 self._from_client(identity, message, body)
             else:
                 self._from_worker(identity, message, body)
+            self._reap()
         except ProtocolError as e:
             self.counters["bad_message"] += 1
             log.warning("rejected message from peer %s: %s", identity.hex(), e)
             header = frames[1] if len(frames) > 1 and frames[1] in (CLIENT_HEADER, WORKER_HEADER) else CLIENT_HEADER
-            self._send(identity, header, error_reply(_request_id(frames), "bad_message", str(e)))
+            self._send(identity, header, error_reply(_request_id(frames), ErrorCode.BAD_MESSAGE, str(e)))
         except Exception:  # the broker outlives any single message
             self.counters["internal_error"] += 1
             log.exception("broker error while handling a message from %s", identity.hex())
 
     # -- clients -------------------------------------------------------------------------------
 
-    def _from_client(self, identity: bytes, message: protocol.Message, body: bytes) -> None:
+    def _from_client(self, identity: bytes, message: Message, body: bytes) -> None:
         if isinstance(message, Request):
             self.counters["requests"] += 1
-            pending = _Pending(identity, message, body, time.monotonic() + message.timeout_ms / 1000.0)
+            pending = _Pending(identity, message, body, time.monotonic() + message.timeout_s)
             self._queues[message.service].append(pending)
             self._dispatch(message.service)
         elif isinstance(message, Event):
@@ -221,23 +260,21 @@ class Broker:
 
     # -- workers -------------------------------------------------------------------------------
 
-    def _from_worker(self, identity: bytes, message: protocol.Message, body: bytes) -> None:
+    def _from_worker(self, identity: bytes, message: Message, body: bytes) -> None:
         worker = self._workers.get(identity)
         if isinstance(message, Ready):
             if worker is not None:
                 self._drop_worker(worker, "re-registered")
-            worker = _Worker(identity, message.worker, message.service, message.capacity, 0.0)
-            self._workers[identity] = worker
-            worker.expires_at_s = _expiry()
+            self._workers[identity] = _Worker(identity, message.worker, message.service, message.capacity)
             log.info("worker %s joined service %s (capacity %d)", message.worker, message.service, message.capacity)
-            self._publish(Event(topic=f"{BROKER_EVENT_TOPIC}.joined", payload={"service": message.service, "worker": message.worker}))
+            self._publish(Event(topic=f"{BROKER_EVENT_TOPIC}.joined",
+                                payload={"service": message.service, "worker": message.worker}))
             self._dispatch(message.service)
             return
         if worker is None:
-            # Unknown worker (for instance after a broker restart): tell it to reconnect and register.
+            # Unknown worker (a broker restart, or one retired after a deadline): reconnect and register.
             self._send(identity, WORKER_HEADER, Disconnect(reason="not registered; send ready first"))
             return
-        worker.expires_at_s = _expiry()
         if isinstance(message, Reply):
             pending = worker.in_flight.pop(message.correlation_id or "", None)
             if pending is None:
@@ -264,44 +301,54 @@ class Broker:
             return
         workers = [w for w in self._workers.values() if w.service == service]
         while queue:
-            free = [w for w in workers if w.free > 0]
+            free = [w for w in workers if w.free > 0 and w.identity not in self._unreachable]
             if not free:
                 return
             worker = max(free, key=lambda w: w.free)  # least loaded first
             pending = queue.popleft()
-            worker.in_flight[pending.request.id] = pending
-            self._forward(worker.identity, WORKER_HEADER, pending.body)
+            if self._forward(worker.identity, WORKER_HEADER, pending.body):
+                worker.in_flight[pending.request.id] = pending
+            else:
+                queue.appendleft(pending)  # never reached it: another worker may take it
 
-    def _purge_dead_workers(self, now: float) -> None:
-        for worker in [w for w in self._workers.values() if w.expires_at_s < now]:
-            self._drop_worker(worker, "heartbeat lost")
+    def _reap(self) -> None:
+        """Drop the workers a send found unreachable (their connection closed)."""
+        while self._unreachable:
+            worker = self._workers.get(self._unreachable.pop())
+            if worker is not None:
+                self._drop_worker(worker, "connection lost")
 
-    def _drop_worker(self, worker: _Worker, reason: str) -> None:
-        self._workers.pop(worker.identity, None)
+    def _drop_worker(self, worker: _Worker, reason: str, *, failed: _Pending | None = None) -> None:
+        """Forget ``worker``; re-queue or fail what it held (except ``failed``, already answered)."""
+        self._unreachable.discard(worker.identity)
+        if self._workers.pop(worker.identity, None) is None:
+            return
         log.warning("worker %s of service %s removed: %s", worker.name, worker.service, reason)
-        self._publish(Event(topic=f"{BROKER_EVENT_TOPIC}.lost", payload={"service": worker.service, "worker": worker.name, "reason": reason}))
+        self._publish(Event(topic=f"{BROKER_EVENT_TOPIC}.lost",
+                            payload={"service": worker.service, "worker": worker.name, "reason": reason}))
         requeued = []
         for pending in worker.in_flight.values():
+            if pending is failed:
+                continue
             if pending.request.idempotency_key is not None and pending.requeues < REQUEUE_LIMIT:
                 pending.requeues += 1
                 requeued.append(pending)
             else:
                 self.counters["worker_lost"] += 1
-                self._send(
-                    pending.client,
-                    CLIENT_HEADER,
-                    error_reply(
-                        pending.request.id,
-                        "worker_lost",
-                        f"worker {worker.name} of {worker.service} was lost ({reason}) while handling "
-                        f"{pending.request.method}; the request carried no idempotency key, so it was not repeated",
-                        service=worker.service,
-                    ),
-                )
+                self._send(pending.client, CLIENT_HEADER, error_reply(
+                    pending.request.id, ErrorCode.WORKER_LOST,
+                    f"worker {worker.name} of {worker.service} was lost ({reason}) while handling "
+                    f"{pending.request.method}; the request carried no idempotency key, so it was not repeated",
+                    service=worker.service))
         self._queues[worker.service].extendleft(reversed(requeued))
         self.counters["requeued"] += len(requeued)
         worker.in_flight.clear()
         self._dispatch(worker.service)
+
+    def _next_deadline(self) -> float:
+        queued = [p.deadline_s for q in self._queues.values() for p in q]
+        held = [p.deadline_s for w in self._workers.values() for p in w.in_flight.values()]
+        return min(queued + held, default=float("inf"))
 
     def _expire_requests(self, now: float) -> None:
         for service, queue in self._queues.items():
@@ -314,36 +361,41 @@ class Broker:
                     continue
                 live = sorted({w.service for w in self._workers.values()})
                 self.counters["service_unavailable"] += 1
-                self._send(
-                    pending.client,
-                    CLIENT_HEADER,
-                    error_reply(
-                        pending.request.id,
-                        "service_unavailable",
-                        f"no worker of service {service!r} took the request within "
-                        f"{pending.request.timeout_ms} ms; live services: {live or 'none'}",
-                        service=service,
-                    ),
-                )
+                self._send(pending.client, CLIENT_HEADER, error_reply(
+                    pending.request.id, ErrorCode.SERVICE_UNAVAILABLE,
+                    f"no worker of service {service!r} took the request within {pending.request.timeout_s:g} s; "
+                    f"live services: {live or 'none'}", service=service))
             self._queues[service] = keep
+        for worker in [w for w in self._workers.values() if any(p.deadline_s <= now for p in w.in_flight.values())]:
+            overdue = next(p for p in worker.in_flight.values() if p.deadline_s <= now)
+            self.counters["deadline_exceeded"] += 1
+            self._send(overdue.client, CLIENT_HEADER, error_reply(
+                overdue.request.id, ErrorCode.DEADLINE_EXCEEDED,
+                f"worker {worker.name} of {worker.service} held {overdue.request.method} past its "
+                f"{overdue.request.timeout_s:g} s deadline; the worker is retired until it registers again",
+                service=worker.service))
+            self._send(worker.identity, WORKER_HEADER, Disconnect(reason="deadline exceeded; register again"))
+            self._drop_worker(worker, "deadline exceeded", failed=overdue)
 
     # -- output --------------------------------------------------------------------------------
 
-    def _send(self, identity: bytes, header: bytes, message: protocol._Envelope) -> None:
-        self._forward(identity, header, protocol.encode(message))
+    def _send(self, identity: bytes, header: bytes, message: Envelope) -> None:
+        self._forward(identity, header, encode(message))
 
-    def _forward(self, identity: bytes, header: bytes, body: bytes) -> None:
+    def _forward(self, identity: bytes, header: bytes, body: bytes) -> bool:
+        """Send; False when the peer could not be reached (a worker so found is dropped by :meth:`_reap`)."""
         try:
             self._router.send_multipart([identity, header, body], zmq.NOBLOCK)
-        except zmq.ZMQError as e:  # peer gone or its queue full: log, never crash
-            log.warning("could not send to %s: %s", identity.hex(), e)
+            return True
+        except zmq.ZMQError as e:
+            if e.errno == errno.EHOSTUNREACH and identity in self._workers:
+                self._unreachable.add(identity)  # its process died or stopped answering
+            else:  # a client gone, or a peer's queue full: log, never crash
+                log.warning("could not send to %s: %s", identity.hex(), e)
+            return False
 
     def _publish(self, event: Event) -> None:
-        self._publisher.send_multipart([event.topic.encode(), protocol.encode(event)])
-
-
-def _expiry() -> float:
-    return time.monotonic() + HEARTBEAT_INTERVAL_S * HEARTBEAT_LIVENESS
+        self._publisher.send_multipart([event.topic.encode(), encode(event)])
 
 
 def _request_id(frames: list[bytes]) -> str | None:

@@ -18,13 +18,15 @@ from typing import Any
 import zmq
 from pydantic import BaseModel
 
-from sdl import protocol
-from sdl.protocol import CLIENT_HEADER, ErrorInfo, Event, ProtocolError, Reply, Request
+from sdl.bus.sockets import configure_liveness
+from sdl.wire import CLIENT_HEADER, ErrorCode, ErrorInfo, Event, ProtocolError, Reply, Request, decode, encode, new_id
 
 log = logging.getLogger(__name__)
 
-# Failures worth another attempt: nothing reached a handler, or its worker died under it.
-RETRYABLE = frozenset({"timeout", "service_unavailable", "worker_lost"})
+# Failures worth another attempt: nothing reached a handler, its worker died under it, or it ran out of
+# time (a hardware command repeats under the same idempotency key, so its journal answers a repeat).
+RETRYABLE = frozenset({ErrorCode.TIMEOUT, ErrorCode.SERVICE_UNAVAILABLE, ErrorCode.WORKER_LOST,
+                       ErrorCode.DEADLINE_EXCEEDED})
 
 
 class BusError(Exception):
@@ -61,7 +63,7 @@ class CallOutcome:
     def raise_for_error(self) -> dict[str, Any]:
         if self.ok:
             return self.payload
-        if self.error.code == "timeout":
+        if self.error.code == ErrorCode.TIMEOUT:
             raise BusTimeout(f"{self.service}.{self.method}: {self.error.message}")
         raise RemoteError(self.service, self.method, self.error)
 
@@ -88,6 +90,7 @@ class BusClient:
         self.broker_address = broker_address
         self._socket = (context or zmq.Context.instance()).socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
+        configure_liveness(self._socket)
         self._socket.connect(broker_address)
         self._calls: dict[str, _Call] = {}
         self._by_message: dict[str, str] = {}  # message id of an attempt -> call id
@@ -113,7 +116,7 @@ class BusClient:
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
         body = payload.model_dump(mode="json") if isinstance(payload, BaseModel) else dict(payload or {})
-        call = _Call(protocol.new_id(), service, method, body, idempotency_key, timeout_s, retries, tag)
+        call = _Call(new_id(), service, method, body, idempotency_key, timeout_s, retries, tag)
         self._calls[call.call_id] = call
         self._send_attempt(call)
         return call.call_id
@@ -159,7 +162,8 @@ class BusClient:
                 return mine[0].raise_for_error()
 
     def publish(self, topic: str, payload: dict[str, Any]) -> None:
-        self._socket.send_multipart([CLIENT_HEADER, protocol.encode(Event(topic=topic, payload=payload))])
+        """Put an item on the broker's event stream (a committed ledger document, a lab notice)."""
+        self._socket.send_multipart([CLIENT_HEADER, encode(Event(topic=topic, payload=payload))])
 
     def close(self) -> None:
         self._socket.close(0)
@@ -180,15 +184,15 @@ class BusClient:
             method=call.method,
             payload=call.payload,
             idempotency_key=call.idempotency_key,
-            # The broker gives up queueing a little before the caller does, so an unserved request
-            # comes back as an informative service_unavailable rather than a bare timeout.
-            timeout_ms=max(1, int(call.timeout_s * 900)),
+            # The broker gives up a little before the caller does, so an unserved or overdue request
+            # comes back as an informative service_unavailable or deadline_exceeded, not a bare timeout.
+            timeout_s=0.9 * call.timeout_s,
             attempt=call.attempts,
         )
         call.message_ids.append(request.id)
         call.deadline_s = time.monotonic() + call.timeout_s
         self._by_message[request.id] = call.call_id
-        self._socket.send_multipart([CLIENT_HEADER, protocol.encode(request)])
+        self._socket.send_multipart([CLIENT_HEADER, encode(request)])
 
     def _next_deadline(self) -> float:
         return min((c.deadline_s for c in self._calls.values()), default=float("inf"))
@@ -201,7 +205,7 @@ class BusClient:
             try:
                 if len(frames) != 2 or frames[0] != CLIENT_HEADER:
                     raise ProtocolError(f"expected [{CLIENT_HEADER!r}, body], got {len(frames)} frame(s)")
-                reply = protocol.decode(frames[1])
+                reply = decode(frames[1])
                 if not isinstance(reply, Reply):
                     raise ProtocolError(f"expected a reply, got {reply.kind!r}")
             except ProtocolError as e:
@@ -231,7 +235,7 @@ class BusClient:
                 self._send_attempt(call)
             else:
                 error = ErrorInfo(
-                    code="timeout",
+                    code=ErrorCode.TIMEOUT,
                     message=f"no reply within {call.timeout_s:g} s after {call.attempts} attempt(s)",
                 )
                 self._finish(call, False, {}, error, None)
@@ -259,7 +263,7 @@ class EventSubscriber:
         if not self._socket.poll(timeout=int(timeout_s * 1000)):
             return None
         _topic, body = self._socket.recv_multipart()
-        event = protocol.decode(body)
+        event = decode(body)
         return event if isinstance(event, Event) else None
 
     def __iter__(self) -> Iterator[Event]:

@@ -1,0 +1,134 @@
+"""Running a bench: one closed loop per (problem, planner, seed) as a Ray task, each asking its planner
+for one experiment at a time, measuring it on the problem (the noisy view a lab gets) and recording
+the noiseless truth beside it; the problems' references (best feasible value) computed once."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sdl.agents.planner import ProposeRequest, RandomPlanner
+from sdl.bench.config import BenchConfig, BenchPlannerSpec, make_bench_planner, problem_context
+from sdl.bench.problems import BenchProblem, ProblemSpec, make_problem, reached
+from sdl.experiment import DesignPoint, Observation
+from sdl.settings import NoSettings
+
+# -- one run -------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    problem: str
+    planner: str
+    seed: int
+    values: list[float] = field(default_factory=list)  # noiseless objective of each experiment
+    feasible: list[bool] = field(default_factory=list)
+    planner_seconds: list[float] = field(default_factory=list)
+    setup_seconds: float = 0.0
+    error: str | None = None
+
+
+def run_one(problem_spec: ProblemSpec, planner_spec: BenchPlannerSpec, seed: int) -> RunResult:
+    """One closed loop: ``budget`` experiments, one at a time."""
+    import torch
+
+    torch.set_num_threads(1)  # one Ray task per CPU
+    result = RunResult(problem_spec.name, planner_spec.name, seed)
+    started = time.perf_counter()
+    problem = make_problem(problem_spec)
+    try:
+        planner = make_bench_planner(planner_spec, problem, seed)
+        feasibility = problem.feasibility_model(seed) if "feasibility" in planner.requires(planner.settings) else None
+        result.setup_seconds = time.perf_counter() - started
+        rng = np.random.default_rng([seed, 7])
+        observations: list[Observation] = []
+        for _ in range(problem_spec.budget):
+            t0 = time.perf_counter()
+            point = planner.propose(ProposeRequest(n=1, observations=observations, feasibility=feasibility))[0]
+            result.planner_seconds.append(time.perf_counter() - t0)
+            problem.space.check(point)
+            measured = problem.measure([point], rng)[0]
+            observations.append(Observation(point=point, status="done", measurements=measured))
+            value, feasible = problem.truth([point])
+            result.values.append(float(value[0]))
+            result.feasible.append(bool(feasible[0]))
+    except Exception as e:  # a failing planner is a result of the benchmark, not a crash of it
+        result.error = f"{type(e).__name__}: {e}"
+    finally:
+        problem.close()
+    return result
+
+
+def reference(problem: BenchProblem, *, n: int = 10000, seed: int = 12345) -> dict[str, float]:
+    """Best feasible and median value over a dense random sample (polished by SLSQP for parameter
+    spaces), and the share of the space that is feasible."""
+    points = RandomPlanner(NoSettings(), problem_context(problem, seed)).propose(ProposeRequest(n=n))
+    values, feasible = problem.truth_in_bulk(points)
+    sign = 1.0 if problem.objective.direction == "maximize" else -1.0
+    best = float(np.max(sign * values[feasible])) * sign
+    if not problem.space.composition and problem.space.parameters:
+        best = _polish(problem, points, values, feasible, best)
+    return {"best": best, "median": float(np.median(values)), "feasible_share": float(feasible.mean()),
+            "success_share": float(np.mean(feasible & reached(problem, values, best, float(np.median(values)))))}
+
+
+def _polish(problem: BenchProblem, points, values, feasible, best: float) -> float:
+    from scipy.optimize import minimize
+
+    sign = 1.0 if problem.objective.direction == "maximize" else -1.0
+    names = list(problem.space.parameters)
+    bounds = [(r.low, r.high) for r in problem.space.parameters.values()]
+
+    def as_point(x):
+        return DesignPoint(parameters=dict(zip(names, np.clip(x, *np.array(bounds).T).tolist())))
+
+    def f(x):
+        return -sign * problem.evaluate([as_point(x)])[0][problem.objective.measurement]
+
+    constraints = []
+    if problem.constraint is not None:
+        c = problem.constraint
+        # a hair inside the boundary, so the polished point is feasible by the exact test too
+        constraints = [{"type": "ineq", "fun": lambda x: problem.evaluate([as_point(x)])[0][c.measurements[0]] - 1e-9}]
+    order = np.argsort(-(sign * values) + np.where(feasible, 0, np.inf))[:5]
+    for i in order:
+        x0 = [points[i].parameters[n] for n in names]
+        res = minimize(f, x0, method="SLSQP", bounds=bounds, constraints=constraints)
+        _, ok = problem.truth([as_point(res.x)])
+        value = float(-res.fun * sign)  # f = -sign * y
+        if ok[0] and sign * value > sign * best:
+            best = value
+    return best
+
+
+# -- the whole bench -----------------------------------------------------------------------------
+
+
+def run_tasks(config: BenchConfig, *, progress: bool = True) -> list[RunResult]:
+    """Every (problem, planner, seed) of the config, one Ray task per CPU."""
+    import ray
+    from tqdm import tqdm
+
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        if config.ray_address:
+            ray.init(address=config.ray_address, include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(num_cpus=config.num_cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        task = ray.remote(num_cpus=1, max_retries=1)(run_one)
+        seeds = range(config.first_seed, config.first_seed + config.seeds)
+        refs = [task.remote(p, q, seed) for p in config.problems for q in config.planners for seed in seeds]
+        results: list[RunResult] = []
+        with tqdm(total=len(refs), desc=f"bench {config.name}", unit="run", disable=not progress) as bar:
+            pending = list(refs)
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                results.append(ray.get(done[0]))
+                bar.update(1)
+        return results
+    finally:
+        if started_ray:
+            ray.shutdown()

@@ -1,0 +1,259 @@
+"""Campaign configuration: YAML validated by pydantic, with defaults that run on one machine.
+
+Every section has defaults, so a config names only what differs. Agents are named as
+``{kind, settings}``: the kind is looked up in the ``sdl.agents`` entry points and its settings are
+validated by the kind's own model, once, here; each agent then checks that it can work in this
+campaign (its space, its objective, the capabilities it needs from other agents). An invalid file
+raises :class:`~sdl.settings.ConfigError` naming the field, what was wrong, and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from sdl.agents.base import AgentContext, AgentKind, Role
+from sdl.agents.registry import agent_class, validate_settings
+from sdl.experiment import ProcessStep
+from sdl.instruments.base import driver_class
+from sdl.instruments.limits import ProcessLimits
+from sdl.objective import ObjectiveConfig
+from sdl.settings import Section, describe_validation_error, load_yaml, validate
+from sdl.space import SearchSpace
+from sdl.wire import ServiceName
+
+
+class BusConfig(Section):
+    """Where the broker listens. ``*`` picks a free port; a lab with external instruments fixes one."""
+
+    frontend: str = "tcp://127.0.0.1:*"
+    events: str = "tcp://127.0.0.1:*"
+    advertise_host: str | None = Field(
+        default=None, description="host name peers use to reach a broker bound to 0.0.0.0 (default: this node's IP)"
+    )
+    join_timeout_s: float = Field(default=180.0, gt=0, description="how long to wait for every agent to join")
+
+    @field_validator("frontend", "events")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        if not re.fullmatch(r"(tcp://[^:\s]+:(\*|\d{1,5}))|(ipc://\S+)", value):
+            raise ValueError(f"{value!r} is not a ZeroMQ endpoint; use tcp://HOST:PORT, tcp://HOST:* or ipc://PATH")
+        return value
+
+
+class RayConfig(Section):
+    address: str | None = Field(default=None, description="existing cluster ('auto' or HOST:PORT); None starts one")
+    num_cpus: int | None = Field(default=2, ge=1, description="CPUs for a local Ray started by the campaign")
+    max_restarts: int = Field(default=3, ge=-1, description="times Ray restarts a dead agent (-1: forever)")
+
+
+class LedgerConfig(Section):
+    synchronous: Literal["full", "normal"] = "full"
+
+
+class AgentSpec(Section):
+    """An agent the campaign starts: its kind, its settings, its bus name and its resources."""
+
+    prefix: ClassVar[str]  # entry-point names of this section's kinds start with it
+    role: ClassVar[Role]
+
+    kind: str = Field(description="an agent kind of this section (see `sdl agents`)")
+    settings: Any = Field(default=None, description="the kind's own settings (validated by its Settings model)")
+    name: ServiceName | None = Field(default=None, description="its service name on the bus (default: <section>.<kind>)")
+    timeout_s: float | None = Field(default=None, gt=0,
+                                    description="how long the campaign waits for one of its answers (default: the kind's)")
+    num_cpus: float = Field(default=0.0, ge=0, description="CPUs Ray reserves for it (agents mostly wait)")
+    num_gpus: float | Literal["auto"] | None = Field(
+        default=None, description="GPUs Ray reserves for it; auto: one when the cluster has one free; default: the kind's")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _validate_settings(cls, data: Any) -> Any:
+        kind = data.get("kind", cls.model_fields["kind"].default) if isinstance(data, dict) else None
+        if not isinstance(kind, str):
+            return data  # the field validators say what is missing
+        name = cls.full_kind(kind)
+        return {**data, "settings": validate_settings(agent_class(name, role=cls.role), data.get("settings"), name=name)}
+
+    @classmethod
+    def full_kind(cls, kind: str) -> str:
+        return kind if "." in kind else f"{cls.prefix}.{kind}"
+
+    @property
+    def agent_kind(self) -> str:
+        """The kind's entry-point name, e.g. ``planner.bo``."""
+        return self.full_kind(self.kind)
+
+    @property
+    def agent_class(self) -> type[AgentKind]:
+        return agent_class(self.agent_kind)
+
+    @property
+    def service_name(self) -> str:
+        return self.name or self.agent_kind
+
+    @property
+    def request_timeout_s(self) -> float:
+        return self.agent_class.default_timeout_s if self.timeout_s is None else self.timeout_s
+
+    @property
+    def gpus(self) -> float | Literal["auto"]:
+        return self.agent_class.default_num_gpus if self.num_gpus is None else self.num_gpus
+
+
+class PlannerSpec(AgentSpec):
+    prefix = "planner"
+    role = "planner"
+
+
+class ProcessPlannerSpec(AgentSpec):
+    """The process planner: a heat-treatment route for every proposed composition."""
+
+    prefix = "planner"
+    role = "process_planner"
+    kind: str = "process"
+
+
+class SurrogateSpec(AgentSpec):
+    prefix = "surrogate"
+    role = "surrogate"
+
+
+class SimulatorSpec(AgentSpec):
+    prefix = "simulator"
+    role = "simulator"
+
+
+class InstrumentConfig(Section):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$", description="joins the bus as instrument.<name>")
+    driver: str
+    station: str = Field(default="measure", pattern=r"^[a-z][a-z0-9_]*$", description="its step in the workflow")
+    host: Literal["ray", "external"] = Field(
+        default="ray", description="ray: the campaign starts it as an actor; external: `sdl instrument serve`"
+    )
+    capacity: int = Field(default=1, ge=1, le=64, description="specimens it handles at once")
+    timeout_s: float = Field(default=60.0, gt=0, description="per attempt, before a retry")
+    retries: int = Field(default=2, ge=0, le=20)
+    options: dict[str, Any] = Field(default_factory=dict, description="the driver's parameters")
+
+    @property
+    def service_name(self) -> str:
+        return f"instrument.{self.name}"
+
+    @property
+    def process_limits(self) -> ProcessLimits | None:
+        """The route limits the driver declares in its parameters (None if it runs no routes)."""
+        limits = getattr(driver_class(self.driver).Parameters.model_validate(self.options), "limits", None)
+        return limits if isinstance(limits, ProcessLimits) else None
+
+    @model_validator(mode="after")
+    def _driver_options(self) -> InstrumentConfig:
+        try:
+            driver_class(self.driver).Parameters.model_validate(self.options)
+        except ValidationError as e:
+            raise ValueError(f"options of driver {self.driver!r}: {describe_validation_error(e)}") from None
+        return self
+
+
+class StopConfig(Section):
+    max_experiments: int = Field(default=40, ge=1, description="budget: experiments finished, done or failed")
+    max_in_flight: int = Field(default=4, ge=1, description="experiments dispatched and not yet finished")
+    max_wall_s: float | None = Field(default=None, gt=0)
+
+
+class CampaignConfig(Section):
+    name: str = Field(default="campaign", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    seed: int = 0
+    space: SearchSpace
+    objective: ObjectiveConfig = ObjectiveConfig()
+    process: list[ProcessStep] = Field(default_factory=list, description="heat-treatment route for every experiment")
+    planner: PlannerSpec = Field(default_factory=lambda: PlannerSpec(kind="sobol"))
+    process_planner: ProcessPlannerSpec | None = Field(
+        default=None, description="ask planner.process for each experiment's route (instead of `process`)")
+    surrogates: list[SurrogateSpec] = Field(default_factory=list, description="surrogate agents (gp, mlip, generative)")
+    simulators: list[SimulatorSpec] = Field(
+        default_factory=list, description="simulator agents (phase_boundary: P(feasible) from CALPHAD; test_function)")
+    instruments: list[InstrumentConfig] = Field(min_length=1)
+    workflow: list[str] = Field(
+        default_factory=lambda: ["measure"],
+        description="stations every specimen visits in order (e.g. melt, heat_treat, hardness, xrd)",
+    )
+    stop: StopConfig = StopConfig()
+    bus: BusConfig = BusConfig()
+    ray: RayConfig = RayConfig()
+    ledger: LedgerConfig = LedgerConfig()
+    campaign_dir: Path | None = Field(default=None, description="default: runs/<name>")
+
+    @property
+    def agents(self) -> list[AgentSpec]:
+        """Every agent the campaign starts but the instruments, planner first."""
+        return [self.planner, *([self.process_planner] if self.process_planner else []), *self.surrogates,
+                *self.simulators]
+
+    def agent_context(self, campaign_dir: Path | None = None) -> AgentContext:
+        return AgentContext(space=self.space, objective=self.objective, seed=self.seed, campaign_dir=campaign_dir,
+                            process_limits=ProcessLimits.tightest(
+                                limits for i in self.instruments if (limits := i.process_limits) is not None))
+
+    def provider(self, capability: str) -> AgentSpec | None:
+        """The first agent that provides ``capability`` (feasibility, recommendation, truth), if any."""
+        return next((a for a in self.agents if capability in a.agent_class.provides), None)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CampaignConfig:
+        names = [i.name for i in self.instruments]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"instrument names must be unique; repeated: {duplicates}")
+        services = [a.service_name for a in self.agents] + [i.service_name for i in self.instruments]
+        repeated = sorted({s for s in services if services.count(s) > 1})
+        if repeated:
+            raise ValueError(f"service names must be unique; repeated: {repeated} (give one of them a `name`)")
+        stations = {i.station for i in self.instruments}
+        unserved = [s for s in self.workflow if s not in stations]
+        if unserved:
+            raise ValueError(f"workflow stations {unserved} have no instrument; instruments serve {sorted(stations)}")
+        unused = sorted(stations - set(self.workflow))
+        if unused:
+            raise ValueError(f"instruments serve stations {unused} that are not in the workflow {self.workflow}")
+        if self.process_planner is not None and self.process:
+            raise ValueError("give either a fixed `process` route or a `process_planner`, not both")
+        context = self.agent_context()
+        for agent in self.agents:
+            cls = agent.agent_class
+            try:
+                cls.check(agent.settings, context)
+            except ValueError as e:
+                raise ValueError(f"{agent.service_name}: {e}") from None
+            for capability in sorted(cls.requires(agent.settings)):
+                if self.provider(capability) is None:
+                    raise ValueError(f"{agent.service_name} needs an agent that provides {capability!r}, and none "
+                                     "does (e.g. simulators: [{kind: phase_boundary}] for feasibility)")
+        return self
+
+    def design_fingerprint(self) -> str:
+        """Hash of what defines the experiments (space, planner, seed, process, instruments, simulators).
+
+        A resumed campaign must match it; stop rules, addresses, surrogates and Ray settings may change.
+        """
+        design = self.model_dump(mode="json", include={"seed", "space", "objective", "process", "process_planner",
+                                                       "planner", "simulators", "instruments", "workflow"})
+        design["objective"].pop("target", None)
+        for agent in [design["planner"], design.get("process_planner")]:
+            if agent:  # where and how long it runs does not change what it proposes
+                for key in ("timeout_s", "num_cpus", "num_gpus"):
+                    agent.pop(key, None)
+        return hashlib.sha256(json.dumps(design, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_config(path: str | Path) -> CampaignConfig:
+    return load_yaml(CampaignConfig, path)
+
+
+def parse_config(data: Any, *, source: str = "config") -> CampaignConfig:
+    return validate(CampaignConfig, data, source=source)

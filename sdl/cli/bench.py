@@ -1,0 +1,69 @@
+"""``sdl bench`` and ``sdl bench-merge``: planners x problems x seeds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from sdl.cli import main
+
+@main.command()
+@click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--seeds", type=int, help="Override the config's number of seeds.")
+@click.option("--first-seed", type=click.IntRange(min=0),
+              help="Run seeds FIRST_SEED .. FIRST_SEED + seeds - 1 (to add seeds to an earlier run; see bench-merge).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output folder (default: runs/bench/<name>).")
+@click.option("--planners", help="Comma-separated subset of the config's planners.")
+@click.option("--problems", help="Comma-separated subset of the config's problems.")
+@click.option("--ray-address", help="Run the tasks on an existing Ray cluster ('auto' or HOST:PORT).")
+@click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
+def bench(config: Path, seeds: int | None, first_seed: int | None, out: Path | None, planners: str | None,
+          problems: str | None, ray_address: str | None, no_progress: bool) -> None:
+    """Benchmark planners x problems x seeds (CONFIG, YAML) in parallel Ray tasks; write a table and regret curves."""
+    from sdl.bench import load_bench_config, run_bench
+    from sdl.settings import ConfigError
+
+    try:
+        cfg = load_bench_config(config)
+        update: dict = {}
+        if seeds is not None:
+            update["seeds"] = seeds
+        if first_seed is not None:
+            update["first_seed"] = first_seed
+        if out is not None:
+            update["out"] = out
+        if ray_address is not None:
+            update["ray_address"] = ray_address
+        for option, field, names in (("--planners", "planners", planners), ("--problems", "problems", problems)):
+            if names:
+                wanted = [n.strip() for n in names.split(",") if n.strip()]
+                known = {p.name: p for p in getattr(cfg, field)}
+                unknown = [n for n in wanted if n not in known]
+                if unknown:
+                    raise ConfigError(f"{option}: {unknown} not in the config; it has {sorted(known)}")
+                update[field] = [known[n] for n in wanted]
+        if update:
+            cfg = cfg.model_copy(update=update)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    result = run_bench(cfg, progress=not no_progress)
+    click.echo((Path(result["out"]) / "table.md").read_text())
+    click.echo(f"wrote {result['out']}/table.md, regret.png, results.json")
+
+
+@main.command("bench-merge")
+@click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for the merged table.")
+def bench_merge(results: tuple[Path, ...], out: Path) -> None:
+    """Merge the RESULTS (results.json files of `sdl bench` runs: other seeds, other planners) into one
+    table and regret plot."""
+    from sdl.bench import merge_results
+
+    try:
+        merged = merge_results(list(results), out)
+    except (ValueError, KeyError, json.JSONDecodeError) as e:
+        raise click.ClickException(f"cannot merge: {e}") from None
+    click.echo((Path(merged["out"]) / "table.md").read_text())
+    click.echo(f"wrote {merged['out']}/table.md, regret.png, results.json")

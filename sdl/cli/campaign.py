@@ -1,0 +1,102 @@
+"""``sdl run``, ``sdl status``, ``sdl report``, ``sdl ledger export``: a campaign and its ledger."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from sdl.cli import main, setup_logging
+
+@main.command()
+@click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--campaign-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where the ledger, journals and report go (default: the config's campaign_dir, else runs/<name>).")
+@click.option("--resume", is_flag=True, help="Continue the campaign in --campaign-dir after a crash or a stop.")
+@click.option("--ray-address", help="Join an existing Ray cluster ('auto' or HOST:PORT) instead of starting one.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def run(config: Path, campaign_dir: Path | None, resume: bool, ray_address: str | None, no_progress: bool, verbose: int) -> None:
+    """Run the campaign described by CONFIG (YAML) to its budget or target."""
+    from sdl.campaign import Campaign, CampaignError, load_config
+    from sdl.report import write_report
+    from sdl.settings import ConfigError
+
+    setup_logging(verbose)
+    try:
+        cfg = load_config(config)
+        campaign = Campaign(cfg, campaign_dir, resume=resume, ray_address=ray_address, progress=not no_progress)
+        summary = campaign.run()
+    except (ConfigError, CampaignError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"campaign {summary.campaign_id}: {summary.state} ({summary.stop_reason}) in {summary.wall_s:.1f} s")
+    click.echo("experiments: " + ", ".join(f"{k} {v}" for k, v in summary.counts.items()))
+    if summary.best_value is not None:
+        click.echo(f"best {cfg.objective.measurement} = {summary.best_value:.6g} at {_point_text(summary.best_point)}")
+    report = write_report(campaign.campaign_dir)
+    click.echo(f"report: {report}")
+    if summary.state == "interrupted":
+        click.echo(f"resume with: sdl run {config} --campaign-dir {campaign.campaign_dir} --resume")
+        sys.exit(130)
+
+
+
+@main.command()
+@click.argument("campaign_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def status(campaign_dir: Path) -> None:
+    """Show a campaign's progress from its ledger (safe while it runs)."""
+    from sdl.ledger import Ledger, LedgerError
+    from sdl.report import summarize
+
+    try:
+        with Ledger.in_campaign(campaign_dir, readonly=True) as ledger:
+            click.echo(summarize(ledger))
+    except LedgerError as e:
+        raise click.ClickException(str(e)) from None
+
+
+@main.command()
+@click.argument("campaign_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Default: CAMPAIGN_DIR/report.")
+def report(campaign_dir: Path, out: Path | None) -> None:
+    """Write PNG plots and a markdown summary of a campaign."""
+    from sdl.ledger import LedgerError
+    from sdl.report import write_report
+
+    try:
+        path = write_report(campaign_dir, out)
+    except LedgerError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"report: {path}")
+
+
+@main.group()
+def ledger() -> None:
+    """Work with a campaign's ledger."""
+
+
+@ledger.command("export")
+@click.argument("campaign_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--format", "file_format", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Default: CAMPAIGN_DIR/export.")
+def ledger_export(campaign_dir: Path, file_format: str, out: Path | None) -> None:
+    """Export one row per experiment as CSV or Parquet."""
+    from sdl.ledger import Ledger, LedgerError
+    from sdl.ledger.export import export_experiments
+
+    try:
+        with Ledger.in_campaign(campaign_dir, readonly=True) as db:
+            path = export_experiments(db, out or campaign_dir / "export", file_format)
+    except LedgerError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(str(path))
+
+
+
+def _point_text(point) -> str:
+    parts = dict(point.parameters)
+    if point.composition is not None:
+        parts.update(point.composition.root)
+    return json.dumps({k: round(v, 6) for k, v in parts.items()})

@@ -1,0 +1,221 @@
+"""What the lab makes and measures: compositions, process steps, design points, experiments, results.
+
+These are the domain records every layer above shares: a planner proposes :class:`DesignPoint` s,
+the ledger records :class:`ExperimentSpec` s and :class:`ExperimentResult` s, an instrument receives
+one and returns the other. Each validates itself once, at the edge, with a message that says what is
+allowed; code inside the controller trusts the types. Units are in the field names.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Literal
+
+from ase.data import chemical_symbols
+from pydantic import ConfigDict, Field, RootModel, field_validator, model_validator
+
+from sdl.wire import WireModel
+
+# Fractions must sum to one within this tolerance (the issue's contract for compositions).
+COMPOSITION_SUM_TOLERANCE = 1e-6
+KNOWN_ELEMENTS = frozenset(chemical_symbols[1:])  # chemical_symbols[0] is ASE's dummy "X"
+
+
+class Composition(RootModel[dict[str, float]]):
+    """Mole fractions by element symbol; each in [0, 1], summing to 1 within 1e-6."""
+
+    model_config = ConfigDict(frozen=True)
+
+    @field_validator("root")
+    @classmethod
+    def _check(cls, fractions: dict[str, float]) -> dict[str, float]:
+        if not fractions:
+            raise ValueError("a composition needs at least one element")
+        unknown = sorted(set(fractions) - KNOWN_ELEMENTS)
+        if unknown:
+            raise ValueError(
+                f"unknown element symbol(s) {unknown}; use chemical symbols such as 'Ni', 'Al', 'Co'"
+            )
+        for element, fraction in fractions.items():
+            if not math.isfinite(fraction) or not 0.0 <= fraction <= 1.0:
+                raise ValueError(f"fraction of {element} is {fraction}; fractions must lie in [0, 1]")
+        total = math.fsum(fractions.values())
+        if abs(total - 1.0) > COMPOSITION_SUM_TOLERANCE:
+            raise ValueError(
+                f"fractions sum to {total:.9g}; they must sum to 1 within {COMPOSITION_SUM_TOLERANCE:g}"
+            )
+        return fractions
+
+    def __getitem__(self, element: str) -> float:
+        return self.root[element]
+
+
+class ProcessStep(WireModel):
+    """One heat-treatment step. Units are in the field names.
+
+    ``temperature_k`` takes kelvin as a number, or a string that names its unit ("1100 K",
+    "827 °C", "827 C"), converted here at the boundary; a bare numeric string is refused as
+    ambiguous, and so is a field spelled ``temperature`` or ``temperature_c``.
+    """
+
+    operation: Literal["homogenise", "solutionise", "age", "anneal", "quench"]
+    temperature_k: float = Field(gt=0.0, le=4000.0, description="hold temperature in kelvin")
+    duration_s: float = Field(ge=0.0, le=10 * 365 * 86400.0, description="hold time in seconds")
+    ramp_k_per_s: float | None = Field(default=None, gt=0.0, description="heating/cooling rate")
+    quench_medium: Literal["water", "oil", "air", "furnace"] | None = None
+
+    @field_validator("temperature_k", mode="before")
+    @classmethod
+    def _temperature_with_unit(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        match = re.fullmatch(r"\s*([-+]?\d+(?:\.\d*)?)\s*(K|°C|C|degC)?\s*", value)
+        if match is None or match.group(2) is None:
+            raise ValueError(
+                f"temperature {value!r} is ambiguous; give kelvin as a number, or a string with its unit: '1100 K' or '827 °C'"
+            )
+        number, unit = float(match.group(1)), match.group(2)
+        return number if unit == "K" else number + 273.15
+
+
+class DesignPoint(WireModel):
+    """Where in the design space an experiment sits: continuous parameters and/or a composition."""
+
+    parameters: dict[str, float] = Field(default_factory=dict)
+    composition: Composition | None = None
+
+    @field_validator("parameters")
+    @classmethod
+    def _finite(cls, parameters: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in parameters.items() if not math.isfinite(v)}
+        if bad:
+            raise ValueError(f"parameters must be finite numbers; got {bad}")
+        return parameters
+
+
+class AtomicStructure(WireModel):
+    """An atomistic configuration (what a "DFT instrument" is asked to compute): element symbols,
+    Cartesian positions and cell vectors (rows) in angstrom, periodic in all directions or none."""
+
+    symbols: list[str] = Field(min_length=1, max_length=100000)
+    positions_ang: list[tuple[float, float, float]]
+    cell_ang: tuple[tuple[float, float, float], tuple[float, float, float], tuple[float, float, float]] = (
+        (0.0, 0.0, 0.0), (0.0, 0.0, 0.0), (0.0, 0.0, 0.0))
+    periodic: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> AtomicStructure:
+        unknown = sorted(set(self.symbols) - KNOWN_ELEMENTS)
+        if unknown:
+            raise ValueError(f"unknown element symbol(s) {unknown}; use chemical symbols such as 'Ni', 'Cu'")
+        if len(self.positions_ang) != len(self.symbols):
+            raise ValueError(f"{len(self.symbols)} symbols but {len(self.positions_ang)} positions; give one per atom")
+        if not all(math.isfinite(v) for row in (*self.positions_ang, *self.cell_ang) for v in row):
+            raise ValueError("positions and cell must be finite numbers (angstrom)")
+        if self.periodic:
+            a, b, c = self.cell_ang
+            volume = abs(a[0] * (b[1] * c[2] - b[2] * c[1]) - a[1] * (b[0] * c[2] - b[2] * c[0])
+                         + a[2] * (b[0] * c[1] - b[1] * c[0]))
+            if volume < 1e-6:
+                raise ValueError("a periodic structure needs three linearly independent cell vectors (volume > 0)")
+        return self
+
+    @classmethod
+    def from_atoms(cls, atoms) -> AtomicStructure:
+        """From an ``ase.Atoms`` (all-periodic or non-periodic)."""
+        pbc = [bool(p) for p in atoms.pbc]
+        if any(pbc) and not all(pbc):
+            raise ValueError(f"periodic boundary conditions must be all True or all False, got {pbc}")
+        return cls(symbols=atoms.get_chemical_symbols(), positions_ang=atoms.positions.tolist(),
+                   cell_ang=atoms.cell[:].tolist(), periodic=all(pbc))
+
+    def to_atoms(self):
+        from ase import Atoms
+
+        return Atoms(symbols=self.symbols, positions=self.positions_ang, cell=self.cell_ang, pbc=self.periodic)
+
+
+class LabelledStructure(WireModel):
+    """A structure with what an oracle computed for it (the MLIP's training data)."""
+
+    structure: AtomicStructure
+    energy_ev: float
+    forces_ev_per_ang: list[tuple[float, float, float]]
+    stress_ev_per_ang3: tuple[tuple[float, float, float], tuple[float, float, float], tuple[float, float, float]] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> LabelledStructure:
+        if len(self.forces_ev_per_ang) != len(self.structure.symbols):
+            raise ValueError(f"{len(self.forces_ev_per_ang)} force vectors for {len(self.structure.symbols)} atoms")
+        values = [self.energy_ev, *(v for f in self.forces_ev_per_ang for v in f),
+                  *(v for row in (self.stress_ev_per_ang3 or ()) for v in row)]
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError("energy, forces and stress must be finite")
+        return self
+
+    def to_atoms(self):
+        """``ase.Atoms`` with these labels attached (a SinglePointCalculator), as training data."""
+        from ase.calculators.singlepoint import SinglePointCalculator
+        from ase.stress import full_3x3_to_voigt_6_stress
+
+        atoms = self.structure.to_atoms()
+        results: dict[str, Any] = {"energy": self.energy_ev, "forces": self.forces_ev_per_ang}
+        if self.stress_ev_per_ang3 is not None:
+            results["stress"] = full_3x3_to_voigt_6_stress(self.stress_ev_per_ang3)
+        atoms.calc = SinglePointCalculator(atoms, **results)
+        return atoms
+
+
+class ExperimentSpec(WireModel):
+    """What an instrument is asked to make or measure."""
+
+    experiment_id: str = Field(min_length=1, max_length=128)
+    campaign_id: str = Field(min_length=1, max_length=128)
+    point: DesignPoint = Field(default_factory=DesignPoint)
+    structure: AtomicStructure | None = Field(default=None, description="for atomistic instruments (DFT, MLIP)")
+    process: list[ProcessStep] = Field(default_factory=list)
+    station: str = Field(default="measure", description="the workflow step this command is for")
+    specimen: dict[str, float] = Field(
+        default_factory=dict, description="what earlier stations of the workflow measured on this specimen"
+    )
+
+
+class ExperimentResult(WireModel):
+    """What an instrument measured. ``replayed`` is true when served from its idempotency journal."""
+
+    experiment_id: str
+    instrument: str
+    measurements: dict[str, float]
+    started_at_unix_s: float
+    finished_at_unix_s: float
+    attempts: int = Field(default=1, ge=1)
+    replayed: bool = False
+    lab_time_s: float = Field(default=0.0, ge=0.0, description="time the specimen spent on the instrument (simulated time for simulated instruments)")
+    arrays: dict[str, list[list[float]]] = Field(
+        default_factory=dict, description="array-valued results, e.g. forces_ev_per_ang (atoms x 3)"
+    )
+
+    @field_validator("measurements")
+    @classmethod
+    def _finite(cls, measurements: dict[str, float]) -> dict[str, float]:
+        bad = sorted(k for k, v in measurements.items() if not math.isfinite(v))
+        if bad:
+            raise ValueError(f"measurements {bad} are not finite; a driver reports a failed measurement as a fault")
+        return measurements
+
+    @field_validator("arrays")
+    @classmethod
+    def _finite_arrays(cls, arrays: dict[str, list[list[float]]]) -> dict[str, list[list[float]]]:
+        bad = sorted(k for k, rows in arrays.items() if not all(math.isfinite(v) for row in rows for v in row))
+        if bad:
+            raise ValueError(f"arrays {bad} hold non-finite values; a driver reports a failed calculation as a fault")
+        return arrays
+
+
+class Observation(WireModel):
+    """A finished experiment as a planner sees it."""
+
+    point: DesignPoint
+    status: Literal["done", "failed"]
+    measurements: dict[str, float] = Field(default_factory=dict)

@@ -1,0 +1,164 @@
+"""The campaign's documents: one pydantic type per kind of thing that happens, in the spirit of
+bluesky's event-model (start, events, stop; one schema per document kind).
+
+The ledger writes each document in the same transaction as the state change it describes, and
+only then hands it to its subscriber (the campaign publishes it on the bus's event stream under
+its ``kind``). Resume, ``sdl status``, reports and live views read these types, never free dicts.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Field, TypeAdapter
+
+from sdl.experiment import DesignPoint, ExperimentResult, ProcessStep
+from sdl.wire import WireModel
+
+
+class Document(WireModel):
+    kind: str
+    at_unix_s: float = Field(default_factory=time.time)
+
+
+# -- the campaign --------------------------------------------------------------------------------
+
+
+class CampaignStarted(Document):
+    kind: Literal["campaign.started"] = "campaign.started"
+    campaign_id: str
+    design_fingerprint: str
+
+
+class CampaignResumed(Document):
+    kind: Literal["campaign.resumed"] = "campaign.resumed"
+    campaign_id: str
+    counts: dict[str, int]
+
+
+class CampaignStopped(Document):
+    """Always written, whatever ended the run (bluesky's stop document)."""
+
+    kind: Literal["campaign.stopped"] = "campaign.stopped"
+    state: Literal["completed", "interrupted", "failed"]
+    reason: str
+    wall_s: float
+
+
+class TargetReached(Document):
+    kind: Literal["campaign.target_reached"] = "campaign.target_reached"
+    best: float
+    target: float
+
+
+# -- experiments ---------------------------------------------------------------------------------
+
+
+class ExperimentPlanned(Document):
+    kind: Literal["experiment.planned"] = "experiment.planned"
+    experiment_id: str
+    seq: int
+    point: DesignPoint
+    process: list[ProcessStep]
+    planner: str
+    idempotency_key: str
+    predicted: dict[str, float] = Field(default_factory=dict, description="what the planner expects of it")
+
+
+class ExperimentDispatched(Document):
+    kind: Literal["experiment.dispatched"] = "experiment.dispatched"
+    experiment_id: str
+    instrument: str
+    dispatch_count: int = Field(ge=1, description="1, or more when a resumed campaign sent it again")
+
+
+class ExperimentStep(Document):
+    """One station of a multi-station workflow finished; the specimen moves on."""
+
+    kind: Literal["experiment.step"] = "experiment.step"
+    experiment_id: str
+    step: int = Field(ge=0)
+    station: str
+    instrument: str
+    result: ExperimentResult
+
+
+class ExperimentDone(Document):
+    kind: Literal["experiment.done"] = "experiment.done"
+    experiment_id: str
+    result: ExperimentResult
+
+
+class ExperimentFailed(Document):
+    kind: Literal["experiment.failed"] = "experiment.failed"
+    experiment_id: str
+    code: str
+    message: str
+    station: str | None = None
+
+
+# -- agents ------------------------------------------------------------------------------------
+
+
+class AgentPlaced(Document):
+    """Where Ray put an agent: the first question when a cluster misbehaves."""
+
+    kind: Literal["agent.placed"] = "agent.placed"
+    service: str
+    node_id: str
+    pid: int
+
+
+class AgentJoined(Document):
+    kind: Literal["agent.joined"] = "agent.joined"
+    service: str
+    worker: str
+
+
+class AgentLost(Document):
+    kind: Literal["agent.lost"] = "agent.lost"
+    service: str
+    worker: str
+    reason: str
+
+
+class PlannerFailed(Document):
+    kind: Literal["planner.failed"] = "planner.failed"
+    error: str
+
+
+class FeasibilityLearned(Document):
+    kind: Literal["feasibility.learned"] = "feasibility.learned"
+    service: str
+    calphad_calls: int
+    seconds: float
+    target: dict[str, Any] = Field(default_factory=dict)
+
+
+class RouteFallback(Document):
+    """The process planner handed out a route that is not its policy's, and why."""
+
+    kind: Literal["process.route_fallback"] = "process.route_fallback"
+    experiment_id: str
+    source: str
+    note: str
+
+
+AnyDocument = Annotated[
+    Union[CampaignStarted, CampaignResumed, CampaignStopped, TargetReached, ExperimentPlanned, ExperimentDispatched,
+          ExperimentStep, ExperimentDone, ExperimentFailed, AgentPlaced, AgentJoined, AgentLost, PlannerFailed,
+          FeasibilityLearned, RouteFallback],
+    Field(discriminator="kind"),
+]
+_DOCUMENT = TypeAdapter(AnyDocument)
+DOCUMENT_KINDS: dict[str, type[Document]] = {
+    cls.model_fields["kind"].default: cls for cls in Document.__subclasses__()
+}
+
+
+def parse_document(data: dict[str, Any] | str | bytes) -> Document:
+    """A document from its JSON (a ledger row, an event payload); ValueError names what is wrong."""
+    if isinstance(data, (str, bytes)):
+        return _DOCUMENT.validate_json(data)
+    return _DOCUMENT.validate_python(data)
