@@ -26,7 +26,9 @@ from sdl.ledger import finished_experiments
 from sdl.settings import Section
 from sdl.surrogates.generative import (CompositionData, measured_composition_data, train_composition_cvae,
                                        train_microstructure_vae, twin_composition_data, two_phase_fields)
+from sdl.space import SearchSpace
 from sdl.surrogates.mlip import choose_device
+from sdl.surrogates.projection import project_capped_simplex
 from sdl.wire import WireModel
 
 
@@ -37,6 +39,22 @@ def history_composition_data(campaign_dirs: Sequence[str | Path], elements: Sequ
                                        for r in finished_experiments(d) if r.point.composition is not None),
                                       elements, objective=objective)
             for d in campaign_dirs]
+
+
+def composition_points(fractions: torch.Tensor, space: SearchSpace) -> list[DesignPoint]:
+    """Generated fractions (n x elements, in the space's element order) as design points. The model's
+    float32 projection meets each bound to ~1e-7; the exact projection again in float64 puts every
+    element inside its bounds, and the balance element takes the exact remainder."""
+    comp = space.composition
+    low = torch.tensor([lo for lo, _ in comp.elements.values()], dtype=torch.double)
+    high = torch.tensor([hi for _, hi in comp.elements.values()], dtype=torch.double)
+    x = project_capped_simplex(fractions.detach().double().cpu(), low, high, 1.0)
+    points = []
+    for row in x.tolist():
+        values = dict(zip(comp.elements, row))
+        values[comp.balance_element] = 1.0 - sum(v for e, v in values.items() if e != comp.balance_element)
+        points.append(DesignPoint(composition=Composition(values)))
+    return points
 
 
 class GenerativeSettings(Section):
@@ -129,15 +147,8 @@ class GenerativeAgent(Agent):
         if missing or unknown:
             raise ServiceError(f"target needs exactly the conditions {self.conditions}; missing {missing}, unknown {unknown}")
         row = torch.tensor([[request.target[c] for c in self.conditions]], dtype=torch.float32, device=self.device)
-        x = self.model.sample(row.expand(request.n, -1), torch.Generator().manual_seed(request.seed)).double().cpu()
-        balance = self.space.composition.balance_element
-        points = []
-        for fractions in x.numpy():
-            values = dict(zip(self.elements, fractions.tolist()))
-            # the projection meets the sum to ~1e-7; the balance element takes the exact remainder
-            values[balance] = 1.0 - sum(v for e, v in values.items() if e != balance)
-            points.append(DesignPoint(composition=Composition(values)))
-        return GeneratedCompositions(points=points, conditions=self.conditions)
+        x = self.model.sample(row.expand(request.n, -1), torch.Generator().manual_seed(request.seed))
+        return GeneratedCompositions(points=composition_points(x, self.space), conditions=self.conditions)
 
     @method(MicrostructureRequest)
     def microstructure(self, request: MicrostructureRequest) -> MicrostructureFields:

@@ -19,9 +19,9 @@ import torch
 from pydantic import Field, field_validator
 
 from sdl.agents.base import AgentContext
-from sdl.agents.generative_host import history_composition_data
+from sdl.agents.generative_host import composition_points, history_composition_data
 from sdl.agents.planner import Planner, ProposeRequest, SobolPlanner
-from sdl.experiment import Composition, DesignPoint
+from sdl.experiment import DesignPoint
 from sdl.objective import ConstraintConfig
 from sdl.settings import NoSettings, Section
 from sdl.surrogates.generative import CompositionData, train_composition_cvae, twin_composition_data
@@ -110,12 +110,15 @@ class GenerativePlanner(Planner):
                                        seed=self.seed * 1_000_003 + position)
         target = self._target(done)
         condition = torch.tensor([[target, 1.0]], dtype=torch.float32).expand(self.settings.candidates, -1)
-        drawn = model.sample(condition, torch.Generator().manual_seed(self.seed + position)).double().numpy()
-        made = np.array([[p.composition[e] for e in self.elements]
-                         for p in [o.point for o in request.observations] + list(request.pending)]).reshape(-1, len(self.elements))
-        chosen = _farthest(drawn, made, request.n)
+        drawn = composition_points(model.sample(condition, torch.Generator().manual_seed(self.seed + position)),
+                                   self.space)
+        made = [o.point for o in request.observations] + list(request.pending)
+        chosen = _farthest(self._array(drawn), self._array(made), request.n)
         self.predicted = [{f"{name}_target": target} for _ in chosen]
-        return [self._point(drawn[i]) for i in chosen]
+        return [drawn[i] for i in chosen]
+
+    def _array(self, points: list[DesignPoint]) -> np.ndarray:
+        return np.array([[p.composition[e] for e in self.elements] for p in points]).reshape(-1, len(self.elements))
 
     def _target(self, done) -> float:
         if self.settings.target is not None:
@@ -128,13 +131,6 @@ class GenerativePlanner(Planner):
         best = self.objective.best(values)
         sign = 1.0 if self.objective.direction == "maximize" else -1.0
         return best + sign * self.settings.stretch * abs(best)
-
-    def _point(self, fractions: np.ndarray) -> DesignPoint:
-        values = dict(zip(self.elements, fractions.tolist()))
-        balance = self.space.composition.balance_element
-        # the projection meets the sum to ~1e-7; the balance element takes the exact remainder
-        values[balance] = 1.0 - sum(v for e, v in values.items() if e != balance)
-        return DesignPoint(composition=Composition(values))
 
 
 def _farthest(candidates: np.ndarray, made: np.ndarray, n: int) -> list[int]:
