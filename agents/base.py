@@ -47,14 +47,15 @@ class AgentContext(Section):
     process_limits: ProcessLimits | None = Field(
         default=None, description="the tightest limits of the instruments that run a specimen's route")
 
-    def require_space(self, what: str, *, composition: bool = False, parameters_only: bool = False) -> SearchSpace:
+    def require_space(self, what: str, *, composition: bool = False, composition_only: bool = False) -> SearchSpace:
         """The campaign's space, or ValueError saying what ``what`` needs of it."""
         if self.space is None:
             raise ValueError(f"{what} needs a search space")
-        if composition and self.space.composition is None:
+        if (composition or composition_only) and self.space.composition is None:
             raise ValueError(f"{what} works on compositions; the space has none")
-        if parameters_only and self.space.composition is not None:
-            raise ValueError(f"{what} works on continuous parameters; the space has a composition")
+        if composition_only and self.space.parameters:
+            raise ValueError(f"{what} works on compositions alone; the space also has parameters "
+                             f"{sorted(self.space.parameters)}")
         return self.space
 
 

@@ -15,21 +15,22 @@ import time
 from pathlib import Path
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field
 from scipy.stats import qmc
 
 from sdl.agents.base import AgentContext
 from sdl.agents.planner import Planner, ProposeRequest
 from sdl.experiment import Composition, DesignPoint, ExperimentResult
 from sdl.ledger import LEDGER_FILENAME, Ledger, LedgerError, PlannedExperiment, finished_experiments
-from sdl.settings import Section
+from sdl.settings import ResolvedPath, Section
 
 
 class CausalSettings(Section):
     """What the causal planner learns from and how it ranks."""
 
-    history: Path = Field(description="a campaign run directory whose ledger the causal model learns from")
-    graph_config: Path = Field(default=Path("configs/causal.yaml"), description="the causal graph and mechanism settings")
+    history: ResolvedPath = Field(description="a campaign run directory whose ledger the causal model learns from")
+    graph_config: ResolvedPath = Field(default=Path("configs/causal.yaml"), validate_default=True,
+                                       description="the causal graph and mechanism settings")
     exploration: float = Field(default=0.0, ge=0.0, le=10.0, description="rank by mean + exploration x sd")
     candidates: int = Field(default=256, ge=8, le=65_536, description="Sobol' candidates scored per proposal")
     rows_per_candidate: int = Field(default=32, ge=4, description="history rows the do() averages over per candidate")
@@ -38,10 +39,6 @@ class CausalSettings(Section):
         default_factory=dict, description="variables also held by do(), e.g. the campaign's ageing temperature")
     min_distance: float = Field(default=0.01, ge=0.0, description="skip candidates this close (max |dx|) to made ones")
 
-    @field_validator("history", "graph_config")
-    @classmethod
-    def _from_here(cls, path: Path) -> Path:
-        return path.expanduser().resolve()  # as the user meant it: from where the config was loaded
 
 
 def history_frame(campaign_dir: str | Path):

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from sdl.agents.base import Agent, AgentContext
 from sdl.bus import ServiceError, method
 from sdl.experiment import Composition, DesignPoint
 from sdl.ledger import finished_experiments
-from sdl.settings import Section
+from sdl.settings import ResolvedPath, Section
 from sdl.surrogates.generative import (CompositionData, measured_composition_data, train_composition_cvae,
                                        train_microstructure_vae, twin_composition_data, two_phase_fields)
 from sdl.space import SearchSpace
@@ -59,7 +59,8 @@ def composition_points(fractions: torch.Tensor, space: SearchSpace) -> list[Desi
 
 class GenerativeSettings(Section):
     twin_samples: int = Field(default=4096, ge=64, le=1_000_000, description="twin alloys the composition model learns from")
-    history: list[Path] = Field(default_factory=list, description="campaign directories whose specimens it also learns from")
+    history: list[ResolvedPath] = Field(default_factory=list,
+                                        description="campaign directories whose specimens it also learns from")
     epochs: int = Field(default=300, ge=1, le=100_000)
     field_size: int = Field(default=64, ge=16, le=512, description="microstructure fields are size x size pixels")
     field_samples: int = Field(default=2048, ge=16, le=100_000)
@@ -67,10 +68,6 @@ class GenerativeSettings(Section):
     device: str = Field(default="auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
     seed: int = 0
 
-    @field_validator("history")
-    @classmethod
-    def _from_here(cls, paths: list[Path]) -> list[Path]:
-        return [p.expanduser().resolve() for p in paths]
 
 
 class GenerateRequest(WireModel):
@@ -119,12 +116,13 @@ class GenerativeAgent(Agent):
         context.require_space("the generative agent", composition=True)
 
     def __init__(self, settings: GenerativeSettings, context: AgentContext) -> None:
+        from sdl.env.calphad import default_cache_path
         from sdl.env.twin import AlloyTwin
 
         super().__init__(settings, context)
         self.space = context.require_space("the generative agent", composition=True)
         self.device = choose_device(settings.device)
-        self.twin = AlloyTwin()
+        self.twin = AlloyTwin(cache_path=default_cache_path())
         comp = self.space.composition
         self.elements = list(comp.elements)
         data = twin_composition_data(self.twin, self.space, settings.twin_samples, seed=settings.seed)

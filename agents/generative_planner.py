@@ -12,18 +12,17 @@ pure function of its request (the training seed is the campaign position).
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from sdl.agents.base import AgentContext
 from sdl.agents.generative_host import composition_points, history_composition_data
 from sdl.agents.planner import Planner, ProposeRequest, SobolPlanner
 from sdl.experiment import DesignPoint
 from sdl.objective import ConstraintConfig
-from sdl.settings import NoSettings, Section
+from sdl.settings import NoSettings, ResolvedPath, Section
 from sdl.surrogates.generative import CompositionData, train_composition_cvae, twin_composition_data
 
 TWIN_OBJECTIVE = "hardness_hv"  # what the twin's prior data measure
@@ -35,17 +34,14 @@ class GenerativePlannerSettings(Section):
     stretch: float = Field(default=0.05, ge=0.0, le=1.0, description="without a target: ask for best x (1 + stretch)")
     twin_samples: int = Field(default=1024, ge=0, le=1_000_000,
                               description="prior alloys labelled by the twin (0: none; the objective must be hardness_hv)")
-    history: list[Path] = Field(default_factory=list, description="past campaign directories it also learns from")
+    history: list[ResolvedPath] = Field(default_factory=list,
+                                        description="past campaign directories it also learns from")
     constraint: ConstraintConfig | None = Field(
         default=None, description="what makes a result feasible (default: no brittle phase seen by XRD)")
     initial_points: int = Field(default=4, ge=1, description="Sobol' points first, when there is no prior")
     epochs: int = Field(default=150, ge=1, le=100_000)
     candidates: int = Field(default=256, ge=1, le=100_000, description="alloys drawn per proposal")
 
-    @field_validator("history")
-    @classmethod
-    def _from_here(cls, paths: list[Path]) -> list[Path]:
-        return [p.expanduser().resolve() for p in paths]
 
 
 class GenerativePlanner(Planner):
@@ -54,9 +50,7 @@ class GenerativePlanner(Planner):
 
     @classmethod
     def check(cls, settings: GenerativePlannerSettings, context: AgentContext) -> None:
-        space = context.require_space("the generative planner", composition=True)
-        if space.parameters:
-            raise ValueError("the generative planner proposes compositions: it needs a composition-only space")
+        context.require_space("the generative planner", composition_only=True)
         if settings.twin_samples and context.objective.measurement != TWIN_OBJECTIVE:
             raise ValueError(f"twin_samples label alloys by {TWIN_OBJECTIVE}; the objective is "
                              f"{context.objective.measurement} (set twin_samples: 0)")
@@ -75,9 +69,10 @@ class GenerativePlanner(Planner):
     def _prior(self) -> CompositionData | None:
         parts = history_composition_data(self.settings.history, self.elements, objective=self.objective.measurement)
         if self.settings.twin_samples:
+            from sdl.env.calphad import default_cache_path
             from sdl.env.twin import AlloyTwin
 
-            twin = AlloyTwin()
+            twin = AlloyTwin(cache_path=default_cache_path())
             try:
                 parts.insert(0, twin_composition_data(twin, self.space, self.settings.twin_samples, seed=self.seed))
             finally:

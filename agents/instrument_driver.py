@@ -16,8 +16,8 @@ from pydantic import Field, model_validator
 from sdl.agents.base import Agent, AgentContext
 from sdl.bus import ServiceError, method
 from sdl.experiment import ExperimentResult, ExperimentSpec
-from sdl.instruments.base import InstrumentFault, driver_class
-from sdl.settings import Section, describe_validation_error
+from sdl.instruments.base import InstrumentFault, driver_class, driver_parameters
+from sdl.settings import Section
 from sdl.wire import ErrorCode, WireModel
 
 
@@ -28,12 +28,7 @@ class InstrumentDriverSettings(Section):
 
     @model_validator(mode="after")
     def _driver_options(self) -> InstrumentDriverSettings:
-        from pydantic import ValidationError
-
-        try:
-            driver_class(self.driver).Parameters.model_validate(self.options)
-        except ValidationError as e:
-            raise ValueError(f"options of driver {self.driver!r}: {describe_validation_error(e)}") from None
+        driver_parameters(self.driver, self.options)
         return self
 
 

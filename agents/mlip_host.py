@@ -10,14 +10,13 @@ oracle labelled, from scratch or warm-started). The model itself is plain torch
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from sdl.agents.base import Agent, AgentContext
 from sdl.bus import ServiceError, method
 from sdl.experiment import AtomicStructure, LabelledStructure
-from sdl.settings import Section
+from sdl.settings import ResolvedPath, Section
 from sdl.surrogates.mlip import (
     Committee,
     MlipConfig,
@@ -34,16 +33,12 @@ class MlipSettings(Section):
     """A committee to train (``potential``) or a trained one to load (``checkpoint``)."""
 
     potential: MlipConfig | None = Field(default=None, description="architecture of a new committee")
-    checkpoint: Path | None = Field(default=None, description="a committee.pt from `sdl mlip active-learn`")
+    checkpoint: ResolvedPath | None = Field(default=None, description="a committee.pt from `sdl mlip active-learn`")
     committee_size: int = Field(default=3, ge=1, le=64)
     training: TrainingSettings = TrainingSettings()
     device: str = Field(default="auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
     seed: int = 0
 
-    @field_validator("checkpoint")
-    @classmethod
-    def _from_here(cls, path: Path | None) -> Path | None:
-        return None if path is None else path.expanduser().resolve()
 
     @model_validator(mode="after")
     def _one_source(self) -> MlipSettings:

@@ -50,9 +50,7 @@ class PhaseBoundaryAgent(Agent):
 
     @classmethod
     def check(cls, settings: PhaseBoundarySettings, context: AgentContext) -> None:
-        space = context.require_space("the phase-boundary agent", composition=True)
-        if space.parameters:
-            raise ValueError("the phase-boundary agent learns over a composition-only space")
+        context.require_space("the phase-boundary agent", composition_only=True)
 
     def __init__(self, settings: PhaseBoundarySettings, context: AgentContext) -> None:
         super().__init__(settings, context)

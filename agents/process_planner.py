@@ -13,10 +13,9 @@ whose action grid could break them is refused when the config is loaded, not mid
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from sdl.agents.base import Agent, AgentContext
 from sdl.agents.process_policy import SETTINGS_FILE, HeatTreatmentSettings
@@ -24,22 +23,18 @@ from sdl.bus import ServiceError, method
 from sdl.env.heat_treatment import TEXTBOOK_DESCRIPTION, hold_step, textbook_route
 from sdl.experiment import Composition, ProcessStep
 from sdl.instruments.limits import ProcessLimits
-from sdl.settings import Section
+from sdl.settings import ResolvedPath, Section
 from sdl.wire import ErrorCode, WireModel
 
 TEXTBOOK_NOTE = f"no policy checkpoint configured: textbook gamma/gamma-prime route ({TEXTBOOK_DESCRIPTION})"
 
 
 class ProcessPlannerSettings(Section):
-    checkpoint: Path | None = Field(
+    checkpoint: ResolvedPath | None = Field(
         default=None, description="policy from `sdl policy train` (its checkpoint directory); none: textbook route")
     require_checkpoint: bool = Field(
         default=False, description="refuse to start without the checkpoint (default: textbook route, said in the log)")
 
-    @field_validator("checkpoint")
-    @classmethod
-    def _from_here(cls, path: Path | None) -> Path | None:
-        return None if path is None else path.expanduser().resolve()
 
     @model_validator(mode="after")
     def _checkpoint_exists(self) -> ProcessPlannerSettings:

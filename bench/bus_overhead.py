@@ -101,15 +101,15 @@ def _broker_process(address_queue: mp.Queue, stop: mp.Event) -> None:
 
 
 def _worker_process(address: str, stop: mp.Event) -> None:
-    from sdl import protocol
+    from sdl.agents.simulator_host import EvaluateRequest, Evaluation
     from sdl.bus import Service, Worker, method
 
     class Echo(Service):
         kind = "bench"
 
-        @method(protocol.EvaluateRequest)
-        def evaluate(self, request: protocol.EvaluateRequest) -> protocol.Evaluation:
-            return protocol.Evaluation(values=[p.parameters for p in request.points])
+        @method(EvaluateRequest)
+        def evaluate(self, request: EvaluateRequest) -> Evaluation:
+            return Evaluation(values=[p.parameters for p in request.points])
 
     worker = Worker(Echo(), address, service_name="bench.echo").start()
     stop.wait()
@@ -121,11 +121,13 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def round_trips(n: int) -> None:
-    from sdl import protocol
+    from sdl.agents.simulator_host import EvaluateRequest
     from sdl.bus import BusClient
+    from sdl.experiment import DesignPoint
+    from sdl.wire import Request, encode
 
-    payload = protocol.EvaluateRequest(points=[protocol.DesignPoint(parameters={"x1": 1.0, "x2": 2.0})])
-    body = protocol.encode(protocol.Request(service="bench.echo", method="evaluate", payload=payload.model_dump(mode="json")))
+    payload = EvaluateRequest(points=[DesignPoint(parameters={"x1": 1.0, "x2": 2.0})])
+    body = encode(Request(service="bench.echo", method="evaluate", payload=payload.model_dump(mode="json")))
 
     queue: mp.Queue = mp.Queue()
     server = mp.Process(target=_raw_echo_server, args=(queue,), daemon=True)
@@ -196,8 +198,7 @@ def round_trips(n: int) -> None:
 def throughput(n: int) -> None:
     import ray
 
-    from sdl.campaign import Campaign
-    from sdl.campaign import parse_config
+    from sdl.campaign import Campaign, parse_config
     from sdl.ledger import Ledger
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -208,7 +209,6 @@ def throughput(n: int) -> None:
                 "space": {"parameters": {"x1": {"low": -5, "high": 10}, "x2": {"low": 0, "high": 15}}},
                 "planner": {"kind": "random"},
                 "instruments": [{"name": f"i{k}", "driver": "branin", "capacity": 4} for k in range(2)],
-                "surrogate": None,
                 "stop": {"max_experiments": n, "max_in_flight": 8},
                 "ledger": {"synchronous": synchronous},
             })

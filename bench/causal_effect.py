@@ -76,19 +76,22 @@ def main() -> None:
 
     import torch
 
-    from sdl.env.lab_history import outcomes, past_practice, write_history
+    from sdl.agents.causal_planner import history_frame, write_history
+    from sdl.env.lab_history import outcomes, past_practice
+    from sdl.env.calphad import default_cache_path
     from sdl.env.twin import AlloyTwin
-    from sdl.surrogates.causal import (CausalGraph, backdoor_effect, composition_change,
-                                       ledger_frame, load_causal_config, naive_effect, scm_effect)
+    from sdl.ledger import Ledger
+    from sdl.surrogates.causal import (CausalGraph, backdoor_effect, composition_change, load_causal_config,
+                                       naive_effect, scm_effect)
 
     torch.set_num_threads(2)
     config = load_causal_config(args.config)
     graph = CausalGraph(config.graph)
-    twin = AlloyTwin()
+    twin = AlloyTwin(cache_path=default_cache_path())
     history_dir = args.out / f"history_n{args.n}_seed{args.seed}"
-    if not (history_dir / "ledger.sqlite").exists():
+    if not Ledger.exists_in(history_dir):
         write_history(history_dir, twin, args.n, args.seed)
-    data = ledger_frame(history_dir)
+    data = history_frame(history_dir)
     specimens = past_practice(args.n, args.seed)  # the same draws the ledger holds, eras included
     if list(data.index) != [f"h{i:05d}" for i in range(1, len(specimens) + 1)]:
         raise RuntimeError(f"{history_dir} does not hold the practice's specimens in order; delete it to regenerate")

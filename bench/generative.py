@@ -52,6 +52,7 @@ def main() -> None:
     from scipy.optimize import minimize
 
     from sdl.campaign import load_config
+    from sdl.env.calphad import default_cache_path
     from sdl.env.twin import AlloyTwin
     from sdl.surrogates.generative import (plot_fields, plot_generated, train_composition_cvae,
                                            train_microstructure_vae, twin_composition_data, twin_labels,
@@ -64,7 +65,7 @@ def main() -> None:
     elements = list(space.composition.elements)
     low = [space.composition.elements[e][0] for e in elements]
     high = [space.composition.elements[e][1] for e in elements]
-    twin = AlloyTwin()
+    twin = AlloyTwin(cache_path=default_cache_path())
     data = twin_composition_data(twin, space, args.twin_samples, seed=0)
     started = time.perf_counter()
     model = train_composition_cvae(data, low, high, epochs=args.epochs, seed=0, device=args.device)

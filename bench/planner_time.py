@@ -17,10 +17,10 @@ import time
 import numpy as np
 import torch
 
-from sdl.agents.planner import RandomPlanner
-from sdl.bench import PlannerSpec, TestFunctionProblem, TwinProblem, load_bench_config, make_bench_planner
+from sdl.agents.base import AgentContext
+from sdl.agents.planner import ProposeRequest, make_planner
+from sdl.bench import BenchPlannerSpec, TestFunctionProblem, TwinProblem, load_bench_config, make_bench_planner
 from sdl.experiment import Observation
-from sdl.protocol import ProposeRequest  # TODO-MOVE  # FIXME
 
 
 def main() -> None:
@@ -41,13 +41,13 @@ def main() -> None:
     hartmann = TestFunctionProblem("hartmann6")
     twin = TwinProblem()
     feasibility = twin.feasibility_model(seed=0)
-    cases = [("hartmann6", hartmann, PlannerSpec(name="bo", kind="bo"), None)]
+    cases = [("hartmann6", hartmann, BenchPlannerSpec(name="bo", kind="bo"), None)]
     cases += [(f"twin, {name}", twin, specs[name], feasibility) for name in args.planners]
     rng = np.random.default_rng(0)
     print(f"{'problem, planner':>36} {'observations':>12} {'s / propose (median)':>22}")
     for name, problem, spec, model in cases:
         for n in args.observations:
-            points = RandomPlanner(problem.space, seed=1).propose(ProposeRequest(n=n + 3))
+            points = make_planner("random", AgentContext(space=problem.space, seed=1)).propose(ProposeRequest(n=n + 3))
             measured = problem.measure(points[:n], rng)
             observations = [Observation(point=p, status="done", measurements=m) for p, m in zip(points, measured)]
             times = []

@@ -29,7 +29,7 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
-from sdl.env.calphad import BRITTLE
+from sdl.env.calphad import BRITTLE, default_cache_path
 from sdl.env.kinetics import Microstructure, hold, quench
 from sdl.env.strength import vickers_hardness
 from sdl.env.twin import AlloyTwin
@@ -63,7 +63,7 @@ class HeatTreatmentEnv(gymnasium.Env):
                  durations_s: Sequence[float] = DEFAULT_DURATIONS_S, max_steps: int = 4,
                  hardness_scale_hv: float = 100.0, energy_weight: float = 0.002, step_penalty: float = 0.02,
                  brittle_penalty: float = 5.0, temperature_scatter_k: float = 0.0) -> None:
-        self.twin = twin or AlloyTwin()
+        self.twin = twin or AlloyTwin(cache_path=default_cache_path())
         self.free_elements = self.twin.free_elements
         lo, hi = self.twin.temperature_range_k
         bad = [t for t in temperatures_k if not lo <= t <= hi]

@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from sdl.experiment import ExperimentResult, ExperimentSpec
 from sdl.instruments.limits import ProcessLimits
+from sdl.settings import describe_validation_error
 
 ENTRY_POINT_GROUP = "sdl.instruments"
 
@@ -216,3 +217,11 @@ def driver_class(name: str) -> type[Instrument]:
     if not (isinstance(cls, type) and issubclass(cls, Instrument)):
         raise TypeError(f"entry point {name!r} does not name an Instrument subclass")
     return cls
+
+
+def driver_parameters(name: str, options: dict[str, Any]) -> InstrumentParameters:
+    """Driver ``name``'s parameters validated from ``options``; ValueError naming every problem."""
+    try:
+        return driver_class(name).Parameters.model_validate(options)
+    except ValidationError as e:
+        raise ValueError(f"options of driver {name!r}: {describe_validation_error(e)}") from None

@@ -8,10 +8,10 @@ wrong and what is allowed (:func:`describe_validation_error`), never with a trac
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 SectionT = TypeVar("SectionT", bound=BaseModel)
 
@@ -28,6 +28,12 @@ class Section(BaseModel):
 
 class NoSettings(Section):
     """Settings of something that has none."""
+
+
+# A path as the user meant it: relative to where the config was loaded (the working directory of
+# `sdl run`), made absolute there, so that an agent started on another node or a later --resume
+# reads the same file.
+ResolvedPath = Annotated[Path, AfterValidator(lambda path: path.expanduser().resolve())]
 
 
 def describe_validation_error(error: ValidationError) -> str:

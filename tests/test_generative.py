@@ -14,6 +14,7 @@ from sdl.agents.planner import ProposeRequest, make_planner
 from sdl.bus import BusClient, RemoteError, Worker
 from sdl.cli import main
 from sdl.env.heat_treatment import textbook_route
+from sdl.env.calphad import default_cache_path
 from sdl.env.twin import AlloyTwin
 from sdl.experiment import DesignPoint, Observation
 from sdl.objective import ObjectiveConfig
@@ -31,7 +32,7 @@ HIGH = [0.98, 0.145, 0.185, 0.185]
 
 @pytest.fixture(scope="module")
 def twin():
-    t = AlloyTwin()
+    t = AlloyTwin(cache_path=default_cache_path())
     yield t
     t.close()
 

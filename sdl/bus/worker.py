@@ -310,13 +310,16 @@ class _Slot:
             if not self.busy or self.abandoned:
                 return False
             self.abandoned = True
-            try:
-                self.socket.send_multipart([WORKER_HEADER, encode(Disconnect(reason="handler overran its deadline"))],
-                                           zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
-            self.socket.close(0)
+            self._close("handler overran its deadline")
             return True
+
+    def _close(self, reason: str) -> None:
+        """Tell the broker this connection is going (best effort) and close it."""
+        try:
+            self.socket.send_multipart([WORKER_HEADER, encode(Disconnect(reason=reason))], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+        self.socket.close(0)
 
     def run(self) -> None:
         stop = self.worker._stop
@@ -359,12 +362,7 @@ class _Slot:
         finally:
             with self.lock:
                 if not self.abandoned:
-                    try:
-                        self.socket.send_multipart([WORKER_HEADER, encode(Disconnect(reason="worker stopping"))],
-                                                   zmq.NOBLOCK)
-                    except zmq.ZMQError:
-                        pass
-                    self.socket.close(0)
+                    self._close("worker stopping")
 
     def _receive(self) -> Request | Disconnect | Heartbeat | None:
         frames = self.socket.recv_multipart()

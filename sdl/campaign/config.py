@@ -15,15 +15,15 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from sdl.agents.base import AgentContext, AgentKind, Role
 from sdl.agents.registry import agent_class, validate_settings
 from sdl.experiment import ProcessStep
-from sdl.instruments.base import driver_class
+from sdl.instruments.base import driver_parameters
 from sdl.instruments.limits import ProcessLimits
 from sdl.objective import ObjectiveConfig
-from sdl.settings import Section, describe_validation_error, load_yaml, validate
+from sdl.settings import Section, load_yaml, validate
 from sdl.space import SearchSpace
 from sdl.wire import ServiceName
 
@@ -148,15 +148,12 @@ class InstrumentConfig(Section):
     @property
     def process_limits(self) -> ProcessLimits | None:
         """The route limits the driver declares in its parameters (None if it runs no routes)."""
-        limits = getattr(driver_class(self.driver).Parameters.model_validate(self.options), "limits", None)
+        limits = getattr(driver_parameters(self.driver, self.options), "limits", None)
         return limits if isinstance(limits, ProcessLimits) else None
 
     @model_validator(mode="after")
     def _driver_options(self) -> InstrumentConfig:
-        try:
-            driver_class(self.driver).Parameters.model_validate(self.options)
-        except ValidationError as e:
-            raise ValueError(f"options of driver {self.driver!r}: {describe_validation_error(e)}") from None
+        driver_parameters(self.driver, self.options)
         return self
 
 

@@ -24,11 +24,12 @@ def causal_history(out: Path, count: int, seed: int) -> None:
     """Write a confounded lab history from the twin (past practice of env/lab_history.py) as a
     finished campaign ledger in OUT, for `sdl causal effect|whatif` and the causal planner."""
     from sdl.agents.causal_planner import write_history
+    from sdl.env.calphad import default_cache_path
     from sdl.env.twin import AlloyTwin
     from sdl.ledger import LedgerError
 
     click.echo("building the twin (CALPHAD tables; minutes on a cold cache) ...")
-    twin = AlloyTwin()
+    twin = AlloyTwin(cache_path=default_cache_path())
     try:
         path = write_history(out, twin, count, seed)
     except LedgerError as e:

@@ -31,6 +31,7 @@ def generate(directory: Path, targets: tuple[str, ...], count: int, space_config
     from sdl.agents.generative_host import history_composition_data
     from sdl.campaign import load_config
     from sdl.env.heat_treatment import textbook_route
+    from sdl.env.calphad import default_cache_path
     from sdl.env.twin import AlloyTwin
     from sdl.ledger import Ledger
     from sdl.settings import ConfigError
@@ -46,7 +47,7 @@ def generate(directory: Path, targets: tuple[str, ...], count: int, space_config
         raise click.ClickException(f"{space_config}: the space has no composition to generate")
     elements = list(space.composition.elements)
     click.echo(f"building the twin and labelling {twin_samples} alloys ...")
-    twin = AlloyTwin()
+    twin = AlloyTwin(cache_path=default_cache_path())
     data = twin_composition_data(twin, space, twin_samples, seed=seed)
     if Ledger.exists_in(directory):
         try:
