@@ -24,9 +24,15 @@ from sdl.bus import ServiceError, method
 from sdl.experiment import Composition, DesignPoint
 from sdl.ledger import finished_experiments
 from sdl.settings import ResolvedPath, Section
-from sdl.surrogates.generative import (CompositionData, measured_composition_data, train_composition_cvae,
-                                       train_microstructure_vae, twin_composition_data, two_phase_fields)
 from sdl.space import SearchSpace
+from sdl.surrogates.generative import (
+    CompositionData,
+    measured_composition_data,
+    train_composition_cvae,
+    train_microstructure_vae,
+    twin_composition_data,
+    two_phase_fields,
+)
 from sdl.surrogates.mlip import choose_device
 from sdl.surrogates.projection import project_capped_simplex
 from sdl.wire import WireModel

@@ -12,7 +12,6 @@ pure function of its request (the training seed is the campaign position).
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 from pydantic import Field

@@ -23,11 +23,17 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field, model_validator
 
-from sdl.settings import Section, load_yaml
-from sdl.env.heat_treatment import (DEFAULT_DURATIONS_S, DEFAULT_TEMPERATURES_K, HeatTreatmentEnv, optimal_actions,
-                                    rollout, textbook_actions)
+from sdl.env.heat_treatment import (
+    DEFAULT_DURATIONS_S,
+    DEFAULT_TEMPERATURES_K,
+    HeatTreatmentEnv,
+    optimal_actions,
+    rollout,
+    textbook_actions,
+)
 from sdl.env.twin import AlloyTwin, TwinConfig
 from sdl.experiment import ProcessStep
+from sdl.settings import Section, load_yaml
 
 ENV_NAME = "sdl-heat-treatment"
 SETTINGS_FILE = "sdl_policy.json"
@@ -227,8 +233,7 @@ class ProcessPolicy:
 
     def __init__(self, checkpoint: str | Path, *, twin=None) -> None:
         import torch
-        from ray.rllib.core import (COMPONENT_LEARNER, COMPONENT_LEARNER_GROUP, COMPONENT_RL_MODULE,
-                                    DEFAULT_MODULE_ID)
+        from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_LEARNER_GROUP, COMPONENT_RL_MODULE, DEFAULT_MODULE_ID
         from ray.rllib.core.rl_module.rl_module import RLModule
 
         self.checkpoint = Path(checkpoint)

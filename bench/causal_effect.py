@@ -77,12 +77,18 @@ def main() -> None:
     import torch
 
     from sdl.agents.causal_planner import history_frame, write_history
-    from sdl.env.lab_history import outcomes, past_practice
     from sdl.env.calphad import default_cache_path
+    from sdl.env.lab_history import outcomes, past_practice
     from sdl.env.twin import AlloyTwin
     from sdl.ledger import Ledger
-    from sdl.surrogates.causal import (CausalGraph, backdoor_effect, composition_change, load_causal_config,
-                                       naive_effect, scm_effect)
+    from sdl.surrogates.causal import (
+        CausalGraph,
+        backdoor_effect,
+        composition_change,
+        load_causal_config,
+        naive_effect,
+        scm_effect,
+    )
 
     torch.set_num_threads(2)
     config = load_causal_config(args.config)

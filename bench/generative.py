@@ -54,9 +54,15 @@ def main() -> None:
     from sdl.campaign import load_config
     from sdl.env.calphad import default_cache_path
     from sdl.env.twin import AlloyTwin
-    from sdl.surrogates.generative import (plot_fields, plot_generated, train_composition_cvae,
-                                           train_microstructure_vae, twin_composition_data, twin_labels,
-                                           two_phase_fields)
+    from sdl.surrogates.generative import (
+        plot_fields,
+        plot_generated,
+        train_composition_cvae,
+        train_microstructure_vae,
+        twin_composition_data,
+        twin_labels,
+        two_phase_fields,
+    )
     from sdl.surrogates.projection import project_capped_simplex
 
     torch.set_num_threads(2)

@@ -23,12 +23,13 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=10_000)
     args = parser.parse_args()
 
-    from pycalphad import equilibrium, variables as v
+    from pycalphad import equilibrium
+    from pycalphad import variables as v
 
     from sdl.env.calphad import PhaseEquilibria
     from sdl.env.twin import AlloyTwin, TwinConfig
-    from sdl.instruments.alloy_lab import Furnace
     from sdl.experiment import DesignPoint, ExperimentSpec, ProcessStep
+    from sdl.instruments.alloy_lab import Furnace
 
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "calphad.sqlite"

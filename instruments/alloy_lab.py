@@ -23,9 +23,9 @@ from pydantic import Field
 from sdl.env.calphad import BRITTLE, default_cache_path
 from sdl.env.strength import StrengthParameters, elongation_pct, vickers_hardness, yield_strength_mpa
 from sdl.env.twin import AlloyTwin, TwinConfig
+from sdl.experiment import Composition, ExperimentSpec
 from sdl.instruments.base import Instrument, InstrumentFault, InstrumentParameters, InstrumentRefused
 from sdl.instruments.limits import ProcessLimits
-from sdl.experiment import Composition, ExperimentSpec
 
 AMBIENT_K = 298.0
 

@@ -22,8 +22,8 @@ from typing import Any
 from ase import Atoms
 from pydantic import Field, field_validator
 
-from sdl.instruments.base import Instrument, InstrumentParameters
 from sdl.experiment import AtomicStructure, ExperimentSpec, LabelledStructure
+from sdl.instruments.base import Instrument, InstrumentParameters
 
 # short names for calculators; anything else is given as "package.module.ClassName"
 CALCULATORS = {"emt": "ase.calculators.emt.EMT", "lj": "ase.calculators.lj.LennardJones"}

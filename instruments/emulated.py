@@ -16,8 +16,8 @@ import numpy as np
 from pydantic import Field
 
 from sdl.env.test_functions import TestProblem, get_problem
-from sdl.instruments.base import Instrument, InstrumentFault, InstrumentParameters
 from sdl.experiment import ExperimentSpec
+from sdl.instruments.base import Instrument, InstrumentFault, InstrumentParameters
 
 
 class EmulatedParameters(InstrumentParameters):

@@ -14,7 +14,7 @@ import math
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from sdl.experiment import Composition, DesignPoint, KNOWN_ELEMENTS
+from sdl.experiment import KNOWN_ELEMENTS, Composition, DesignPoint
 
 # The balance element is computed as 1 - sum(free); allow this rounding slack on its bounds.
 _BOUND_SLACK = 1e-9

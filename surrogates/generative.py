@@ -30,7 +30,6 @@ from torch import nn
 
 from sdl.surrogates.projection import CappedSimplexProjection, project_capped_simplex
 
-
 # -- data ----------------------------------------------------------------------------------------
 
 

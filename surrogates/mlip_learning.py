@@ -29,8 +29,8 @@ import torch
 from ase import Atoms
 from pydantic import Field, model_validator
 
-from sdl.settings import Section, load_yaml
 from sdl.env.atomistic import md_snapshots, random_composition, random_solid_solution
+from sdl.settings import Section, load_yaml
 from sdl.surrogates.mlip import (
     Committee,
     ExtrapolationGrade,

@@ -23,9 +23,9 @@ import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pyro.infer import MCMC, NUTS, SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoMultivariateNormal
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sdl.experiment import DesignPoint
 

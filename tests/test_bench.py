@@ -9,8 +9,16 @@ import numpy as np
 import pytest
 import yaml
 
-from sdl.bench import (BenchPlannerSpec, FormulaProblem, ProblemSpec, TestFunctionProblem, load_bench_config,
-                       make_problem, reference, run_one)
+from sdl.bench import (
+    BenchPlannerSpec,
+    FormulaProblem,
+    ProblemSpec,
+    TestFunctionProblem,
+    load_bench_config,
+    make_problem,
+    reference,
+    run_one,
+)
 from sdl.experiment import DesignPoint
 from sdl.settings import ConfigError
 

@@ -13,8 +13,12 @@ from sdl.agents.planner import ProposeRequest, make_planner
 from sdl.experiment import DesignPoint, Observation
 from sdl.objective import ObjectiveConfig
 from sdl.space import SearchSpace
-from sdl.surrogates.phase_classifier import (BayesianLogisticClassifier, FeasibilityModel, feasibility_probability,
-                                             update_classifier)
+from sdl.surrogates.phase_classifier import (
+    BayesianLogisticClassifier,
+    FeasibilityModel,
+    feasibility_probability,
+    update_classifier,
+)
 
 ALLOY = SearchSpace.model_validate({
     "parameters": {"age_temperature_k": {"low": 950, "high": 1150}},

@@ -22,9 +22,17 @@ from sdl.experiment import Observation
 from sdl.objective import ObjectiveConfig
 from sdl.settings import ConfigError
 from sdl.space import SearchSpace
-from sdl.surrogates.causal import (CausalConfig, CausalGraph, MechanismSettings, NotIdentifiable,
-                                   StructuralCausalModel, backdoor_effect, composition_change, naive_effect,
-                                   scm_effect)
+from sdl.surrogates.causal import (
+    CausalConfig,
+    CausalGraph,
+    MechanismSettings,
+    NotIdentifiable,
+    StructuralCausalModel,
+    backdoor_effect,
+    composition_change,
+    naive_effect,
+    scm_effect,
+)
 
 LINEAR = MechanismSettings(kind="polynomial", degree=1, svi_steps=800, posterior_samples=100)
 SMALL_GP = {"kind": "gp", "rff_features": 128, "gp_steps": 80, "posterior_samples": 40}

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from sdl.cli import main
 from sdl.campaign import load_config
+from sdl.cli import main
 from sdl.settings import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

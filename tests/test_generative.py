@@ -8,19 +8,32 @@ import torch
 from click.testing import CliRunner
 
 from sdl.agents.base import AgentContext
-from sdl.agents.generative_host import (GenerateRequest, GeneratedCompositions, GenerativeAgent, GenerativeSettings,
-                                        MicrostructureFields, MicrostructureRequest)
+from sdl.agents.generative_host import (
+    GeneratedCompositions,
+    GenerateRequest,
+    GenerativeAgent,
+    GenerativeSettings,
+    MicrostructureFields,
+    MicrostructureRequest,
+)
 from sdl.agents.planner import ProposeRequest, make_planner
 from sdl.bus import BusClient, RemoteError, Worker
 from sdl.cli import main
-from sdl.env.heat_treatment import textbook_route
 from sdl.env.calphad import default_cache_path
+from sdl.env.heat_treatment import textbook_route
 from sdl.env.twin import AlloyTwin
 from sdl.experiment import DesignPoint, Observation
 from sdl.objective import ObjectiveConfig
 from sdl.space import SearchSpace
-from sdl.surrogates.generative import (MicrostructureVAE, load_composition_cvae, train_composition_cvae, train_microstructure_vae,
-                                       twin_composition_data, two_phase_fields)
+from sdl.surrogates.generative import (
+    MicrostructureVAE,
+    load_composition_cvae,
+    train_composition_cvae,
+    train_microstructure_vae,
+    twin_composition_data,
+    two_phase_fields,
+)
+
 from conftest import wait_for_service
 
 SPACE = SearchSpace.model_validate({"composition": {"elements": {"Ni": [0.45, 0.98], "Al": [0.02, 0.145],

@@ -6,8 +6,15 @@ import pytest
 
 from sdl.experiment import Composition, DesignPoint, ExperimentResult, ProcessStep
 from sdl.ledger import Ledger, LedgerError, PlannedExperiment
-from sdl.ledger.documents import (AgentJoined, ExperimentDispatched, ExperimentDone, ExperimentFailed,
-                                  ExperimentPlanned, ExperimentStep, parse_document)
+from sdl.ledger.documents import (
+    AgentJoined,
+    ExperimentDispatched,
+    ExperimentDone,
+    ExperimentFailed,
+    ExperimentPlanned,
+    ExperimentStep,
+    parse_document,
+)
 from sdl.ledger.export import export_experiments
 
 

@@ -4,16 +4,15 @@ contract, committee uncertainty, and the DFT instrument (ASE EMT) that labels st
 import numpy as np
 import pytest
 import torch
-from ase import Atoms
+from ase import Atoms, units
 from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.calculators.fd import calculate_numerical_stress
 from ase.md.verlet import VelocityVerlet
-from ase import units
 
 from sdl.env.atomistic import md_snapshots, random_composition, random_solid_solution
-from sdl.instruments.atomistic import AseCalculatorOracle
 from sdl.experiment import AtomicStructure, ExperimentSpec
+from sdl.instruments.atomistic import AseCalculatorOracle
 from sdl.surrogates.mlip import (
     Committee,
     ExtrapolationGrade,
@@ -27,6 +26,7 @@ from sdl.surrogates.mlip import (
     save_committee,
     train_committee,
 )
+
 from conftest import wait_for_service
 
 ELEMENTS = ["Ni", "Cu", "Al"]
@@ -226,8 +226,14 @@ def test_mlip_agent_trains_and_predicts_over_the_bus(broker, oracle):
     """The agent's methods over real sockets (a campaign hosts it as a Ray actor: test_agents_campaign).
     Its first training imports torch's compiler, seconds under the GIL: the worker stays alive."""
     from sdl.agents.base import AgentContext
-    from sdl.agents.mlip_host import (MlipAgent, MlipPredictRequest, MlipPrediction, MlipSettings, MlipTrainRequest,
-                                      MlipTrainSummary)
+    from sdl.agents.mlip_host import (
+        MlipAgent,
+        MlipPrediction,
+        MlipPredictRequest,
+        MlipSettings,
+        MlipTrainRequest,
+        MlipTrainSummary,
+    )
     from sdl.bus import BusClient, RemoteError, Worker
     from sdl.experiment import LabelledStructure
 

@@ -9,8 +9,8 @@ from sdl.agents.phase_boundary_host import FeasibilityRequest, PhaseBoundaryAgen
 from sdl.env.phase_state import CalphadPhaseOracle, PhaseTarget
 from sdl.experiment import Composition, DesignPoint
 from sdl.space import SearchSpace
-from sdl.surrogates.phase_classifier import FeasibilityModel, feasibility_probability
 from sdl.surrogates.phase_boundary import PhaseBoundaryLearner, candidate_pool, grid_design
+from sdl.surrogates.phase_classifier import FeasibilityModel, feasibility_probability
 
 SPACE = SearchSpace.model_validate({"composition": {
     "elements": {"Ni": [0.45, 0.98], "Al": [0.02, 0.145], "Co": [0.0, 0.185], "Cr": [0.0, 0.185]}, "balance": "Ni"}})

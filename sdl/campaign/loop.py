@@ -30,20 +30,39 @@ from typing import Any
 from pydantic import ValidationError
 from tqdm import tqdm
 
+from sdl.agents.instrument_driver import RunExperiment
 from sdl.agents.phase_boundary_host import FeasibilityRequest
 from sdl.agents.planner import Proposal, ProposeRequest
 from sdl.agents.process_planner import RouteRequest, Routes
 from sdl.agents.simulator_host import EvaluateRequest
 from sdl.agents.surrogate_host import FitRequest, FitSummary
-from sdl.bus import RETRYABLE, Broker, BusClient, BusError, CallOutcome, EventSubscriber, RemoteError, ServiceDescription
+from sdl.bus import (
+    RETRYABLE,
+    Broker,
+    BusClient,
+    BusError,
+    CallOutcome,
+    EventSubscriber,
+    RemoteError,
+    ServiceDescription,
+)
 from sdl.campaign.config import CampaignConfig, InstrumentConfig
 from sdl.campaign.launcher import Launcher, LaunchError
 from sdl.campaign.scheduler import Flight, Scheduler
 from sdl.experiment import DesignPoint, ExperimentResult, ExperimentSpec, Observation, ProcessStep
-from sdl.agents.instrument_driver import RunExperiment
 from sdl.ledger import ExperimentRecord, Ledger, PlannedExperiment
-from sdl.ledger.documents import (AgentJoined, AgentLost, CampaignResumed, CampaignStarted, CampaignStopped,
-                                  Document, FeasibilityLearned, PlannerFailed, RouteFallback, TargetReached)
+from sdl.ledger.documents import (
+    AgentJoined,
+    AgentLost,
+    CampaignResumed,
+    CampaignStarted,
+    CampaignStopped,
+    Document,
+    FeasibilityLearned,
+    PlannerFailed,
+    RouteFallback,
+    TargetReached,
+)
 from sdl.surrogates.phase_classifier import FeasibilityModel
 from sdl.wire import ErrorCode, ErrorInfo
 

@@ -9,6 +9,7 @@ import click
 
 from sdl.cli import main
 
+
 @main.command()
 @click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--seeds", type=int, help="Override the config's number of seeds.")

@@ -10,6 +10,7 @@ import click
 
 from sdl.cli import main, setup_logging
 
+
 @main.command()
 @click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--campaign-dir", type=click.Path(file_okay=False, path_type=Path),

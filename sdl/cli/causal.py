@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-
-import numpy as np
 from pathlib import Path
 
 import click
+import numpy as np
 
-from sdl.cli import main, assignments
+from sdl.cli import assignments, main
+
 
 @main.group()
 def causal() -> None:

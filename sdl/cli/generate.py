@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
 from pathlib import Path
 
 import click
+import numpy as np
 
-from sdl.cli import main, assignments
+from sdl.cli import assignments, main
+
 
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
@@ -30,13 +31,17 @@ def generate(directory: Path, targets: tuple[str, ...], count: int, space_config
 
     from sdl.agents.generative_host import history_composition_data
     from sdl.campaign import load_config
-    from sdl.env.heat_treatment import textbook_route
     from sdl.env.calphad import default_cache_path
+    from sdl.env.heat_treatment import textbook_route
     from sdl.env.twin import AlloyTwin
     from sdl.ledger import Ledger
     from sdl.settings import ConfigError
-    from sdl.surrogates.generative import (plot_generated, save_composition_cvae, train_composition_cvae,
-                                           twin_composition_data)
+    from sdl.surrogates.generative import (
+        plot_generated,
+        save_composition_cvae,
+        train_composition_cvae,
+        twin_composition_data,
+    )
 
     wanted = {"feasible": 1.0, **assignments(targets, "--target", "NAME=VALUE")}
     try:

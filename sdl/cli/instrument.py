@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import signal
 import threading
-
-import yaml
 from pathlib import Path
 
 import click
+import yaml
 
 from sdl.cli import main, setup_logging
+
 
 @main.group()
 def instrument() -> None:

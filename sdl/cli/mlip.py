@@ -8,6 +8,7 @@ import click
 
 from sdl.cli import main
 
+
 @main.group()
 def mlip() -> None:
     """Machine-learned interatomic potentials: active learning against an atomistic oracle."""

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from sdl.cli import main, assignments
+from sdl.cli import assignments, main
+
 
 @main.group()
 def policy() -> None:

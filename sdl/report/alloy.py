@@ -37,8 +37,8 @@ def ageing_temperature_k(config: dict[str, Any], records: list[ExperimentRecord]
 def plot_phase_map(config: dict[str, Any], records: list[ExperimentRecord], measurement: str, path: Path) -> str | None:
     """Gamma-prime fraction over the two most varied free elements at the ageing temperature; brittle
     region outlined; explored compositions on top. Returns a caption, or None if not applicable."""
-    from sdl.env.twin import AlloyTwin, TwinConfig
     from sdl.env.calphad import default_cache_path
+    from sdl.env.twin import AlloyTwin, TwinConfig
 
     options = furnace_options(config)
     temperature_k = ageing_temperature_k(config, records)

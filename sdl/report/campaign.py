@@ -131,8 +131,8 @@ def _pareto_page(config: dict, records, out: Path) -> str:
     if not rows:
         return ""
     y = np.array([[r.result.measurements[n] for n in names] for r in rows])
-    from botorch.utils.multi_objective.pareto import is_non_dominated
     import torch
+    from botorch.utils.multi_objective.pareto import is_non_dominated
 
     front = is_non_dominated(torch.as_tensor(y * signs)).numpy()
     fig, ax = plt.subplots(figsize=(6.0, 4.6))
