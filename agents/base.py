@@ -22,7 +22,6 @@ Roles are what the campaign loop asks of an agent:
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import Field
@@ -43,7 +42,6 @@ class AgentContext(Section):
     space: SearchSpace | None = None
     objective: ObjectiveConfig = ObjectiveConfig()
     seed: int = 0
-    campaign_dir: Path | None = Field(default=None, description="where agents keep state (journals, checkpoints)")
     process_limits: ProcessLimits | None = Field(
         default=None, description="the tightest limits of the instruments that run a specimen's route")
 

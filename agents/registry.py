@@ -9,6 +9,7 @@ and a campaign then names it as ``planner: {kind: mine, settings: {...}}``. Name
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 from typing import Any
 
@@ -24,6 +25,7 @@ def installed_kinds() -> dict[str, importlib.metadata.EntryPoint]:
     return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 
+@functools.cache  # a kind found stays found; a miss (ValueError) is not remembered, so a plugin installed later is
 def agent_class(name: str, *, role: Role | None = None) -> type[AgentKind]:
     """The agent kind registered as ``name``; ValueError listing the installed ones otherwise."""
     kinds = installed_kinds()

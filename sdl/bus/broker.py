@@ -252,7 +252,7 @@ class Broker:
             self._queues[message.service].append(pending)
             self._dispatch(message.service)
         elif isinstance(message, Event):
-            self._publish(message)
+            self._publish(message, body)
         elif isinstance(message, Heartbeat):
             pass
         else:
@@ -289,7 +289,7 @@ class Broker:
         elif isinstance(message, Heartbeat):
             pass
         elif isinstance(message, Event):
-            self._publish(message)
+            self._publish(message, body)
         elif isinstance(message, Disconnect):
             self._drop_worker(worker, message.reason or "disconnected")
         else:
@@ -394,8 +394,9 @@ class Broker:
                 log.warning("could not send to %s: %s", identity.hex(), e)
             return False
 
-    def _publish(self, event: Event) -> None:
-        self._publisher.send_multipart([event.topic.encode(), encode(event)])
+    def _publish(self, event: Event, body: bytes | None = None) -> None:
+        """On the event stream under its topic; a peer's event as it was received (validated, not re-encoded)."""
+        self._publisher.send_multipart([event.topic.encode(), body if body is not None else encode(event)])
 
 
 def _request_id(frames: list[bytes]) -> str | None:

@@ -192,8 +192,8 @@ class CampaignConfig(Section):
         return [self.planner, *([self.process_planner] if self.process_planner else []), *self.surrogates,
                 *self.simulators]
 
-    def agent_context(self, campaign_dir: Path | None = None) -> AgentContext:
-        return AgentContext(space=self.space, objective=self.objective, seed=self.seed, campaign_dir=campaign_dir,
+    def agent_context(self) -> AgentContext:
+        return AgentContext(space=self.space, objective=self.objective, seed=self.seed,
                             process_limits=ProcessLimits.tightest(
                                 limits for i in self.instruments if (limits := i.process_limits) is not None))
 

@@ -102,7 +102,7 @@ class Launcher:
 
     def spawn_all(self, broker_address: str) -> None:
         cfg = self.config
-        context = cfg.agent_context(self.campaign_dir.resolve())
+        context = cfg.agent_context()
         # Deal the agents round-robin over the cluster's live nodes (Ray's SPREAD is best effort and
         # stacked resource-free actors on one node in tests); see spawn for the affinity used.
         nodes = itertools.cycle(sorted(n["NodeID"] for n in ray.nodes() if n["Alive"]) or [None])

@@ -109,6 +109,10 @@ class Campaign:
         self.broker: Broker | None = None
         self.campaign_id = ""
         self._feasibility: FeasibilityModel | None = None
+        # who serves P(feasible), if the planner weighs by it (entry points are looked up once, not per plan)
+        planner = config.planner
+        self._feasibility_provider = (config.provider("feasibility")
+                                      if "feasibility" in planner.agent_class.requires(planner.settings) else None)
         self._route_notes: set[str] = set()
 
     @property
@@ -325,10 +329,10 @@ class Campaign:
     def _feasibility_model(self, ledger: Ledger, client: BusClient) -> FeasibilityModel | None:
         """P(feasible) for a planner that needs it, asked of the agent that provides it once (it learns
         on the first request)."""
-        if "feasibility" not in self.config.planner.agent_class.requires(self.config.planner.settings):
+        provider = self._feasibility_provider
+        if provider is None:
             return None
         if self._feasibility is None:
-            provider = self.config.provider("feasibility")
             log.info("asking %s for the feasibility model", provider.service_name)
             started = time.monotonic()
             self._feasibility = FeasibilityModel.model_validate(client.request(
