@@ -101,6 +101,7 @@ def test_quickstart_runs_and_reports(tmp_path):
     runner = CliRunner()
     status = runner.invoke(main, ["status", str(campaign_dir)])
     assert status.exit_code == 0 and "completed (budget)" in status.output
+    assert "campaign.stopped completed budget" in status.output.splitlines()[-1]  # the latest documents
     export = runner.invoke(main, ["ledger", "export", str(campaign_dir), "--format", "parquet"])
     assert export.exit_code == 0
     table = pq.read_table(export.output.strip())

@@ -165,9 +165,9 @@ class Campaign:
             ledger.record(CampaignStopped(state=state, reason=reason, wall_s=wall_s))
             if client is not None:
                 client.close()
-            self.launcher.shutdown()
             if self.broker is not None:
-                self.broker.stop()
+                self.broker.stop()  # before the agents go: it says goodbye instead of finding them gone
+            self.launcher.shutdown()
             ledger.close()
 
     @property

@@ -21,6 +21,14 @@ class Document(WireModel):
     kind: str
     at_unix_s: float = Field(default_factory=time.time)
 
+    def line(self) -> str:
+        """One line for a person: the kind and what it is about (``sdl status``)."""
+        about = [str(v) for k, v in self.model_dump(include=set(_ABOUT)).items() if v is not None]
+        return " ".join([time.strftime("%H:%M:%S", time.localtime(self.at_unix_s)), self.kind, *about])
+
+
+_ABOUT = ("experiment_id", "service", "instrument", "station", "code", "state", "reason", "note")
+
 
 # -- the campaign --------------------------------------------------------------------------------
 

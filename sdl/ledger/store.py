@@ -199,13 +199,14 @@ class Ledger:
             for document in documents:
                 tx.add(document)
 
-    def documents(self, *kinds: type[D]) -> list[D]:
-        """Documents of these types (all when none is named), in the order they were committed."""
+    def documents(self, *kinds: type[D], last: int | None = None) -> list[D]:
+        """Documents of these types (all when none is named), in the order they were committed; with
+        ``last``, only the latest that many."""
         names = [k.model_fields["kind"].default for k in kinds]
-        query = "SELECT body_json FROM documents"
-        if names:
-            query += f" WHERE kind IN ({', '.join('?' * len(names))})"
-        return [parse_document(row[0]) for row in self._db.execute(query + " ORDER BY seq", names)]
+        where = f" WHERE kind IN ({', '.join('?' * len(names))})" if names else ""
+        limit = f" LIMIT {int(last)}" if last is not None else ""
+        rows = self._db.execute(f"SELECT body_json FROM documents{where} ORDER BY seq DESC{limit}", names).fetchall()
+        return [parse_document(row[0]) for row in reversed(rows)]
 
     # -- transitions ---------------------------------------------------------------------------
 

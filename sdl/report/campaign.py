@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sdl.ledger import ExperimentRecord, Ledger  # noqa: E402
+from sdl.ledger.documents import AgentLost  # noqa: E402
 from sdl.objective import ConstraintConfig  # noqa: E402
 from sdl.report import alloy  # noqa: E402
 
@@ -59,6 +60,10 @@ def summarize(ledger: Ledger) -> str:
     failures = collections.Counter(r.error_code for r in finished if r.status == "failed")
     if failures:
         lines.append("failures   " + ", ".join(f"{code} {n}" for code, n in failures.most_common()))
+    lost = collections.Counter((d.service, d.reason) for d in ledger.documents(AgentLost))
+    if lost:
+        lines.append("agents lost " + ", ".join(f"{service} ({reason}) x{n}" for (service, reason), n in lost.items()))
+    lines += ["latest"] + [f"  {d.line()}" for d in ledger.documents(last=5)]
     return "\n".join(lines)
 
 
