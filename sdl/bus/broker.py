@@ -334,12 +334,9 @@ class Broker:
                 pending.requeues += 1
                 requeued.append(pending)
             else:
-                self.counters["worker_lost"] += 1
-                self._send(pending.client, CLIENT_HEADER, error_reply(
-                    pending.request.id, ErrorCode.WORKER_LOST,
-                    f"worker {worker.name} of {worker.service} was lost ({reason}) while handling "
-                    f"{pending.request.method}; the request carried no idempotency key, so it was not repeated",
-                    service=worker.service))
+                self._fail(pending, ErrorCode.WORKER_LOST,
+                           f"worker {worker.name} of {worker.service} was lost ({reason}) while handling "
+                           f"{pending.request.method}; the request carried no idempotency key, so it was not repeated")
         self._queues[worker.service].extendleft(reversed(requeued))
         self.counters["requeued"] += len(requeued)
         worker.in_flight.clear()
@@ -360,24 +357,25 @@ class Broker:
                     keep.append(pending)
                     continue
                 live = sorted({w.service for w in self._workers.values()})
-                self.counters["service_unavailable"] += 1
-                self._send(pending.client, CLIENT_HEADER, error_reply(
-                    pending.request.id, ErrorCode.SERVICE_UNAVAILABLE,
-                    f"no worker of service {service!r} took the request within {pending.request.timeout_s:g} s; "
-                    f"live services: {live or 'none'}", service=service))
+                self._fail(pending, ErrorCode.SERVICE_UNAVAILABLE,
+                           f"no worker of service {service!r} took the request within {pending.request.timeout_s:g} s; "
+                           f"live services: {live or 'none'}")
             self._queues[service] = keep
         for worker in [w for w in self._workers.values() if any(p.deadline_s <= now for p in w.in_flight.values())]:
             overdue = next(p for p in worker.in_flight.values() if p.deadline_s <= now)
-            self.counters["deadline_exceeded"] += 1
-            self._send(overdue.client, CLIENT_HEADER, error_reply(
-                overdue.request.id, ErrorCode.DEADLINE_EXCEEDED,
-                f"worker {worker.name} of {worker.service} held {overdue.request.method} past its "
-                f"{overdue.request.timeout_s:g} s deadline; the worker is retired until it registers again",
-                service=worker.service))
+            self._fail(overdue, ErrorCode.DEADLINE_EXCEEDED,
+                       f"worker {worker.name} of {worker.service} held {overdue.request.method} past its "
+                       f"{overdue.request.timeout_s:g} s deadline; the worker is retired until it registers again")
             self._send(worker.identity, WORKER_HEADER, Disconnect(reason="deadline exceeded; register again"))
             self._drop_worker(worker, "deadline exceeded", failed=overdue)
 
     # -- output --------------------------------------------------------------------------------
+
+    def _fail(self, pending: _Pending, code: ErrorCode, message: str) -> None:
+        """Answer a request the broker gives up on; count it under its error code."""
+        self.counters[code] += 1
+        self._send(pending.client, CLIENT_HEADER, error_reply(pending.request.id, code, message,
+                                                              service=pending.request.service))
 
     def _send(self, identity: bytes, header: bytes, message: Envelope) -> None:
         self._forward(identity, header, encode(message))
