@@ -40,7 +40,6 @@ class CausalSettings(Section):
     min_distance: float = Field(default=0.01, ge=0.0, description="skip candidates this close (max |dx|) to made ones")
 
 
-
 def history_frame(campaign_dir: str | Path):
     """One row per finished specimen of a campaign's ledger (:func:`sdl.surrogates.causal.specimen_frame`)."""
     from sdl.surrogates.causal import specimen_frame

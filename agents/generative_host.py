@@ -75,7 +75,6 @@ class GenerativeSettings(Section):
     seed: int = 0
 
 
-
 class GenerateRequest(WireModel):
     """Alloys with these target conditions (e.g. hardness_hv: 280, feasible: 1)."""
 

@@ -42,7 +42,6 @@ class GenerativePlannerSettings(Section):
     candidates: int = Field(default=256, ge=1, le=100_000, description="alloys drawn per proposal")
 
 
-
 class GenerativePlanner(Planner):
     name = "generative"
     Settings = GenerativePlannerSettings

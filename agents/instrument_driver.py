@@ -21,6 +21,11 @@ from sdl.settings import Section
 from sdl.wire import ErrorCode, WireModel
 
 
+def instrument_service(name: str) -> str:
+    """The bus service an instrument called ``name`` serves."""
+    return f"instrument.{name}"
+
+
 class InstrumentDriverSettings(Section):
     driver: str = Field(description="a driver name from the sdl.instruments entry points (`sdl instrument list`)")
     options: dict[str, Any] = Field(default_factory=dict, description="the driver's parameters")

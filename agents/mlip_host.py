@@ -39,7 +39,6 @@ class MlipSettings(Section):
     device: str = Field(default="auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
     seed: int = 0
 
-
     @model_validator(mode="after")
     def _one_source(self) -> MlipSettings:
         if (self.potential is None) == (self.checkpoint is None):

@@ -13,9 +13,10 @@ import threading
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from sdl.agents.base import Agent, AgentContext
+from sdl.agents.capabilities import FeasibilityRequest
 from sdl.bus import ServiceError, method
 from sdl.env.calphad import DEFAULT_DATABASE, default_cache_path
 from sdl.env.phase_state import CalphadPhaseOracle, PhaseTarget
@@ -23,7 +24,7 @@ from sdl.settings import Section
 from sdl.space import SearchSpace
 from sdl.surrogates.phase_boundary import PhaseBoundaryLearner, candidate_pool
 from sdl.surrogates.phase_classifier import FeasibilityModel
-from sdl.wire import ErrorCode, WireModel
+from sdl.wire import ErrorCode
 
 
 class PhaseBoundarySettings(Section):
@@ -37,9 +38,12 @@ class PhaseBoundarySettings(Section):
     pool_size: int = Field(default=2048, ge=64, description="candidate compositions the learner chooses from")
     cache_path: str | None = Field(default=None, description="CALPHAD cache (default: ~/.cache/sdl)")
 
-
-class FeasibilityRequest(WireModel):
-    calphad_calls: int | None = Field(default=None, ge=1, description="learn until this many (default: configured)")
+    @model_validator(mode="after")
+    def _budget_fits_the_pool(self) -> PhaseBoundarySettings:
+        if self.calphad_calls > self.pool_size:
+            raise ValueError(f"calphad_calls {self.calphad_calls} exceeds pool_size {self.pool_size}: the learner "
+                             "labels compositions from that pool")
+        return self
 
 
 class PhaseBoundaryAgent(Agent):

@@ -21,7 +21,7 @@ from pydantic import Field
 from scipy.stats import qmc
 
 from sdl.agents.base import AgentContext, AgentKind
-from sdl.agents.registry import agent_class, validate_settings
+from sdl.agents.registry import agent_class, qualified, validate_settings
 from sdl.bus import Service, ServiceError, method
 from sdl.experiment import DesignPoint, Observation
 from sdl.settings import Section
@@ -125,7 +125,7 @@ class SobolPlanner(Planner):
 def make_planner(kind: str, context: AgentContext, settings: Section | dict | None = None) -> Planner:
     """A planner of an installed kind (``bo`` or ``planner.bo``), built in this process, without a bus:
     what benchmarks and notebooks use. Its settings are validated by the kind's own model."""
-    name = kind if "." in kind else f"planner.{kind}"
+    name = qualified(kind, "planner")
     cls = agent_class(name, role="planner")
     return cls(validate_settings(cls, settings, name=name), context)
 

@@ -35,7 +35,6 @@ class ProcessPlannerSettings(Section):
     require_checkpoint: bool = Field(
         default=False, description="refuse to start without the checkpoint (default: textbook route, said in the log)")
 
-
     @model_validator(mode="after")
     def _checkpoint_exists(self) -> ProcessPlannerSettings:
         if self.require_checkpoint and (self.checkpoint is None or not self.checkpoint.is_dir()):
@@ -75,7 +74,10 @@ class ProcessPlannerAgent(Agent):
         if trained_on is not None and trained_on.is_file():
             # The policy's action grid, read from the file it was trained with (no RLlib needed):
             # a hold the furnace cannot run is refused now, not mid-campaign.
-            env = HeatTreatmentSettings.model_validate(json.loads(trained_on.read_text())["env"])
+            try:
+                env = HeatTreatmentSettings.model_validate(json.loads(trained_on.read_text())["env"])
+            except (ValueError, KeyError, TypeError) as e:  # JSON and pydantic errors are ValueErrors
+                raise ValueError(f"{trained_on} is not the settings file `sdl policy train` writes: {e}") from None
             try:
                 for t in env.temperatures_k:
                     for d in env.durations_s:

@@ -16,16 +16,22 @@ from typing import Any
 from pydantic import ValidationError
 
 from sdl.agents.base import AgentContext, AgentKind, Role
+from sdl.bus import Service
 from sdl.settings import Section, describe_validation_error
 
 ENTRY_POINT_GROUP = "sdl.agents"
+
+
+def qualified(kind: str, prefix: str) -> str:
+    """A kind as a config writes it (``bo``) as its entry-point name (``planner.bo``); full names pass."""
+    return kind if "." in kind else f"{prefix}.{kind}"
 
 
 def installed_kinds() -> dict[str, importlib.metadata.EntryPoint]:
     return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 
-@functools.cache  # a kind found stays found; a miss (ValueError) is not remembered, so a plugin installed later is
+@functools.cache  # a kind found stays found; a miss raises, which is not remembered: a plugin installed later is found
 def agent_class(name: str, *, role: Role | None = None) -> type[AgentKind]:
     """The agent kind registered as ``name``; ValueError listing the installed ones otherwise."""
     kinds = installed_kinds()
@@ -36,7 +42,8 @@ def agent_class(name: str, *, role: Role | None = None) -> type[AgentKind]:
     try:
         cls = kinds[name].load()
     except Exception as e:  # a broken plugin is a setup error of that plugin, said in one line
-        raise ValueError(f"agent kind {name!r} ({kinds[name].value}) cannot be loaded: {type(e).__name__}: {e}") from None
+        raise ValueError(f"agent kind {name!r} ({kinds[name].value}) cannot be loaded: "
+                         f"{type(e).__name__}: {e}") from None
     if not (isinstance(cls, type) and issubclass(cls, AgentKind)):
         raise ValueError(f"entry point {name!r} ({kinds[name].value}) does not name an sdl.agents.base.AgentKind")
     if role is not None and cls.role != role:
@@ -54,7 +61,7 @@ def validate_settings(cls: type[AgentKind], settings: Any, *, name: str) -> Sect
         raise ValueError(f"settings of {name}: {describe_validation_error(e)}") from None
 
 
-def build_service(name: str, settings: Section, context: AgentContext):
+def build_service(name: str, settings: Section, context: AgentContext) -> Service:
     """Build the agent's bus service (inside its actor or process)."""
     cls = agent_class(name)
     return cls.build(validate_settings(cls, settings, name=name), context)

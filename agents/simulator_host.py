@@ -10,11 +10,11 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 from sdl.agents.base import Agent, AgentContext
+from sdl.agents.capabilities import EvaluateRequest, Evaluation
 from sdl.bus import ServiceError, method
 from sdl.env.test_functions import PROBLEMS, get_problem
-from sdl.experiment import DesignPoint
 from sdl.settings import Section
-from sdl.wire import ErrorCode, WireModel
+from sdl.wire import ErrorCode
 
 
 class TestFunctionSettings(Section):
@@ -27,14 +27,6 @@ class TestFunctionSettings(Section):
     def _known(cls, name: str) -> str:
         get_problem(name)  # ValueError listing the problems there are
         return name
-
-
-class EvaluateRequest(WireModel):
-    points: list[DesignPoint] = Field(min_length=1)
-
-
-class Evaluation(WireModel):
-    values: list[dict[str, float]]
 
 
 class TestFunctionSimulator(Agent):

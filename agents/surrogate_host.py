@@ -7,30 +7,16 @@ posterior mean, the usual recommendation under noise) and ``predict``. It provid
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 from pydantic import Field
 
 from sdl.agents.base import Agent, AgentContext
+from sdl.agents.capabilities import FitRequest, FitSummary
 from sdl.bus import ServiceError, method
-from sdl.experiment import DesignPoint, Observation
+from sdl.experiment import DesignPoint
 from sdl.settings import NoSettings
 from sdl.surrogates.gp import GaussianProcess
 from sdl.wire import WireModel
-
-
-class FitRequest(WireModel):
-    observations: list[Observation]
-    objective: str
-    direction: Literal["minimize", "maximize"] = "minimize"
-
-
-class FitSummary(WireModel):
-    n_train: int
-    recommended: DesignPoint | None
-    recommended_mean: float | None
-    recommended_std: float | None
 
 
 class PredictRequest(WireModel):

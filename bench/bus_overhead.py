@@ -101,7 +101,7 @@ def _broker_process(address_queue: mp.Queue, stop: mp.Event) -> None:
 
 
 def _worker_process(address: str, stop: mp.Event) -> None:
-    from sdl.agents.simulator_host import EvaluateRequest, Evaluation
+    from sdl.agents.capabilities import EvaluateRequest, Evaluation
     from sdl.bus import Service, Worker, method
 
     class Echo(Service):
@@ -121,7 +121,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def round_trips(n: int) -> None:
-    from sdl.agents.simulator_host import EvaluateRequest
+    from sdl.agents.capabilities import EvaluateRequest
     from sdl.bus import BusClient
     from sdl.experiment import DesignPoint
     from sdl.wire import Request, encode

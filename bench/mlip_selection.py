@@ -68,8 +68,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from sdl.instruments.atomistic import AseCalculatorOracle
-    from sdl.surrogates.mlip_learning import (LearningCurve, build_test_set, load_active_learning_config,
-                                              plot_learning_curves)
+    from sdl.surrogates.mlip_learning import (
+        LearningCurve,
+        build_test_set,
+        load_active_learning_config,
+        plot_learning_curves,
+    )
 
     config = load_active_learning_config(args.config)
     # the same number of labels for every arm: a convergence stop would end arms at different budgets

@@ -59,9 +59,9 @@ def main() -> None:
     args = parser.parse_args()
 
     import ray
+    from ray.tune.registry import register_env
 
     from sdl.agents.process_policy import ENV_NAME, ProcessPolicy, _env_creator, held_out_compositions, score_policy
-    from ray.tune.registry import register_env
 
     policy = ProcessPolicy(args.run_dir / "checkpoint")
     compositions = held_out_compositions(policy.settings, args.compositions, seed=10_000 + args.seed)

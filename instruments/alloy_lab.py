@@ -18,7 +18,7 @@ import time
 from typing import ClassVar
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from sdl.env.calphad import BRITTLE, default_cache_path
 from sdl.env.strength import StrengthParameters, elongation_pct, vickers_hardness, yield_strength_mpa
@@ -167,17 +167,22 @@ class Furnace(SimulatedInstrument):
         twin: TwinConfig = TwinConfig()
         cache_path: str | None = Field(default=None, description="CALPHAD cache (default: ~/.cache/sdl)")
 
+        @model_validator(mode="after")
+        def _consistent(self) -> Furnace.Parameters:
+            if self.default_ramp_k_per_s > self.limits.max_ramp_k_per_s:
+                raise ValueError(f"default_ramp_k_per_s {self.default_ramp_k_per_s} exceeds limits.max_ramp_k_per_s "
+                                 f"{self.limits.max_ramp_k_per_s}")
+            lo, hi = min(self.twin.temperatures_k), max(self.twin.temperatures_k)
+            if self.limits.max_temperature_k > hi or self.limits.min_temperature_k < lo:
+                # The furnace may only run where the twin has physics: refused with the config, not mid-campaign.
+                raise ValueError(f"furnace limits {self.limits.min_temperature_k}-{self.limits.max_temperature_k} K "
+                                 f"exceed the twin's tabulated {lo}-{hi} K; widen twin.temperatures_k or narrow the "
+                                 "limits")
+            return self
+
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         p = self.parameters
-        if p.default_ramp_k_per_s > p.limits.max_ramp_k_per_s:
-            raise ValueError(f"default_ramp_k_per_s {p.default_ramp_k_per_s} exceeds limits.max_ramp_k_per_s "
-                             f"{p.limits.max_ramp_k_per_s}")
-        lo, hi = min(p.twin.temperatures_k), max(p.twin.temperatures_k)
-        if p.limits.max_temperature_k > hi or p.limits.min_temperature_k < lo:
-            # The furnace may only run where the twin has physics; say so at start-up, not mid-campaign.
-            raise ValueError(f"furnace limits {p.limits.min_temperature_k}-{p.limits.max_temperature_k} K exceed the "
-                             f"twin's tabulated {lo}-{hi} K; widen twin.temperatures_k or narrow the limits")
         self.twin = AlloyTwin(p.twin, cache_path=p.cache_path or default_cache_path())
 
     def check(self, experiment: ExperimentSpec) -> None:

@@ -213,9 +213,13 @@ def driver_class(name: str) -> type[Instrument]:
     drivers = available_drivers()
     if name not in drivers:
         raise ValueError(f"unknown instrument driver {name!r}; installed drivers: {', '.join(sorted(drivers)) or 'none'}")
-    cls = drivers[name].load()
+    try:
+        cls = drivers[name].load()
+    except Exception as e:  # a broken driver package is that package's setup error, said in one line
+        raise ValueError(f"instrument driver {name!r} ({drivers[name].value}) cannot be loaded: "
+                         f"{type(e).__name__}: {e}") from None
     if not (isinstance(cls, type) and issubclass(cls, Instrument)):
-        raise TypeError(f"entry point {name!r} does not name an Instrument subclass")
+        raise ValueError(f"entry point {name!r} ({drivers[name].value}) does not name an Instrument subclass")
     return cls
 
 

@@ -30,9 +30,9 @@ class NoSettings(Section):
     """Settings of something that has none."""
 
 
-# A path as the user meant it: relative to where the config was loaded (the working directory of
-# `sdl run`), made absolute there, so that an agent started on another node or a later --resume
-# reads the same file.
+# A path as the user meant it: relative to the working directory where the config is loaded (where
+# `sdl run` was started), made absolute there, so that an agent started in another process or on
+# another node reads the same file.
 ResolvedPath = Annotated[Path, AfterValidator(lambda path: path.expanduser().resolve())]
 
 

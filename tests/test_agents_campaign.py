@@ -10,6 +10,7 @@ import pytest
 import ray
 
 from sdl.campaign import Campaign, parse_config
+from sdl.campaign.launcher import LaunchError, resolve_gpus
 from sdl.ledger import Ledger
 from sdl.ledger.documents import AgentJoined, AgentPlaced, FeasibilityLearned, RouteFallback
 
@@ -28,10 +29,8 @@ PLUGIN = textwrap.dedent('''
     from sdl.experiment import DesignPoint
     from sdl.settings import Section
 
-
     class CornerSettings(Section):
         inset: float = Field(default=0.1, ge=0.0, lt=0.5, description="how far inside the bounds")
-
 
     class CornerPlanner(Planner):
         name = "corners"
@@ -144,3 +143,15 @@ def test_a_third_party_agent_registered_by_entry_point_runs_a_campaign(tmp_path)
     assert {r.planner for r in records} == {"corners"}
     x1 = sorted({round(r.point.parameters["x1"], 6) for r in records})
     assert x1 == [-1.25, 2.5, 6.25]  # corners at 0.25 and 0.75 of [-5, 10], and the centre
+
+
+def test_gpus_are_counted_as_they_are_given_out():
+    """Two `auto` agents on a one-GPU cluster: the first gets it, the second runs on the CPU (Ray's own count of
+    free GPUs lags behind actors being created, so both would ask for it and one would never start)."""
+    free, given = 1.0, []
+    for asked in ("auto", "auto", 0.0):
+        given.append(resolve_gpus(asked, free))
+        free -= given[-1]
+    assert given == [1.0, 0.0, 0.0]
+    with pytest.raises(LaunchError, match="num_gpus 1 asked for, but the Ray cluster has 0 GPUs free"):
+        resolve_gpus(1, 0.0)

@@ -11,7 +11,8 @@ import pytest
 import zmq
 
 from sdl.agents.base import AgentContext
-from sdl.agents.simulator_host import EvaluateRequest, TestFunctionSettings, TestFunctionSimulator
+from sdl.agents.capabilities import EvaluateRequest
+from sdl.agents.simulator_host import TestFunctionSettings, TestFunctionSimulator
 from sdl.bus import BusClient, Empty, EventSubscriber, RemoteError, Service, ServiceError, Worker, method
 from sdl.experiment import DesignPoint
 from sdl.wire import CLIENT_HEADER, ErrorCode, Ready, decode, encode
@@ -88,6 +89,7 @@ def test_event_stream_carries_published_and_broker_events(broker):
     with BusClient(broker.frontend_address) as client:
         client.publish("lab.door", {"open": True})
         client.publish("other.topic", {"ignored": True})
+        client.publish("bus.lost", {"service": "planner.bo"})  # a forgery in the broker's own namespace
         worker = Worker(branin(), broker.frontend_address, service_name="simulator.x").start()
         try:
             seen = {}
@@ -101,7 +103,8 @@ def test_event_stream_carries_published_and_broker_events(broker):
             subscriber.close()
     assert seen["lab.door"] == {"open": True}
     assert seen["bus.joined"]["service"] == "simulator.x"
-    assert "other.topic" not in seen
+    assert "other.topic" not in seen and "bus.lost" not in seen
+    assert broker.counters["bad_message"] == 1
 
 
 def test_garbage_frames_get_error_replies_and_the_broker_carries_on(broker, simulator):
@@ -233,16 +236,24 @@ def test_a_handler_holding_the_gil_for_10_s_keeps_its_worker_alive(broker):
 
 
 class Flaky(Service):
-    """Handlers that fail in every way a handler can, and one that answers."""
+    """Handlers that fail in every way a handler can, and one that answers; it counts overlapping calls."""
 
     kind = "test"
 
     def __init__(self):
         self.release = threading.Event()
+        self.lock = threading.Lock()
+        self.running = 0
+        self.most_running = 0
 
     @method(Empty)
     def hang(self, _):
+        with self.lock:
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
         self.release.wait(60)  # past any deadline the tests give it
+        with self.lock:
+            self.running -= 1
         return Empty()
 
     @method(Empty)
@@ -279,8 +290,12 @@ def test_every_handler_failure_is_an_error_reply_and_the_worker_keeps_serving(br
         worker.stop()
 
 
-def test_a_hung_handler_gets_deadline_exceeded_and_the_worker_recovers(broker):
-    worker = Worker(Flaky(), broker.frontend_address, service_name="test.flaky").start()
+class ReentrantFlaky(Flaky):
+    reentrant = True  # its calls may overlap: an overrunning slot is replaced at once
+
+
+def test_a_hung_handler_gets_deadline_exceeded_and_a_reentrant_worker_serves_on(broker):
+    worker = Worker(ReentrantFlaky(), broker.frontend_address, service_name="test.flaky").start()
     try:
         wait_for_service(broker, "test.flaky")
         with BusClient(broker.frontend_address) as client:
@@ -291,6 +306,27 @@ def test_a_hung_handler_gets_deadline_exceeded_and_the_worker_recovers(broker):
             # the slot stuck in the handler is replaced; the same worker answers the next request
             assert client.request("test.flaky", "ping", {}, timeout_s=10) == {}
         assert worker.abandoned == 1 and broker.counters["deadline_exceeded"] == 1
+    finally:
+        worker.service.release.set()
+        worker.stop()
+
+
+def test_a_hung_handler_of_hardware_keeps_its_slot_until_it_returns(broker):
+    """Not reentrant (the default, an instrument's case): the caller gets deadline_exceeded, but no second
+    command runs while the first may still be acting; the slot serves again once its handler returns."""
+    worker = Worker(Flaky(), broker.frontend_address, service_name="test.flaky").start()
+    try:
+        wait_for_service(broker, "test.flaky")
+        with BusClient(broker.frontend_address) as client:
+            with pytest.raises(RemoteError) as e:
+                client.request("test.flaky", "hang", {}, timeout_s=1.0)
+            assert e.value.code == ErrorCode.DEADLINE_EXCEEDED
+            second = client.submit("test.flaky", "hang", {}, timeout_s=20)  # waits for the slot
+            time.sleep(2.5)
+            assert worker.service.running == 1 and worker.abandoned == 0  # never two at once
+            worker.service.release.set()
+            (outcome,) = client.poll(timeout_s=15)
+        assert outcome.call_id == second and outcome.ok and worker.service.most_running == 1
     finally:
         worker.service.release.set()
         worker.stop()

@@ -149,3 +149,13 @@ def test_a_corrupted_ledger_is_refused_with_one_line(tmp_path):
     for readonly in (True, False):
         with pytest.raises(LedgerError, match="is not a readable ledger"):
             Ledger(path, readonly=readonly)
+
+
+def test_a_ledger_of_the_free_form_event_era_is_refused_not_misread(tmp_path):
+    """Resuming one would replay no station results (they were events, not documents): refuse instead."""
+    path = tmp_path / "ledger.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE events (seq INTEGER PRIMARY KEY, at_unix_s REAL, topic TEXT, payload_json TEXT)")
+    for readonly in (True, False):
+        with pytest.raises(LedgerError, match="written by an earlier sdl"):
+            Ledger(path, readonly=readonly)

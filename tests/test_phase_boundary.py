@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from sdl.agents.base import AgentContext
-from sdl.agents.phase_boundary_host import FeasibilityRequest, PhaseBoundaryAgent, PhaseBoundarySettings
+from sdl.agents.capabilities import FeasibilityRequest
+from sdl.agents.phase_boundary_host import PhaseBoundaryAgent, PhaseBoundarySettings
 from sdl.env.phase_state import CalphadPhaseOracle, PhaseTarget
 from sdl.experiment import Composition, DesignPoint
 from sdl.space import SearchSpace

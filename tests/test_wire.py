@@ -26,7 +26,7 @@ def test_reply_correlates_and_requires_error_iff_not_ok():
 
 
 def test_event_round_trip():
-    event = Event(topic="campaign.experiment.done", payload={"experiment_id": "e1"})
+    event = Event(topic="experiment.done", payload={"experiment_id": "e1"})
     assert decode(encode(event)) == event
 
 

@@ -12,7 +12,7 @@ from pydantic import Field, model_validator
 
 from sdl.agents.base import AgentContext
 from sdl.agents.planner import Planner, make_planner
-from sdl.agents.registry import agent_class, validate_settings
+from sdl.agents.registry import agent_class, qualified, validate_settings
 from sdl.bench.problems import BenchProblem, ProblemSpec, make_problem
 from sdl.settings import ConfigError, Section, load_yaml
 
@@ -30,7 +30,7 @@ class BenchPlannerSpec(Section):
 
     @property
     def agent_kind(self) -> str:
-        return self.kind if "." in self.kind else f"planner.{self.kind}"
+        return qualified(self.kind, "planner")
 
 
 class BenchConfig(Section):

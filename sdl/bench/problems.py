@@ -163,7 +163,8 @@ class TwinProblem(BenchProblem):
         return hardness, feasible
     def feasibility_model(self, seed: int) -> FeasibilityModel:
         from sdl.agents.base import AgentContext
-        from sdl.agents.phase_boundary_host import FeasibilityRequest, PhaseBoundaryAgent
+        from sdl.agents.capabilities import FeasibilityRequest
+        from sdl.agents.phase_boundary_host import PhaseBoundaryAgent
 
         agent = PhaseBoundaryAgent(self.phase_boundary, AgentContext(space=self.space, seed=seed))
         try:

@@ -31,6 +31,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import zmq
@@ -126,7 +127,6 @@ class Broker:
     def bind(self) -> Broker:
         self._router = self._context.socket(zmq.ROUTER)
         self._router.setsockopt(zmq.LINGER, 0)
-        self._router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted worker may reuse its identity
         self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a closed connection fails: how the dead are found
         configure_liveness(self._router)
         self._monitor = self._router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
@@ -252,7 +252,7 @@ class Broker:
             self._queues[message.service].append(pending)
             self._dispatch(message.service)
         elif isinstance(message, Event):
-            self._publish(message, body)
+            self._publish_peer_event(message, body)
         elif isinstance(message, Heartbeat):
             pass
         else:
@@ -289,7 +289,7 @@ class Broker:
         elif isinstance(message, Heartbeat):
             pass
         elif isinstance(message, Event):
-            self._publish(message, body)
+            self._publish_peer_event(message, body)
         elif isinstance(message, Disconnect):
             self._drop_worker(worker, message.reason or "disconnected")
         else:
@@ -300,8 +300,9 @@ class Broker:
         if not queue:
             return
         workers = [w for w in self._workers.values() if w.service == service]
+        refused: set[bytes] = set()  # workers a send failed to reach this time (gone, or their queue full)
         while queue:
-            free = [w for w in workers if w.free > 0 and w.identity not in self._unreachable]
+            free = [w for w in workers if w.free > 0 and w.identity not in refused]
             if not free:
                 return
             worker = max(free, key=lambda w: w.free)  # least loaded first
@@ -309,6 +310,7 @@ class Broker:
             if self._forward(worker.identity, WORKER_HEADER, pending.body):
                 worker.in_flight[pending.request.id] = pending
             else:
+                refused.add(worker.identity)
                 queue.appendleft(pending)  # never reached it: another worker may take it
 
     def _reap(self) -> None:
@@ -318,7 +320,7 @@ class Broker:
             if worker is not None:
                 self._drop_worker(worker, "connection lost")
 
-    def _drop_worker(self, worker: _Worker, reason: str, *, failed: _Pending | None = None) -> None:
+    def _drop_worker(self, worker: _Worker, reason: str, *, failed: Sequence[_Pending] = ()) -> None:
         """Forget ``worker``; re-queue or fail what it held (except ``failed``, already answered)."""
         self._unreachable.discard(worker.identity)
         if self._workers.pop(worker.identity, None) is None:
@@ -328,7 +330,7 @@ class Broker:
                             payload={"service": worker.service, "worker": worker.name, "reason": reason}))
         requeued = []
         for pending in worker.in_flight.values():
-            if pending is failed:
+            if any(pending is f for f in failed):
                 continue
             if pending.request.idempotency_key is not None and pending.requeues < REQUEUE_LIMIT:
                 pending.requeues += 1
@@ -362,10 +364,11 @@ class Broker:
                            f"live services: {live or 'none'}")
             self._queues[service] = keep
         for worker in [w for w in self._workers.values() if any(p.deadline_s <= now for p in w.in_flight.values())]:
-            overdue = next(p for p in worker.in_flight.values() if p.deadline_s <= now)
-            self._fail(overdue, ErrorCode.DEADLINE_EXCEEDED,
-                       f"worker {worker.name} of {worker.service} held {overdue.request.method} past its "
-                       f"{overdue.request.timeout_s:g} s deadline; the worker is retired until it registers again")
+            overdue = [p for p in worker.in_flight.values() if p.deadline_s <= now]
+            for pending in overdue:
+                self._fail(pending, ErrorCode.DEADLINE_EXCEEDED,
+                           f"worker {worker.name} of {worker.service} held {pending.request.method} past its "
+                           f"{pending.request.timeout_s:g} s deadline; the worker is retired until it registers again")
             self._send(worker.identity, WORKER_HEADER, Disconnect(reason="deadline exceeded; register again"))
             self._drop_worker(worker, "deadline exceeded", failed=overdue)
 
@@ -395,6 +398,11 @@ class Broker:
     def _publish(self, event: Event, body: bytes | None = None) -> None:
         """On the event stream under its topic; a peer's event as it was received (validated, not re-encoded)."""
         self._publisher.send_multipart([event.topic.encode(), body if body is not None else encode(event)])
+
+    def _publish_peer_event(self, event: Event, body: bytes) -> None:
+        if event.topic == BROKER_EVENT_TOPIC or event.topic.startswith(BROKER_EVENT_TOPIC + "."):
+            raise ProtocolError(f"topic {event.topic!r} is the broker's own; publish under another name")
+        self._publish(event, body)
 
 
 def _request_id(frames: list[bytes]) -> str | None:

@@ -8,7 +8,6 @@ id and the same idempotency key, so a driver that already acted returns its reco
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from collections.abc import Iterator
@@ -95,7 +94,6 @@ class BusClient:
         self._calls: dict[str, _Call] = {}
         self._by_message: dict[str, str] = {}  # message id of an attempt -> call id
         self._done: list[CallOutcome] = []
-        self._ids = itertools.count()
 
     # -- asynchronous API ----------------------------------------------------------------------
 

@@ -7,8 +7,11 @@ process (``sdl instrument serve``) by the same :class:`Worker`.
 
 Liveness never waits on a handler (see :mod:`sdl.wire`): while a handler runs, its slot sends
 nothing and needs nothing from Python; libzmq's own heartbeats keep the connection alive even if the
-handler holds the GIL, and the request's ``timeout_s`` bounds it. A handler that hangs past that
-deadline is abandoned: its slot is replaced by a fresh one, so the worker keeps serving.
+handler holds the GIL, and the request's ``timeout_s`` bounds it: past it the broker answers the
+caller ``deadline_exceeded`` and retires the slot. What the slot does then is the service's to say
+(:attr:`Service.reentrant`): a service that tolerates a second call while an earlier one still runs
+gets a fresh slot at once; any other (an instrument above all, which must never get a second command
+while it may still be acting on the first) serves again when the overrunning handler returns.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import zmq
 from pydantic import BaseModel, Field, ValidationError
@@ -109,6 +112,11 @@ class Service:
     """
 
     kind: str = "service"
+    # True: calls may overlap, so a slot whose handler overran its deadline is replaced at once and the
+    # abandoned handler finishes in the background. False (default): the slot serves again only when
+    # its handler returns; a hung handler keeps its slot out of service (no second command to hardware
+    # that may still be acting on the first).
+    reentrant: ClassVar[bool] = False
 
     @classmethod
     def method_specs(cls) -> dict[str, MethodSpec]:
@@ -173,9 +181,10 @@ class Worker:
     """Connects one :class:`Service` to a broker under ``service_name`` and serves it.
 
     Each unit of ``capacity`` is a *slot*: a thread with its own DEALER socket, registered with the
-    broker as a worker of capacity one, that runs handlers inline. A supervisor thread replaces a
-    slot whose handler overran its request's deadline, so a hung handler costs one request, not the
-    worker. A slot reconnects and registers again when the broker goes silent or tells it to.
+    broker as a worker of capacity one, that runs handlers inline. For a reentrant service a
+    supervisor thread replaces a slot whose handler overran its request's deadline, so a hung handler
+    costs one request, not the worker. A slot reconnects and registers again when the broker goes
+    silent or tells it to (as it does once the broker has retired it for an overrun).
     """
 
     def __init__(
@@ -201,6 +210,7 @@ class Worker:
         self._lock = threading.Lock()  # guards the slot list and the counters of replaced slots
         names = [self.worker_name] if capacity == 1 else [f"{self.worker_name}/{i}" for i in range(capacity)]
         self._slots = [_Slot(self, name) for name in names]
+        self._retired: list[_Slot] = []  # abandoned slots, their handlers perhaps still running
         self._retired_registrations = 0
         self._retired_handled = 0
         self.abandoned = 0
@@ -234,34 +244,49 @@ class Worker:
         self._join(timeout_s)
 
     def _join(self, timeout_s: float = 5.0) -> None:
-        if self._supervisor is None:
-            return
-        deadline = time.monotonic() + timeout_s
         with self._lock:
+            if self._supervisor is None:
+                return
             threads = [self._supervisor] + [slot.thread for slot in self._slots if slot.thread is not None]
+            self._supervisor = None
+        deadline = time.monotonic() + timeout_s
         for thread in threads:
             # a slot inside a handler finishes it first; one that outlasts the timeout ends with the process
             if thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))
-        self._supervisor = None
+        running = [t.name for t in threads if t.is_alive() and t is not threading.current_thread()]
+        if running or self.abandoned_running:
+            # Closing under a running handler would pull its resources (an instrument's journal) from under it.
+            log.warning("%s: handlers still running (%s); the service is left open", self.service_name,
+                        ", ".join(running) or f"{self.abandoned_running} abandoned")
+            return
         self.service.close()
 
+    @property
+    def abandoned_running(self) -> int:
+        """Abandoned handlers (of a reentrant service) that have not returned yet."""
+        with self._lock:
+            return sum(1 for slot in self._retired if slot.thread is not None and slot.thread.is_alive())
+
     def _supervise(self) -> None:
+        if not self.service.reentrant:
+            return  # an overrunning slot of this service serves again when its handler returns
         while not self._stop.wait(SUPERVISE_INTERVAL_S):
             now = time.monotonic()
             with self._lock:
-                overdue = [s for s in self._slots if s.busy and now > s.deadline_s + ABANDON_GRACE_S]
-            for slot in overdue:
-                self._replace(slot)
+                overdue = [(s, s.request_id) for s in self._slots if s.busy and now > s.deadline_s + ABANDON_GRACE_S]
+            for slot, request_id in overdue:
+                self._replace(slot, request_id)
 
-    def _replace(self, slot: _Slot) -> None:
-        """Give up on ``slot`` (its handler overran its deadline) and serve with a fresh one."""
-        if not slot.abandon():
+    def _replace(self, slot: _Slot, request_id: str) -> None:
+        """Give up on ``slot`` (its handler of ``request_id`` overran its deadline) and serve with a fresh one."""
+        if not slot.abandon(request_id):
             return
         log.warning("%s: handler of %s overran its deadline; slot replaced", self.service_name, slot.request_method)
         replacement = _Slot(self, slot.name)
         with self._lock:
             self._slots[self._slots.index(slot)] = replacement
+            self._retired.append(slot)
             self._retired_registrations += slot.registrations
             self._retired_handled += slot.handled
             self.abandoned += 1
@@ -278,6 +303,7 @@ class _Slot:
         self.busy = False
         self.abandoned = False
         self.deadline_s = float("inf")
+        self.request_id = ""
         self.request_method = ""
         self.socket: zmq.Socket | None = None
         self.sent_at = 0.0
@@ -304,10 +330,11 @@ class _Slot:
         self.socket.send_multipart([WORKER_HEADER, encode(message)])
         self.sent_at = time.monotonic()
 
-    def abandon(self) -> bool:
-        """Stop using this slot's socket for good (its handler may still be running). False if it just finished."""
+    def abandon(self, request_id: str) -> bool:
+        """Stop using this slot's socket for good, its handler of ``request_id`` perhaps still running.
+        False if that handler has finished meanwhile (the slot may already be serving another request)."""
         with self.lock:
-            if not self.busy or self.abandoned:
+            if not self.busy or self.abandoned or self.request_id != request_id:
                 return False
             self.abandoned = True
             self._close("handler overran its deadline")
@@ -340,6 +367,7 @@ class _Slot:
                             request = message
                             self.busy = True
                             self.deadline_s = time.monotonic() + message.timeout_s
+                            self.request_id = message.id
                             self.request_method = message.method
                     now = time.monotonic()
                     if request is None and now - heard_at > HEARTBEAT_INTERVAL_S * HEARTBEAT_LIVENESS:

@@ -18,7 +18,8 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from sdl.agents.base import AgentContext, AgentKind, Role
-from sdl.agents.registry import agent_class, validate_settings
+from sdl.agents.instrument_driver import instrument_service
+from sdl.agents.registry import agent_class, qualified, validate_settings
 from sdl.experiment import ProcessStep
 from sdl.instruments.base import driver_parameters
 from sdl.instruments.limits import ProcessLimits
@@ -82,7 +83,7 @@ class AgentSpec(Section):
 
     @classmethod
     def full_kind(cls, kind: str) -> str:
-        return kind if "." in kind else f"{cls.prefix}.{kind}"
+        return qualified(kind, cls.prefix)
 
     @property
     def agent_kind(self) -> str:
@@ -143,7 +144,7 @@ class InstrumentConfig(Section):
 
     @property
     def service_name(self) -> str:
-        return f"instrument.{self.name}"
+        return instrument_service(self.name)
 
     @property
     def process_limits(self) -> ProcessLimits | None:
@@ -234,17 +235,19 @@ class CampaignConfig(Section):
         return self
 
     def design_fingerprint(self) -> str:
-        """Hash of what defines the experiments (space, planner, seed, process, instruments, simulators).
-
-        A resumed campaign must match it; stop rules, addresses, surrogates and Ray settings may change.
-        """
+        """Hash of what defines the experiments (space, objective, planners, seed, process, instruments,
+        simulators). A resumed campaign must match it; stop rules, addresses, surrogates, where agents
+        run and how long the campaign waits for them may change."""
         design = self.model_dump(mode="json", include={"seed", "space", "objective", "process", "process_planner",
                                                        "planner", "simulators", "instruments", "workflow"})
         design["objective"].pop("target", None)
-        for agent in [design["planner"], design.get("process_planner")]:
-            if agent:  # where and how long it runs does not change what it proposes
-                for key in ("timeout_s", "num_cpus", "num_gpus"):
-                    agent.pop(key, None)
+        for agent in [design["planner"], design.get("process_planner"), *design["simulators"]]:
+            for key in ("timeout_s", "num_cpus", "num_gpus"):
+                (agent or {}).pop(key, None)
+        for instrument in design["instruments"]:
+            # not `host`: an instrument's journal is what answers for exactly-once, and it moves with the host
+            for key in ("timeout_s", "retries"):
+                instrument.pop(key, None)
         return hashlib.sha256(json.dumps(design, sort_keys=True).encode()).hexdigest()[:16]
 
 

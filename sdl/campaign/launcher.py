@@ -34,19 +34,18 @@ class LaunchError(RuntimeError):
     """An agent could not be started or did not join the bus."""
 
 
-def resolve_gpus(requested: float | Literal["auto"]) -> float:
-    """``auto``: one GPU when the cluster has one free, else none; a number: exactly that, if the cluster has it."""
-    available = ray.available_resources().get("GPU", 0.0)
+def resolve_gpus(requested: float | Literal["auto"], free: float) -> float:
+    """``auto``: one GPU when one of the ``free`` ones is left, else none; a number: exactly that, if free."""
     if requested == "auto":
-        return 1.0 if available >= 1.0 else 0.0
-    if requested > ray.cluster_resources().get("GPU", 0.0):
-        raise LaunchError(f"num_gpus {requested} asked for, but the Ray cluster has "
-                          f"{ray.cluster_resources().get('GPU', 0.0):g} GPUs; use num_gpus: auto or 0")
+        return 1.0 if free >= 1.0 else 0.0
+    if requested > free:
+        raise LaunchError(f"num_gpus {requested} asked for, but the Ray cluster has {free:g} GPUs free for it; "
+                          "use num_gpus: auto or 0")
     return float(requested)
 
 
 def spawn(kind: str, settings: Section, context: AgentContext, *, broker_address: str, service_name: str,
-          capacity: int = 1, max_restarts: int = 3, num_cpus: float = 0.0, num_gpus: float | Literal["auto"] = 0.0,
+          capacity: int = 1, max_restarts: int = 3, num_cpus: float = 0.0, num_gpus: float = 0.0,
           node_id: str | None = None) -> ray.actor.ActorHandle:
     """Start one agent actor. Agents wait on the bus most of the time, so by default they reserve no
     CPU; one that trains asks for ``num_cpus``/``num_gpus``.
@@ -60,11 +59,10 @@ def spawn(kind: str, settings: Section, context: AgentContext, *, broker_address
     """
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    gpus = resolve_gpus(num_gpus)
     strategy: object = "SPREAD"
     if node_id is not None:
-        strategy = NodeAffinitySchedulingStrategy(node_id=node_id, soft=bool(num_cpus or gpus))
-    return AgentActor.options(max_restarts=max_restarts, num_cpus=num_cpus, num_gpus=gpus,
+        strategy = NodeAffinitySchedulingStrategy(node_id=node_id, soft=bool(num_cpus or num_gpus))
+    return AgentActor.options(max_restarts=max_restarts, num_cpus=num_cpus, num_gpus=num_gpus,
                               scheduling_strategy=strategy).remote(kind, settings, context, broker_address,
                                                                    service_name, capacity)
 
@@ -107,10 +105,14 @@ class Launcher:
         # stacked resource-free actors on one node in tests); see spawn for the affinity used.
         nodes = itertools.cycle(sorted(n["NodeID"] for n in ray.nodes() if n["Alive"]) or [None])
         common = {"broker_address": broker_address, "max_restarts": cfg.ray.max_restarts}
+        # GPUs are counted here as they are given out: Ray's own count lags behind actors being created.
+        gpus_free = ray.available_resources().get("GPU", 0.0)
         for agent in cfg.agents:
+            gpus = resolve_gpus(agent.gpus, gpus_free)
+            gpus_free -= gpus
             self.actors[agent.service_name] = spawn(agent.agent_kind, agent.settings, context,
                                                     service_name=agent.service_name, num_cpus=agent.num_cpus,
-                                                    num_gpus=agent.gpus, node_id=next(nodes), **common)
+                                                    num_gpus=gpus, node_id=next(nodes), **common)
         for instrument in cfg.instruments:
             if instrument.host != "ray":
                 continue

@@ -30,12 +30,10 @@ from typing import Any
 from pydantic import ValidationError
 from tqdm import tqdm
 
+from sdl.agents.capabilities import EvaluateRequest, FeasibilityModel, FeasibilityRequest, FitRequest, FitSummary
 from sdl.agents.instrument_driver import RunExperiment
-from sdl.agents.phase_boundary_host import FeasibilityRequest
 from sdl.agents.planner import Proposal, ProposeRequest
 from sdl.agents.process_planner import RouteRequest, Routes
-from sdl.agents.simulator_host import EvaluateRequest
-from sdl.agents.surrogate_host import FitRequest, FitSummary
 from sdl.bus import (
     RETRYABLE,
     Broker,
@@ -63,7 +61,6 @@ from sdl.ledger.documents import (
     RouteFallback,
     TargetReached,
 )
-from sdl.surrogates.phase_classifier import FeasibilityModel
 from sdl.wire import ErrorCode, ErrorInfo
 
 log = logging.getLogger(__name__)
@@ -170,10 +167,6 @@ class Campaign:
             self.launcher.shutdown()
             ledger.close()
 
-    @property
-    def service_names(self) -> list[str]:
-        return self.launcher.service_names
-
     # -- setup ---------------------------------------------------------------------------------
 
     def _open_ledger(self) -> Ledger:
@@ -257,7 +250,8 @@ class Campaign:
                     observations.append(observation)
                     bar.update(1)
                     value = observation.measurements.get(cfg.objective.measurement)
-                    if observation.status == "done" and value is not None and (best is None or cfg.objective.better(value, best)):
+                    improved = value is not None and (best is None or cfg.objective.better(value, best))
+                    if observation.status == "done" and improved:
                         best = value
                         bar.set_postfix({"best": f"{best:.4g}"})
                     if reason is None and best is not None and cfg.objective.reached(best):
@@ -275,8 +269,8 @@ class Campaign:
 
     def _planner_failed(self, ledger: Ledger, error: BusError, failures: int) -> int:
         if isinstance(error, RemoteError) and error.code not in RETRYABLE:
-            # The planner's own error will not go away by asking again.
-            raise CampaignError(f"planner cannot propose: {error}") from error
+            # An agent's own error (the planner's, the process planner's) will not go away by asking again.
+            raise CampaignError(f"cannot plan the next experiments: {error}") from error
         failures += 1
         log.warning("planner failed (%d in a row): %s", failures, error)
         ledger.record(PlannerFailed(error=str(error)))
@@ -289,7 +283,8 @@ class Campaign:
         planner = self.config.planner
         proposal = Proposal.model_validate(client.request(
             planner.service_name, "propose",
-            ProposeRequest(n=n, observations=observations, pending=pending, feasibility=self._feasibility_model(ledger, client)),
+            ProposeRequest(n=n, observations=observations, pending=pending,
+                           feasibility=self._feasibility_model(ledger, client)),
             timeout_s=planner.request_timeout_s, retries=2))
         points = proposal.points[:n]
         for point in points:
@@ -298,18 +293,19 @@ class Campaign:
             except ValueError as e:
                 raise CampaignError(f"planner {proposal.planner} proposed a point outside the space: {e}") from e
         ids = [f"e{n_planned + i:05d}" for i in range(len(points))]
-        routes = self._routes(ledger, client, points, ids)
+        routes, fallbacks = self._routes(client, points, ids)
         predicted = proposal.predicted + [{}] * (len(points) - len(proposal.predicted))
-        return ledger.plan(PlannedExperiment(experiment_id=i, point=p, process=r, planner=proposal.planner,
-                                             idempotency_key=f"{self.campaign_id}:{i}", predicted=e)
-                           for i, p, r, e in zip(ids, points, routes, predicted))
+        return ledger.plan((PlannedExperiment(experiment_id=i, point=p, process=r, planner=proposal.planner,
+                                              idempotency_key=f"{self.campaign_id}:{i}", predicted=e)
+                            for i, p, r, e in zip(ids, points, routes, predicted)), notes=fallbacks)
 
-    def _routes(self, ledger: Ledger, client: BusClient, points: list[DesignPoint],
-                ids: list[str]) -> list[tuple[ProcessStep, ...]]:
-        """The configured fixed route for each point, or the process planner's, asked for the batch at once."""
+    def _routes(self, client: BusClient, points: list[DesignPoint],
+                ids: list[str]) -> tuple[list[tuple[ProcessStep, ...]], list[RouteFallback]]:
+        """The configured fixed route for each point, or the process planner's, asked for the batch at once;
+        and a document for each route that is not the policy's, saying why."""
         spec = self.config.process_planner
         if spec is None:
-            return [tuple(self.config.process)] * len(points)
+            return [tuple(self.config.process)] * len(points), []
         answer = Routes.model_validate(client.request(
             spec.service_name, "route", RouteRequest(compositions=[p.composition for p in points]),
             timeout_s=spec.request_timeout_s, retries=2))
@@ -322,9 +318,7 @@ class Campaign:
                     self._route_notes.add(route.note)
                     log.warning("process planner: %s", route.note)
                 fallbacks.append(RouteFallback(experiment_id=experiment_id, source=route.source, note=route.note))
-        if fallbacks:
-            ledger.record(*fallbacks)
-        return [tuple(route.steps) for route in answer.routes]
+        return [tuple(route.steps) for route in answer.routes], fallbacks
 
     def _feasibility_model(self, ledger: Ledger, client: BusClient) -> FeasibilityModel | None:
         """P(feasible) for a planner that needs it, asked of the agent that provides it once (it learns
@@ -338,7 +332,8 @@ class Campaign:
             self._feasibility = FeasibilityModel.model_validate(client.request(
                 provider.service_name, "feasibility", FeasibilityRequest(), timeout_s=provider.request_timeout_s,
                 retries=1))
-            ledger.record(FeasibilityLearned(service=provider.service_name, calphad_calls=self._feasibility.calphad_calls,
+            ledger.record(FeasibilityLearned(service=provider.service_name,
+                                             calphad_calls=self._feasibility.calphad_calls,
                                              seconds=time.monotonic() - started, target=self._feasibility.target))
         return self._feasibility
 

@@ -124,10 +124,9 @@ class Scheduler:
 
     def _pick(self, flight: Flight) -> InstrumentConfig | None:
         candidates = [i for i in self.instruments if i.station == self.station(flight)]
-        previous = flight.record.instrument.removeprefix("instrument.") if flight.record.instrument else None
-        if flight.step == flight.dispatched_step and previous in {i.name for i in candidates}:
+        previous = next((i for i in candidates if i.service_name == flight.record.instrument), None)
+        if flight.step == flight.dispatched_step and previous is not None:
             # A reconciled command goes back to the instrument that holds (or held) its specimen.
-            chosen = next(i for i in candidates if i.name == previous)
-            return chosen if self.load[chosen.name] < self.capacity[chosen.name] else None
+            return previous if self.load[previous.name] < self.capacity[previous.name] else None
         free = [i for i in candidates if self.load[i.name] < self.capacity[i.name]]
         return min(free, key=lambda i: self.load[i.name] / self.capacity[i.name]) if free else None

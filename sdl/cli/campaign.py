@@ -43,7 +43,6 @@ def run(config: Path, campaign_dir: Path | None, resume: bool, ray_address: str 
         sys.exit(130)
 
 
-
 @main.command()
 @click.argument("campaign_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def status(campaign_dir: Path) -> None:
@@ -93,7 +92,6 @@ def ledger_export(campaign_dir: Path, file_format: str, out: Path | None) -> Non
     except LedgerError as e:
         raise click.ClickException(str(e)) from None
     click.echo(str(path))
-
 
 
 def _point_text(point) -> str:

@@ -41,7 +41,7 @@ def instrument_serve(driver: str, bus_address: str, name: str | None, options: t
     """Serve DRIVER on the bus in this process, without Ray (the path of a lab PC)."""
     from pydantic import ValidationError
 
-    from sdl.agents.instrument_driver import InstrumentDriverAgent, InstrumentDriverSettings
+    from sdl.agents.instrument_driver import InstrumentDriverAgent, InstrumentDriverSettings, instrument_service
     from sdl.bus import Worker
     from sdl.settings import describe_validation_error
 
@@ -60,11 +60,11 @@ def instrument_serve(driver: str, bus_address: str, name: str | None, options: t
         raise click.ClickException(f"driver {driver} options: {describe_validation_error(e)}") from None
     except ValueError as e:
         raise click.ClickException(str(e)) from None
-    worker = Worker(service, bus_address, service_name=f"instrument.{name}", capacity=capacity)
+    worker = Worker(service, bus_address, service_name=instrument_service(name), capacity=capacity)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     worker.start()
-    click.echo(f"serving {driver} as instrument.{name} on {bus_address} (Ctrl-C to stop)", err=True)
+    click.echo(f"serving {driver} as {instrument_service(name)} on {bus_address} (Ctrl-C to stop)", err=True)
     stop.wait()
     worker.stop()

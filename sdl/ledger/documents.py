@@ -160,9 +160,6 @@ AnyDocument = Annotated[
     Field(discriminator="kind"),
 ]
 _DOCUMENT = TypeAdapter(AnyDocument)
-DOCUMENT_KINDS: dict[str, type[Document]] = {
-    cls.model_fields["kind"].default: cls for cls in Document.__subclasses__()
-}
 
 
 def parse_document(data: dict[str, Any] | str | bytes) -> Document:

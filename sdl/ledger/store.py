@@ -135,13 +135,19 @@ class Ledger:
             if not self.path.exists():
                 raise LedgerError(f"no ledger at {self.path}; is this a campaign directory?")
             db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10.0)
-            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "events" in tables and "documents" not in tables:
+            db.close()
+            raise LedgerError(f"{self.path} was written by an earlier sdl (free-form events instead of typed "
+                              "documents); read it with that version, and run new campaigns in a new directory")
+        if readonly:
             if not _TABLES <= tables:
                 db.close()
                 raise LedgerError(f"{self.path} is not an initialised ledger (yet): tables {sorted(tables)}")
             return db
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={synchronous.upper()}")
         db.execute("PRAGMA foreign_keys=ON")
@@ -210,8 +216,10 @@ class Ledger:
 
     # -- transitions ---------------------------------------------------------------------------
 
-    def plan(self, experiments: Iterable[PlannedExperiment]) -> list[ExperimentRecord]:
-        """Record new experiments as planned, in one transaction; return them as recorded."""
+    def plan(self, experiments: Iterable[PlannedExperiment], *,
+             notes: Iterable[Document] = ()) -> list[ExperimentRecord]:
+        """Record new experiments as planned, in one transaction with ``notes`` (documents about them, such
+        as the route a process planner fell back to); return them as recorded."""
         now = time.time()
         experiments = list(experiments)
         with self._transaction() as tx:
@@ -227,6 +235,8 @@ class Ledger:
                 tx.add(ExperimentPlanned(experiment_id=e.experiment_id, seq=seq, point=e.point, process=list(e.process),
                                          planner=e.planner, idempotency_key=e.idempotency_key, predicted=e.predicted,
                                          at_unix_s=now))
+            for document in notes:
+                tx.add(document)
             ids = [e.experiment_id for e in experiments]
             rows = tx.db.execute(f"SELECT * FROM experiments WHERE id IN ({', '.join('?' * len(ids))}) ORDER BY seq",
                                  ids).fetchall()
@@ -238,7 +248,8 @@ class Ledger:
         with self._transaction() as tx:
             before = tx.status(experiment_id)
             if before not in ("planned", "dispatched"):
-                raise LedgerError(f"experiment {experiment_id} is {before}; only planned or dispatched ones can be dispatched")
+                raise LedgerError(f"experiment {experiment_id} is {before}; only planned or dispatched ones can be "
+                                  "dispatched")
             count = tx.db.execute(
                 "UPDATE experiments SET status='dispatched', instrument=?, dispatched_at_unix_s=?,"
                 " dispatch_count=dispatch_count+1 WHERE id=? RETURNING dispatch_count",
@@ -337,8 +348,10 @@ class _Writes:
                         (document.at_unix_s, document.kind, document.model_dump_json()))
         self.documents.append(document)
 
-    def transition(self, experiment_id: str, before: str | None, after: str, at_unix_s: float, detail: str = "") -> None:
-        self.db.execute("INSERT INTO transitions VALUES (?, ?, ?, ?, ?)", (experiment_id, before, after, at_unix_s, detail))
+    def transition(self, experiment_id: str, before: str | None, after: str, at_unix_s: float,
+                   detail: str = "") -> None:
+        self.db.execute("INSERT INTO transitions VALUES (?, ?, ?, ?, ?)",
+                        (experiment_id, before, after, at_unix_s, detail))
 
     def status(self, experiment_id: str) -> Status:
         row = self.db.execute("SELECT status FROM experiments WHERE id=?", (experiment_id,)).fetchone()
