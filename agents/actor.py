@@ -43,6 +43,3 @@ class AgentActor:
             "registrations": self.worker.registrations,
             "handled": self.worker.handled,
         }
-
-    def shutdown(self) -> None:
-        self.worker.stop()
