@@ -68,6 +68,10 @@ def test_agents_lists_the_kinds_and_shows_their_settings():
         ({"space": {"parameters": {"x1": {"low": 1, "high": 0}}}}, "need finite low < high"),
         ({"objective": {"direction": "up"}}, "objective.direction: Input should be 'minimize' or 'maximize'"),
         ({"speed": "fast"}, "speed: Extra inputs are not permitted"),
+        ({"space": {"composition": {"elements": {"Ni": [0.8, 0.9], "Al": [0.1, 0.2]}}}, "simulators": [],
+          "process": [{"operation": "age", "temperature_k": 2200, "duration_s": 60}],
+          "instruments": [{"name": "f", "driver": "furnace"}], "workflow": ["measure"]},
+         "process: step 1 (age) at 2200.0 K is above instrument.f's maximum 1500.0 K"),
     ],
 )
 def test_invalid_config_names_the_field_and_the_allowed_values(tmp_path, change, fragment):

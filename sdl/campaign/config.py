@@ -221,6 +221,13 @@ class CampaignConfig(Section):
             raise ValueError(f"instruments serve stations {unused} that are not in the workflow {self.workflow}")
         if self.process_planner is not None and self.process:
             raise ValueError("give either a fixed `process` route or a `process_planner`, not both")
+        for instrument in self.instruments:  # a fixed route is checked against every instrument that runs routes
+            limits = instrument.process_limits
+            if limits is not None and self.process:
+                try:
+                    limits.check(self.process, instrument=instrument.service_name)
+                except ValueError as e:
+                    raise ValueError(f"process: {e}") from None
         context = self.agent_context()
         for agent in self.agents:
             cls = agent.agent_class
