@@ -17,7 +17,7 @@ import ray
 
 from sdl.agents.base import AgentContext
 from sdl.agents.registry import build_service
-from sdl.bus import Worker
+from sdl.bus import CurveKeys, Worker
 from sdl.settings import Section
 
 
@@ -26,10 +26,11 @@ class AgentActor:
     """One agent: builds the service of agent kind ``kind`` and serves it from background threads."""
 
     def __init__(self, kind: str, settings: Section, context: AgentContext, broker_address: str, service_name: str,
-                 capacity: int = 1):
+                 capacity: int = 1, curve: CurveKeys | None = None):
         self.service_name = service_name
         self.service = build_service(kind, settings, context)
-        self.worker = Worker(self.service, broker_address, service_name=service_name, capacity=capacity).start()
+        self.worker = Worker(self.service, broker_address, service_name=service_name, capacity=capacity,
+                             curve=curve).start()
         self.started_at_unix_s = time.time()
 
     def info(self) -> dict[str, Any]:

@@ -54,6 +54,7 @@ class ErrorCode(StrEnum):
     SERVICE_UNAVAILABLE = "service_unavailable"  # no worker took the request before its deadline
     WORKER_LOST = "worker_lost"  # the worker's connection died while it held the request
     DEADLINE_EXCEEDED = "deadline_exceeded"  # the worker held the request past its timeout
+    UNAUTHORIZED = "unauthorized"  # the sender's key is not granted this service or method
     TIMEOUT = "timeout"  # no reply before the caller's deadline (set by the client, never sent)
 
 
@@ -134,6 +135,8 @@ class Event(Envelope):
     kind: Literal["event"] = "event"
     topic: str = Field(pattern=r"^[a-z][a-z0-9_.\-]*$", max_length=128)
     payload: dict[str, Any] = Field(default_factory=dict)
+    sender: str = Field(default="", max_length=128,
+                        description="the key that published it, set by a broker that authenticates its peers")
 
 
 Message = Annotated[Union[Request, Reply, Ready, Heartbeat, Disconnect, Event], Field(discriminator="kind")]

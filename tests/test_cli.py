@@ -65,6 +65,8 @@ def test_agents_lists_the_kinds_and_shows_their_settings():
         ({"instruments": [{"name": "a", "driver": "branin", "options": {"noise": 1}}]}, "options of driver 'branin': noise: Extra inputs"),
         ({"instruments": [{"name": "a", "driver": "branin", "host": "cloud"}]}, "host: Input should be 'ray' or 'external'"),
         ({"bus": {"frontend": "localhost:5555"}}, "is not a ZeroMQ endpoint; use tcp://HOST:PORT"),
+        ({"bus": {"frontend": "tcp://0.0.0.0:5555"}}, "bus: tcp://0.0.0.0:5555 is reachable from other machines, and the "
+                                                      "bus has no keys: make them with `sdl keys new broker`"),
         ({"space": {"parameters": {"x1": {"low": 1, "high": 0}}}}, "need finite low < high"),
         ({"objective": {"direction": "up"}}, "objective.direction: Input should be 'minimize' or 'maximize'"),
         ({"speed": "fast"}, "speed: Extra inputs are not permitted"),

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from sdl.bus.sockets import configure_liveness
+from sdl.bus.trust import LOCAL, Trust, TrustAuthenticator
 from sdl.wire import (
     CLIENT_HEADER,
     HEARTBEAT_INTERVAL_S,
@@ -82,6 +83,7 @@ class _Worker:
     name: str
     service: str
     capacity: int
+    key: str = LOCAL  # the key it authenticated with
     in_flight: dict[str, _Pending] = field(default_factory=dict)
 
     @property
@@ -102,8 +104,17 @@ class Broker:
         frontend: str = "tcp://127.0.0.1:*",
         events: str = "tcp://127.0.0.1:*",
         *,
+        trust: Trust | None = None,
         context: zmq.Context | None = None,
     ) -> None:
+        if trust is None:
+            for endpoint in (frontend, events):
+                if not loopback(endpoint):
+                    raise ValueError(f"{endpoint} is reachable from other machines, and the bus has no keys: make them "
+                                     "with `sdl keys new broker` (and one per peer) and name the directory in "
+                                     "bus.keys or SDL_KEYS_DIR, or bind 127.0.0.1")
+        self._trust = trust
+        self._authenticator: TrustAuthenticator | None = None
         self._frontend_endpoint = frontend
         self._events_endpoint = events
         self._context = context or zmq.Context.instance()
@@ -118,15 +129,21 @@ class Broker:
         self._unreachable: set[bytes] = set()  # workers a send could not reach: dropped by _reap
         self.frontend_address: str | None = None
         self.events_address: str | None = None
-        # Clients in the broker's own process (the campaign) skip TCP and ZeroMQ's I/O thread.
+        # Clients in the broker's own process (the campaign) skip TCP and ZeroMQ's I/O thread, and CURVE:
+        # they are the controller.
         self.local_address = f"inproc://sdl-broker-{id(self):x}"
+        self.local_events_address = f"inproc://sdl-broker-events-{id(self):x}"
         self.counters: collections.Counter[str] = collections.Counter()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def bind(self) -> Broker:
+        if self._trust is not None:
+            self._authenticator = TrustAuthenticator(self._context, self._trust).start()
         self._router = self._context.socket(zmq.ROUTER)
         self._router.setsockopt(zmq.LINGER, 0)
+        if self._trust is not None:
+            self._trust.server_socket(self._router)
         self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a closed connection fails: how the dead are found
         configure_liveness(self._router)
         self._monitor = self._router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
@@ -135,8 +152,11 @@ class Broker:
         self._router.bind(self.local_address)
         self._publisher = self._context.socket(zmq.PUB)
         self._publisher.setsockopt(zmq.LINGER, 0)
+        if self._trust is not None:
+            self._trust.server_socket(self._publisher)  # results are not for anyone who connects
         self._publisher.bind(self._events_endpoint)
         self.events_address = _connectable(self._publisher.getsockopt_string(zmq.LAST_ENDPOINT))
+        self._publisher.bind(self.local_events_address)
         log.info("broker on %s, events on %s", self.frontend_address, self.events_address)
         return self
 
@@ -187,7 +207,7 @@ class Broker:
                     # Drain what is waiting before housekeeping, so a burst is not interleaved
                     # with a heartbeat sweep per message.
                     for _ in range(1000):
-                        self._handle_frames(self._router.recv_multipart())
+                        self._handle_frames(*self._receive())
                         if not self._router.get(zmq.EVENTS) & zmq.POLLIN:
                             break
                 now = time.monotonic()
@@ -211,13 +231,27 @@ class Broker:
             self._router.close(0)
             self._publisher.close(0)
             self._router = self._publisher = self._monitor = None
+            if self._authenticator is not None:
+                self._authenticator.stop()
+                self._authenticator = None
+
+    def _receive(self) -> tuple[list[bytes], str]:
+        """One message's frames and the key that sent it (``local`` for the broker's own process)."""
+        if self._trust is None:
+            return self._router.recv_multipart(), LOCAL
+        parts = self._router.recv_multipart(copy=False)
+        try:
+            sender = parts[-1].get("User-Id")
+        except zmq.ZMQError:  # inproc: no handshake, no user id
+            sender = LOCAL
+        return [part.bytes for part in parts], sender
 
     def _on_connection_closed(self) -> None:
         while self._monitor.get(zmq.EVENTS) & zmq.POLLIN:
             self._monitor.recv_multipart()
         self._probe_until_s = time.monotonic() + PROBE_WINDOW_S
 
-    def _handle_frames(self, frames: list[bytes]) -> None:
+    def _handle_frames(self, frames: list[bytes], sender: str = LOCAL) -> None:
         identity = frames[0]
         try:
             if len(frames) != 3 or frames[1] not in (CLIENT_HEADER, WORKER_HEADER):
@@ -230,9 +264,9 @@ class Broker:
             header, body = frames[1], frames[2]
             message = decode(body)
             if header == CLIENT_HEADER:
-                self._from_client(identity, message, body)
+                self._from_client(identity, message, body, sender)
             else:
-                self._from_worker(identity, message, body)
+                self._from_worker(identity, message, body, sender)
             self._reap()
         except ProtocolError as e:
             self.counters["bad_message"] += 1
@@ -245,14 +279,20 @@ class Broker:
 
     # -- clients -------------------------------------------------------------------------------
 
-    def _from_client(self, identity: bytes, message: Message, body: bytes) -> None:
+    def _from_client(self, identity: bytes, message: Message, body: bytes, sender: str) -> None:
         if isinstance(message, Request):
+            if self._trust is not None and not self._trust.may_call(sender, message.service, message.method):
+                self._refuse(sender, f"call {message.service}.{message.method}")
+                self._send(identity, CLIENT_HEADER, error_reply(
+                    message.id, ErrorCode.UNAUTHORIZED,
+                    f"key {sender!r} may not call {message.service}.{message.method}", service=message.service))
+                return
             self.counters["requests"] += 1
             pending = _Pending(identity, message, body, time.monotonic() + message.timeout_s)
             self._queues[message.service].append(pending)
             self._dispatch(message.service)
         elif isinstance(message, Event):
-            self._publish_peer_event(message, body)
+            self._publish_peer_event(message, body, sender)
         elif isinstance(message, Heartbeat):
             pass
         else:
@@ -260,15 +300,20 @@ class Broker:
 
     # -- workers -------------------------------------------------------------------------------
 
-    def _from_worker(self, identity: bytes, message: Message, body: bytes) -> None:
+    def _from_worker(self, identity: bytes, message: Message, body: bytes, sender: str) -> None:
         worker = self._workers.get(identity)
         if isinstance(message, Ready):
+            if self._trust is not None and not self._trust.may_serve(sender, message.service):
+                self._refuse(sender, f"serve {message.service}")
+                self._send(identity, WORKER_HEADER, Disconnect(reason=f"refused: key {sender!r} may not serve "
+                                                                      f"{message.service}"))
+                return
             if worker is not None:
                 self._drop_worker(worker, "re-registered")
-            self._workers[identity] = _Worker(identity, message.worker, message.service, message.capacity)
+            self._workers[identity] = _Worker(identity, message.worker, message.service, message.capacity, sender)
             log.info("worker %s joined service %s (capacity %d)", message.worker, message.service, message.capacity)
             self._publish(Event(topic=f"{BROKER_EVENT_TOPIC}.joined",
-                                payload={"service": message.service, "worker": message.worker}))
+                                payload={"service": message.service, "worker": message.worker, "key": sender}))
             self._dispatch(message.service)
             return
         if worker is None:
@@ -289,7 +334,7 @@ class Broker:
         elif isinstance(message, Heartbeat):
             pass
         elif isinstance(message, Event):
-            self._publish_peer_event(message, body)
+            self._publish_peer_event(message, body, sender)
         elif isinstance(message, Disconnect):
             self._drop_worker(worker, message.reason or "disconnected")
         else:
@@ -399,10 +444,21 @@ class Broker:
         """On the event stream under its topic; a peer's event as it was received (validated, not re-encoded)."""
         self._publisher.send_multipart([event.topic.encode(), body if body is not None else encode(event)])
 
-    def _publish_peer_event(self, event: Event, body: bytes) -> None:
+    def _publish_peer_event(self, event: Event, body: bytes, sender: str) -> None:
         if event.topic == BROKER_EVENT_TOPIC or event.topic.startswith(BROKER_EVENT_TOPIC + "."):
             raise ProtocolError(f"topic {event.topic!r} is the broker's own; publish under another name")
-        self._publish(event, body)
+        if self._trust is None:
+            self._publish(event, body)
+        elif self._trust.may_publish(sender, event.topic):
+            self._publish(event.model_copy(update={"sender": sender}))  # attributed to its key, whatever it claimed
+        else:
+            self._refuse(sender, f"publish {event.topic}")
+
+    def _refuse(self, key: str, action: str) -> None:
+        """Log a refusal and put it on the event stream, where the campaign records it."""
+        self.counters["refused"] += 1
+        log.warning("refused: key %r may not %s", key, action)
+        self._publish(Event(topic=f"{BROKER_EVENT_TOPIC}.refused", payload={"key": key, "action": action}))
 
 
 def _request_id(frames: list[bytes]) -> str | None:
@@ -414,6 +470,14 @@ def _request_id(frames: list[bytes]) -> str | None:
         return value if isinstance(value, str) and len(value) <= 64 else None
     except Exception:
         return None
+
+
+def loopback(endpoint: str) -> bool:
+    """Whether only this machine can reach ``endpoint`` (loopback TCP, IPC, inproc)."""
+    if endpoint.startswith(("ipc://", "inproc://")):
+        return True
+    host = endpoint.removeprefix("tcp://").rsplit(":", 1)[0]
+    return host in ("127.0.0.1", "localhost", "[::1]", "::1")
 
 
 def _connectable(endpoint: str) -> str:

@@ -18,6 +18,7 @@ import zmq
 from pydantic import BaseModel
 
 from sdl.bus.sockets import configure_liveness
+from sdl.bus.trust import CurveKeys
 from sdl.wire import CLIENT_HEADER, ErrorCode, ErrorInfo, Event, ProtocolError, Reply, Request, decode, encode, new_id
 
 log = logging.getLogger(__name__)
@@ -85,11 +86,14 @@ class _Call:
 class BusClient:
     """One DEALER connection to the broker. Not thread-safe: use one client per thread."""
 
-    def __init__(self, broker_address: str, *, context: zmq.Context | None = None) -> None:
+    def __init__(self, broker_address: str, *, curve: CurveKeys | None = None,
+                 context: zmq.Context | None = None) -> None:
         self.broker_address = broker_address
         self._socket = (context or zmq.Context.instance()).socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
         configure_liveness(self._socket)
+        if curve is not None:
+            curve.apply(self._socket)
         self._socket.connect(broker_address)
         self._calls: dict[str, _Call] = {}
         self._by_message: dict[str, str] = {}  # message id of an attempt -> call id
@@ -250,8 +254,11 @@ class BusClient:
 class EventSubscriber:
     """Follows the broker's event stream, optionally filtered by topic prefixes."""
 
-    def __init__(self, events_address: str, topics: tuple[str, ...] = ("",), *, context: zmq.Context | None = None):
+    def __init__(self, events_address: str, topics: tuple[str, ...] = ("",), *, curve: CurveKeys | None = None,
+                 context: zmq.Context | None = None):
         self._socket = (context or zmq.Context.instance()).socket(zmq.SUB)
+        if curve is not None:
+            curve.apply(self._socket)
         self._socket.setsockopt(zmq.LINGER, 0)
         for topic in topics:
             self._socket.setsockopt(zmq.SUBSCRIBE, topic.encode())

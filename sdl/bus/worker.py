@@ -31,6 +31,7 @@ import zmq
 from pydantic import BaseModel, Field, ValidationError
 
 from sdl.bus.sockets import configure_liveness
+from sdl.bus.trust import CurveKeys
 from sdl.settings import describe_validation_error
 from sdl.wire import (
     HEARTBEAT_INTERVAL_S,
@@ -53,6 +54,7 @@ from sdl.wire import (
 log = logging.getLogger(__name__)
 
 RECONNECT_DELAY_S = 0.5
+REFUSED_BACKOFF_S = 10.0  # a worker the broker refused (its key may not serve the service) tries again this late
 # A slot whose handler is still running this long after its request's deadline is replaced (the
 # broker has already answered the caller with deadline_exceeded).
 ABANDON_GRACE_S = 1.0
@@ -195,6 +197,7 @@ class Worker:
         service_name: str,
         worker_name: str | None = None,
         capacity: int = 1,
+        curve: CurveKeys | None = None,
         context: zmq.Context | None = None,
     ) -> None:
         if capacity < 1:
@@ -204,6 +207,7 @@ class Worker:
         self.service_name = service_name
         self.worker_name = worker_name or default_worker_name(service_name)
         self.capacity = capacity
+        self.curve = curve
         self._context = context or zmq.Context.instance()
         self._stop = threading.Event()
         self._supervisor: threading.Thread | None = None
@@ -254,11 +258,12 @@ class Worker:
             # a slot inside a handler finishes it first; one that outlasts the timeout ends with the process
             if thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))
-        running = [t.name for t in threads if t.is_alive() and t is not threading.current_thread()]
-        if running or self.abandoned_running:
+        with self._lock:
+            busy = [slot.name for slot in self._slots if slot.busy]
+        if busy or self.abandoned_running:
             # Closing under a running handler would pull its resources (an instrument's journal) from under it.
             log.warning("%s: handlers still running (%s); the service is left open", self.service_name,
-                        ", ".join(running) or f"{self.abandoned_running} abandoned")
+                        ", ".join(busy) or f"{self.abandoned_running} abandoned")
             return
         self.service.close()
 
@@ -322,6 +327,8 @@ class _Slot:
         self.socket = self.worker._context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         configure_liveness(self.socket)
+        if self.worker.curve is not None:
+            self.worker.curve.apply(self.socket)
         self.socket.connect(self.worker.broker_address)
         self._send(Ready(service=self.worker.service_name, worker=self.name, capacity=1))
         self.registrations += 1
@@ -361,7 +368,12 @@ class _Slot:
                         heard_at = time.monotonic()
                         message = self._receive()
                         if isinstance(message, Disconnect):
-                            log.info("%s told to reconnect: %s", self.name, message.reason)
+                            if message.reason.startswith("refused"):
+                                # Not this worker's to serve: say so, and do not hammer the broker.
+                                log.error("%s: the broker %s", self.name, message.reason)
+                                stop.wait(REFUSED_BACKOFF_S)
+                            else:
+                                log.info("%s told to reconnect: %s", self.name, message.reason)
                             self._connect()
                         elif isinstance(message, Request):
                             request = message

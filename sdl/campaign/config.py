@@ -20,6 +20,8 @@ from pydantic import Field, field_validator, model_validator
 from sdl.agents.base import AgentContext, AgentKind, Role
 from sdl.agents.instrument_driver import instrument_service
 from sdl.agents.registry import agent_class, qualified, validate_settings
+from sdl.bus import KeyRing
+from sdl.bus.broker import loopback
 from sdl.experiment import ProcessStep
 from sdl.instruments.base import driver_parameters
 from sdl.instruments.limits import ProcessLimits
@@ -29,11 +31,27 @@ from sdl.space import SearchSpace
 from sdl.wire import ServiceName
 
 
+class GrantConfig(Section):
+    """What a key may do on the bus; shell-style patterns (``instrument.*:describe``)."""
+
+    serve: list[str] = Field(default_factory=list, description="services it may serve")
+    call: list[str] = Field(default_factory=list, description="service:method it may call (service alone: any)")
+    publish: list[str] = Field(default_factory=list, description="event topics it may publish")
+
+
 class BusConfig(Section):
-    """Where the broker listens. ``*`` picks a free port; a lab with external instruments fixes one."""
+    """Where the broker listens, and who may talk to it. ``*`` picks a free port; a lab with external
+    instruments fixes one, and then needs keys (CurveZMQ): the broker refuses to listen beyond this
+    machine without them."""
 
     frontend: str = "tcp://127.0.0.1:*"
     events: str = "tcp://127.0.0.1:*"
+    keys: Path | None = Field(
+        default=None, description="the deployment's keys directory (`sdl keys`; default: SDL_KEYS_DIR); none: no "
+                                  "authentication, loopback only")
+    grants: dict[str, GrantConfig] = Field(
+        default_factory=dict, description="what each key may do beyond the defaults (an external instrument's key "
+                                          "serves its instrument; the controller and its agents need nothing here)")
     advertise_host: str | None = Field(
         default=None, description="host name peers use to reach a broker bound to 0.0.0.0 (default: this node's IP)"
     )
@@ -45,6 +63,17 @@ class BusConfig(Section):
         if not re.fullmatch(r"(tcp://[^:\s]+:(\*|\d{1,5}))|(ipc://\S+)", value):
             raise ValueError(f"{value!r} is not a ZeroMQ endpoint; use tcp://HOST:PORT, tcp://HOST:* or ipc://PATH")
         return value
+
+    def key_ring(self) -> KeyRing | None:
+        return KeyRing(self.keys) if self.keys is not None else KeyRing.from_env()
+
+    @model_validator(mode="after")
+    def _keys_beyond_loopback(self) -> BusConfig:
+        exposed = [e for e in (self.frontend, self.events) if not loopback(e)]
+        if exposed and self.key_ring() is None:
+            raise ValueError(f"{exposed[0]} is reachable from other machines, and the bus has no keys: make them "
+                             "with `sdl keys new broker` (and one per instrument PC) and set bus.keys or SDL_KEYS_DIR")
+        return self
 
 
 class RayConfig(Section):
@@ -138,6 +167,8 @@ class InstrumentConfig(Section):
         default="ray", description="ray: the campaign starts it as an actor; external: `sdl instrument serve`"
     )
     capacity: int = Field(default=1, ge=1, le=64, description="specimens it handles at once")
+    key: str | None = Field(default=None, description="host external, on a bus with keys: the key its PC "
+                                                      "authenticates with (default: its name)")
     timeout_s: float = Field(default=60.0, gt=0, description="per attempt, before a retry")
     retries: int = Field(default=2, ge=0, le=20)
     options: dict[str, Any] = Field(default_factory=dict, description="the driver's parameters")

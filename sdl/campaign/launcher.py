@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import ray
+import zmq
 
 from sdl.agents.actor import AgentActor
 from sdl.agents.base import AgentContext
 from sdl.agents.instrument_driver import InstrumentDriverSettings
-from sdl.bus import Broker
+from sdl.bus import Broker, Grant, Trust
 from sdl.campaign.config import CampaignConfig
 from sdl.ledger.documents import AgentPlaced
 from sdl.settings import Section
@@ -46,7 +47,7 @@ def resolve_gpus(requested: float | Literal["auto"], free: float) -> float:
 
 def spawn(kind: str, settings: Section, context: AgentContext, *, broker_address: str, service_name: str,
           capacity: int = 1, max_restarts: int = 3, num_cpus: float = 0.0, num_gpus: float = 0.0,
-          node_id: str | None = None) -> ray.actor.ActorHandle:
+          node_id: str | None = None, trust: Trust | None = None) -> ray.actor.ActorHandle:
     """Start one agent actor. Agents wait on the bus most of the time, so by default they reserve no
     CPU; one that trains asks for ``num_cpus``/``num_gpus``.
 
@@ -56,15 +57,23 @@ def spawn(kind: str, settings: Section, context: AgentContext, *, broker_address
     GPUs only prefers it, so Ray may place it where those resources are. The price of pinning: an
     agent pinned to a node that dies is not restarted elsewhere. Without ``node_id``, Ray's
     best-effort SPREAD applies.
+
+    On a bus with keys (``trust``) the agent gets a key pair of its own, made here and trusted by the
+    broker to serve its service and nothing else.
     """
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     strategy: object = "SPREAD"
     if node_id is not None:
         strategy = NodeAffinitySchedulingStrategy(node_id=node_id, soft=bool(num_cpus or num_gpus))
+    curve = None
+    if trust is not None:
+        public, secret = zmq.curve_keypair()
+        trust.add(f"agent.{service_name}", public, Grant(serve=(service_name,)))
+        curve = trust.client_keys(public, secret)
     return AgentActor.options(max_restarts=max_restarts, num_cpus=num_cpus, num_gpus=num_gpus,
                               scheduling_strategy=strategy).remote(kind, settings, context, broker_address,
-                                                                   service_name, capacity)
+                                                                   service_name, capacity, curve)
 
 
 class Launcher:
@@ -98,13 +107,13 @@ class Launcher:
         """Every service the campaign needs on the bus, external instruments included."""
         return [a.service_name for a in self.config.agents] + [i.service_name for i in self.config.instruments]
 
-    def spawn_all(self, broker_address: str) -> None:
+    def spawn_all(self, broker_address: str, trust: Trust | None = None) -> None:
         cfg = self.config
         context = cfg.agent_context()
         # Deal the agents round-robin over the cluster's live nodes (Ray's SPREAD is best effort and
         # stacked resource-free actors on one node in tests); see spawn for the affinity used.
         nodes = itertools.cycle(sorted(n["NodeID"] for n in ray.nodes() if n["Alive"]) or [None])
-        common = {"broker_address": broker_address, "max_restarts": cfg.ray.max_restarts}
+        common = {"broker_address": broker_address, "max_restarts": cfg.ray.max_restarts, "trust": trust}
         # GPUs are counted here as they are given out: Ray's own count lags behind actors being created.
         gpus_free = ray.available_resources().get("GPU", 0.0)
         for agent in cfg.agents:

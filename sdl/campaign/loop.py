@@ -41,9 +41,13 @@ from sdl.bus import (
     BusError,
     CallOutcome,
     EventSubscriber,
+    Grant,
+    KeyRingError,
     RemoteError,
     ServiceDescription,
+    Trust,
 )
+from sdl.bus.keys import BROKER_KEY
 from sdl.campaign.config import CampaignConfig, InstrumentConfig
 from sdl.campaign.launcher import Launcher, LaunchError
 from sdl.campaign.scheduler import Flight, Scheduler
@@ -59,6 +63,7 @@ from sdl.ledger.documents import (
     FeasibilityLearned,
     PlannerFailed,
     RouteFallback,
+    SecurityRefused,
     TargetReached,
 )
 from sdl.wire import ErrorCode, ErrorInfo
@@ -126,19 +131,20 @@ class Campaign:
         state, reason = "failed", "error"
         try:
             with _signals(self.stop):
-                self.broker = Broker(self.config.bus.frontend, self.config.bus.events).start()
+                trust = _trust(self.config)
+                self.broker = Broker(self.config.bus.frontend, self.config.bus.events, trust=trust).start()
                 client = BusClient(self.broker.local_address)
                 ledger.on_commit = _publisher(client)
                 self._record_start(ledger)
                 # The ledger follows the broker's own events (services joining, lost), bluesky style.
-                bus_events = EventSubscriber(self.broker.events_address, topics=("bus.",))
+                bus_events = EventSubscriber(self.broker.local_events_address, topics=("bus.",))
                 self.launcher.start_ray()
                 address = self.launcher.advertised(self.broker.frontend_address)
                 (self.campaign_dir / BUS_FILENAME).write_text(json.dumps(
                     {"frontend": address, "events": self.launcher.advertised(self.broker.events_address),
                      "pid": os.getpid()}))
                 log.info("campaign %s: bus on %s", self.campaign_id, address)
-                self.launcher.spawn_all(address)
+                self.launcher.spawn_all(address, trust)
                 self.launcher.wait_for_services(self.broker, self.stop.graceful)
                 ledger.record(*self.launcher.placements())
                 reason = self._loop(ledger, client, bus_events)
@@ -418,6 +424,25 @@ class Campaign:
             best_point=best.point if best else None, wall_s=time.monotonic() - started)
 
 
+def _trust(config: CampaignConfig) -> Trust | None:
+    """The broker's keys and grants: every key in the deployment's directory may connect; an external
+    instrument's key may serve that instrument; ``bus.grants`` adds the rest (operators, say)."""
+    ring = config.bus.key_ring()
+    if ring is None:
+        log.info("the bus has no keys: it listens on loopback only and does not authenticate its peers")
+        return None
+    grants = {name: Grant(tuple(g.serve), tuple(g.call), tuple(g.publish)) for name, g in config.bus.grants.items()}
+    for instrument in config.instruments:
+        if instrument.host == "external":
+            key = instrument.key or instrument.name
+            grant = grants.get(key, Grant())
+            grants[key] = Grant((*grant.serve, instrument.service_name), grant.call, grant.publish)
+    try:
+        return Trust(*ring.key_pair(BROKER_KEY), keys=ring.trusted(), grants=grants)
+    except KeyRingError as e:
+        raise CampaignError(f"the bus's keys in {ring.directory}: {e}") from None
+
+
 def _publisher(client: BusClient):
     def publish(document: Document) -> None:
         client.publish(document.kind, document.model_dump(mode="json"))
@@ -429,11 +454,13 @@ def _record_bus_events(ledger: Ledger, bus_events: EventSubscriber) -> None:
     """The broker's own events (a service joined, a worker was lost) as the campaign's documents."""
     documents = []
     while (event := bus_events.receive(timeout_s=0)) is not None:
+        payload = event.payload  # the broker's own events: no peer may publish under bus.*
         if event.topic == "bus.joined":
-            documents.append(AgentJoined(service=event.payload["service"], worker=event.payload["worker"]))
+            documents.append(AgentJoined(service=payload["service"], worker=payload["worker"], key=payload["key"]))
         elif event.topic == "bus.lost":
-            documents.append(AgentLost(service=event.payload["service"], worker=event.payload["worker"],
-                                       reason=event.payload.get("reason", "")))
+            documents.append(AgentLost(service=payload["service"], worker=payload["worker"], reason=payload["reason"]))
+        elif event.topic == "bus.refused":
+            documents.append(SecurityRefused(key=payload["key"], action=payload["action"]))
     if documents:
         ledger.record(*documents)
 

@@ -27,7 +27,7 @@ class Document(WireModel):
         return " ".join([time.strftime("%H:%M:%S", time.localtime(self.at_unix_s)), self.kind, *about])
 
 
-_ABOUT = ("experiment_id", "service", "instrument", "station", "code", "state", "reason", "note")
+_ABOUT = ("experiment_id", "service", "instrument", "station", "code", "state", "reason", "note", "key", "action")
 
 
 # -- the campaign --------------------------------------------------------------------------------
@@ -122,6 +122,7 @@ class AgentJoined(Document):
     kind: Literal["agent.joined"] = "agent.joined"
     service: str
     worker: str
+    key: str = Field(default="", description="the key it authenticated with (a bus with keys)")
 
 
 class AgentLost(Document):
@@ -129,6 +130,14 @@ class AgentLost(Document):
     service: str
     worker: str
     reason: str
+
+
+class SecurityRefused(Document):
+    """The broker refused a key something it is not granted (to serve, to call, to publish)."""
+
+    kind: Literal["security.refused"] = "security.refused"
+    key: str
+    action: str
 
 
 class PlannerFailed(Document):
@@ -155,8 +164,8 @@ class RouteFallback(Document):
 
 AnyDocument = Annotated[
     Union[CampaignStarted, CampaignResumed, CampaignStopped, TargetReached, ExperimentPlanned, ExperimentDispatched,
-          ExperimentStep, ExperimentDone, ExperimentFailed, AgentPlaced, AgentJoined, AgentLost, PlannerFailed,
-          FeasibilityLearned, RouteFallback],
+          ExperimentStep, ExperimentDone, ExperimentFailed, AgentPlaced, AgentJoined, AgentLost, SecurityRefused,
+          PlannerFailed, FeasibilityLearned, RouteFallback],
     Field(discriminator="kind"),
 ]
 _DOCUMENT = TypeAdapter(AnyDocument)
