@@ -7,8 +7,10 @@
    c. raw pyzmq through a bare forwarding ROUTER loop in Python in its own process: the same
       three-process topology with no validation, no service table, no heartbeats. The floor for
       any broker written in Python; the sdl/bare ratio is what our features cost.
+   d. the sdl broker again with every peer on CurveZMQ keys and grants (target: <= 1.3x plaintext).
 2. Controller throughput: a campaign with zero-latency emulated instruments and the random planner,
-   ledger on (synchronous=full and normal). Target: >= 100 experiments/s.
+   ledger on (synchronous=full and normal; and full with the bus on keys). Targets: >= 100
+   experiments/s, >= 150 with CURVE.
 
     python bench/bus_overhead.py [--round-trips 5000] [--experiments 1000]
 """
@@ -90,17 +92,36 @@ def _bare_worker(address: str) -> None:
         socket.send_multipart([b"R", client, body])
 
 
-def _broker_process(address_queue: mp.Queue, stop: mp.Event) -> None:
+def _trust(keys_dir: str | None):
+    if keys_dir is None:
+        return None
+    from sdl.bus import Grant, KeyRing, Trust
+
+    ring = KeyRing(keys_dir)
+    return Trust(*ring.key_pair("broker"), keys=ring.trusted(),
+                 grants={"bench-worker": Grant(serve=("bench.echo",)), "bench-client": Grant(call=("bench.echo",))})
+
+
+def _curve(keys_dir: str | None, name: str):
+    if keys_dir is None:
+        return None
+    from sdl.bus import CurveKeys, KeyRing
+
+    ring = KeyRing(keys_dir)
+    return CurveKeys(ring.public_key("broker"), *ring.key_pair(name))
+
+
+def _broker_process(address_queue: mp.Queue, stop: mp.Event, keys_dir: str | None = None) -> None:
     from sdl.bus import Broker
 
-    broker = Broker().bind()
+    broker = Broker(trust=_trust(keys_dir)).bind()
     address_queue.put(broker.frontend_address)
     broker.start()
     stop.wait()
     broker.stop()
 
 
-def _worker_process(address: str, stop: mp.Event) -> None:
+def _worker_process(address: str, stop: mp.Event, keys_dir: str | None = None) -> None:
     from sdl.agents.capabilities import EvaluateRequest, Evaluation
     from sdl.bus import Service, Worker, method
 
@@ -111,7 +132,7 @@ def _worker_process(address: str, stop: mp.Event) -> None:
         def evaluate(self, request: EvaluateRequest) -> Evaluation:
             return Evaluation(values=[p.parameters for p in request.points])
 
-    worker = Worker(Echo(), address, service_name="bench.echo").start()
+    worker = Worker(Echo(), address, service_name="bench.echo", curve=_curve(keys_dir, "bench-worker")).start()
     stop.wait()
     worker.stop()
 
@@ -122,7 +143,6 @@ def percentile(values: list[float], q: float) -> float:
 
 def round_trips(n: int) -> None:
     from sdl.agents.capabilities import EvaluateRequest
-    from sdl.bus import BusClient
     from sdl.experiment import DesignPoint
     from sdl.wire import Request, encode
 
@@ -164,46 +184,67 @@ def round_trips(n: int) -> None:
     bare.join(5)
     bare_worker.kill()
 
-    stop = mp.Event()
-    broker = mp.Process(target=_broker_process, args=(queue, stop), daemon=True)
-    broker.start()
-    address = queue.get()
-    worker = mp.Process(target=_worker_process, args=(address, stop), daemon=True)
-    worker.start()
-    client = BusClient(address)
-    client.request("bench.echo", "describe", timeout_s=30)
-    bus_s = []
-    for i in range(n + 200):
-        t = time.perf_counter()
-        client.request("bench.echo", "evaluate", payload, timeout_s=10)
-        if i >= 200:
-            bus_s.append(time.perf_counter() - t)
-    client.close()
-    stop.set()
-    broker.join(5)
-    worker.join(5)
+    bus_s = _sdl_round_trips(queue, payload, n, keys_dir=None)
+    with tempfile.TemporaryDirectory() as keys_dir:
+        from sdl.bus import KeyRing
 
-    raw_p50, proxy_p50, bare_p50, bus_p50 = (statistics.median(s) * 1e6 for s in (raw_s, proxy_s, bare_s, bus_s))
+        ring = KeyRing(keys_dir)
+        for name in ("broker", "bench-worker", "bench-client"):
+            ring.create(name)
+        curve_s = _sdl_round_trips(queue, payload, n, keys_dir=keys_dir)
+
+    raw_p50, proxy_p50, bare_p50, bus_p50, curve_p50 = (statistics.median(s) * 1e6
+                                                         for s in (raw_s, proxy_s, bare_s, bus_s, curve_s))
     print(f"round trips: {n} each, {len(body)}-byte request")
     print(f"  raw pyzmq REQ/REP (2 processes)       p50 {raw_p50:7.1f} us   p99 {percentile(raw_s, 99) * 1e6:7.1f} us")
     print(f"  raw pyzmq via zmq.proxy in C (3 procs) p50 {proxy_p50:6.1f} us   p99 {percentile(proxy_s, 99) * 1e6:7.1f} us")
     print(f"  raw pyzmq via bare broker (3 procs)   p50 {bare_p50:7.1f} us   p99 {percentile(bare_s, 99) * 1e6:7.1f} us")
     print(f"  sdl broker (3 processes)              p50 {bus_p50:7.1f} us   p99 {percentile(bus_s, 99) * 1e6:7.1f} us")
+    print(f"  sdl broker, CURVE + grants            p50 {curve_p50:7.1f} us   p99 {percentile(curve_s, 99) * 1e6:7.1f} us")
     print(f"  ratio sdl/raw REQ/REP p50  {bus_p50 / raw_p50:5.2f}   (target <= 2.0)")
     print(f"  ratio C proxy/raw p50      {proxy_p50 / raw_p50:5.2f}   (the extra hop alone, no Python)")
     print(f"  ratio bare broker/raw p50  {bare_p50 / raw_p50:5.2f}   (the extra hop through a Python loop)")
     print(f"  ratio sdl/bare broker p50  {bus_p50 / bare_p50:5.2f}   (what validation, routing and heartbeats cost)")
+    print(f"  ratio CURVE/plain sdl p50  {curve_p50 / bus_p50:5.2f}   (target <= 1.3)")
+
+
+def _sdl_round_trips(queue: mp.Queue, payload, n: int, *, keys_dir: str | None) -> list[float]:
+    """Round trips client -> sdl broker -> worker and back, each in its own process; with keys, all over CURVE."""
+    from sdl.bus import BusClient
+
+    stop = mp.Event()
+    broker = mp.Process(target=_broker_process, args=(queue, stop, keys_dir), daemon=True)
+    broker.start()
+    address = queue.get()
+    worker = mp.Process(target=_worker_process, args=(address, stop, keys_dir), daemon=True)
+    worker.start()
+    client = BusClient(address, curve=_curve(keys_dir, "bench-client"))
+    client.request("bench.echo", "describe", timeout_s=30)
+    times = []
+    for i in range(n + 200):
+        t = time.perf_counter()
+        client.request("bench.echo", "evaluate", payload, timeout_s=10)
+        if i >= 200:
+            times.append(time.perf_counter() - t)
+    client.close()
+    stop.set()
+    broker.join(5)
+    worker.join(5)
+    return times
 
 
 def throughput(n: int) -> None:
     import ray
 
+    from sdl.bus import KeyRing
     from sdl.campaign import Campaign, parse_config
     from sdl.ledger import Ledger
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    keys = tempfile.TemporaryDirectory()
+    KeyRing(keys.name).create("broker")
     try:
-        for synchronous in ("full", "normal"):
+        for synchronous, curve in (("full", False), ("normal", False), ("full", True)):
             config = parse_config({
                 "name": f"throughput-{synchronous}",
                 "space": {"parameters": {"x1": {"low": -5, "high": 10}, "x2": {"low": 0, "high": 15}}},
@@ -211,6 +252,7 @@ def throughput(n: int) -> None:
                 "instruments": [{"name": f"i{k}", "driver": "branin", "capacity": 4} for k in range(2)],
                 "stop": {"max_experiments": n, "max_in_flight": 8},
                 "ledger": {"synchronous": synchronous},
+                "bus": {"keys": keys.name} if curve else {},
             })
             with tempfile.TemporaryDirectory() as tmp:
                 Campaign(config, Path(tmp) / "c", progress=False).run()
@@ -218,10 +260,12 @@ def throughput(n: int) -> None:
                     records = ledger.experiments()
                     span = max(r.finished_at_unix_s for r in records) - min(r.planned_at_unix_s for r in records)
                     assert ledger.counts()["done"] == n
-            print(f"campaign throughput, ledger synchronous={synchronous:6s}: {n / span:7.1f} experiments/s "
-                  f"({n} experiments in {span:.2f} s; target >= 100)")
+            label = f"ledger synchronous={synchronous:6s}" + (", CURVE" if curve else "")
+            print(f"campaign throughput, {label:33s}: {n / span:7.1f} experiments/s "
+                  f"({n} experiments in {span:.2f} s; target >= {150 if curve else 100})")
     finally:
         ray.shutdown()
+        keys.cleanup()
 
 
 def main() -> None:
