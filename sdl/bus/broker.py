@@ -447,7 +447,7 @@ class Broker:
     def _publish_peer_event(self, event: Event, body: bytes, sender: str) -> None:
         if event.topic == BROKER_EVENT_TOPIC or event.topic.startswith(BROKER_EVENT_TOPIC + "."):
             raise ProtocolError(f"topic {event.topic!r} is the broker's own; publish under another name")
-        if self._trust is None:
+        if self._trust is None or sender == LOCAL:  # the controller's own documents go out as they came
             self._publish(event, body)
         elif self._trust.may_publish(sender, event.topic):
             self._publish(event.model_copy(update={"sender": sender}))  # attributed to its key, whatever it claimed
