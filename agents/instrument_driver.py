@@ -16,7 +16,7 @@ from pydantic import Field, model_validator
 from sdl.agents.base import Agent, AgentContext
 from sdl.bus import ServiceError, method
 from sdl.experiment import ExperimentResult, ExperimentSpec
-from sdl.instruments.base import InstrumentFault, driver_class, driver_parameters
+from sdl.instruments.base import CommandInterrupted, InstrumentFault, driver_class, driver_parameters
 from sdl.settings import Section
 from sdl.wire import ErrorCode, WireModel
 
@@ -39,6 +39,9 @@ class InstrumentDriverSettings(Section):
 
 class RunExperiment(WireModel):
     experiment: ExperimentSpec
+    rerun_attempt: int | None = Field(
+        default=None, ge=1, description="run a command that was interrupted mid-action again: the attempt that "
+                                        "was cut off (from the `interrupted` error), as decided by policy or operator")
 
 
 class InstrumentDriverAgent(Agent):
@@ -57,7 +60,10 @@ class InstrumentDriverAgent(Agent):
     @method(RunExperiment, hardware=True)
     def run(self, request: RunExperiment, *, idempotency_key: str) -> ExperimentResult:
         try:
-            return self.instrument.run(request.experiment, idempotency_key=idempotency_key)
+            return self.instrument.run(request.experiment, idempotency_key=idempotency_key,
+                                       rerun_attempt=request.rerun_attempt)
+        except CommandInterrupted as e:
+            raise ServiceError(str(e), code=ErrorCode.INTERRUPTED, attempt=e.attempt) from e
         except InstrumentFault as e:
             raise ServiceError(str(e), code=ErrorCode.INSTRUMENT_FAULT) from e
         except ValueError as e:  # the experiment does not fit this instrument (names, limits)

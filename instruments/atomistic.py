@@ -23,7 +23,7 @@ from ase import Atoms
 from pydantic import Field, field_validator
 
 from sdl.experiment import AtomicStructure, ExperimentSpec, LabelledStructure
-from sdl.instruments.base import Instrument, InstrumentParameters
+from sdl.instruments.base import CommandInterrupted, Instrument, InstrumentParameters, InstrumentRefused
 
 # short names for calculators; anything else is given as "package.module.ClassName"
 CALCULATORS = {"emt": "ase.calculators.emt.EMT", "lj": "ase.calculators.lj.LennardJones"}
@@ -71,17 +71,20 @@ class AseCalculatorOracle(Instrument):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "calls": self.calls, "compute_s_total": self.compute_s_total}
 
-    def measure(self, experiment: ExperimentSpec, *, attempt: int) -> dict[str, Any]:
+    def check(self, experiment: ExperimentSpec) -> None:
         if experiment.structure is None:
-            raise ValueError(f"the {self.name} instrument computes atomic structures; experiment "
-                             f"{experiment.experiment_id} has no structure")
-        atoms = experiment.structure.to_atoms()
-        if len(atoms) > self.parameters.max_atoms:
-            raise ValueError(f"{len(atoms)} atoms exceed this instrument's max_atoms {self.parameters.max_atoms}")
+            raise InstrumentRefused(f"the {self.name} instrument computes atomic structures; experiment "
+                                    f"{experiment.experiment_id} has no structure")
+        n_atoms = len(experiment.structure.symbols)
+        if n_atoms > self.parameters.max_atoms:
+            raise InstrumentRefused(f"{n_atoms} atoms exceed this instrument's max_atoms {self.parameters.max_atoms}")
         if self.parameters.calculator.lower() == "emt":
-            unsupported = sorted(set(atoms.get_chemical_symbols()) - set(EMT_ELEMENTS))
+            unsupported = sorted(set(experiment.structure.symbols) - set(EMT_ELEMENTS))
             if unsupported:
-                raise ValueError(f"EMT has no parameters for {unsupported}; it models {', '.join(EMT_ELEMENTS)}")
+                raise InstrumentRefused(f"EMT has no parameters for {unsupported}; it models {', '.join(EMT_ELEMENTS)}")
+
+    def measure(self, experiment: ExperimentSpec, *, attempt: int) -> dict[str, Any]:
+        atoms = experiment.structure.to_atoms()
         atoms.calc = self._calculator_class(**self.parameters.calculator_options)
         started = time.perf_counter()
         energy = float(atoms.get_potential_energy())
@@ -99,7 +102,10 @@ class AseCalculatorOracle(Instrument):
         structure = AtomicStructure.from_atoms(atoms)
         key = hashlib.sha256(structure.model_dump_json().encode()).hexdigest()[:32]
         spec = ExperimentSpec(experiment_id=f"structure-{key[:12]}", campaign_id=campaign_id, structure=structure)
-        result = self.run(spec, idempotency_key=key)
+        try:
+            result = self.run(spec, idempotency_key=key)
+        except CommandInterrupted as e:  # a calculation cut off by a crash: nothing physical to look at first
+            result = self.run(spec, idempotency_key=key, rerun_attempt=e.attempt)
         labelled = LabelledStructure(
             structure=structure, energy_ev=result.measurements["energy_ev"],
             forces_ev_per_ang=result.arrays["forces_ev_per_ang"],

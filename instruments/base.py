@@ -2,11 +2,18 @@
 
 A concrete driver declares ``implemented_measurements`` and a pydantic ``Parameters`` model, and
 implements one method, :meth:`Instrument.measure`. The base class owns the bookkeeping every real
-instrument PC needs: the idempotency journal (a command seen twice returns the first outcome, so a
-retried or resumed campaign never runs a specimen twice), attempt counting, timing, and limits: a
-driver whose ``Parameters`` have a ``limits`` field (:class:`~sdl.instruments.limits.ProcessLimits`)
-gets every command checked against it before anything happens, refused and never clamped. A driver
-refuses other commands it cannot take in :meth:`Instrument.check`, also before anything happens.
+instrument PC needs: the command journal, attempt counting, timing, and limits: a driver whose
+``Parameters`` have a ``limits`` field (:class:`~sdl.instruments.limits.ProcessLimits`) gets every
+command checked against it before anything happens, refused and never clamped. A driver refuses
+other commands it cannot take in :meth:`Instrument.check`, also before anything happens.
+
+Exactly-once, honestly: each command (by idempotency key) is journaled
+``received -> running -> done | failed | refused`` before each step is taken. A command seen again
+returns (or re-raises) its first outcome; one still running in this process is waited for. A
+command found ``running`` by a new process was cut off mid-action (the process died): its state is
+unknown, the journal marks it ``interrupted``, and it is not run again unless the caller names that
+attempt (:class:`CommandInterrupted`); whether to rerun is the campaign's (or an operator's) call,
+never the driver's.
 
 Drivers raise :class:`InstrumentFault` for the lab's failures (furnace trip, specimen lost,
 instrument offline); the fault is journaled and replayed like a result.
@@ -19,6 +26,7 @@ import json
 import sqlite3
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -38,7 +46,21 @@ class InstrumentFault(RuntimeError):
 
 class InstrumentRefused(ValueError):
     """A command the instrument will not execute as given (over a limit, a specimen it cannot take);
-    nothing was done, and nothing is journaled."""
+    nothing was done. The refusal is journaled and replayed."""
+
+
+class CommandInterrupted(RuntimeError):
+    """An earlier attempt at this command was cut off mid-action; what it did to the specimen is unknown.
+
+    ``attempt`` is that attempt's number: :meth:`Instrument.run` with ``rerun_attempt=attempt`` runs
+    the command once more (a decision taken once, so a repeat of that decision does not run it twice)."""
+
+    def __init__(self, key: str, attempt: int, started_at_unix_s: float) -> None:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started_at_unix_s))
+        super().__init__(f"command {key} was interrupted mid-action (attempt {attempt}, started {started}); "
+                         "the specimen's state is unknown")
+        self.key = key
+        self.attempt = attempt
 
 
 class InstrumentParameters(BaseModel):
@@ -47,8 +69,24 @@ class InstrumentParameters(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+JOURNAL_STATUSES = ("received", "running", "done", "failed", "refused", "interrupted")
+FINISHED = ("done", "failed", "refused")
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    key: str
+    experiment_id: str
+    status: str
+    attempts: int  # how many times the action was started
+    outcome: dict[str, Any] | None
+    command: dict[str, Any] | None  # the ExperimentSpec as received (what `sdl ledger recover` re-plans from)
+    started_at_unix_s: float
+
+
 class Journal:
-    """Outcomes by idempotency key, in SQLite (a file survives a restart; ``None`` keeps it in memory)."""
+    """Each command's state and outcome by idempotency key, in SQLite (a file survives a restart;
+    ``None`` keeps it in memory). Every change is committed before the step it records is taken."""
 
     def __init__(self, path: str | Path | None) -> None:
         if path is not None:
@@ -60,26 +98,33 @@ class Journal:
             " status TEXT NOT NULL, attempts INTEGER NOT NULL, outcome_json TEXT,"
             " started_at_unix_s REAL NOT NULL, finished_at_unix_s REAL)"
         )
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(executions)")}
+        if "command_json" not in columns:  # journals written before commands were kept
+            self._db.execute("ALTER TABLE executions ADD COLUMN command_json TEXT")
         self._lock = threading.Lock()
 
-    def begin(self, key: str, experiment_id: str) -> tuple[str, int, dict[str, Any] | None]:
-        """Return (status, attempt, outcome): a finished key's outcome, or a new attempt to run."""
+    def begin(self, key: str, experiment: ExperimentSpec) -> JournalEntry:
+        """The command's entry: a new one is journaled ``received``; one left ``running`` by a process
+        that is gone becomes ``interrupted``. The caller must hold the key (no other thread runs it)."""
         with self._lock:
-            row = self._db.execute("SELECT status, attempts, outcome_json FROM executions WHERE key=?", (key,)).fetchone()
-            if row is not None and row[0] in ("done", "fault"):
-                return row[0], row[1], json.loads(row[2])
-            if row is not None and row[0] == "running":
-                # An earlier attempt never finished (the driver died mid-run): this is a new attempt.
-                attempts = row[1] + 1
+            entry = self._entry(key)
+            if entry is None:
                 self._db.execute(
-                    "UPDATE executions SET attempts=?, started_at_unix_s=? WHERE key=?", (attempts, time.time(), key)
-                )
-                return "running", attempts, None
-            self._db.execute(
-                "INSERT INTO executions(key, experiment_id, status, attempts, started_at_unix_s) VALUES (?, ?, 'running', 1, ?)",
-                (key, experiment_id, time.time()),
-            )
-            return "running", 1, None
+                    "INSERT INTO executions(key, experiment_id, status, attempts, started_at_unix_s, command_json)"
+                    " VALUES (?, ?, 'received', 0, ?, ?)",
+                    (key, experiment.experiment_id, time.time(), experiment.model_dump_json()))
+                return self._entry(key)
+            if entry.status == "running":
+                self._db.execute("UPDATE executions SET status='interrupted' WHERE key=?", (key,))
+                return self._entry(key)
+            return entry
+
+    def start(self, key: str) -> int:
+        """The action is about to start: ``running``, a new attempt (returned)."""
+        with self._lock:
+            return self._db.execute(
+                "UPDATE executions SET status='running', attempts=attempts+1, started_at_unix_s=? WHERE key=?"
+                " RETURNING attempts", (time.time(), key)).fetchone()[0]
 
     def finish(self, key: str, status: str, outcome: dict[str, Any]) -> None:
         with self._lock:
@@ -88,6 +133,11 @@ class Journal:
                 (status, json.dumps(outcome), time.time(), key),
             )
 
+    def entries(self) -> list[JournalEntry]:
+        with self._lock:
+            keys = [row[0] for row in self._db.execute("SELECT key FROM executions ORDER BY rowid")]
+            return [self._entry(key) for key in keys]
+
     def summary(self) -> dict[str, int]:
         with self._lock:
             rows = self._db.execute("SELECT status, COUNT(*) FROM executions GROUP BY status").fetchall()
@@ -95,6 +145,16 @@ class Journal:
 
     def close(self) -> None:
         self._db.close()
+
+    def _entry(self, key: str) -> JournalEntry | None:
+        row = self._db.execute("SELECT key, experiment_id, status, attempts, outcome_json, command_json,"
+                               " started_at_unix_s FROM executions WHERE key=?", (key,)).fetchone()
+        if row is None:
+            return None
+        status = "failed" if row[2] == "fault" else row[2]  # journals of earlier versions said "fault"
+        return JournalEntry(key=row[0], experiment_id=row[1], status=status, attempts=row[3],
+                            outcome=json.loads(row[4]) if row[4] else None,
+                            command=json.loads(row[5]) if row[5] else None, started_at_unix_s=row[6])
 
 
 class Instrument:
@@ -143,16 +203,16 @@ class Instrument:
             "parameters": self.parameters.model_dump(mode="json"),
         }
 
-    def run(self, experiment: ExperimentSpec, *, idempotency_key: str) -> ExperimentResult:
+    def run(self, experiment: ExperimentSpec, *, idempotency_key: str, rerun_attempt: int | None = None
+            ) -> ExperimentResult:
         """Run once per key: a repeated key returns (or re-raises) the journaled outcome.
 
         A command outside the limits, or one :meth:`check` refuses, raises :class:`InstrumentRefused`
-        (or :class:`~sdl.instruments.limits.LimitExceeded`) first. A duplicate that arrives while the
-        first is still running waits for it rather than starting the specimen a second time.
+        (or :class:`~sdl.instruments.limits.LimitExceeded`) before anything happens. A duplicate that
+        arrives while the first is still running waits for it rather than starting the specimen a
+        second time. A command cut off mid-action by an earlier process raises
+        :class:`CommandInterrupted` unless ``rerun_attempt`` names the attempt that was cut off.
         """
-        if self.limits is not None and experiment.process:
-            self.limits.check(experiment.process, instrument=f"the {self.name}")
-        self.check(experiment)
         while True:
             with self._running_lock:
                 busy = self._running.get(idempotency_key)
@@ -161,26 +221,42 @@ class Instrument:
                     break
             busy.wait()
         try:
-            return self._run_once(experiment, idempotency_key)
+            return self._run_once(experiment, idempotency_key, rerun_attempt)
         finally:
             with self._running_lock:
                 self._running.pop(idempotency_key).set()
 
-    def _run_once(self, experiment: ExperimentSpec, idempotency_key: str) -> ExperimentResult:
-        status, attempt, outcome = self.journal.begin(idempotency_key, experiment.experiment_id)
-        if status == "done":
-            return ExperimentResult.model_validate({**outcome, "replayed": True})
-        if status == "fault":
-            raise InstrumentFault(outcome["message"])
+    def _run_once(self, experiment: ExperimentSpec, key: str, rerun_attempt: int | None) -> ExperimentResult:
+        entry = self.journal.begin(key, experiment)
+        if entry.status == "done":
+            return ExperimentResult.model_validate({**entry.outcome, "replayed": True})
+        if entry.status == "failed":
+            raise InstrumentFault(entry.outcome["message"])
+        if entry.status == "refused":
+            raise InstrumentRefused(entry.outcome["message"])
+        if entry.status == "interrupted" and rerun_attempt != entry.attempts:
+            raise CommandInterrupted(key, entry.attempts, entry.started_at_unix_s)
+        try:
+            if self.limits is not None and experiment.process:
+                self.limits.check(experiment.process, instrument=f"the {self.name}")
+            self.check(experiment)
+        except ValueError as e:
+            self.journal.finish(key, "refused", {"message": str(e)})
+            raise
+        attempt = self.journal.start(key)
         started = time.time()
         try:
             measurements = self.measure(experiment, attempt=attempt)
+            missing = set(self.implemented_measurements) - set(measurements)
+            if missing:
+                raise RuntimeError(f"driver {self.name} did not return {sorted(missing)}")
         except InstrumentFault as e:
-            self.journal.finish(idempotency_key, "fault", {"message": str(e)})
+            self.journal.finish(key, "failed", {"message": str(e)})
             raise
-        missing = set(self.implemented_measurements) - set(measurements)
-        if missing:
-            raise RuntimeError(f"driver {self.name} did not return {sorted(missing)}")
+        except Exception as e:  # the driver's own error: the action ended, so it is a failure, not unknown
+            message = f"{self.name} driver error: {type(e).__name__}: {e}"
+            self.journal.finish(key, "failed", {"message": message})
+            raise InstrumentFault(message) from e
         # array-valued results (forces of every atom, ...) travel beside the scalar measurements
         arrays = {k: np.atleast_2d(np.asarray(v, dtype=float)).tolist() for k, v in measurements.items()
                   if np.ndim(v) > 0}
@@ -197,7 +273,7 @@ class Instrument:
             attempts=attempt,
             lab_time_s=finished - started if lab_time_s is None else lab_time_s,
         )
-        self.journal.finish(idempotency_key, "done", result.model_dump(mode="json"))
+        self.journal.finish(key, "done", result.model_dump(mode="json"))
         return result
 
     def close(self) -> None:

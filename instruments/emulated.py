@@ -17,7 +17,7 @@ from pydantic import Field
 
 from sdl.env.test_functions import TestProblem, get_problem
 from sdl.experiment import ExperimentSpec
-from sdl.instruments.base import Instrument, InstrumentFault, InstrumentParameters
+from sdl.instruments.base import Instrument, InstrumentFault, InstrumentParameters, InstrumentRefused
 
 
 class EmulatedParameters(InstrumentParameters):
@@ -36,6 +36,12 @@ class EmulatedInstrument(Instrument):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.problem: TestProblem = get_problem(self.problem_name)
+
+    def check(self, experiment: ExperimentSpec) -> None:
+        try:
+            self.problem.to_array([experiment.point])
+        except ValueError as e:  # parameters missing or outside the problem's domain: nothing to measure
+            raise InstrumentRefused(str(e)) from None
 
     def measure(self, experiment: ExperimentSpec, *, attempt: int) -> dict[str, float]:
         rng = np.random.default_rng(

@@ -51,6 +51,7 @@ class ErrorCode(StrEnum):
     MISSING_IDEMPOTENCY_KEY = "missing_idempotency_key"  # a hardware command came without one
     HANDLER_ERROR = "handler_error"  # the service's own code raised
     INSTRUMENT_FAULT = "instrument_fault"  # the instrument reported a fault (trip, lost specimen, offline)
+    INTERRUPTED = "interrupted"  # an earlier attempt was cut off mid-action; the specimen's state is unknown
     SERVICE_UNAVAILABLE = "service_unavailable"  # no worker took the request before its deadline
     WORKER_LOST = "worker_lost"  # the worker's connection died while it held the request
     DEADLINE_EXCEEDED = "deadline_exceeded"  # the worker held the request past its timeout
@@ -76,6 +77,7 @@ class WireModel(BaseModel):
 class ErrorInfo(WireModel):
     code: ErrorCode
     message: str
+    attempt: int | None = Field(default=None, ge=1, description="interrupted: the attempt that was cut off")
 
 
 class Envelope(WireModel):
@@ -178,5 +180,7 @@ def decode(frame: bytes) -> Request | Reply | Ready | Heartbeat | Disconnect | E
         raise ProtocolError("message nests too deeply") from e
 
 
-def error_reply(request_id: str | None, code: ErrorCode, message: str, *, service: str = "") -> Reply:
-    return Reply(correlation_id=request_id, service=service, ok=False, error=ErrorInfo(code=code, message=message))
+def error_reply(request_id: str | None, code: ErrorCode, message: str, *, service: str = "",
+                attempt: int | None = None) -> Reply:
+    return Reply(correlation_id=request_id, service=service, ok=False,
+                 error=ErrorInfo(code=code, message=message, attempt=attempt))

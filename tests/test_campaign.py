@@ -29,7 +29,7 @@ def test_campaign_runs_to_budget_with_every_experiment_recorded(campaign_dir):
     config = branin_config(surrogates=[{"kind": "gp"}], stop={"max_experiments": 10, "max_in_flight": 3})
     summary = Campaign(config, campaign_dir, progress=False).run()
     assert summary.state == "completed" and summary.stop_reason == "budget"
-    assert summary.counts == {"planned": 0, "dispatched": 0, "done": 10, "failed": 0}
+    assert summary.counts == {"planned": 0, "dispatched": 0, "interrupted": 0, "done": 10, "failed": 0}
     with Ledger.in_campaign(campaign_dir, readonly=True) as ledger:
         records = ledger.experiments()
         assert {r.instrument for r in records} == {"instrument.a", "instrument.b"}  # both instruments used
@@ -110,7 +110,7 @@ def test_agent_killed_mid_campaign_is_restarted_by_ray_and_rejoins(campaign_dir)
     runner.join(timeout=120)
     assert not runner.is_alive()
     summary = outcome["summary"]
-    assert summary.counts == {"planned": 0, "dispatched": 0, "done": 14, "failed": 0}
+    assert summary.counts == {"planned": 0, "dispatched": 0, "interrupted": 0, "done": 14, "failed": 0}
     with Ledger.in_campaign(campaign_dir, readonly=True) as ledger:
         agents = [d for d in ledger.documents(AgentJoined, AgentLost) if d.service == "instrument.a"]
         results = [r.result for r in ledger.experiments()]

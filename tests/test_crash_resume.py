@@ -7,10 +7,18 @@ import subprocess
 import sys
 import time
 
+import psutil
 import yaml
 
 from sdl.ledger import Ledger
-from sdl.ledger.documents import CampaignResumed, CampaignStarted, ExperimentStep
+from sdl.ledger.documents import (
+    AgentPlaced,
+    CampaignResumed,
+    CampaignStarted,
+    ExperimentDecided,
+    ExperimentInterrupted,
+    ExperimentStep,
+)
 
 from conftest import done_count
 
@@ -69,7 +77,7 @@ def test_kill_9_mid_campaign_then_resume_runs_each_experiment_exactly_once(tmp_p
 
     with Ledger.in_campaign(campaign_dir, readonly=True) as ledger:
         records = ledger.experiments()
-        assert ledger.counts() == {"planned": 0, "dispatched": 0, "done": 24, "failed": 0}
+        assert ledger.counts() == {"planned": 0, "dispatched": 0, "interrupted": 0, "done": 24, "failed": 0}
         assert [r.seq for r in records] == list(range(24))
         for r in records:
             finishes = [t for t in ledger.transitions(r.experiment_id) if t[2] in ("done", "failed")]
@@ -146,3 +154,87 @@ def test_kill_9_mid_workflow_resumes_from_the_first_uncommitted_station(tmp_path
         assert first_station[f"{key}/first"] == 1
     for record in records:  # one result per specimen, adding up both stations' time (0.2 s + 0.3 s)
         assert record.result.lab_time_s >= 0.45 and record.result.instrument == "branin"
+
+
+def sdl_cli(*args):
+    return subprocess.run([sys.executable, "-m", "sdl.cli", *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_kill_9_mid_measurement_of_a_destructive_instrument_holds_it_and_leaves_no_process(tmp_path):
+    """The furnace's process dies mid-action with the driver: on resume the command is not run again
+    but held, the operator's decision releases it, and nothing the campaign started outlives the kill."""
+    config = {**CONFIG, "name": "furnace",
+              "instruments": [{"name": "furnace", "driver": "branin", "destructive": True,
+                               "options": {"latency_s": 1.0}}],
+              "stop": {"max_experiments": 5, "max_in_flight": 1}}
+    config_path = tmp_path / "furnace.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    campaign_dir = tmp_path / "campaign"
+    journal = campaign_dir / "instruments" / "furnace.sqlite"
+
+    first = sdl_run(str(config_path), "--campaign-dir", str(campaign_dir))
+    deadline = time.monotonic() + 120
+    while True:  # the second experiment is on the furnace
+        assert first.poll() is None and time.monotonic() < deadline, first.stdout.read() if first.poll() else ""
+        if done_count(campaign_dir) >= 1 and "running" in journal_rows(campaign_dir).values().__str__():
+            break
+        time.sleep(0.05)
+    started = {(p.pid, p.create_time()) for p in psutil.Process(first.pid).children(recursive=True)}
+    with Ledger.in_campaign(campaign_dir, readonly=True) as ledger:
+        furnace_pid = next(d.pid for d in ledger.documents(AgentPlaced) if d.service == "instrument.furnace")
+    os.kill(furnace_pid, signal.SIGKILL)  # the furnace's controller dies mid-action, and the driver with it
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    cut_off = next(key for key, (status, _) in journal_rows(campaign_dir).items() if status == "running")
+    experiment_id = cut_off.rsplit(":", 1)[1]
+
+    # No orphans: every process the campaign started (Ray's node, its agents, workers) ends within 10 s.
+    deadline = time.monotonic() + 10
+    while alive := [pid for pid, created in started if psutil.pid_exists(pid) and _created(pid) == created]:
+        assert time.monotonic() < deadline, f"still alive 10 s after kill -9: {[_name(pid) for pid in alive]}"
+        time.sleep(0.2)
+
+    second = sdl_run(str(config_path), "--campaign-dir", str(campaign_dir), "--resume")
+    output, _ = second.communicate(timeout=240)
+    assert second.returncode == 130 and "interrupted (held)" in output, output
+    with Ledger.in_campaign(campaign_dir, readonly=True) as ledger:
+        assert ledger.counts()["interrupted"] == 1 and ledger.counts()["done"] == 4
+        interruption = ledger.documents(ExperimentInterrupted)[0]
+        assert (interruption.experiment_id, interruption.attempt, interruption.policy) == (experiment_id, 1, "hold")
+    assert journal_rows(campaign_dir)[cut_off] == ("interrupted", 1)  # held: not run again
+    status = sdl_cli("status", str(campaign_dir))
+    assert f"held       {experiment_id} at instrument.furnace (attempt 1 cut off)" in status.stdout
+
+    refused = sdl_cli("decide", str(campaign_dir), "e00000", "rerun", "--by", "alice")
+    assert refused.returncode == 1 and "e00000 is done, not interrupted" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    decided = sdl_cli("decide", str(campaign_dir), experiment_id, "rerun", "--by", "alice", "--note", "looked fine")
+    assert decided.returncode == 0, decided.stderr
+
+    third = sdl_run(str(config_path), "--campaign-dir", str(campaign_dir), "--resume")
+    output, _ = third.communicate(timeout=240)
+    assert third.returncode == 0 and "completed (budget)" in output, output
+    with Ledger.in_campaign(campaign_dir, readonly=True) as ledger:
+        assert ledger.counts()["done"] == 5 and ledger.counts()["interrupted"] == 0
+        assert [(d.experiment_id, d.by, d.note) for d in ledger.documents(ExperimentDecided)] == [
+            (experiment_id, "alice", "looked fine")]
+        records = ledger.experiments()
+    # No command ran twice on its own: every journal row has one attempt but the held one, which ran
+    # once more because alice decided so.
+    journal = journal_rows(campaign_dir)
+    assert {key: value for key, value in journal.items()} == {
+        r.idempotency_key: ("done", 2 if r.experiment_id == experiment_id else 1) for r in records}
+
+
+def _created(pid):
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def _name(pid):
+    try:
+        return " ".join(psutil.Process(pid).cmdline())[:80]
+    except psutil.Error:
+        return str(pid)

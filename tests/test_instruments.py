@@ -4,7 +4,13 @@ import pytest
 
 from sdl.agents.instrument_driver import InstrumentDriverAgent, InstrumentDriverSettings, RunExperiment
 from sdl.experiment import DesignPoint, ExperimentSpec
-from sdl.instruments.base import InstrumentFault, available_drivers, driver_class
+from sdl.instruments.base import (
+    CommandInterrupted,
+    InstrumentFault,
+    InstrumentRefused,
+    available_drivers,
+    driver_class,
+)
 from sdl.instruments.emulated import Branin, ConstrainedHartmann6
 from sdl.wire import Request
 
@@ -56,13 +62,40 @@ def test_concurrent_duplicates_wait_for_the_first_run():
     assert instrument.journal.summary() == {"done": 1}
 
 
-def test_interrupted_run_is_a_new_attempt(tmp_path):
+def test_a_command_cut_off_mid_action_is_not_run_again_unless_that_attempt_is_named(tmp_path):
     journal = tmp_path / "j.sqlite"
     instrument = Branin(journal_path=journal)
-    instrument.journal.begin("k", "e0")  # started, then the driver died
+    instrument.journal.begin("k", spec())
+    instrument.journal.start("k")  # started, then the driver died
     instrument.close()
-    result = Branin(journal_path=journal).run(spec(), idempotency_key="k")
+    restarted = Branin(journal_path=journal)
+    for _ in range(2):  # asked again (a resumed campaign, a retry): refused, state unknown, nothing run
+        with pytest.raises(CommandInterrupted, match="interrupted mid-action \\(attempt 1"):
+            restarted.run(spec(), idempotency_key="k")
+    assert restarted.journal.summary() == {"interrupted": 1}
+    result = restarted.run(spec(), idempotency_key="k", rerun_attempt=1)  # the decision to rerun attempt 1
     assert result.attempts == 2 and not result.replayed
+    again = restarted.run(spec(), idempotency_key="k", rerun_attempt=1)  # the same decision twice: no third run
+    assert again.replayed and again.attempts == 2
+
+
+def test_a_command_received_but_not_started_runs_normally(tmp_path):
+    journal = tmp_path / "j.sqlite"
+    Branin(journal_path=journal).journal.begin("k", spec())  # journaled, then the process died before starting
+    result = Branin(journal_path=journal).run(spec(), idempotency_key="k")
+    assert result.attempts == 1
+
+
+def test_refusals_are_journaled_and_replayed(tmp_path):
+    class Picky(Branin):
+        def check(self, experiment):
+            raise InstrumentRefused(f"{experiment.experiment_id} does not fit")
+
+    instrument = Picky(journal_path=tmp_path / "j.sqlite")
+    for _ in range(2):
+        with pytest.raises(InstrumentRefused, match="e0 does not fit"):
+            instrument.run(spec(), idempotency_key="k")
+    assert instrument.journal.summary() == {"refused": 1}
 
 
 def test_faults_are_journaled_and_replayed():
@@ -71,7 +104,7 @@ def test_faults_are_journaled_and_replayed():
         instrument.run(spec(), idempotency_key="k")
     with pytest.raises(InstrumentFault, match="emulated fault on e0"):
         instrument.run(spec(), idempotency_key="k")
-    assert instrument.journal.summary() == {"fault": 1}
+    assert instrument.journal.summary() == {"failed": 1}
 
 
 def test_noise_is_seeded_per_experiment():

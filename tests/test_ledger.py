@@ -11,6 +11,7 @@ from sdl.ledger.documents import (
     ExperimentDispatched,
     ExperimentDone,
     ExperimentFailed,
+    ExperimentInterrupted,
     ExperimentPlanned,
     ExperimentStep,
     parse_document,
@@ -36,12 +37,12 @@ def result(i, y):
 def test_lifecycle_is_recorded_with_every_transition(tmp_path):
     with Ledger(tmp_path / "l.sqlite") as ledger:
         ledger.plan([planned(0), planned(1), planned(2)])
-        assert ledger.counts() == {"planned": 3, "dispatched": 0, "done": 0, "failed": 0}
+        assert ledger.counts() == {"planned": 3, "dispatched": 0, "interrupted": 0, "done": 0, "failed": 0}
         ledger.mark_dispatched("e0", "instrument.a")
         ledger.mark_dispatched("e1", "instrument.a")
         assert ledger.record_result("e0", result(0, 1.5))
         assert ledger.record_failure("e1", "instrument_fault", "furnace trip")
-        assert ledger.counts() == {"planned": 1, "dispatched": 0, "done": 1, "failed": 1}
+        assert ledger.counts() == {"planned": 1, "dispatched": 0, "interrupted": 0, "done": 1, "failed": 1}
         assert [t[1:3] for t in ledger.transitions("e0")] == [(None, "planned"), ("planned", "dispatched"), ("dispatched", "done")]
         e0, e1, e2 = ledger.experiments()
         assert e0.result.measurements == {"y": 1.5} and e0.process[0].temperature_k == 1000.0
@@ -159,3 +160,48 @@ def test_a_ledger_of_the_free_form_event_era_is_refused_not_misread(tmp_path):
     for readonly in (True, False):
         with pytest.raises(LedgerError, match="written by an earlier sdl"):
             Ledger(path, readonly=readonly)
+
+
+def test_an_interrupted_experiment_waits_for_one_decision_per_interruption(tmp_path):
+    with Ledger(tmp_path / "l.sqlite") as ledger:
+        ledger.plan([planned(0)])
+        with pytest.raises(LedgerError, match="e0 is planned, not interrupted"):
+            ledger.decide("e0", "rerun", by="alice")
+        ledger.mark_dispatched("e0", "instrument.furnace")
+        ledger.interrupt(ExperimentInterrupted(experiment_id="e0", instrument="instrument.furnace", station="heat",
+                                               attempt=1, message="cut off", policy="hold"))
+        assert ledger.counts()["interrupted"] == 1
+        assert ledger.decisions()["e0"][1] is None
+        decided = ledger.decide("e0", "rerun", by="alice", note="specimen looked untouched")
+        assert (decided.attempt, decided.by) == (1, "alice")
+        with pytest.raises(LedgerError, match="already decided: rerun by alice"):
+            ledger.decide("e0", "fail", by="bob")
+        ledger.mark_dispatched("e0", "instrument.furnace")  # the decision applied: sent once more
+        ledger.interrupt(ExperimentInterrupted(experiment_id="e0", instrument="instrument.furnace", station="heat",
+                                               attempt=2, message="cut off again", policy="hold"))
+        assert ledger.decisions()["e0"] == (ledger.documents(ExperimentInterrupted)[-1], None)  # a new question
+        ledger.decide("e0", "fail", by="bob")
+        assert ledger.record_failure("e0", "interrupted", "cut off twice")
+        assert [t[2] for t in ledger.transitions("e0")] == ["planned", "dispatched", "interrupted", "dispatched",
+                                                           "interrupted", "failed"]
+
+
+def test_a_ledger_from_before_interrupted_existed_is_migrated(tmp_path):
+    path = tmp_path / "old.sqlite"
+    with Ledger(path) as ledger:
+        ledger.plan([planned(0)])
+        ledger.mark_dispatched("e0", "instrument.a")
+    db = sqlite3.connect(path)  # put back the old constraint, as an earlier sdl wrote it
+    db.execute("PRAGMA foreign_keys=OFF")
+    sql = db.execute("SELECT sql FROM sqlite_master WHERE name='experiments'").fetchone()[0]
+    db.execute(sql.replace("experiments", "experiments_old", 1).replace("'dispatched', 'interrupted'", "'dispatched'"))
+    db.execute("INSERT INTO experiments_old SELECT * FROM experiments")
+    db.execute("DROP TABLE experiments")
+    db.execute("ALTER TABLE experiments_old RENAME TO experiments")
+    db.commit()
+    db.close()
+    with Ledger(path) as ledger:
+        ledger.interrupt(ExperimentInterrupted(experiment_id="e0", instrument="instrument.a", station="measure",
+                                               attempt=1, message="cut off", policy="hold"))
+        assert ledger.experiments()[0].status == "interrupted"
+        assert [t[2] for t in ledger.transitions("e0")] == ["planned", "dispatched", "interrupted"]

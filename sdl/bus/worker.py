@@ -64,9 +64,10 @@ SUPERVISE_INTERVAL_S = 0.25
 class ServiceError(Exception):
     """Raised by a handler to report a domain failure with a protocol error code."""
 
-    def __init__(self, message: str, *, code: ErrorCode = ErrorCode.HANDLER_ERROR) -> None:
+    def __init__(self, message: str, *, code: ErrorCode = ErrorCode.HANDLER_ERROR, attempt: int | None = None) -> None:
         super().__init__(message)
         self.code = ErrorCode(code)  # a code the protocol does not know fails here, at the raise
+        self.attempt = attempt
 
 
 class Empty(WireModel):
@@ -168,7 +169,7 @@ class Service:
             else:
                 result = handler(payload)
         except ServiceError as e:
-            return error_reply(request.id, e.code, str(e), service=request.service)
+            return error_reply(request.id, e.code, str(e), service=request.service, attempt=e.attempt)
         except Exception as e:
             log.exception("%s.%s failed", request.service, request.method)
             return error_reply(request.id, ErrorCode.HANDLER_ERROR, f"{type(e).__name__}: {e}", service=request.service)

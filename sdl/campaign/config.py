@@ -84,6 +84,8 @@ class RayConfig(Section):
 
 class LedgerConfig(Section):
     synchronous: Literal["full", "normal"] = "full"
+    backup_every: int = Field(default=10, ge=0, description="an online backup of the ledger (ledger.backup.sqlite) "
+                                                           "after every this many finished experiments; 0: none")
 
 
 class AgentSpec(Section):
@@ -172,10 +174,22 @@ class InstrumentConfig(Section):
     timeout_s: float = Field(default=60.0, gt=0, description="per attempt, before a retry")
     retries: int = Field(default=2, ge=0, le=20)
     options: dict[str, Any] = Field(default_factory=dict, description="the driver's parameters")
+    destructive: bool = Field(default=False, description="its actions change the specimen irreversibly (a real "
+                                                         "furnace, a press): a command cut off mid-action is held")
+    on_interrupted: Literal["fail", "rerun", "hold"] | None = Field(
+        default=None, description="a command cut off mid-action (its state unknown): record it failed, run it "
+                                  "once more, or hold it for an operator's `sdl decide` (default: hold if "
+                                  "destructive, else rerun)")
 
     @property
     def service_name(self) -> str:
         return instrument_service(self.name)
+
+    @property
+    def interrupted_policy(self) -> Literal["fail", "rerun", "hold"]:
+        if self.on_interrupted is not None:
+            return self.on_interrupted
+        return "hold" if self.destructive else "rerun"
 
     @property
     def process_limits(self) -> ProcessLimits | None:
@@ -284,7 +298,7 @@ class CampaignConfig(Section):
                 (agent or {}).pop(key, None)
         for instrument in design["instruments"]:
             # not `host`: an instrument's journal is what answers for exactly-once, and it moves with the host
-            for key in ("timeout_s", "retries"):
+            for key in ("timeout_s", "retries", "destructive", "on_interrupted"):
                 instrument.pop(key, None)
         return hashlib.sha256(json.dumps(design, sort_keys=True).encode()).hexdigest()[:16]
 

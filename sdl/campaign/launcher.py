@@ -23,6 +23,7 @@ from sdl.agents.base import AgentContext
 from sdl.agents.instrument_driver import InstrumentDriverSettings
 from sdl.bus import Broker, Grant, Trust
 from sdl.campaign.config import CampaignConfig
+from sdl.campaign.reaper import Reaper, children_now
 from sdl.ledger.documents import AgentPlaced
 from sdl.settings import Section
 
@@ -85,6 +86,7 @@ class Launcher:
         self.ray_address = ray_address
         self.actors: dict[str, Any] = {}
         self._started_ray = False
+        self._reaper: Reaper | None = None
 
     def start_ray(self) -> None:
         if ray.is_initialized():
@@ -92,7 +94,11 @@ class Launcher:
         if self.ray_address:
             ray.init(address=self.ray_address, include_dashboard=False, log_to_driver=False)
         else:
+            # Ray's node processes are this driver's children: the reaper ends them if the driver is killed.
+            before = children_now()
+            self._reaper = Reaper()
             ray.init(num_cpus=self.config.ray.num_cpus, include_dashboard=False, log_to_driver=False)
+            self._reaper.follow(children_now() - before - {self._reaper.pid})
         self._started_ray = True
 
     def advertised(self, address: str) -> str:
@@ -183,3 +189,6 @@ class Launcher:
         if self._started_ray:
             ray.shutdown()
             self._started_ray = False
+        if self._reaper is not None:
+            self._reaper.close()
+            self._reaper = None

@@ -60,6 +60,7 @@ from sdl.ledger.documents import (
     CampaignStarted,
     CampaignStopped,
     Document,
+    ExperimentInterrupted,
     FeasibilityLearned,
     PlannerFailed,
     RouteFallback,
@@ -73,6 +74,8 @@ log = logging.getLogger(__name__)
 BUS_FILENAME = "bus.json"
 # After this many planner failures in a row the campaign gives up (a restart takes a few).
 MAX_PLANNER_FAILURES = 20
+# How often a campaign with held experiments looks in its ledger for an operator's decision.
+DECISION_POLL_S = 1.0
 
 
 class CampaignError(RuntimeError):
@@ -148,7 +151,7 @@ class Campaign:
                 self.launcher.wait_for_services(self.broker, self.stop.graceful)
                 ledger.record(*self.launcher.placements())
                 reason = self._loop(ledger, client, bus_events)
-            state = "interrupted" if reason == "interrupted" else "completed"
+            state = "interrupted" if reason in ("interrupted", "held") else "completed"
             if state == "completed":
                 self._recommend(ledger, client)
             return self._summary(ledger, state, reason, started)
@@ -220,6 +223,7 @@ class Campaign:
         reason: str | None = None
         planner_failures = 0
         started = time.monotonic()
+        decisions_checked = 0.0
         bar = tqdm(total=budget, initial=len(observations), desc=cfg.name, unit="exp", disable=not self.progress,
                    dynamic_ncols=True)
         try:
@@ -227,6 +231,10 @@ class Campaign:
                 if self.stop.immediate.is_set():
                     return "interrupted"
                 reason = reason or self._stop_reason(started)
+                finished: list[Observation] = []
+                if scheduler.held and time.monotonic() - decisions_checked > DECISION_POLL_S:
+                    decisions_checked = time.monotonic()  # an operator's `sdl decide` lands in the ledger
+                    finished += self._apply_decisions(ledger, scheduler)
                 # Plan just enough to keep max_in_flight specimens moving through the workflow.
                 free_slots = min(cfg.stop.max_in_flight - scheduler.occupied, budget - n_planned)
                 if reason is None and free_slots > 0:
@@ -243,6 +251,10 @@ class Campaign:
                     for flight, instrument in scheduler.dispatchable():
                         self._dispatch(ledger, client, scheduler, flight, instrument)
                 if not scheduler.in_flight and (reason is not None or (n_planned >= budget and not scheduler.waiting)):
+                    if scheduler.held and reason is None:
+                        log.warning("%d interrupted experiments await a decision: %s", len(scheduler.held),
+                                    f"sdl decide {self.campaign_dir} EXPERIMENT_ID rerun|fail --by NAME, then --resume")
+                        return "held"
                     return reason or "budget"
                 _record_bus_events(ledger, bus_events)
                 for outcome in client.poll(timeout_s=0.1):
@@ -252,7 +264,11 @@ class Campaign:
                     if outcome.ok and not scheduler.is_last_station(flight) and self._advance(ledger, scheduler, flight,
                                                                                              outcome):
                         continue
-                    observation = self._record(ledger, scheduler, flight, outcome)
+                    if not outcome.ok and outcome.error.code == ErrorCode.INTERRUPTED:
+                        finished += self._interrupted(ledger, scheduler, flight, outcome.error)
+                        continue
+                    finished.append(self._record(ledger, scheduler, flight, outcome))
+                for observation in finished:
                     observations.append(observation)
                     bar.update(1)
                     value = observation.measurements.get(cfg.objective.measurement)
@@ -349,8 +365,9 @@ class Campaign:
         ledger.mark_dispatched(record.experiment_id, instrument.service_name)
         spec = ExperimentSpec(experiment_id=record.experiment_id, campaign_id=self.campaign_id, point=record.point,
                               process=list(record.process), station=scheduler.station(flight), specimen=flight.specimen)
-        client.submit(instrument.service_name, "run", RunExperiment(experiment=spec), timeout_s=instrument.timeout_s,
-                      retries=instrument.retries, idempotency_key=scheduler.step_key(flight), tag=record.experiment_id)
+        client.submit(instrument.service_name, "run", RunExperiment(experiment=spec, rerun_attempt=flight.rerun_attempt),
+                      timeout_s=instrument.timeout_s, retries=instrument.retries,
+                      idempotency_key=scheduler.step_key(flight), tag=record.experiment_id)
 
     def _advance(self, ledger: Ledger, scheduler: Scheduler, flight: Flight, outcome: CallOutcome) -> bool:
         """Commit one station's result and queue the specimen for its next station (False: the reply was bad)."""
@@ -382,6 +399,43 @@ class Campaign:
         ledger.record_failure(record.experiment_id, error.code, message, station=station)
         log.info("experiment %s failed [%s]: %s", record.experiment_id, error.code, message)
         return Observation(point=record.point, status="failed")
+
+    # -- interrupted commands ------------------------------------------------------------------
+
+    def _interrupted(self, ledger: Ledger, scheduler: Scheduler, flight: Flight,
+                     error: ErrorInfo) -> list[Observation]:
+        """The instrument cannot say what a cut-off attempt did: record it, then apply its ``on_interrupted``."""
+        instrument = next(i for i in self.config.instruments if i.name == flight.instrument)
+        policy = instrument.interrupted_policy
+        attempt = error.attempt or 1
+        ledger.interrupt(ExperimentInterrupted(
+            experiment_id=flight.experiment_id, instrument=instrument.service_name, station=scheduler.station(flight),
+            attempt=attempt, message=error.message, policy=policy))
+        if policy == "hold":
+            log.warning("experiment %s held: %s; decide with: sdl decide %s %s rerun|fail --by NAME",
+                        flight.experiment_id, error.message, self.campaign_dir, flight.experiment_id)
+            scheduler.hold(flight)
+            return []
+        ledger.decide(flight.experiment_id, policy, by="policy", note=f"{instrument.name}: on_interrupted={policy}")
+        scheduler.hold(flight)
+        return self._apply_decisions(ledger, scheduler, only=flight.experiment_id)
+
+    def _apply_decisions(self, ledger: Ledger, scheduler: Scheduler, only: str | None = None) -> list[Observation]:
+        """Release held experiments that have a decision: rerun goes back to its instrument; fail is recorded."""
+        failed = []
+        for experiment_id, (interruption, decided) in ledger.decisions().items():
+            flight = scheduler.held.get(experiment_id)
+            if flight is None or decided is None or (only is not None and experiment_id != only):
+                continue
+            log.info("experiment %s: %s (decided by %s)", experiment_id, decided.decision, decided.by)
+            if decided.decision == "rerun":
+                scheduler.rerun(flight, decided.attempt)
+                continue
+            del scheduler.held[experiment_id]
+            ledger.record_failure(experiment_id, ErrorCode.INTERRUPTED,
+                                  f"{interruption.message}; {decided.by} decided: fail", station=interruption.station)
+            failed.append(Observation(point=flight.record.point, status="failed"))
+        return failed
 
     # -- wrap-up -------------------------------------------------------------------------------
 

@@ -3,7 +3,8 @@
 A specimen (a :class:`Flight`) visits the workflow's stations in order. The scheduler keeps the
 specimens waiting for a station and those at an instrument, respects each instrument's capacity,
 sends a specimen already in the line before new ones, spreads load over the instruments of a
-station, and sends a command reconciled after a resume back to the instrument that held it.
+station, and sends a command reconciled after a resume back to the instrument that held it. An
+experiment interrupted mid-action and held for an operator's decision waits aside (``held``).
 Plain Python: no bus, no Ray.
 """
 
@@ -29,6 +30,7 @@ class Flight:
     results: list[ExperimentResult] = field(default_factory=list)
     instrument: str = ""
     dispatched_step: int = 0  # the step whose command the ledger's `instrument` refers to
+    rerun_attempt: int | None = None  # decided: run the command whose attempt this was cut off once more
 
     @property
     def experiment_id(self) -> str:
@@ -58,18 +60,27 @@ class Scheduler:
         self.load: collections.Counter[str] = collections.Counter()
         self.waiting: collections.deque[Flight] = collections.deque()
         self.in_flight: dict[str, Flight] = {}
+        self.held: dict[str, Flight] = {}
 
     def resume(self, ledger: Ledger) -> int:
         """Queue what was planned or dispatched when the last run stopped, each from the first station
-        whose result was not committed (the committed ``experiment.step`` documents replayed)."""
-        unfinished = {r.experiment_id: Flight(r) for r in ledger.experiments(("planned", "dispatched"))}
+        whose result was not committed (the committed ``experiment.step`` documents replayed); hold
+        what was interrupted. A command decided to be rerun carries that decision again."""
+        unfinished = {r.experiment_id: Flight(r) for r in ledger.experiments(("planned", "dispatched", "interrupted"))}
         for step in ledger.documents(ExperimentStep):
             flight = unfinished.get(step.experiment_id)
             if flight is not None and step.step == flight.step:
                 unfinished[step.experiment_id] = flight.next(step.result)
+        decisions = ledger.decisions()
         for flight in unfinished.values():
             flight.dispatched_step = flight.step  # the ledger's instrument is this step's (if it was dispatched)
-        self.waiting.extend(unfinished.values())
+            if flight.record.status == "interrupted":
+                self.held[flight.experiment_id] = flight
+                continue
+            _, decided = decisions.get(flight.experiment_id, (None, None))
+            if decided is not None and decided.decision == "rerun":
+                flight.rerun_attempt = decided.attempt
+            self.waiting.append(flight)
         return len(unfinished)
 
     def add(self, records: Iterable[ExperimentRecord]) -> None:
@@ -118,13 +129,26 @@ class Scheduler:
             self.load[flight.instrument] -= 1
         return flight
 
+    def hold(self, flight: Flight) -> None:
+        """Aside until someone decides (the flight has come back from its instrument)."""
+        self.held[flight.experiment_id] = flight
+
+    def rerun(self, flight: Flight, attempt: int) -> None:
+        """Back to the instrument that holds the specimen, first in line, to run the cut-off attempt once more."""
+        self.held.pop(flight.experiment_id, None)
+        flight.rerun_attempt = attempt
+        flight.dispatched_step = flight.step
+        self.waiting.appendleft(flight)
+
     def advance(self, flight: Flight, result: ExperimentResult) -> None:
         """The specimen moves on to its next station, before specimens that have not started."""
         self.waiting.appendleft(flight.next(result))
 
     def _pick(self, flight: Flight) -> InstrumentConfig | None:
         candidates = [i for i in self.instruments if i.station == self.station(flight)]
-        previous = next((i for i in candidates if i.service_name == flight.record.instrument), None)
+        # this run's dispatch, else (after a resume) the ledger's
+        previous = next((i for i in candidates if i.name == flight.instrument
+                         or (not flight.instrument and i.service_name == flight.record.instrument)), None)
         if flight.step == flight.dispatched_step and previous is not None:
             # A reconciled command goes back to the instrument that holds (or held) its specimen.
             return previous if self.load[previous.name] < self.capacity[previous.name] else None

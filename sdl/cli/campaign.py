@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import sys
 from pathlib import Path
@@ -55,6 +56,32 @@ def status(campaign_dir: Path) -> None:
             click.echo(summarize(ledger))
     except LedgerError as e:
         raise click.ClickException(str(e)) from None
+
+
+@main.command()
+@click.argument("campaign_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("experiment_id")
+@click.argument("decision", type=click.Choice(["rerun", "fail"]))
+@click.option("--by", default=getpass.getuser, show_default="your user name",
+              help="Who decides (recorded in the ledger with the decision).")
+@click.option("--note", default="", help="Why (what you found at the instrument).")
+def decide(campaign_dir: Path, experiment_id: str, decision: str, by: str, note: str) -> None:
+    """Decide what happens to an experiment held because its instrument was cut off mid-action.
+
+    rerun: the instrument runs the command once more (after you have looked at the specimen);
+    fail: it is recorded as failed. A running campaign applies the decision within a second;
+    otherwise the next --resume does. Safe while the campaign runs.
+    """
+    from sdl.ledger import Ledger, LedgerError
+
+    if not Ledger.exists_in(campaign_dir):
+        raise click.ClickException(f"{campaign_dir} has no ledger: give a campaign run directory")
+    try:
+        with Ledger.in_campaign(campaign_dir) as ledger:
+            decided = ledger.decide(experiment_id, decision, by=by, note=note)
+    except LedgerError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{experiment_id}: {decided.decision} (attempt {decided.attempt} was cut off), decided by {decided.by}")
 
 
 @main.command()

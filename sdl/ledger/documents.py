@@ -27,7 +27,8 @@ class Document(WireModel):
         return " ".join([time.strftime("%H:%M:%S", time.localtime(self.at_unix_s)), self.kind, *about])
 
 
-_ABOUT = ("experiment_id", "service", "instrument", "station", "code", "state", "reason", "note", "key", "action")
+_ABOUT = ("experiment_id", "service", "instrument", "station", "code", "state", "reason", "decision", "by", "note",
+          "key", "action")
 
 
 # -- the campaign --------------------------------------------------------------------------------
@@ -106,6 +107,34 @@ class ExperimentFailed(Document):
     station: str | None = None
 
 
+InterruptedPolicy = Literal["fail", "rerun", "hold"]
+
+
+class ExperimentInterrupted(Document):
+    """The instrument says an earlier attempt at this command was cut off mid-action: the specimen's
+    state is unknown. The instrument's ``on_interrupted`` policy says what happens next."""
+
+    kind: Literal["experiment.interrupted"] = "experiment.interrupted"
+    experiment_id: str
+    instrument: str
+    station: str
+    attempt: int = Field(ge=1, description="the attempt that was cut off")
+    message: str
+    policy: InterruptedPolicy
+
+
+class ExperimentDecided(Document):
+    """What to do with an interrupted experiment: run the command once more, or record it failed;
+    decided by an operator (``sdl decide``) or by the instrument's policy."""
+
+    kind: Literal["experiment.decided"] = "experiment.decided"
+    experiment_id: str
+    decision: Literal["rerun", "fail"]
+    attempt: int = Field(ge=1, description="the interrupted attempt this decision is about")
+    by: str = Field(min_length=1, description="who decided: an operator's name, or 'policy'")
+    note: str = ""
+
+
 # -- agents ------------------------------------------------------------------------------------
 
 
@@ -164,8 +193,8 @@ class RouteFallback(Document):
 
 AnyDocument = Annotated[
     Union[CampaignStarted, CampaignResumed, CampaignStopped, TargetReached, ExperimentPlanned, ExperimentDispatched,
-          ExperimentStep, ExperimentDone, ExperimentFailed, AgentPlaced, AgentJoined, AgentLost, SecurityRefused,
-          PlannerFailed, FeasibilityLearned, RouteFallback],
+          ExperimentStep, ExperimentDone, ExperimentFailed, ExperimentInterrupted, ExperimentDecided, AgentPlaced,
+          AgentJoined, AgentLost, SecurityRefused, PlannerFailed, FeasibilityLearned, RouteFallback],
     Field(discriminator="kind"),
 ]
 _DOCUMENT = TypeAdapter(AnyDocument)

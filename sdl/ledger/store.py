@@ -1,7 +1,9 @@
 """The campaign ledger: one SQLite file in WAL mode, the single source of truth of a campaign.
 
 Each experiment moves ``planned -> dispatched -> done | failed`` (a dispatched experiment may be
-dispatched again when a resumed campaign reconciles it). Every transition is written together with
+dispatched again when a resumed campaign reconciles it). A dispatched experiment whose instrument
+reports the command cut off mid-action goes to ``interrupted`` until a decision (``rerun``: dispatched
+again; ``fail``) is recorded and applied. Every transition is written together with
 its document (:mod:`sdl.ledger.documents`) in one transaction, committed before the caller acts on
 it, and only then handed to the ``on_commit`` subscriber: a campaign killed at any instant resumes
 with nothing recorded lost, and nothing is published that is not recorded. Illegal transitions
@@ -24,17 +26,19 @@ from typing import Any, Literal, TypeVar
 from sdl.experiment import DesignPoint, ExperimentResult, ProcessStep
 from sdl.ledger.documents import (
     Document,
+    ExperimentDecided,
     ExperimentDispatched,
     ExperimentDone,
     ExperimentFailed,
+    ExperimentInterrupted,
     ExperimentPlanned,
     ExperimentStep,
     parse_document,
 )
 
 LEDGER_FILENAME = "ledger.sqlite"
-STATUSES = ("planned", "dispatched", "done", "failed")
-Status = Literal["planned", "dispatched", "done", "failed"]
+STATUSES = ("planned", "dispatched", "interrupted", "done", "failed")
+Status = Literal["planned", "dispatched", "interrupted", "done", "failed"]
 D = TypeVar("D", bound=Document)
 
 _SCHEMA = """
@@ -45,7 +49,7 @@ CREATE TABLE IF NOT EXISTS meta (
 CREATE TABLE IF NOT EXISTS experiments (
     id TEXT PRIMARY KEY,
     seq INTEGER NOT NULL UNIQUE,
-    status TEXT NOT NULL CHECK (status IN ('planned', 'dispatched', 'done', 'failed')),
+    status TEXT NOT NULL CHECK (status IN ('planned', 'dispatched', 'interrupted', 'done', 'failed')),
     point_json TEXT NOT NULL,
     process_json TEXT NOT NULL,
     planner TEXT NOT NULL,
@@ -150,6 +154,7 @@ class Ledger:
             return db
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        _migrate_statuses(db)
         db.execute("PRAGMA foreign_keys=ON")
         db.executescript(_SCHEMA)
         return db
@@ -243,13 +248,14 @@ class Ledger:
         return [_record(row) for row in rows]
 
     def mark_dispatched(self, experiment_id: str, instrument: str) -> None:
-        """planned -> dispatched, or dispatched -> dispatched again (reconciliation after a resume)."""
+        """planned -> dispatched, dispatched -> dispatched again (reconciliation after a resume), or
+        interrupted -> dispatched (to be run once more, as decided)."""
         now = time.time()
         with self._transaction() as tx:
             before = tx.status(experiment_id)
-            if before not in ("planned", "dispatched"):
-                raise LedgerError(f"experiment {experiment_id} is {before}; only planned or dispatched ones can be "
-                                  "dispatched")
+            if before not in ("planned", "dispatched", "interrupted"):
+                raise LedgerError(f"experiment {experiment_id} is {before}; only planned, dispatched or interrupted "
+                                  "ones can be dispatched")
             count = tx.db.execute(
                 "UPDATE experiments SET status='dispatched', instrument=?, dispatched_at_unix_s=?,"
                 " dispatch_count=dispatch_count+1 WHERE id=? RETURNING dispatch_count",
@@ -274,8 +280,48 @@ class Ledger:
         return self._finish(experiment_id, ExperimentDone(experiment_id=experiment_id, result=result),
                             result_json=result.model_dump_json())
 
+    def interrupt(self, document: ExperimentInterrupted) -> None:
+        """dispatched -> interrupted: the instrument cannot say what its cut-off attempt did to the specimen."""
+        with self._transaction() as tx:
+            before = tx.status(document.experiment_id)
+            if before != "dispatched":
+                raise LedgerError(f"experiment {document.experiment_id} is {before}; only a dispatched one can be "
+                                  "interrupted")
+            tx.db.execute("UPDATE experiments SET status='interrupted' WHERE id=?", (document.experiment_id,))
+            tx.transition(document.experiment_id, before, "interrupted", document.at_unix_s, document.message)
+            tx.add(document)
+
+    def decide(self, experiment_id: str, decision: Literal["rerun", "fail"], *, by: str,
+               note: str = "") -> ExperimentDecided:
+        """Record what to do with an interrupted experiment (the campaign applies it); one decision per
+        interruption. LedgerError if the experiment is not interrupted or was already decided."""
+        with self._transaction() as tx:
+            status = tx.status(experiment_id)
+            interruption, decided = self._interruption(experiment_id)
+            if status != "interrupted" or interruption is None:
+                raise LedgerError(f"experiment {experiment_id} is {status}, not interrupted; there is nothing to decide")
+            if decided is not None:
+                raise LedgerError(f"experiment {experiment_id} was already decided: {decided.decision} by {decided.by}")
+            document = ExperimentDecided(experiment_id=experiment_id, decision=decision,
+                                         attempt=interruption.attempt, by=by, note=note)
+            tx.add(document)
+        return document
+
+    def decisions(self) -> dict[str, tuple[ExperimentInterrupted, ExperimentDecided | None]]:
+        """For every experiment ever interrupted: its latest interruption and the decision taken on it (or None)."""
+        latest: dict[str, tuple[ExperimentInterrupted, ExperimentDecided | None]] = {}
+        for document in self.documents(ExperimentInterrupted, ExperimentDecided):
+            if isinstance(document, ExperimentInterrupted):
+                latest[document.experiment_id] = (document, None)
+            elif document.experiment_id in latest and latest[document.experiment_id][0].attempt == document.attempt:
+                latest[document.experiment_id] = (latest[document.experiment_id][0], document)
+        return latest
+
+    def _interruption(self, experiment_id: str) -> tuple[ExperimentInterrupted | None, ExperimentDecided | None]:
+        return self.decisions().get(experiment_id, (None, None))
+
     def record_failure(self, experiment_id: str, code: str, message: str, *, station: str | None = None) -> bool:
-        """planned|dispatched -> failed. Returns False if the experiment had already finished."""
+        """planned|dispatched|interrupted -> failed. Returns False if the experiment had already finished."""
         document = ExperimentFailed(experiment_id=experiment_id, code=code, message=message, station=station)
         return self._finish(experiment_id, document, error_code=code, error_message=message)
 
@@ -326,6 +372,27 @@ class Ledger:
     def transitions(self, experiment_id: str | None = None) -> list[tuple[str, str | None, str, float, str]]:
         query = "SELECT * FROM transitions" + (" WHERE experiment_id=?" if experiment_id else "") + " ORDER BY rowid"
         return [tuple(r) for r in self._db.execute(query, (experiment_id,) if experiment_id else ())]
+
+
+def _migrate_statuses(db: sqlite3.Connection) -> None:
+    """Ledgers written before ``interrupted`` existed: rebuild the experiments table with the new CHECK
+    (SQLite cannot alter a constraint; this is its documented twelve-step procedure, in short)."""
+    row = db.execute("SELECT sql FROM sqlite_master WHERE type='table' AND name='experiments'").fetchone()
+    if row is None or "'interrupted'" in row[0]:
+        return
+    db.execute("PRAGMA foreign_keys=OFF")
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        table = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS experiments"):_SCHEMA.index(");", _SCHEMA.index(
+            "CREATE TABLE IF NOT EXISTS experiments")) + 2]
+        db.execute(table.replace("IF NOT EXISTS experiments", "experiments_new"))
+        db.execute("INSERT INTO experiments_new SELECT * FROM experiments")
+        db.execute("DROP TABLE experiments")
+        db.execute("ALTER TABLE experiments_new RENAME TO experiments")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def finished_experiments(campaign_dir: str | Path) -> list[ExperimentRecord]:

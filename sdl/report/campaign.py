@@ -63,6 +63,13 @@ def summarize(ledger: Ledger) -> str:
     lost = collections.Counter((d.service, d.reason) for d in ledger.documents(AgentLost))
     if lost:
         lines.append("agents lost " + ", ".join(f"{service} ({reason}) x{n}" for (service, reason), n in lost.items()))
+    held = [(interruption, decided) for experiment_id, (interruption, decided) in ledger.decisions().items()
+            if experiment_id in {r.experiment_id for r in ledger.experiments(("interrupted",))}]
+    for interruption, decided in held:
+        what = (f"decided {decided.decision} by {decided.by}, applied when the campaign runs" if decided else
+                f"awaits a decision: sdl decide CAMPAIGN_DIR {interruption.experiment_id} rerun|fail")
+        lines.append(f"held       {interruption.experiment_id} at {interruption.instrument} (attempt "
+                     f"{interruption.attempt} cut off): {what}")
     lines += ["latest"] + [f"  {d.line()}" for d in ledger.documents(last=5)]
     return "\n".join(lines)
 
