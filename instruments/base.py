@@ -135,8 +135,19 @@ class Journal:
 
     def entries(self) -> list[JournalEntry]:
         with self._lock:
-            keys = [row[0] for row in self._db.execute("SELECT key FROM executions ORDER BY rowid")]
-            return [self._entry(key) for key in keys]
+            return _entries(self._db)
+
+    @staticmethod
+    def read(path: str | Path) -> list[JournalEntry]:
+        """Every entry of the journal file at ``path``, opened read-only (ValueError if it is not a journal)."""
+        try:
+            db = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
+            try:
+                return _entries(db)
+            finally:
+                db.close()
+        except sqlite3.DatabaseError as e:
+            raise ValueError(f"{path} is not a readable instrument journal ({e})") from None
 
     def summary(self) -> dict[str, int]:
         with self._lock:
@@ -147,14 +158,22 @@ class Journal:
         self._db.close()
 
     def _entry(self, key: str) -> JournalEntry | None:
-        row = self._db.execute("SELECT key, experiment_id, status, attempts, outcome_json, command_json,"
-                               " started_at_unix_s FROM executions WHERE key=?", (key,)).fetchone()
-        if row is None:
-            return None
-        status = "failed" if row[2] == "fault" else row[2]  # journals of earlier versions said "fault"
-        return JournalEntry(key=row[0], experiment_id=row[1], status=status, attempts=row[3],
-                            outcome=json.loads(row[4]) if row[4] else None,
-                            command=json.loads(row[5]) if row[5] else None, started_at_unix_s=row[6])
+        found = _entries(self._db, key)
+        return found[0] if found else None
+
+
+def _entries(db: sqlite3.Connection, key: str | None = None) -> list[JournalEntry]:
+    columns = {row[1] for row in db.execute("PRAGMA table_info(executions)")}
+    if not columns:
+        raise sqlite3.DatabaseError("no executions table")
+    command = "command_json" if "command_json" in columns else "NULL"  # journals of earlier versions kept none
+    rows = db.execute(f"SELECT key, experiment_id, status, attempts, outcome_json, {command}, started_at_unix_s"
+                      " FROM executions" + (" WHERE key=?" if key is not None else " ORDER BY rowid"),
+                      (key,) if key is not None else ()).fetchall()
+    return [JournalEntry(key=row[0], experiment_id=row[1], status="failed" if row[2] == "fault" else row[2],
+                         attempts=row[3], outcome=json.loads(row[4]) if row[4] else None,
+                         command=json.loads(row[5]) if row[5] else None, started_at_unix_s=row[6])
+            for row in rows]
 
 
 class Instrument:

@@ -1,6 +1,8 @@
 """Simulated alloy-lab instruments: limits refused (never clamped), melt chemistry, detection limits,
 faults, and a short demo-like campaign through the whole workflow on a small CALPHAD grid."""
 
+import shutil
+
 import numpy as np
 import pytest
 import ray
@@ -163,6 +165,16 @@ def test_demo_workflow_campaign_records_results_and_faults(tmp_path, cache):
     assert "phase_map.png" in summary_md and "best specimen microstructure" in summary_md and "lab time" in summary_md
     assert "infeasible experiments (sum of xrd_brittle_detected not at most 0.5)" in summary_md
     assert (tmp_path / "c" / "report" / "phase_map.png").stat().st_size > 20_000
+
+    # Data outside what the CALPHAD tables cover (an ageing hold at 2200 K): the report says so and draws the rest.
+    shutil.copytree(tmp_path / "c", tmp_path / "hot", ignore=shutil.ignore_patterns("report"))
+    with Ledger.in_campaign(tmp_path / "hot") as ledger:
+        config = ledger.get_meta("config")
+        config["process"][-1]["temperature_k"] = 2200.0
+        ledger.set_meta(config=config)
+    hot = write_report(tmp_path / "hot").read_text()
+    assert "_Phase map not drawn: temperatures 2200.0-2200.0 K outside the tabulated" in hot
+    assert "best specimen microstructure" in hot
 
 
 def test_demo_config_is_valid_and_inside_the_twin():

@@ -110,6 +110,7 @@ def test_bench_runs_end_to_end_as_ray_tasks(tmp_path):
     assert "experiments to 95 %" in (out / "table.md").read_text()
 
 
+@pytest.mark.slow  # two bench runs and a merge, each starting Ray (~40 s); .ci/run runs it
 def test_more_seeds_later_merge_into_one_table(tmp_path):
     """--first-seed adds seeds to an earlier run; bench-merge makes one table of both."""
     config = tmp_path / "bench.yaml"

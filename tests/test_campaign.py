@@ -10,8 +10,12 @@ import time
 
 import pytest
 import ray
+from click.testing import CliRunner
 
 from sdl.campaign import Campaign, CampaignError
+from sdl.cli import main
+from sdl.experiment import ExperimentSpec
+from sdl.instruments.base import Journal
 from sdl.ledger import Ledger
 from sdl.ledger.documents import AgentJoined, AgentLost, ExperimentFailed
 
@@ -122,3 +126,41 @@ def test_agent_killed_mid_campaign_is_restarted_by_ray_and_rejoins(campaign_dir)
     assert len(rejoined) == 1
     # At most the one experiment on the bench when the process died ran a second time.
     assert sum(r.attempts > 1 for r in results) <= 1
+
+
+@pytest.mark.parametrize("policy", ["rerun", "hold"])  # a policy of fail takes the path of "hold" then fail
+def test_a_command_cut_off_mid_action_is_failed_rerun_or_held_as_its_instrument_says(campaign_dir, policy):
+    """The instrument's journal shows the command of e00001 started by a process that died; the
+    campaign gets 'interrupted' instead of a second run, records it, and applies on_interrupted."""
+    instrument = {"name": "a", "driver": "branin", "on_interrupted": policy, "options": {"latency_s": 0.01}}
+    first = Campaign(branin_config(instruments=[instrument], stop={"max_experiments": 1, "max_in_flight": 1}),
+                     campaign_dir, progress=False)
+    first.run()
+    journal = Journal(campaign_dir / "instruments" / "a.sqlite")
+    key = f"{first.campaign_id}:e00001"
+    journal.begin(key, ExperimentSpec(experiment_id="e00001", campaign_id=first.campaign_id))
+    journal.start(key)  # a process of the instrument started it, then died
+    journal.close()
+
+    config = branin_config(instruments=[instrument], stop={"max_experiments": 3, "max_in_flight": 1})
+    summary = Campaign(config, campaign_dir, resume=True, progress=False).run()
+    if policy == "hold":  # the rest is done; the held one waits for a person
+        assert (summary.state, summary.stop_reason, summary.counts["interrupted"]) == ("interrupted", "held", 1)
+        decided = CliRunner().invoke(main, ["decide", str(campaign_dir), "e00001", "fail", "--by", "bob"])
+        assert decided.exit_code == 0, decided.output
+        summary = Campaign(config, campaign_dir, resume=True, progress=False).run()
+    assert summary.state == "completed" and summary.counts["done"] + summary.counts["failed"] == 3
+    with Ledger.in_campaign(campaign_dir, readonly=True) as ledger:
+        record = {r.experiment_id: r for r in ledger.experiments()}["e00001"]
+        interruption, decided = ledger.decisions()["e00001"]
+        statuses = [t[2] for t in ledger.transitions("e00001")]
+    decision, by = {"fail": ("fail", "policy"), "rerun": ("rerun", "policy"), "hold": ("fail", "bob")}[policy]
+    assert (interruption.attempt, interruption.policy, decided.decision, decided.by) == (1, policy, decision, by)
+    attempts = {entry.key: entry.attempts for entry in Journal.read(campaign_dir / "instruments" / "a.sqlite")}[key]
+    if decision == "fail":
+        assert record.status == "failed" and record.error_code == "interrupted" and f"{by} decided: fail" in \
+            record.error_message
+        assert statuses == ["planned", "dispatched", "interrupted", "failed"] and attempts == 1  # never run again
+    else:
+        assert record.status == "done" and record.result.attempts == 2
+        assert statuses == ["planned", "dispatched", "interrupted", "dispatched", "done"] and attempts == 2

@@ -1,5 +1,6 @@
 """The `sdl` command line: help everywhere, clear config errors, and the quickstart end to end."""
 
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,8 @@ from sdl.settings import ConfigError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["status"], ["report"], ["ledger"], ["ledger", "export"],
+@pytest.mark.parametrize("command", [[], ["run"], ["status"], ["decide"], ["report"], ["ledger"], ["ledger", "export"],
+                                     ["ledger", "check"], ["ledger", "recover"],
                                      ["instrument"], ["instrument", "serve"], ["instrument", "list"], ["agents"],
                                      ["bench"], ["bench-merge"], ["policy", "train"], ["policy", "route"],
                                      ["causal", "history"], ["causal", "effect"], ["causal", "whatif"], ["generate"],
@@ -114,3 +116,27 @@ def test_quickstart_runs_and_reports(tmp_path):
     assert table.num_rows == 48 and {"param.x1", "param.x2", "meas.y", "status"} <= set(table.column_names)
     missing = runner.invoke(main, ["status", str(tmp_path)])
     assert missing.exit_code != 0 and "no ledger" in missing.output
+
+
+def test_a_foreign_or_damaged_ledger_file_is_one_line_and_exit_1_for_every_command(tmp_path):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    with sqlite3.connect(foreign / "ledger.sqlite") as db:  # someone else's database where a ledger should be
+        db.execute("CREATE TABLE samples (id INTEGER PRIMARY KEY, name TEXT)")
+        db.execute("INSERT INTO samples(name) VALUES ('keep me')")
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "ledger.sqlite").write_bytes(b"SQLite format 3\x00" + bytes(300))
+    config = ROOT / "configs" / "quickstart.yaml"
+    runner = CliRunner()
+    for directory, fragment in ((foreign, "an SQLite file of something else (tables samples)"),
+                                (damaged, "sdl ledger recover")):
+        for command in (["status", str(directory)], ["report", str(directory)], ["ledger", "check", str(directory)],
+                        ["ledger", "export", str(directory)],
+                        ["run", str(config), "--campaign-dir", str(directory), "--resume"]):
+            result = runner.invoke(main, command)
+            assert result.exit_code == 1, (command, result.output)
+            assert fragment in result.output and "Traceback" not in result.output, (command, result.output)
+            assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+    with sqlite3.connect(foreign / "ledger.sqlite") as db:  # nothing was written into it
+        assert db.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall() == [("samples",)]

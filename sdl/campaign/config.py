@@ -84,8 +84,9 @@ class RayConfig(Section):
 
 class LedgerConfig(Section):
     synchronous: Literal["full", "normal"] = "full"
-    backup_every: int = Field(default=10, ge=0, description="an online backup of the ledger (ledger.backup.sqlite) "
-                                                           "after every this many finished experiments; 0: none")
+    backup_every: int = Field(default=25, ge=0, description="an online backup of the ledger (ledger.backup.sqlite) "
+                                                           "after every this many finished experiments, and at the "
+                                                           "end; 0: none")
 
 
 class AgentSpec(Section):

@@ -32,6 +32,12 @@ log = logging.getLogger(__name__)
 INSTRUMENT_KIND = "instrument.driver"
 
 
+def journal_path(campaign_dir: Path, instrument: str) -> Path:
+    """Where the journal of an instrument the campaign starts lives: with the campaign, so that a resumed
+    campaign's restarted drivers (and `sdl ledger recover`) find what they executed."""
+    return Path(campaign_dir) / "instruments" / f"{instrument}.sqlite"
+
+
 class LaunchError(RuntimeError):
     """An agent could not be started or did not join the bus."""
 
@@ -131,11 +137,8 @@ class Launcher:
         for instrument in cfg.instruments:
             if instrument.host != "ray":
                 continue
-            # The journal lives with the campaign so that a resumed campaign's restarted drivers
-            # still know which commands they already executed.
             settings = InstrumentDriverSettings(driver=instrument.driver, options=instrument.options,
-                                                journal_path=(self.campaign_dir / "instruments" /
-                                                              f"{instrument.name}.sqlite").resolve())
+                                                journal_path=journal_path(self.campaign_dir, instrument.name).resolve())
             self.actors[instrument.service_name] = spawn(INSTRUMENT_KIND, settings, context,
                                                          service_name=instrument.service_name,
                                                          capacity=instrument.capacity, node_id=next(nodes), **common)

@@ -52,7 +52,7 @@ from sdl.campaign.config import CampaignConfig, InstrumentConfig
 from sdl.campaign.launcher import Launcher, LaunchError
 from sdl.campaign.scheduler import Flight, Scheduler
 from sdl.experiment import DesignPoint, ExperimentResult, ExperimentSpec, Observation, ProcessStep
-from sdl.ledger import ExperimentRecord, Ledger, PlannedExperiment
+from sdl.ledger import BACKUP_FILENAME, ExperimentRecord, Ledger, PlannedExperiment
 from sdl.ledger.documents import (
     AgentJoined,
     AgentLost,
@@ -119,6 +119,7 @@ class Campaign:
         self._feasibility_provider = (config.provider("feasibility")
                                       if "feasibility" in planner.agent_class.requires(planner.settings) else None)
         self._route_notes: set[str] = set()
+        self._next_number = 0  # of the next experiment id (e00042), after the highest in the ledger
 
     @property
     def actors(self) -> dict[str, Any]:
@@ -169,6 +170,8 @@ class Campaign:
                 _record_bus_events(ledger, bus_events)
                 bus_events.close()
             ledger.record(CampaignStopped(state=state, reason=reason, wall_s=wall_s))
+            if self.config.ledger.backup_every:
+                ledger.backup(self.campaign_dir / BACKUP_FILENAME)
             if client is not None:
                 client.close()
             if self.broker is not None:
@@ -219,6 +222,7 @@ class Campaign:
             log.info("reconciling %d experiments left planned or dispatched", scheduler.occupied)
         observations = [_observation(r) for r in ledger.experiments(("done", "failed"))]
         n_planned = sum(ledger.counts().values())
+        self._next_number = _next_number(ledger)
         best = cfg.objective.best(_values(observations, cfg.objective.measurement))
         reason: str | None = None
         planner_failures = 0
@@ -239,7 +243,7 @@ class Campaign:
                 free_slots = min(cfg.stop.max_in_flight - scheduler.occupied, budget - n_planned)
                 if reason is None and free_slots > 0:
                     try:
-                        planned = self._plan(ledger, client, free_slots, n_planned, observations,
+                        planned = self._plan(ledger, client, free_slots, observations,
                                              scheduler.pending_points())
                         planner_failures = 0
                     except BusError as e:
@@ -270,6 +274,8 @@ class Campaign:
                     finished.append(self._record(ledger, scheduler, flight, outcome))
                 for observation in finished:
                     observations.append(observation)
+                    if cfg.ledger.backup_every and len(observations) % cfg.ledger.backup_every == 0:
+                        ledger.backup(self.campaign_dir / BACKUP_FILENAME)
                     bar.update(1)
                     value = observation.measurements.get(cfg.objective.measurement)
                     improved = value is not None and (best is None or cfg.objective.better(value, best))
@@ -300,7 +306,7 @@ class Campaign:
             raise CampaignError(f"planner failed {failures} times in a row: {error}") from error
         return failures
 
-    def _plan(self, ledger: Ledger, client: BusClient, n: int, n_planned: int, observations: list[Observation],
+    def _plan(self, ledger: Ledger, client: BusClient, n: int, observations: list[Observation],
               pending: list[DesignPoint]) -> list[ExperimentRecord]:
         planner = self.config.planner
         proposal = Proposal.model_validate(client.request(
@@ -314,12 +320,14 @@ class Campaign:
                 self.config.space.check(point)  # a planner bug must not reach an instrument
             except ValueError as e:
                 raise CampaignError(f"planner {proposal.planner} proposed a point outside the space: {e}") from e
-        ids = [f"e{n_planned + i:05d}" for i in range(len(points))]
+        ids = [f"e{self._next_number + i:05d}" for i in range(len(points))]
         routes, fallbacks = self._routes(client, points, ids)
         predicted = proposal.predicted + [{}] * (len(points) - len(proposal.predicted))
-        return ledger.plan((PlannedExperiment(experiment_id=i, point=p, process=r, planner=proposal.planner,
-                                              idempotency_key=f"{self.campaign_id}:{i}", predicted=e)
-                            for i, p, r, e in zip(ids, points, routes, predicted)), notes=fallbacks)
+        records = ledger.plan((PlannedExperiment(experiment_id=i, point=p, process=r, planner=proposal.planner,
+                                                 idempotency_key=f"{self.campaign_id}:{i}", predicted=e)
+                               for i, p, r, e in zip(ids, points, routes, predicted)), notes=fallbacks)
+        self._next_number += len(records)
+        return records
 
     def _routes(self, client: BusClient, points: list[DesignPoint],
                 ids: list[str]) -> tuple[list[tuple[ProcessStep, ...]], list[RouteFallback]]:
@@ -517,6 +525,12 @@ def _record_bus_events(ledger: Ledger, bus_events: EventSubscriber) -> None:
             documents.append(SecurityRefused(key=payload["key"], action=payload["action"]))
     if documents:
         ledger.record(*documents)
+
+
+def _next_number(ledger: Ledger) -> int:
+    """The number of the next experiment id: after the highest in the ledger (a recovered ledger may have gaps)."""
+    numbers = [int(r.experiment_id[1:]) for r in ledger.experiments() if r.experiment_id[1:].isdigit()]
+    return max(numbers, default=-1) + 1
 
 
 def _observation(record: ExperimentRecord) -> Observation:

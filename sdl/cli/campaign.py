@@ -23,6 +23,7 @@ from sdl.cli import main, setup_logging
 def run(config: Path, campaign_dir: Path | None, resume: bool, ray_address: str | None, no_progress: bool, verbose: int) -> None:
     """Run the campaign described by CONFIG (YAML) to its budget or target."""
     from sdl.campaign import Campaign, CampaignError, load_config
+    from sdl.ledger import LedgerError
     from sdl.report import write_report
     from sdl.settings import ConfigError
 
@@ -31,7 +32,7 @@ def run(config: Path, campaign_dir: Path | None, resume: bool, ray_address: str 
         cfg = load_config(config)
         campaign = Campaign(cfg, campaign_dir, resume=resume, ray_address=ray_address, progress=not no_progress)
         summary = campaign.run()
-    except (ConfigError, CampaignError) as e:
+    except (ConfigError, CampaignError, LedgerError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"campaign {summary.campaign_id}: {summary.state} ({summary.stop_reason}) in {summary.wall_s:.1f} s")
     click.echo("experiments: " + ", ".join(f"{k} {v}" for k, v in summary.counts.items()))
@@ -119,6 +120,67 @@ def ledger_export(campaign_dir: Path, file_format: str, out: Path | None) -> Non
     except LedgerError as e:
         raise click.ClickException(str(e)) from None
     click.echo(str(path))
+
+
+@ledger.command("check")
+@click.argument("campaign_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def ledger_check(campaign_dir: Path) -> None:
+    """Check a campaign's ledger (and its backup): SQLite's integrity, its tables, every document and
+    every finished experiment. Exit 1 if anything is wrong. Read-only; safe while the campaign runs."""
+    from sdl.ledger import LEDGER_FILENAME
+    from sdl.ledger.store import BACKUP_FILENAME, check_ledger
+
+    broken = False
+    for name in (LEDGER_FILENAME, BACKUP_FILENAME):
+        path = campaign_dir / name
+        if not path.exists():
+            click.echo(f"{path}: none" + ("" if name == BACKUP_FILENAME else " (not a campaign directory?)"))
+            broken |= name == LEDGER_FILENAME
+            continue
+        problems, counts = check_ledger(path)
+        if problems:
+            broken |= name == LEDGER_FILENAME
+            click.echo(f"{path}: {len(problems)} problems")
+            for problem in problems:
+                click.echo(f"  {problem}")
+        else:
+            click.echo(f"{path}: ok; experiments " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if broken:
+        raise click.ClickException(f"the ledger of {campaign_dir} is damaged; rebuild it with: "
+                                   f"sdl ledger recover {campaign_dir}")
+
+
+@ledger.command("recover")
+@click.argument("campaign_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--journal", "journals", multiple=True, metavar="NAME=PATH",
+              help="The journal of an external instrument NAME (its lab PC's --journal file); repeatable.")
+def ledger_recover(campaign_dir: Path, journals: tuple[str, ...]) -> None:
+    """Rebuild a damaged ledger from its last backup and the instruments' journals.
+
+    An intact ledger is kept and completed from the journals; a damaged one is moved aside (never
+    deleted) and replaced by the backup, which the journals then bring up to date. Stop the
+    campaign first; resume it afterwards with --resume.
+    """
+    from sdl.campaign.recovery import RecoveryError, recover
+    from sdl.ledger import LedgerError
+
+    extra = {}
+    for item in journals:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not Path(path).is_file():
+            raise click.ClickException(f"--journal {item!r}: give NAME=PATH of an existing journal file")
+        extra[name] = Path(path)
+    try:
+        recovery = recover(campaign_dir, extra)
+    except (RecoveryError, LedgerError) as e:
+        raise click.ClickException(str(e)) from None
+    if recovery.damaged_copy:
+        click.echo(f"the damaged ledger was moved to {recovery.damaged_copy}")
+    click.echo(f"rebuilt from the {recovery.source} and {len(recovery.journals)} journals: "
+               f"{recovery.results} results and {recovery.failures} failures recovered, "
+               f"{recovery.replanned} experiments re-planned from the journals")
+    if recovery.left_for_resume:
+        click.echo(f"{len(recovery.left_for_resume)} commands were in flight; --resume reconciles them")
 
 
 def _point_text(point) -> str:

@@ -3,6 +3,7 @@
 
 from sdl.ledger.documents import Document, parse_document
 from sdl.ledger.store import (
+    BACKUP_FILENAME,
     LEDGER_FILENAME,
     STATUSES,
     ExperimentRecord,
@@ -13,5 +14,5 @@ from sdl.ledger.store import (
     finished_experiments,
 )
 
-__all__ = ["LEDGER_FILENAME", "STATUSES", "Document", "ExperimentRecord", "Ledger", "LedgerError",
+__all__ = ["BACKUP_FILENAME", "LEDGER_FILENAME", "STATUSES", "Document", "ExperimentRecord", "Ledger", "LedgerError",
            "PlannedExperiment", "Status", "finished_experiments", "parse_document"]

@@ -55,6 +55,17 @@ class CampaignStopped(Document):
     wall_s: float
 
 
+class LedgerRecovered(Document):
+    """``sdl ledger recover`` rebuilt the ledger: from what, and what the instruments' journals gave back."""
+
+    kind: Literal["ledger.recovered"] = "ledger.recovered"
+    source: Literal["ledger", "backup"]
+    journals: list[str]
+    results: int = Field(ge=0, description="experiments finished from a journal's outcome")
+    replanned: int = Field(ge=0, description="experiments planned after the backup, re-planned from the journal")
+    damaged_copy: str | None = Field(default=None, description="where the damaged ledger was moved")
+
+
 class TargetReached(Document):
     kind: Literal["campaign.target_reached"] = "campaign.target_reached"
     best: float
@@ -192,7 +203,7 @@ class RouteFallback(Document):
 
 
 AnyDocument = Annotated[
-    Union[CampaignStarted, CampaignResumed, CampaignStopped, TargetReached, ExperimentPlanned, ExperimentDispatched,
+    Union[CampaignStarted, CampaignResumed, CampaignStopped, LedgerRecovered, TargetReached, ExperimentPlanned, ExperimentDispatched,
           ExperimentStep, ExperimentDone, ExperimentFailed, ExperimentInterrupted, ExperimentDecided, AgentPlaced,
           AgentJoined, AgentLost, SecurityRefused, PlannerFailed, FeasibilityLearned, RouteFallback],
     Field(discriminator="kind"),

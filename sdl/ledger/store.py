@@ -15,6 +15,7 @@ This module is the only one that opens a ledger's file; everything else reads th
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -37,6 +38,7 @@ from sdl.ledger.documents import (
 )
 
 LEDGER_FILENAME = "ledger.sqlite"
+BACKUP_FILENAME = "ledger.backup.sqlite"  # the last online backup, beside the ledger
 STATUSES = ("planned", "dispatched", "interrupted", "done", "failed")
 Status = Literal["planned", "dispatched", "interrupted", "done", "failed"]
 D = TypeVar("D", bound=Document)
@@ -80,6 +82,8 @@ CREATE INDEX IF NOT EXISTS experiments_by_status ON experiments(status);
 CREATE INDEX IF NOT EXISTS documents_by_kind ON documents(kind);
 """
 _TABLES = {"meta", "experiments", "transitions", "documents"}
+_RECOVER = ("`sdl ledger check DIR` says what is wrong; `sdl ledger recover DIR` rebuilds it from the last backup "
+            "and the instruments' journals")
 
 
 class LedgerError(RuntimeError):
@@ -130,8 +134,7 @@ class Ledger:
         try:
             self._db = self._open(readonly, synchronous)
         except sqlite3.DatabaseError as e:
-            raise LedgerError(f"{self.path} is not a readable ledger ({e}); restore it from a backup or start a "
-                              "new campaign directory") from None
+            raise LedgerError(f"{self.path} is not a readable ledger ({e}); {_RECOVER}") from None
         self._db.row_factory = sqlite3.Row
 
     def _open(self, readonly: bool, synchronous: str) -> sqlite3.Connection:
@@ -142,11 +145,19 @@ class Ledger:
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
-        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        damage = [row[0] for row in db.execute("PRAGMA quick_check(5)")]
+        if damage != ["ok"]:
+            db.close()
+            raise LedgerError(f"{self.path} is damaged ({'; '.join(damage)}); {_RECOVER}")
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")} - {"sqlite_sequence"}
         if "events" in tables and "documents" not in tables:
             db.close()
             raise LedgerError(f"{self.path} was written by an earlier sdl (free-form events instead of typed "
                               "documents); read it with that version, and run new campaigns in a new directory")
+        if tables - _TABLES:
+            db.close()
+            raise LedgerError(f"{self.path} is an SQLite file of something else (tables {', '.join(sorted(tables))}), "
+                              "not a campaign ledger; move it away or choose another campaign directory")
         if readonly:
             if not _TABLES <= tables:
                 db.close()
@@ -169,6 +180,18 @@ class Ledger:
 
     def close(self) -> None:
         self._db.close()
+
+    def backup(self, path: str | Path) -> None:
+        """A consistent copy taken while the campaign writes (SQLite's online backup), replacing ``path``
+        atomically: a crash mid-backup leaves the previous backup whole."""
+        path = Path(path)
+        partial = path.with_name(path.name + ".partial")
+        target = sqlite3.connect(partial)
+        try:
+            self._db.backup(target)
+        finally:
+            target.close()
+        os.replace(partial, path)
 
     def __enter__(self) -> Ledger:
         return self
@@ -372,6 +395,40 @@ class Ledger:
     def transitions(self, experiment_id: str | None = None) -> list[tuple[str, str | None, str, float, str]]:
         query = "SELECT * FROM transitions" + (" WHERE experiment_id=?" if experiment_id else "") + " ORDER BY rowid"
         return [tuple(r) for r in self._db.execute(query, (experiment_id,) if experiment_id else ())]
+
+
+def check_ledger(path: str | Path) -> tuple[list[str], dict[str, int]]:
+    """What is wrong with the ledger at ``path`` (nothing: an empty list) and its experiment counts.
+
+    Reads only: SQLite's full integrity check, the tables, every document against its schema, and
+    every finished experiment's result or error."""
+    try:
+        ledger = Ledger(path, readonly=True)
+    except LedgerError as e:
+        return [str(e)], {}
+    problems = []
+    with ledger:
+        try:
+            damage = [row[0] for row in ledger._db.execute("PRAGMA integrity_check(20)")]
+            if damage != ["ok"]:
+                problems += [f"integrity: {line}" for line in damage]
+            bad_documents = 0
+            for (body,) in ledger._db.execute("SELECT body_json FROM documents"):
+                try:
+                    parse_document(body)
+                except ValueError:
+                    bad_documents += 1
+            if bad_documents:
+                problems.append(f"{bad_documents} documents do not match their schema")
+            for row in ledger._db.execute("SELECT id, status, result_json, error_code FROM experiments"):
+                if row["status"] == "done" and not row["result_json"]:
+                    problems.append(f"experiment {row['id']} is done without a result")
+                if row["status"] == "failed" and not row["error_code"]:
+                    problems.append(f"experiment {row['id']} failed without an error code")
+            counts = ledger.counts()
+        except sqlite3.DatabaseError as e:
+            return [*problems, f"unreadable: {e}"], {}
+    return problems, counts
 
 
 def _migrate_statuses(db: sqlite3.Connection) -> None:

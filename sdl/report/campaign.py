@@ -7,6 +7,7 @@ instrument timeline) and ``summary.md``; ``summarize`` gives the short text ``sd
 from __future__ import annotations
 
 import collections
+import logging
 import math
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from sdl.ledger import ExperimentRecord, Ledger  # noqa: E402
 from sdl.ledger.documents import AgentLost  # noqa: E402
 from sdl.objective import ConstraintConfig  # noqa: E402
 from sdl.report import alloy  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 MAX_COVERAGE_DIMENSIONS = 8
 
@@ -168,8 +171,14 @@ def _alloy_pages(config, records, measurement, direction, out: Path) -> str:
     """Phase map and best-specimen pages when the campaign ran on the simulated alloy lab."""
     if alloy.furnace_options(config) is None:
         return ""
+    from sdl.env.calphad import CalphadError  # pycalphad is heavy; only alloy reports need it
+
     lines = ["", "## Alloy", ""]
-    caption = alloy.plot_phase_map(config, records, measurement, out / "phase_map.png")
+    try:
+        caption = alloy.plot_phase_map(config, records, measurement, out / "phase_map.png")
+    except CalphadError as e:  # the campaign's data outside what the CALPHAD tables cover: say so, draw the rest
+        log.warning("phase map not drawn: %s", e)
+        caption, lines = None, [*lines, f"_Phase map not drawn: {e}._", ""]
     if caption:
         lines += [f"![{caption}](phase_map.png)", ""]
     done = [r for r in records if r.status == "done" and measurement in r.result.measurements]
