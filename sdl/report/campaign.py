@@ -66,8 +66,8 @@ def summarize(ledger: Ledger) -> str:
     lost = collections.Counter((d.service, d.reason) for d in ledger.documents(AgentLost))
     if lost:
         lines.append("agents lost " + ", ".join(f"{service} ({reason}) x{n}" for (service, reason), n in lost.items()))
-    held = [(interruption, decided) for experiment_id, (interruption, decided) in ledger.decisions().items()
-            if experiment_id in {r.experiment_id for r in ledger.experiments(("interrupted",))}]
+    interrupted = {r.experiment_id for r in ledger.experiments(("interrupted",))}
+    held = [pair for experiment_id, pair in ledger.decisions().items() if experiment_id in interrupted]
     for interruption, decided in held:
         what = (f"decided {decided.decision} by {decided.by}, applied when the campaign runs" if decided else
                 f"awaits a decision: sdl decide CAMPAIGN_DIR {interruption.experiment_id} rerun|fail")
