@@ -15,7 +15,7 @@ Figures, from the ledger and the instruments' journals at the end:
   held instrument every rerun must be an operator's);
 - orphans: processes of a killed driver still alive 10 s after the kill (target 0).
 
-    python bench/kill_torture.py [--kills 20] [--experiments 90] [--seed 0]
+    python bench/kill_torture.py [--kills 20] [--experiments 180] [--seed 0]
 """
 
 from __future__ import annotations
@@ -68,8 +68,15 @@ def sdl(*args: str, **kwargs) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True, start_new_session=True, **kwargs)
 
 
-def running_commands(campaign_dir: Path) -> int:
-    return sum(status == "running" for _, status, _ in journal_rows(campaign_dir).values())
+def running_commands(campaign_dir: Path, since_unix_s: float) -> int:
+    """Commands the instruments started after ``since_unix_s`` and have not finished (rows left
+    running by an earlier, killed run do not count: they are only marked interrupted when asked)."""
+    running = 0
+    for path in sorted((campaign_dir / "instruments").glob("*.sqlite")):
+        with sqlite3.connect(path) as db:
+            running += db.execute("SELECT COUNT(*) FROM executions WHERE status='running' AND started_at_unix_s > ?",
+                                  (since_unix_s,)).fetchone()[0]
+    return running
 
 
 def ledger_state(campaign_dir: Path) -> dict[str, str]:
@@ -126,22 +133,26 @@ def torture(kills: int, experiments: int, seed: int) -> None:
     config_path.write_text(yaml.safe_dump(config(experiments, seed)))
     campaign_dir = work / "campaign"
     finished_at_kills: dict[str, str] = {}
-    orphans = cut_off = 0
+    orphans = cut_off = kills_done = mid_measurement = 0
     decisions: collections.Counter = collections.Counter()
     started = time.monotonic()
     resume: list[str] = []
     for k in range(kills):
+        launched = time.time()
         driver = sdl("run", str(config_path), "--campaign-dir", str(campaign_dir), "--no-progress", *resume)
         resume = ["--resume"]
         deadline = time.monotonic() + 120
-        while running_commands(campaign_dir) == 0 and driver.poll() is None and time.monotonic() < deadline:
+        while (running_commands(campaign_dir, launched) == 0 and driver.poll() is None
+               and time.monotonic() < deadline):
             time.sleep(0.05)
         if driver.poll() is not None:
             print(f"  the campaign ended before kill {k + 1}: {driver.stdout.read().strip().splitlines()[-3:]}")
             break
         time.sleep(rng.uniform(0.0, 2.5))  # somewhere in the middle of the measurements
-        running = running_commands(campaign_dir)
+        running = running_commands(campaign_dir, launched)
         orphans += kill(driver)
+        kills_done += 1
+        mid_measurement += running > 0
         cut_off += running
         state = ledger_state(campaign_dir)
         finished_at_kills.update({e: s for e, s in state.items() if s in ("done", "failed")})
@@ -154,7 +165,8 @@ def torture(kills: int, experiments: int, seed: int) -> None:
         if "(held)" not in output:
             break
         decisions += decide_held(campaign_dir, turn)
-    print(f"last run: {output.strip().splitlines()[0] if output.strip() else final.returncode}")
+    summary = [line for line in output.splitlines() if line.startswith("campaign ")]
+    print(f"last run: {summary[0] if summary else output[-500:]}")
 
     with Ledger.in_campaign(campaign_dir, readonly=True) as ledger:
         records = {r.idempotency_key: r for r in ledger.experiments()}
@@ -177,7 +189,8 @@ def torture(kills: int, experiments: int, seed: int) -> None:
         by_instrument[instrument]["commands"] += 1
         by_instrument[instrument]["re-executed"] += max(0, attempts - allowed)
         by_instrument[instrument]["reruns decided"] += reruns[experiment_id]
-    print(f"\n{kills} kills in {time.monotonic() - started:.0f} s; {cut_off} commands were running at the kills")
+    print(f"\n{kills_done} kills ({mid_measurement} with commands running, {cut_off} commands in all) in "
+          f"{time.monotonic() - started:.0f} s")
     print(f"ledger at the end: {counts}")
     print(f"decisions: operator {dict(operator)}, policy {dict(policy)}")
     for instrument, figures in sorted(by_instrument.items()):
@@ -191,7 +204,7 @@ def torture(kills: int, experiments: int, seed: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kills", type=int, default=20)
-    parser.add_argument("--experiments", type=int, default=90)
+    parser.add_argument("--experiments", type=int, default=180)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torture(args.kills, args.experiments, args.seed)
