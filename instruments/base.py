@@ -93,6 +93,7 @@ class Journal:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # on disk before the step it records is taken
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS executions (key TEXT PRIMARY KEY, experiment_id TEXT NOT NULL,"
             " status TEXT NOT NULL, attempts INTEGER NOT NULL, outcome_json TEXT,"
@@ -109,10 +110,14 @@ class Journal:
         with self._lock:
             entry = self._entry(key)
             if entry is None:
+                # Not fsynced on its own: a command lost before it started is safe to run when it comes
+                # again, and the fsync of `running` (write-ahead log, in order) makes this one durable too.
+                self._db.execute("PRAGMA synchronous=NORMAL")
                 self._db.execute(
                     "INSERT INTO executions(key, experiment_id, status, attempts, started_at_unix_s, command_json)"
                     " VALUES (?, ?, 'received', 0, ?, ?)",
                     (key, experiment.experiment_id, time.time(), experiment.model_dump_json()))
+                self._db.execute("PRAGMA synchronous=FULL")
                 return self._entry(key)
             if entry.status == "running":
                 self._db.execute("UPDATE executions SET status='interrupted' WHERE key=?", (key,))
