@@ -304,6 +304,15 @@ class CampaignConfig(Section):
         return hashlib.sha256(json.dumps(design, sort_keys=True).encode()).hexdigest()[:16]
 
 
+BUS_FILENAME = "bus.json"  # in the campaign directory: the bus's addresses and the campaign's pid
+
+
+def journal_path(campaign_dir: str | Path, instrument: str) -> Path:
+    """Where the journal of an instrument the campaign starts lives: with the campaign, so that a resumed
+    campaign's restarted drivers (and `sdl ledger recover`) find what they executed."""
+    return Path(campaign_dir) / "instruments" / f"{instrument}.sqlite"
+
+
 def load_config(path: str | Path) -> CampaignConfig:
     return load_yaml(CampaignConfig, path)
 

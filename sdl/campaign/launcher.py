@@ -22,7 +22,7 @@ from sdl.agents.actor import AgentActor
 from sdl.agents.base import AgentContext
 from sdl.agents.instrument_driver import InstrumentDriverSettings
 from sdl.bus import Broker, Grant, Trust
-from sdl.campaign.config import CampaignConfig
+from sdl.campaign.config import CampaignConfig, journal_path
 from sdl.campaign.reaper import Reaper, children_now
 from sdl.ledger.documents import AgentPlaced
 from sdl.settings import Section
@@ -30,12 +30,6 @@ from sdl.settings import Section
 log = logging.getLogger(__name__)
 
 INSTRUMENT_KIND = "instrument.driver"
-
-
-def journal_path(campaign_dir: Path, instrument: str) -> Path:
-    """Where the journal of an instrument the campaign starts lives: with the campaign, so that a resumed
-    campaign's restarted drivers (and `sdl ledger recover`) find what they executed."""
-    return Path(campaign_dir) / "instruments" / f"{instrument}.sqlite"
 
 
 class LaunchError(RuntimeError):

@@ -48,7 +48,7 @@ from sdl.bus import (
     Trust,
 )
 from sdl.bus.keys import BROKER_KEY
-from sdl.campaign.config import CampaignConfig, InstrumentConfig
+from sdl.campaign.config import BUS_FILENAME, CampaignConfig, InstrumentConfig
 from sdl.campaign.launcher import Launcher, LaunchError
 from sdl.campaign.scheduler import Flight, Scheduler
 from sdl.experiment import DesignPoint, ExperimentResult, ExperimentSpec, Observation, ProcessStep
@@ -71,7 +71,6 @@ from sdl.wire import ErrorCode, ErrorInfo
 
 log = logging.getLogger(__name__)
 
-BUS_FILENAME = "bus.json"
 # After this many planner failures in a row the campaign gives up (a restart takes a few).
 MAX_PLANNER_FAILURES = 20
 # How often a campaign with held experiments looks in its ledger for an operator's decision.

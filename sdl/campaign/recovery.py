@@ -12,13 +12,17 @@ it, with the stations it finished, and left to ``--resume``, which reconciles it
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdl.campaign.launcher import journal_path
+import psutil
+
+from sdl.campaign.config import BUS_FILENAME, journal_path
 from sdl.campaign.scheduler import Flight
 from sdl.experiment import ExperimentResult, ExperimentSpec
 from sdl.instruments.base import Journal, JournalEntry
@@ -47,6 +51,7 @@ def recover(campaign_dir: str | Path, journals: dict[str, Path] | None = None) -
     """Recover the ledger of ``campaign_dir``; ``journals`` adds instrument name -> journal file for
     instruments whose journal is not in the campaign directory (external lab PCs)."""
     campaign_dir = Path(campaign_dir)
+    _refuse_if_running(campaign_dir)
     ledger_path = campaign_dir / LEDGER_FILENAME
     problems = check_ledger(ledger_path)[0] if ledger_path.exists() else [f"{ledger_path} is missing"]
     damaged_copy = None
@@ -87,6 +92,18 @@ def recover(campaign_dir: str | Path, journals: dict[str, Path] | None = None) -
                                       results=recovery.results + recovery.failures, replanned=recovery.replanned,
                                       damaged_copy=str(damaged_copy) if damaged_copy else None))
     return recovery
+
+
+def _refuse_if_running(campaign_dir: Path) -> None:
+    """A campaign still writing its ledger must be stopped first (bus.json names the process that ran it)."""
+    try:
+        pid = json.loads((campaign_dir / BUS_FILENAME).read_text())["pid"]
+        process = psutil.Process(pid)
+        running = pid != os.getpid() and "sdl" in " ".join(process.cmdline())
+    except (OSError, ValueError, KeyError, TypeError, psutil.Error):
+        return
+    if running:
+        raise RecoveryError(f"the campaign in {campaign_dir} is still running (process {pid}); stop it first")
 
 
 def _journaled(paths: dict[str, Path], campaign_id: str,
