@@ -90,3 +90,29 @@ def test_recover_without_a_backup_says_so(tmp_path):
     assert result.exit_code == 1 and "there is no backup" in result.output and "Traceback" not in result.output
     bad = CliRunner().invoke(main, ["ledger", "recover", str(tmp_path), "--journal", "x"])
     assert bad.exit_code == 1 and "give NAME=PATH of an existing journal file" in bad.output
+
+
+def test_a_rerun_decision_is_resent_after_a_crash_only_for_the_station_it_was_about(tmp_path):
+    """Decided rerun at the melt station, then a crash: resumed at the melt station the decision goes
+    with the command again; once the melt is committed, the next station's command carries none (a cut
+    off there is a new question, not covered by the melt's decision)."""
+    from sdl.ledger.documents import ExperimentInterrupted
+
+    config = parse_config(CONFIG, source="test")
+    with Ledger.in_campaign(tmp_path) as ledger:
+        ledger.plan([PlannedExperiment(experiment_id="e00000", point=command(0).point, process=(), planner="sobol",
+                                       idempotency_key="c:e00000")])
+        ledger.mark_dispatched("e00000", "instrument.melter")
+        ledger.interrupt(ExperimentInterrupted(experiment_id="e00000", instrument="instrument.melter", station="melt",
+                                               attempt=1, message="cut off", policy="hold"))
+        ledger.decide("e00000", "rerun", by="alice")
+        ledger.mark_dispatched("e00000", "instrument.melter")  # applied, then the campaign was killed
+        at_melt = Scheduler(config.workflow, config.instruments)
+        at_melt.resume(ledger)
+        assert [(f.step, f.rerun_attempt) for f in at_melt.waiting] == [(0, 1)]
+        result = ExperimentResult(experiment_id="e00000", instrument="branin", measurements={"melt": 1.0},
+                                  started_at_unix_s=1.0, finished_at_unix_s=2.0)
+        ledger.record_step("e00000", step=0, station="melt", instrument="instrument.melter", result=result)
+        at_heat = Scheduler(config.workflow, config.instruments)
+        at_heat.resume(ledger)
+        assert [(f.step, f.rerun_attempt) for f in at_heat.waiting] == [(1, None)]

@@ -8,6 +8,9 @@ document is published on the event stream only after its commit. A campaign kill
 is resumed with ``resume=True``: planned experiments are dispatched, dispatched ones are sent again
 with the same idempotency key to the same instrument (whose journal returns the result if it
 already ran), from the first station whose result was not committed, and nothing finished is redone.
+A command the instrument reports cut off mid-action (``interrupted``: its process died while acting)
+is recorded so and handled by the instrument's ``on_interrupted``: failed, rerun once more, or held
+until an operator's ``sdl decide`` lands in the ledger.
 
 Ray placement lives in :mod:`.launcher`, station scheduling in :mod:`.scheduler`; this module holds
 only the loop. Ctrl-C (or SIGTERM) stops planning and waits for the experiments in flight; a second

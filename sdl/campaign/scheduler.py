@@ -77,9 +77,9 @@ class Scheduler:
             if flight.record.status == "interrupted":
                 self.held[flight.experiment_id] = flight
                 continue
-            _, decided = decisions.get(flight.experiment_id, (None, None))
-            if decided is not None and decided.decision == "rerun":
-                flight.rerun_attempt = decided.attempt
+            interruption, decided = decisions.get(flight.experiment_id, (None, None))
+            if decided is not None and decided.decision == "rerun" and interruption.station == self.station(flight):
+                flight.rerun_attempt = decided.attempt  # for that station's command only
             self.waiting.append(flight)
         return len(unfinished)
 
