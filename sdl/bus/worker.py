@@ -397,8 +397,8 @@ class _Slot:
                         return  # the broker answered the caller long ago; a fresh slot serves now
                     self.busy = False
                     self.deadline_s = float("inf")
+                    self.handled += 1  # before the reply leaves: a caller that has it may count on it
                     self._send(reply.model_copy(update={"worker": self.name}))
-                self.handled += 1
                 heard_at = time.monotonic()  # the broker could not be heard while we worked
         finally:
             with self.lock:
