@@ -107,8 +107,10 @@ def kill(driver: subprocess.Popen) -> int:
 
 
 def _created(pid: int) -> float | None:
+    """The process's start time, or None if it is gone (a zombie is gone: it holds no memory, file or port)."""
     try:
-        return psutil.Process(pid).create_time()
+        process = psutil.Process(pid)
+        return None if process.status() == psutil.STATUS_ZOMBIE else process.create_time()
     except psutil.Error:
         return None
 

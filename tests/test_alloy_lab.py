@@ -115,6 +115,7 @@ def test_faults_are_named_and_unknown_ones_refused():
         ArcMelter(faults={"specimen_lost": 1.0}, time_scale=0).run(spec(), idempotency_key="f")
 
 
+@pytest.mark.slow  # about 40 s; .ci/run runs it
 def test_demo_workflow_campaign_records_results_and_faults(tmp_path, cache):
     twin_options = {"twin": SMALL_TWIN, "cache_path": cache, "limits": LIMITS}
     config = parse_config({

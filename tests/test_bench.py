@@ -59,6 +59,7 @@ def test_bad_problems_and_configs_are_refused_with_the_reason(tmp_path):
     assert "the generative planner works on compositions; the space has none" in result.error
 
 
+@pytest.mark.slow  # about 35 s for both peers; .ci/run runs it
 @pytest.mark.parametrize("kind", ["ax", "baybe"])
 def test_peer_adapters_plan_inside_the_space(kind):
     pytest.importorskip({"ax": "ax", "baybe": "baybe"}[kind])

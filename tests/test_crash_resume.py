@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -117,6 +118,7 @@ def test_kill_9_mid_campaign_then_resume_runs_each_experiment_exactly_once(tmp_p
         assert record.result.attempts == attempts
 
 
+@pytest.mark.slow  # about 20 s; .ci/run runs it
 def test_ctrl_c_stops_cleanly_with_in_flight_work_recorded(tmp_path):
     config_path = tmp_path / "interrupt.yaml"
     config_path.write_text(yaml.safe_dump({**CONFIG, "name": "interrupt"}))
@@ -139,6 +141,7 @@ def test_ctrl_c_stops_cleanly_with_in_flight_work_recorded(tmp_path):
         assert ledger.get_meta("state") == "interrupted"
 
 
+@pytest.mark.slow  # about 40 s; .ci/run runs it
 def test_kill_9_mid_workflow_resumes_from_the_first_uncommitted_station(tmp_path):
     """Two stations per specimen: a resumed campaign does not send a specimen back to a station
     whose result was already committed."""
@@ -265,14 +268,17 @@ def kill_and_wait_for_its_processes(driver, within_s=10.0):
 
 
 def _created(pid):
+    """The process's start time, or None if it is gone (a zombie is gone: it holds no memory, file or port)."""
     try:
-        return psutil.Process(pid).create_time()
+        process = psutil.Process(pid)
+        return None if process.status() == psutil.STATUS_ZOMBIE else process.create_time()
     except psutil.Error:
         return None
 
 
 def _name(pid):
     try:
-        return " ".join(psutil.Process(pid).cmdline())[:80]
+        process = psutil.Process(pid)
+        return f"{' '.join(process.cmdline())[-100:]} ({process.status()}, parent {process.ppid()})"
     except psutil.Error:
         return str(pid)

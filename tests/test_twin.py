@@ -155,6 +155,7 @@ def test_gamma_prime_free_alloy_does_not_age_harden(twin):
     assert long == pytest.approx(short, rel=0.02)
 
 
+@pytest.mark.slow  # 20-30 s of CALPHAD on a cold cache; .ci/run runs it
 def test_twin_is_deterministic_and_vectorised(twin):
     rng = np.random.default_rng(0)
     x = rng.uniform([0.0, 0.05, 0.05], [0.15, 0.15, 0.15], (500, 3))

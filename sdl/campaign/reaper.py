@@ -7,7 +7,8 @@ in 10, and a resumed campaign then met their stale ports. A process cannot clean
 ``kill -9``, so a small watchdog in its own session does: the driver hands it the pids of the
 processes Ray started and keeps a pipe to it open; the watchdog follows their descendants, and when
 the pipe closes (a normal end, or the kernel closing a killed driver's files) it terminates every
-one still alive: SIGTERM, then SIGKILL after a grace period.
+one still alive: SIGTERM, then SIGKILL after a second. A zombie counts as gone (it holds no
+memory, file or port; its new parent reaps it).
 
 Run as ``python -m sdl.campaign.reaper`` by :class:`Reaper`; plain Python and psutil, no Ray.
 """
@@ -26,7 +27,7 @@ import psutil
 log = logging.getLogger(__name__)
 
 SNAPSHOT_EVERY_S = 0.5  # processes Ray starts later than the last snapshot before a kill -9 are missed
-GRACE_S = 3.0  # between SIGTERM and SIGKILL
+GRACE_S = 1.0  # between SIGTERM and SIGKILL (a driver killed with -9 left nothing worth a long goodbye)
 
 
 class Reaper:
@@ -84,7 +85,7 @@ def _terminate(followed: dict[int, float]) -> int:
     for pid, created in followed.items():
         try:
             process = psutil.Process(pid)
-            if process.create_time() == created:
+            if process.create_time() == created and process.status() != psutil.STATUS_ZOMBIE:
                 process.send_signal(signal.SIGTERM)
                 alive.append(process)
         except psutil.Error:
