@@ -83,6 +83,9 @@ def project_capped_simplex(y: torch.Tensor, low=0.0, high=1.0, total=1.0, *,
     if total_t.shape != y.shape[:-1]:
         raise ValueError(f"total of shape {tuple(total_t.shape)}: give a scalar or one per row {tuple(y.shape[:-1])}")
     with torch.no_grad():
+        for name, value in (("y", y), ("low", low_t), ("high", high_t), ("total", total_t)):
+            if not torch.all(torch.isfinite(value)):
+                raise ValueError(f"{name} holds NaN or infinite values; the projection needs finite numbers")
         if torch.any(low_t > high_t):
             raise ValueError("every lower bound must be <= its upper bound")
         slack = 1e-6 * (total_t.abs() + 1)
@@ -96,7 +99,8 @@ def project_capped_simplex(y: torch.Tensor, low=0.0, high=1.0, total=1.0, *,
         else:
             raise ValueError(f"method {method!r}: use 'auto', 'sort' or 'bisect'")
         shifted = y64 - tau[..., None]
-        at_low, at_high = shifted <= lo64, shifted >= hi64
+        at_low = shifted <= lo64
+        at_high = (shifted >= hi64) & ~at_low  # a component with equal bounds is fixed once, not twice
         free = ~(at_low | at_high)
     # tau again, differentiably, from the active set (see the module docstring); in float64 so that a
     # float32 output is each exact value rounded once, its sum within a few ulps of the total
