@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from scipy.optimize import minimize
 
 from sdl.surrogates.projection import CappedSimplexProjection, project_capped_simplex, project_simplex
@@ -129,3 +131,57 @@ def test_nan_and_infinite_inputs_are_refused(bad):
         project_capped_simplex(torch.zeros(1, 3), 0.0, torch.tensor([1.0, bad, 1.0]), 1.0)
     with pytest.raises(ValueError, match="total holds NaN or infinite values"):
         project_capped_simplex(torch.zeros(1, 3), 0.0, 1.0, bad)
+
+
+def _kkt_gap(x: np.ndarray, y: np.ndarray, low: np.ndarray, high: np.ndarray, eps: float) -> float:
+    """How far x is from optimal for min ||x - y|| on {low <= x <= high, sum x = total}: with g = y - x,
+    optimality (KKT) is max g over components below their upper bound <= min g over those above their
+    lower bound (then a tau lies between). Returns max(0, that max - that min)."""
+    g = y - x
+    below_high, above_low = x < high - eps, x > low + eps
+    if not below_high.any() or not above_low.any():
+        return 0.0
+    return max(0.0, float(g[below_high].max() - g[above_low].min()))
+
+
+@st.composite
+def _projection_cases(draw):
+    """Random and degenerate rows: equal bounds, tied inputs, already feasible points, totals at the ends
+    of the feasible range (a single feasible point)."""
+    n = draw(st.integers(1, 8))
+    value = st.floats(-2.0, 2.0, allow_nan=False)
+    low = np.array([draw(st.sampled_from([0.0, 0.05, 0.1, draw(st.floats(0.0, 0.3))])) for _ in range(n)])
+    width = np.array([draw(st.sampled_from([0.0, 0.2, 1.0, draw(st.floats(0.0, 0.7))])) for _ in range(n)])
+    high = low + width
+    share = draw(st.sampled_from([0.0, 1.0, draw(st.floats(0.0, 1.0))]))
+    total = low.sum() + share * (high.sum() - low.sum())
+    kind = draw(st.sampled_from(["random", "ties", "feasible"]))
+    if kind == "random":
+        y = np.array([draw(value) for _ in range(n)])
+    elif kind == "ties":
+        y = np.array([draw(st.sampled_from([0.0, 0.25, 0.5])) for _ in range(n)])
+    else:  # a feasible point: low + share of each width, then the remaining total spread evenly
+        y = low + share * width
+    return y, low, high, total
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("method", ["sort", "bisect"])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=_projection_cases())
+def test_the_projection_is_exact_on_random_and_degenerate_rows(case, method, dtype):
+    """Property-based, against two independent references: the KKT conditions and SLSQP's solution."""
+    y, low, high, total = case
+    x = project_capped_simplex(torch.tensor(y, dtype=dtype), torch.tensor(low, dtype=dtype),
+                               torch.tensor(high, dtype=dtype), float(total), method=method).double().numpy()
+    tolerance = 2e-6 if dtype == torch.float32 else 1e-10
+    y64, low, high = (torch.tensor(v, dtype=dtype).double().numpy() for v in (y, low, high))  # as it saw them
+    assert np.all(x >= low - tolerance) and np.all(x <= high + tolerance)
+    assert abs(x.sum() - total) <= tolerance * max(1, len(x))
+    assert _kkt_gap(x, y64, low, high, eps=10 * tolerance) <= 100 * tolerance
+    reference = minimize(lambda v: 0.5 * np.sum((v - y64) ** 2), np.clip(np.full_like(y64, total / len(y64)), low, high),
+                         jac=lambda v: v - y64, bounds=list(zip(low, high)), method="SLSQP",
+                         constraints=[{"type": "eq", "fun": lambda v: v.sum() - total, "jac": lambda v: np.ones_like(v)}],
+                         options={"ftol": 1e-14, "maxiter": 500})
+    if reference.success:  # ours is never worse than the generic solver's
+        assert 0.5 * np.sum((x - y64) ** 2) <= reference.fun + 1e-6
