@@ -146,8 +146,26 @@ def held_out_compositions(settings: HeatTreatmentSettings, n: int, *, seed: int)
     return [{e: float(rng.uniform(lo, hi)) for e, (lo, hi) in settings.composition.items()} for _ in range(n)]
 
 
+class TrainingStalled(RuntimeError):
+    """PPO stopped learning from anything: an iteration sampled no environment steps, or its return is NaN."""
+
+
+def check_iteration(row: dict, previous: dict | None) -> None:
+    """Refuse an iteration that sampled nothing (RLlib's "No samples returned from remote workers") or
+    whose mean return is not a number; a policy trained on nothing must not be saved as if it learned."""
+    sampled = row["env_steps"] - (previous["env_steps"] if previous else 0)
+    if sampled <= 0:
+        raise TrainingStalled(f"PPO iteration {row['iteration']} sampled no environment steps (the env runners "
+                              "returned nothing); training stopped, no checkpoint written")
+    if previous is not None and not math.isfinite(row["episode_return_mean"]):
+        raise TrainingStalled(f"PPO iteration {row['iteration']}: the mean episode return is "
+                              f"{row['episode_return_mean']}; training stopped, no checkpoint written")
+
+
 def train_policy(config: PolicyConfig, out: Path, *, progress: Callable[[int, dict], None] | None = None) -> dict:
-    """Train, checkpoint, score on held-out compositions and plot; returns the summary (also in training.json)."""
+    """Train, checkpoint, score on held-out compositions and plot; returns the summary (also in training.json).
+
+    Raises :class:`TrainingStalled` (before any checkpoint) if an iteration samples nothing or returns NaN."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -160,6 +178,7 @@ def train_policy(config: PolicyConfig, out: Path, *, progress: Callable[[int, di
             row = {"iteration": i + 1, "seconds": time.perf_counter() - started,
                    "env_steps": int(runners.get("num_env_steps_sampled_lifetime", 0)),
                    "episode_return_mean": float(runners.get("episode_return_mean", math.nan))}
+            check_iteration(row, curve[-1] if curve else None)
             curve.append(row)
             if progress is not None:
                 progress(i + 1, row)

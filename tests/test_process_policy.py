@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 
 import numpy as np
 import pytest
@@ -200,3 +201,22 @@ def test_rollouts_of_a_trained_policy_are_deterministic(trained):
     first = policy.route(ALLOY)
     second = policy.route(ALLOY)
     assert first[0] == second[0] and np.isclose(first[1], second[1])
+
+
+def test_a_stalled_or_nan_iteration_stops_training_loudly():
+    """Issue 18: iterations 27-30 of a run returned no samples (NaN returns, env steps frozen) and the CLI
+    saved the checkpoint as a success. Now the iteration is refused before any checkpoint."""
+    from sdl.agents.process_policy import TrainingStalled, check_iteration
+
+    first = {"iteration": 1, "env_steps": 4000, "episode_return_mean": math.nan}  # no episode ended yet: fine
+    check_iteration(first, None)
+    second = {"iteration": 2, "env_steps": 8000, "episode_return_mean": 0.4}
+    check_iteration(second, first)
+    frozen = {"iteration": 3, "env_steps": 8000, "episode_return_mean": 0.4}
+    with pytest.raises(TrainingStalled, match="iteration 3 sampled no environment steps"):
+        check_iteration(frozen, second)
+    nan = {"iteration": 3, "env_steps": 12000, "episode_return_mean": math.nan}
+    with pytest.raises(TrainingStalled, match="iteration 3: the mean episode return is nan"):
+        check_iteration(nan, second)
+    with pytest.raises(TrainingStalled, match="iteration 1 sampled no environment steps"):
+        check_iteration({"iteration": 1, "env_steps": 0, "episode_return_mean": math.nan}, None)

@@ -26,7 +26,7 @@ def policy_train(config: Path, out: Path | None, iterations: int | None, ray_add
     import ray
     from tqdm import tqdm
 
-    from sdl.agents.process_policy import load_policy_config, train_policy
+    from sdl.agents.process_policy import TrainingStalled, load_policy_config, train_policy
     from sdl.settings import ConfigError
 
     try:
@@ -48,6 +48,8 @@ def policy_train(config: Path, out: Path | None, iterations: int | None, ray_add
 
     try:
         summary = train_policy(cfg, run_dir, progress=progress)
+    except TrainingStalled as e:
+        raise click.ClickException(str(e)) from None
     finally:
         bar.close()
         ray.shutdown()
