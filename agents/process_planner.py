@@ -123,14 +123,23 @@ class ProcessPlannerAgent(Agent):
         if self.policy is None:
             return Route(steps=textbook_route(), source="textbook", note=self.note)
         try:
-            steps, hardness_hv, _ = self.policy.route(composition.root)
+            steps, hardness_hv, policy_return = self.policy.route(composition.root)
+            book_steps, book_hv, book_return = self.policy.textbook(composition.root)
         except ValueError as e:
             raise ServiceError(str(e), code=ErrorCode.INVALID_PAYLOAD) from e
-        if not steps:
-            # Heat treatment would not pay for this alloy (the policy stops at once); a specimen still
-            # needs a route the furnace can run, so it gets the textbook one and the reason.
-            return Route(steps=textbook_route(), source="textbook", expected_hardness_hv=hardness_hv,
-                         note="the policy would not heat-treat this alloy (no hold gains enough); textbook route")
+        if not steps or book_return > policy_return:
+            # The policy stops at once (a specimen still needs a route the furnace can run), or the textbook
+            # route is expected to do better for this alloy: hand out the textbook one, its own expected
+            # hardness (by the same kinetics), and the reason.
+            why = ("the policy would not heat-treat this alloy (no hold gains enough)" if not steps else
+                   f"the textbook route is expected to do better here (return {book_return:.3f} against the "
+                   f"policy's {policy_return:.3f})")
+            try:
+                self.limits.check(book_steps)
+            except ValueError:  # the grid's nearest textbook holds break a limit: the exact textbook route
+                return Route(steps=textbook_route(), source="textbook", note=f"{why}; textbook route")
+            return Route(steps=book_steps, source="textbook", expected_hardness_hv=book_hv,
+                         note=f"{why}; textbook route, expected {book_hv:.0f} HV")
         try:
             self.limits.check(steps)
         except ValueError as e:

@@ -275,12 +275,22 @@ class ProcessPolicy:
 
     def route(self, composition: dict[str, float]) -> tuple[list[ProcessStep], float, float]:
         """(steps, expected hardness HV, expected return) for a composition (free elements; others ignored)."""
+        actions, total, hardness = rollout(self.env, self._free(composition), self.act)
+        return actions_to_steps(self.env, actions), hardness, total
+
+    def textbook(self, composition: dict[str, float]) -> tuple[list[ProcessStep], float, float]:
+        """The same for the textbook route on the policy's action grid, by the same kinetics: what the
+        policy must beat to be handed out."""
+        book = iter(textbook_actions(self.env))
+        actions, total, hardness = rollout(self.env, self._free(composition), lambda _observation: next(book))
+        return actions_to_steps(self.env, actions), hardness, total
+
+    def _free(self, composition: dict[str, float]) -> dict[str, float]:
         free = {e: float(composition[e]) for e in self.env.free_elements if e in composition}
         missing = [e for e in self.env.free_elements if e not in free]
         if missing:
             raise ValueError(f"composition lacks {missing}; the policy was trained on {list(self.env.free_elements)}")
-        actions, total, hardness = rollout(self.env, free, self.act)
-        return actions_to_steps(self.env, actions), hardness, total
+        return free
 
 
 def actions_to_steps(env: HeatTreatmentEnv, actions: list[int]) -> list[ProcessStep]:

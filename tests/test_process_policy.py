@@ -220,3 +220,22 @@ def test_a_stalled_or_nan_iteration_stops_training_loudly():
         check_iteration(nan, second)
     with pytest.raises(TrainingStalled, match="iteration 1 sampled no environment steps"):
         check_iteration({"iteration": 1, "env_steps": 0, "episode_return_mean": math.nan}, None)
+
+
+def test_the_planner_never_hands_out_a_route_worse_than_the_textbook(trained):
+    """Issue 18: at the edges of its training range the policy's route returned less than the textbook
+    route and was handed out as source=policy; the textbook fallback's expected hardness was the
+    untreated alloy's. Now the better of the two is handed out, with its own expected hardness."""
+    out, _ = trained
+    policy = ProcessPolicy(out / "checkpoint")
+    service = process_planner(checkpoint=str(out / "checkpoint"))
+    edges = [{"Al": al, "Co": co, "Cr": cr} for al in (0.05, 0.14) for co in (0.05, 0.15) for cr in (0.05, 0.15)]
+    routes = service.route(RouteRequest(compositions=[{"Ni": 1 - sum(c.values()), **c} for c in edges])).routes
+    for composition, route in zip(edges, routes):
+        _, policy_hv, policy_return = policy.route(composition)
+        book_steps, book_hv, book_return = policy.textbook(composition)
+        if route.source == "policy":
+            assert policy_return >= book_return and route.expected_hardness_hv == pytest.approx(policy_hv)
+        else:
+            assert route.steps == book_steps and route.expected_hardness_hv == pytest.approx(book_hv)
+            assert "textbook route, expected" in route.note
