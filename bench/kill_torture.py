@@ -25,7 +25,6 @@ import collections
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from pathlib import Path
 import psutil
 import yaml
 
+from sdl.instruments.base import Journal, JournalEntry
 from sdl.ledger import Ledger, LedgerError
 from sdl.ledger.documents import ExperimentDecided
 
@@ -53,14 +53,15 @@ def config(experiments: int, seed: int) -> dict:
     }
 
 
+def journal_entries(campaign_dir: Path) -> list[tuple[str, JournalEntry]]:
+    """(instrument, entry) for every command the campaign's instruments journalled."""
+    return [(path.stem, entry) for path in sorted((campaign_dir / "instruments").glob("*.sqlite"))
+            for entry in Journal.read(path)]
+
+
 def journal_rows(campaign_dir: Path) -> dict[str, tuple[str, str, int]]:
     """key -> (instrument, status, attempts)."""
-    rows = {}
-    for path in sorted((campaign_dir / "instruments").glob("*.sqlite")):
-        with sqlite3.connect(path) as db:
-            for key, status, attempts in db.execute("SELECT key, status, attempts FROM executions"):
-                rows[key] = (path.stem, "failed" if status == "fault" else status, attempts)
-    return rows
+    return {entry.key: (instrument, entry.status, entry.attempts) for instrument, entry in journal_entries(campaign_dir)}
 
 
 def sdl(*args: str, **kwargs) -> subprocess.Popen:
@@ -71,12 +72,8 @@ def sdl(*args: str, **kwargs) -> subprocess.Popen:
 def running_commands(campaign_dir: Path, since_unix_s: float) -> int:
     """Commands the instruments started after ``since_unix_s`` and have not finished (rows left
     running by an earlier, killed run do not count: they are only marked interrupted when asked)."""
-    running = 0
-    for path in sorted((campaign_dir / "instruments").glob("*.sqlite")):
-        with sqlite3.connect(path) as db:
-            running += db.execute("SELECT COUNT(*) FROM executions WHERE status='running' AND started_at_unix_s > ?",
-                                  (since_unix_s,)).fetchone()[0]
-    return running
+    return sum(entry.status == "running" and entry.started_at_unix_s > since_unix_s
+               for _, entry in journal_entries(campaign_dir))
 
 
 def ledger_state(campaign_dir: Path) -> dict[str, str]:

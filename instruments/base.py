@@ -170,6 +170,8 @@ class Journal:
 def _entries(db: sqlite3.Connection, key: str | None = None) -> list[JournalEntry]:
     columns = {row[1] for row in db.execute("PRAGMA table_info(executions)")}
     if not columns:
+        if db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0:
+            return []  # a journal its instrument has only just created
         raise sqlite3.DatabaseError("no executions table")
     command = "command_json" if "command_json" in columns else "NULL"  # journals of earlier versions kept none
     rows = db.execute(f"SELECT key, experiment_id, status, attempts, outcome_json, {command}, started_at_unix_s"

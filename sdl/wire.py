@@ -129,6 +129,7 @@ class Heartbeat(Envelope):
 class Disconnect(Envelope):
     kind: Literal["disconnect"] = "disconnect"
     reason: str = ""
+    refused: bool = Field(default=False, description="the worker's key may not serve the service: not worth retrying soon")
 
 
 class Event(Envelope):

@@ -2,7 +2,6 @@
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import yaml
 from click.testing import CliRunner
 
 from sdl.cli import main
+from sdl.instruments.base import Journal
 from sdl.ledger import Ledger, LedgerError
 from sdl.ledger.documents import (
     AgentPlaced,
@@ -44,31 +44,36 @@ def sdl_run(*args):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
+def start_campaign(tmp_path, config):
+    """Write ``config`` and start `sdl run` on it; returns (config path, campaign directory, process)."""
+    config_path = tmp_path / f"{config['name']}.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    campaign_dir = tmp_path / "campaign"
+    return config_path, campaign_dir, sdl_run(str(config_path), "--campaign-dir", str(campaign_dir))
+
+
+def wait_until(run, condition, timeout_s=120.0):
+    """Poll ``condition()`` while `sdl run` goes on; fail if it ends first or makes no progress."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert run.poll() is None, f"sdl run ended early:\n{run.stdout.read()}"
+        assert time.monotonic() < deadline, "campaign made no progress"
+        time.sleep(0.05)
+
+
 def journal_rows(campaign_dir):
-    rows = {}
-    for path in sorted((campaign_dir / "instruments").glob("*.sqlite")):
-        with sqlite3.connect(path) as db:
-            rows.update({key: (status, attempts) for key, status, attempts in
-                         db.execute("SELECT key, status, attempts FROM executions")})
-    return rows
+    """key -> (status, attempts) over the journals of the campaign's instruments."""
+    return {entry.key: (entry.status, entry.attempts)
+            for path in sorted((campaign_dir / "instruments").glob("*.sqlite")) for entry in Journal.read(path)}
 
 
 def test_kill_9_mid_campaign_then_resume_runs_each_experiment_exactly_once(tmp_path):
     """kill -9 mid-campaign; then the disk loses the tail of the ledger: `sdl ledger recover` brings back
     every journalled result from the backup and the journals, and the resumed campaign runs each
     experiment exactly once."""
-    config_path = tmp_path / "crash.yaml"
-    config_path.write_text(yaml.safe_dump({**CONFIG, "ledger": {"synchronous": "normal", "backup_every": 6}}))
-    campaign_dir = tmp_path / "campaign"
-
-    first = sdl_run(str(config_path), "--campaign-dir", str(campaign_dir))
-    deadline = time.monotonic() + 120
-    while True:
-        assert first.poll() is None, f"sdl run ended early:\n{first.stdout.read()}"
-        assert time.monotonic() < deadline, "campaign made no progress"
-        if done_count(campaign_dir) >= 8:  # a backup was taken at 6; the next is due at 12
-            break
-        time.sleep(0.05)
+    config_path, campaign_dir, first = start_campaign(
+        tmp_path, {**CONFIG, "ledger": {"synchronous": "normal", "backup_every": 6}})
+    wait_until(first, lambda: done_count(campaign_dir) >= 8)  # a backup was taken at 6; the next is due at 12
     kill_and_wait_for_its_processes(first)  # no cleanup, no finally blocks; then the journals are final
     with Ledger.in_campaign(campaign_dir, readonly=True) as ledger:
         at_kill = {r.experiment_id: r.status for r in ledger.experiments()}
@@ -120,16 +125,8 @@ def test_kill_9_mid_campaign_then_resume_runs_each_experiment_exactly_once(tmp_p
 
 @pytest.mark.slow  # about 20 s; .ci/run runs it
 def test_ctrl_c_stops_cleanly_with_in_flight_work_recorded(tmp_path):
-    config_path = tmp_path / "interrupt.yaml"
-    config_path.write_text(yaml.safe_dump({**CONFIG, "name": "interrupt"}))
-    campaign_dir = tmp_path / "campaign"
-    run = sdl_run(str(config_path), "--campaign-dir", str(campaign_dir))
-    deadline = time.monotonic() + 120
-    while True:
-        assert run.poll() is None and time.monotonic() < deadline
-        if done_count(campaign_dir) >= 4:
-            break
-        time.sleep(0.1)
+    _, campaign_dir, run = start_campaign(tmp_path, {**CONFIG, "name": "interrupt"})
+    wait_until(run, lambda: done_count(campaign_dir) >= 4)
     run.send_signal(signal.SIGINT)
     output, _ = run.communicate(timeout=60)
     assert run.returncode == 130, output
@@ -149,20 +146,12 @@ def test_kill_9_mid_workflow_resumes_from_the_first_uncommitted_station(tmp_path
               "instruments": [{"name": "one", "driver": "branin", "station": "first", "options": {"latency_s": 0.2}},
                               {"name": "two", "driver": "branin", "station": "second", "options": {"latency_s": 0.3}}],
               "stop": {"max_experiments": 16, "max_in_flight": 3}}
-    config_path = tmp_path / "workflow.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    campaign_dir = tmp_path / "campaign"
-    first = sdl_run(str(config_path), "--campaign-dir", str(campaign_dir))
-    deadline = time.monotonic() + 120
-    while done_count(campaign_dir) < 5:
-        assert first.poll() is None and time.monotonic() < deadline
-        time.sleep(0.1)
-    os.kill(first.pid, signal.SIGKILL)
-    first.wait()
+    config_path, campaign_dir, first = start_campaign(tmp_path, config)
+    wait_until(first, lambda: done_count(campaign_dir) >= 5)
+    kill_and_wait_for_its_processes(first)
     with Ledger.in_campaign(campaign_dir, readonly=True) as ledger:
         committed_first = {d.experiment_id for d in ledger.documents(ExperimentStep) if d.station == "first"}
         unfinished = {r.experiment_id for r in ledger.experiments(("planned", "dispatched"))}
-    time.sleep(2)
     second = sdl_run(str(config_path), "--campaign-dir", str(campaign_dir), "--resume")
     output, _ = second.communicate(timeout=240)
     assert second.returncode == 0, output
@@ -172,8 +161,7 @@ def test_kill_9_mid_workflow_resumes_from_the_first_uncommitted_station(tmp_path
         records = ledger.experiments()
     # Each specimen's first station is committed exactly once, also across the kill.
     assert sorted(d.experiment_id for d in steps) == sorted(r.experiment_id for r in records)
-    with sqlite3.connect(campaign_dir / "instruments" / "one.sqlite") as db:
-        first_station = dict(db.execute("SELECT key, attempts FROM executions").fetchall())
+    first_station = {e.key: e.attempts for e in Journal.read(campaign_dir / "instruments" / "one.sqlite")}
     for experiment_id in committed_first & unfinished:  # waiting for station two at the kill
         key = next(r.idempotency_key for r in records if r.experiment_id == experiment_id)
         assert first_station[f"{key}/first"] == 1
@@ -192,17 +180,9 @@ def test_kill_9_mid_measurement_of_a_destructive_instrument_holds_it_and_leaves_
               "instruments": [{"name": "furnace", "driver": "branin", "destructive": True,
                                "options": {"latency_s": 1.0}}],
               "stop": {"max_experiments": 5, "max_in_flight": 1}}
-    config_path = tmp_path / "furnace.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    campaign_dir = tmp_path / "campaign"
-
-    first = sdl_run(str(config_path), "--campaign-dir", str(campaign_dir))
-    deadline = time.monotonic() + 120
-    while True:  # the second experiment is on the furnace
-        assert first.poll() is None and time.monotonic() < deadline, first.stdout.read() if first.poll() else ""
-        if done_count(campaign_dir) >= 1 and "running" in journal_rows(campaign_dir).values().__str__():
-            break
-        time.sleep(0.05)
+    config_path, campaign_dir, first = start_campaign(tmp_path, config)
+    wait_until(first, lambda: done_count(campaign_dir) >= 1  # and the second experiment is on the furnace
+               and any(status == "running" for status, _ in journal_rows(campaign_dir).values()))
     with Ledger.in_campaign(campaign_dir, readonly=True) as ledger:
         furnace_pid = next(d.pid for d in ledger.documents(AgentPlaced) if d.service == "instrument.furnace")
     os.kill(furnace_pid, signal.SIGKILL)  # the furnace's controller dies mid-action, and the driver with it
@@ -213,10 +193,7 @@ def test_kill_9_mid_measurement_of_a_destructive_instrument_holds_it_and_leaves_
 
     # Resumed: the cut-off command is held, not run again, while the campaign goes on with the rest.
     second = sdl_run(str(config_path), "--campaign-dir", str(campaign_dir), "--resume")
-    deadline = time.monotonic() + 120
-    while ledger_status(campaign_dir, experiment_id) != "interrupted":
-        assert second.poll() is None and time.monotonic() < deadline, second.stdout.read() if second.poll() else ""
-        time.sleep(0.05)
+    wait_until(second, lambda: ledger_status(campaign_dir, experiment_id) == "interrupted")
     assert journal_rows(campaign_dir)[cut_off] == ("interrupted", 1)  # held: not run again
     with Ledger.in_campaign(campaign_dir, readonly=True) as ledger:
         interruption = ledger.documents(ExperimentInterrupted)[0]

@@ -8,6 +8,7 @@ from sdl.instruments.base import (
     CommandInterrupted,
     InstrumentFault,
     InstrumentRefused,
+    Journal,
     available_drivers,
     driver_class,
 )
@@ -133,3 +134,19 @@ def test_bad_options_and_bad_experiments_are_refused_clearly():
         Request(service="instrument.a", method="run", idempotency_key="k",
                 payload=RunExperiment(experiment=spec()).model_dump(mode="json")))
     assert fault.error.code == "instrument_fault"
+
+
+def test_a_journal_is_read_without_writing_and_a_foreign_file_is_refused(tmp_path):
+    import sqlite3
+
+    instrument = Branin(journal_path=tmp_path / "j.sqlite")
+    instrument.run(spec(), idempotency_key="k")
+    assert [(e.key, e.status, e.attempts, e.command["experiment_id"]) for e in Journal.read(tmp_path / "j.sqlite")] \
+        == [("k", "done", 1, "e0")]
+    sqlite3.connect(tmp_path / "new.sqlite").close()  # created by its instrument a moment ago, no table yet
+    assert Journal.read(tmp_path / "new.sqlite") == []
+    with sqlite3.connect(tmp_path / "other.sqlite") as db:
+        db.execute("CREATE TABLE samples (id INTEGER)")
+    with pytest.raises(ValueError, match="is not a readable instrument journal"):
+        Journal.read(tmp_path / "other.sqlite")
+    assert Journal.read(tmp_path / "j.sqlite")[0].status == "done"

@@ -305,8 +305,8 @@ class Broker:
         if isinstance(message, Ready):
             if self._trust is not None and not self._trust.may_serve(sender, message.service):
                 self._refuse(sender, f"serve {message.service}")
-                self._send(identity, WORKER_HEADER, Disconnect(reason=f"refused: key {sender!r} may not serve "
-                                                                      f"{message.service}"))
+                self._send(identity, WORKER_HEADER, Disconnect(
+                    reason=f"refused: key {sender!r} may not serve {message.service}", refused=True))
                 return
             if worker is not None:
                 self._drop_worker(worker, "re-registered")

@@ -369,7 +369,7 @@ class _Slot:
                         heard_at = time.monotonic()
                         message = self._receive()
                         if isinstance(message, Disconnect):
-                            if message.reason.startswith("refused"):
+                            if message.refused:
                                 # Not this worker's to serve: say so, and do not hammer the broker.
                                 log.error("%s: the broker %s", self.name, message.reason)
                                 stop.wait(REFUSED_BACKOFF_S)

@@ -63,6 +63,7 @@ from sdl.ledger.documents import (
     CampaignStarted,
     CampaignStopped,
     Document,
+    ExperimentDecided,
     ExperimentInterrupted,
     FeasibilityLearned,
     PlannerFailed,
@@ -417,35 +418,39 @@ class Campaign:
         """The instrument cannot say what a cut-off attempt did: record it, then apply its ``on_interrupted``."""
         instrument = next(i for i in self.config.instruments if i.name == flight.instrument)
         policy = instrument.interrupted_policy
-        attempt = error.attempt or 1
-        ledger.interrupt(ExperimentInterrupted(
+        interruption = ExperimentInterrupted(
             experiment_id=flight.experiment_id, instrument=instrument.service_name, station=scheduler.station(flight),
-            attempt=attempt, message=error.message, policy=policy))
+            attempt=error.attempt or 1, message=error.message, policy=policy)
+        ledger.interrupt(interruption)
         if policy == "hold":
             log.warning("experiment %s held: %s; decide with: sdl decide %s %s rerun|fail --by NAME",
                         flight.experiment_id, error.message, self.campaign_dir, flight.experiment_id)
             scheduler.hold(flight)
             return []
-        ledger.decide(flight.experiment_id, policy, by="policy", note=f"{instrument.name}: on_interrupted={policy}")
-        scheduler.hold(flight)
-        return self._apply_decisions(ledger, scheduler, only=flight.experiment_id)
+        decided = ledger.decide(flight.experiment_id, policy, by="policy",
+                                note=f"{instrument.name}: on_interrupted={policy}")
+        return self._apply_decision(ledger, scheduler, flight, interruption, decided)
 
-    def _apply_decisions(self, ledger: Ledger, scheduler: Scheduler, only: str | None = None) -> list[Observation]:
-        """Release held experiments that have a decision: rerun goes back to its instrument; fail is recorded."""
+    def _apply_decisions(self, ledger: Ledger, scheduler: Scheduler) -> list[Observation]:
+        """Release held experiments that have a decision (an operator's ``sdl decide``, in the ledger)."""
         failed = []
         for experiment_id, (interruption, decided) in ledger.decisions().items():
             flight = scheduler.held.get(experiment_id)
-            if flight is None or decided is None or (only is not None and experiment_id != only):
-                continue
-            log.info("experiment %s: %s (decided by %s)", experiment_id, decided.decision, decided.by)
-            if decided.decision == "rerun":
-                scheduler.rerun(flight, decided.attempt)
-                continue
-            del scheduler.held[experiment_id]
-            ledger.record_failure(experiment_id, ErrorCode.INTERRUPTED,
-                                  f"{interruption.message}; {decided.by} decided: fail", station=interruption.station)
-            failed.append(Observation(point=flight.record.point, status="failed"))
+            if flight is not None and decided is not None:
+                failed += self._apply_decision(ledger, scheduler, flight, interruption, decided)
         return failed
+
+    def _apply_decision(self, ledger: Ledger, scheduler: Scheduler, flight: Flight,
+                        interruption: ExperimentInterrupted, decided: ExperimentDecided) -> list[Observation]:
+        """rerun: back to its instrument, naming the cut-off attempt; fail: recorded (returned as observed)."""
+        log.info("experiment %s: %s (decided by %s)", flight.experiment_id, decided.decision, decided.by)
+        if decided.decision == "rerun":
+            scheduler.rerun(flight, decided.attempt)
+            return []
+        scheduler.held.pop(flight.experiment_id, None)
+        ledger.record_failure(flight.experiment_id, ErrorCode.INTERRUPTED,
+                              f"{interruption.message}; {decided.by} decided: fail", station=interruption.station)
+        return [Observation(point=flight.record.point, status="failed")]
 
     # -- wrap-up -------------------------------------------------------------------------------
 

@@ -18,7 +18,6 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import psutil
 
@@ -26,7 +25,7 @@ from sdl.campaign.config import BUS_FILENAME, journal_path
 from sdl.campaign.scheduler import Flight
 from sdl.experiment import ExperimentResult, ExperimentSpec
 from sdl.instruments.base import Journal, JournalEntry
-from sdl.ledger import BACKUP_FILENAME, LEDGER_FILENAME, Ledger, PlannedExperiment
+from sdl.ledger import BACKUP_FILENAME, LEDGER_FILENAME, ExperimentRecord, Ledger, PlannedExperiment
 from sdl.ledger.documents import ExperimentStep, LedgerRecovered
 from sdl.ledger.store import check_ledger
 from sdl.wire import ErrorCode
@@ -76,7 +75,7 @@ def recover(campaign_dir: str | Path, journals: dict[str, Path] | None = None) -
         campaign_id = ledger.get_meta("campaign_id")
         workflow = config.get("workflow") or ["measure"]
         names = [i["name"] for i in config.get("instruments", [])]
-        paths = {name: journal_path(campaign_dir, name) for name in names if journal_path(campaign_dir, name).exists()}
+        paths = {name: path for name in names if (path := journal_path(campaign_dir, name)).exists()}
         paths.update(journals or {})
         recovery = Recovery(source="backup" if problems else "ledger", journals=[str(p) for p in paths.values()],
                             damaged_copy=damaged_copy)
@@ -124,7 +123,7 @@ def _journaled(paths: dict[str, Path], campaign_id: str,
 
 
 def _replan(ledger: Ledger, campaign_id: str, commands: dict[str, dict[str, tuple[str, JournalEntry]]],
-            records: dict[str, Any], recovery: Recovery) -> None:
+            records: dict[str, ExperimentRecord], recovery: Recovery) -> None:
     """Experiments planned after the backup, as the journals received them."""
     missing = []
     for experiment_id, stations in sorted(commands.items()):
@@ -141,7 +140,7 @@ def _replan(ledger: Ledger, campaign_id: str, commands: dict[str, dict[str, tupl
         recovery.replanned = len(missing)
 
 
-def _finish(ledger: Ledger, record: Any, stations: dict[str, tuple[str, JournalEntry]], workflow: list[str],
+def _finish(ledger: Ledger, record: ExperimentRecord, stations: dict[str, tuple[str, JournalEntry]], workflow: list[str],
             recovery: Recovery, committed_steps: set[tuple[str, int]]) -> None:
     """Bring one experiment up to what the journals know: finished, or dispatched to the instrument that
     holds its command (so that --resume reconciles it there and never sends it to another one)."""

@@ -127,8 +127,8 @@ def ledger_export(campaign_dir: Path, file_format: str, out: Path | None) -> Non
 def ledger_check(campaign_dir: Path) -> None:
     """Check a campaign's ledger (and its backup): SQLite's integrity, its tables, every document and
     every finished experiment. Exit 1 if anything is wrong. Read-only; safe while the campaign runs."""
-    from sdl.ledger import LEDGER_FILENAME
-    from sdl.ledger.store import BACKUP_FILENAME, check_ledger
+    from sdl.ledger import BACKUP_FILENAME, LEDGER_FILENAME
+    from sdl.ledger.store import check_ledger
 
     broken = False
     for name in (LEDGER_FILENAME, BACKUP_FILENAME):

@@ -43,12 +43,7 @@ STATUSES = ("planned", "dispatched", "interrupted", "done", "failed")
 Status = Literal["planned", "dispatched", "interrupted", "done", "failed"]
 D = TypeVar("D", bound=Document)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS experiments (
+_EXPERIMENTS_COLUMNS = """(
     id TEXT PRIMARY KEY,
     seq INTEGER NOT NULL UNIQUE,
     status TEXT NOT NULL CHECK (status IN ('planned', 'dispatched', 'interrupted', 'done', 'failed')),
@@ -64,7 +59,13 @@ CREATE TABLE IF NOT EXISTS experiments (
     result_json TEXT,
     error_code TEXT,
     error_message TEXT
+)"""
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS experiments {_EXPERIMENTS_COLUMNS};
 CREATE TABLE IF NOT EXISTS transitions (
     experiment_id TEXT NOT NULL REFERENCES experiments(id),
     from_status TEXT,
@@ -320,7 +321,7 @@ class Ledger:
         interruption. LedgerError if the experiment is not interrupted or was already decided."""
         with self._transaction() as tx:
             status = tx.status(experiment_id)
-            interruption, decided = self._interruption(experiment_id)
+            interruption, decided = self.decisions().get(experiment_id, (None, None))
             if status != "interrupted" or interruption is None:
                 raise LedgerError(f"experiment {experiment_id} is {status}, not interrupted; there is nothing to decide")
             if decided is not None:
@@ -339,9 +340,6 @@ class Ledger:
             elif document.experiment_id in latest and latest[document.experiment_id][0].attempt == document.attempt:
                 latest[document.experiment_id] = (latest[document.experiment_id][0], document)
         return latest
-
-    def _interruption(self, experiment_id: str) -> tuple[ExperimentInterrupted | None, ExperimentDecided | None]:
-        return self.decisions().get(experiment_id, (None, None))
 
     def record_failure(self, experiment_id: str, code: str, message: str, *, station: str | None = None) -> bool:
         """planned|dispatched|interrupted -> failed. Returns False if the experiment had already finished."""
@@ -440,9 +438,7 @@ def _migrate_statuses(db: sqlite3.Connection) -> None:
     db.execute("PRAGMA foreign_keys=OFF")
     db.execute("BEGIN IMMEDIATE")
     try:
-        table = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS experiments"):_SCHEMA.index(");", _SCHEMA.index(
-            "CREATE TABLE IF NOT EXISTS experiments")) + 2]
-        db.execute(table.replace("IF NOT EXISTS experiments", "experiments_new"))
+        db.execute(f"CREATE TABLE experiments_new {_EXPERIMENTS_COLUMNS}")
         db.execute("INSERT INTO experiments_new SELECT * FROM experiments")
         db.execute("DROP TABLE experiments")
         db.execute("ALTER TABLE experiments_new RENAME TO experiments")
