@@ -78,6 +78,7 @@ class CausalPlanner(Planner):
     @classmethod
     def check(cls, settings: CausalSettings, context: AgentContext) -> None:
         from sdl.surrogates.causal import CausalGraph, load_causal_config
+        from sdl.surrogates.identification import NotIdentifiable, simulation_check
 
         space = context.require_space("the causal planner", composition=True)
         config = load_causal_config(settings.graph_config)
@@ -85,10 +86,23 @@ class CausalPlanner(Planner):
         if sorted(comp.elements) != sorted(config.elements) or comp.balance_element != config.balance:
             raise ValueError(f"the space's elements {sorted(comp.elements)} (balance {comp.balance_element}) differ "
                              f"from the causal graph's {sorted(config.elements)} (balance {config.balance})")
-        observed = CausalGraph(config.graph).observed
+        graph = CausalGraph(config.graph)
+        observed = graph.observed
         unknown = sorted(set(settings.fixed) - set(observed))
         if unknown:
             raise ValueError(f"cannot hold {unknown} fixed: not variables of the graph {observed}")
+        # The planner scores alloys by simulating do(composition, fixed) with the SCM: refused at
+        # config load, with the reason, where the graph does not let that simulation identify it.
+        treatments = [*cls.treatments(comp.free_elements, observed), *settings.fixed]
+        try:
+            simulation_check(graph, treatments, config.outcome)
+        except NotIdentifiable as e:
+            raise ValueError(f"the causal planner cannot rank alloys by {config.outcome}: {e}") from None
+
+    @staticmethod
+    def treatments(free_elements, observed) -> list[str]:
+        """The composition variables the planner sets by do(): x_<element> of every free element in the graph."""
+        return [f"x_{e}" for e in free_elements if f"x_{e}" in observed]
 
     def __init__(self, settings: CausalSettings, context: AgentContext) -> None:
         from sdl.surrogates.causal import CausalGraph, load_causal_config
@@ -106,8 +120,8 @@ class CausalPlanner(Planner):
 
     def score(self, points: list[DesignPoint]) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and sd of E[outcome | do(composition, fixed)] for each point."""
-        variables = {f"x_{e}": np.array([p.composition[e] for p in points]) for e in self.free
-                     if f"x_{e}" in self.graph.observed}
+        variables = {v: np.array([p.composition[v[2:]] for p in points])
+                     for v in self.treatments(self.free, self.graph.observed)}
         variables.update({k: np.full(len(points), v) for k, v in self.settings.fixed.items()})
         draws = self.scm.interventional_means(variables, self.config.outcome,
                                               rows_per_candidate=self.settings.rows_per_candidate, seed=self.seed)

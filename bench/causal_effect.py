@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -42,23 +41,6 @@ estimate = model.estimate_effect(estimand, method_name="backdoor.linear_regressi
                                  control_value=args["low"], treatment_value=args["high"])
 print(json.dumps({"backdoor_set": sorted(estimand.get_backdoor_variables()), "ate": float(estimate.value)}))
 """
-
-
-def dowhy_python(venv: Path) -> Path:
-    python = venv / "bin" / "python"
-    if not python.exists():
-        print(f"creating {venv} with dowhy==0.14 (its scipy pin clashes with ours, so it lives apart) ...", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "dowhy==0.14"], check=True)
-    return python
-
-
-def gml(graph) -> str:
-    """The graph (latent nodes included, marked observed=no) in GML, as DoWhy reads it."""
-    hidden = 'observed "no" '
-    nodes = "".join(f'node [ id "{v}" label "{v}" {hidden if v in graph.latent else ""}]\n' for v in graph.dag.nodes)
-    edges = "".join(f'edge [ source "{a}" target "{b}" ]\n' for a, b in graph.dag.edges)
-    return f"graph [ directed 1\n{nodes}{edges}]"
 
 
 def main() -> None:
@@ -89,6 +71,7 @@ def main() -> None:
         naive_effect,
         scm_effect,
     )
+    from sdl.surrogates.dowhy_reference import dowhy_python, graph_gml
 
     torch.set_num_threads(2)
     config = load_causal_config(args.config)
@@ -160,7 +143,7 @@ def main() -> None:
     if not args.no_dowhy:
         csv = args.out / "history.csv"
         data[graph.observed].to_csv(csv, index=False)
-        payload = json.dumps({"csv": str(csv), "treatment": treatment, "outcome": outcome, "gml": gml(graph),
+        payload = json.dumps({"csv": str(csv), "treatment": treatment, "outcome": outcome, "gml": graph_gml(graph),
                               "low": args.low, "high": args.high})
         done = subprocess.run([str(dowhy_python(args.dowhy_venv)), "-c", DOWHY_SCRIPT, payload],
                               capture_output=True, text=True)

@@ -4,21 +4,25 @@ Past lab data are confounded: an unrecorded practice chose both which alloys wer
 were heat-treated, so E[Y | C = c] (what a regression on the ledger answers) is not E[Y | do(C = c)]
 (what making alloy c would give). This module answers the second question, three ways:
 
-- **Identification** (:class:`CausalGraph`): the graph, with its latent common causes, is given in
-  config; a back-door adjustment set for (treatment, outcome) is found with networkx's d-separation
-  (Pearl's criterion: no descendant of the treatment, and every back-door path blocked), checked when
-  the user names one, and refused with the open path or the offending node when none exists.
+- **Identification** (:mod:`sdl.surrogates.identification`): the graph, with its latent common
+  causes, is given in config; every estimate here first asks :func:`identify` whether a back-door
+  or a front-door set identifies it, and is refused with the open path when neither does.
 - **Back-door adjustment** (:func:`backdoor_effect`): E[Y | do(T = t)] = mean over the recorded rows
   of E[Y | T = t, Z = z_i], with E[Y | T, Z] a Bayesian regression (:class:`BayesianRegression`: a
   Gaussian process by default), so the estimate carries posterior uncertainty. :func:`naive_effect`
   is the regression on T alone, for comparison.
+- **Front-door adjustment** (:func:`frontdoor_effect`): where the confounder is unrecorded but a
+  mediator carries the whole effect, E[Y | do(t)] = sum_m P(m | t) sum_t' P(t') E[Y | m, t'].
+  :func:`identified_effect` picks whichever identifies the effect.
 - **Simulation from the fitted SCM** (:class:`StructuralCausalModel`): every observed variable with
   recorded parents is ``f(parents) + u`` (additive noise, ``f`` the same kind of Bayesian
   regression; ``u`` each recorded row's own residual); variables without recorded parents
   (composition and process, confounded by the latent practice) are drawn jointly from the recorded rows. Interventions are ``pyro.poutine.do``
   on the model; counterfactuals are abduction (the exogenous ``u`` of a recorded specimen, exact for
   additive noise), action (``do``) and prediction (the model conditioned on those ``u`` with
-  ``pyro.poutine.condition``).
+  ``pyro.poutine.condition``). Each mechanism is learned as E[v | recorded parents], which is v's
+  mechanism only when no latent cause of v reaches its parents; simulation and counterfactuals are
+  refused, with the reason and the estimator that does apply, where that fails.
 
 Plain torch + pyro + networkx; no Ray or ZeroMQ. The data are a :class:`pandas.DataFrame` with one
 row per specimen; :func:`specimen_frame` builds one from made specimens.
@@ -33,7 +37,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import networkx as nx
 import numpy as np
 import pandas as pd
 import pyro
@@ -45,144 +48,19 @@ from pyro.infer import SVI, Predictive, Trace_ELBO
 from pyro.infer.autoguide import AutoMultivariateNormal
 
 from sdl.settings import Section, load_yaml
+from sdl.surrogates.identification import (
+    CausalGraph,
+    GraphConfig,
+    Identification,
+    NotIdentifiable,
+    identify,
+    simulation_check,
+)
 
 DTYPE = torch.double
 # Monotone bijections a variable may be modelled on (forward, inverse); e.g. log1p for a precipitate
 # radius that is 0 in some regimes and ~100 nm in others.
 TRANSFORMS = {"log": (torch.log, torch.exp), "log1p": (torch.log1p, torch.expm1)}
-
-
-class NotIdentifiable(ValueError):
-    """No adjustment among the recorded variables identifies the effect (or the one named does not)."""
-
-
-# -- the graph -----------------------------------------------------------------------------------
-
-
-class GraphConfig(Section):
-    """Variables in groups, edges between groups or variables (a group edge joins every pair), and
-    latent common causes: ``latent: {lab_practice: [composition, process]}`` says an unrecorded
-    practice drove both."""
-
-    groups: dict[str, list[str]] = Field(default_factory=dict, description="group name -> variables (data columns)")
-    edges: list[tuple[str, str]] = Field(min_length=1, description="[cause, effect] pairs of groups or variables")
-    latent: dict[str, list[str]] = Field(default_factory=dict, description="unrecorded cause -> what it drives")
-
-    @model_validator(mode="after")
-    def _names(self) -> GraphConfig:
-        variables = [v for members in self.groups.values() for v in members]
-        clash = sorted(set(self.groups) & set(variables) | set(self.latent) & (set(variables) | set(self.groups)))
-        if clash:
-            raise ValueError(f"names used twice (as group, variable or latent): {clash}")
-        return self
-
-    def expand(self, name: str) -> list[str]:
-        return list(self.groups.get(name, [name]))
-
-
-class CausalGraph:
-    """A DAG over recorded variables plus latent ones (``latent`` names), built from a GraphConfig."""
-
-    def __init__(self, config: GraphConfig | dict) -> None:
-        self.config = GraphConfig.model_validate(config)
-        g = nx.DiGraph()
-        for members in self.config.groups.values():
-            g.add_nodes_from(members)
-        for cause, effect in self.config.edges:
-            for a, b in itertools.product(self.config.expand(cause), self.config.expand(effect)):
-                if a == b:
-                    raise ValueError(f"edge {cause} -> {effect} makes {a} its own cause")
-                g.add_edge(a, b)
-        for name, driven in self.config.latent.items():
-            g.add_node(name)
-            for target in driven:
-                for b in self.config.expand(target):
-                    g.add_edge(name, b)
-        if not nx.is_directed_acyclic_graph(g):
-            cycle = " -> ".join(a for a, _ in nx.find_cycle(g))
-            raise ValueError(f"the causal graph has a cycle ({cycle}); a structural causal model needs a DAG")
-        self.dag = g
-        self.latent = set(self.config.latent)
-        self.observed = [v for v in nx.topological_sort(g) if v not in self.latent]
-
-    def parents(self, node: str) -> list[str]:
-        """Recorded parents, in topological order."""
-        found = set(self.dag.predecessors(node)) - self.latent
-        return [v for v in self.observed if v in found]
-
-    def descendants(self, nodes: Iterable[str]) -> set[str]:
-        out: set[str] = set()
-        for v in nodes:
-            out |= nx.descendants(self.dag, v)
-        return out
-
-    def _check_names(self, treatments: Sequence[str], outcome: str) -> None:
-        unknown = [v for v in [*treatments, outcome] if v not in self.observed]
-        if unknown:
-            raise ValueError(f"{unknown} are not recorded variables of the graph; known: {self.observed}")
-        if outcome in treatments:
-            raise ValueError(f"the outcome {outcome} cannot also be a treatment")
-        if outcome not in self.descendants(treatments):
-            raise NotIdentifiable(f"{outcome} is not a descendant of {list(treatments)} in the graph: no causal effect")
-
-    def _without_treatment_exits(self, treatments: Sequence[str]) -> nx.DiGraph:
-        g = self.dag.copy()
-        g.remove_edges_from([(t, b) for t in treatments for b in list(self.dag.successors(t))])
-        return g
-
-    def check_adjustment_set(self, treatments: Sequence[str], outcome: str, adjustment: Iterable[str]) -> None:
-        """Raise :class:`NotIdentifiable`, saying why, unless ``adjustment`` meets the back-door criterion."""
-        treatments, z = list(treatments), set(adjustment)
-        self._check_names(treatments, outcome)
-        bad = sorted(z & (self.latent | set(treatments) | {outcome}))
-        if bad:
-            raise NotIdentifiable(f"cannot adjust for {bad}: latent, a treatment, or the outcome itself")
-        unknown = sorted(z - set(self.observed))
-        if unknown:
-            raise ValueError(f"{unknown} are not variables of the graph; known: {self.observed}")
-        downstream = sorted(z & self.descendants(treatments))
-        if downstream:
-            raise NotIdentifiable(f"{downstream} lie downstream of {treatments} (mediators or consequences): "
-                                  "adjusting for them removes part of the effect or opens a collider path")
-        g = self._without_treatment_exits(treatments)
-        if not nx.is_d_separator(g, set(treatments), {outcome}, z):
-            path = self._open_backdoor_path(g, treatments, outcome, z)
-            raise NotIdentifiable(f"the back-door path {path} stays open given {sorted(z) or 'nothing'}")
-
-    def adjustment_set(self, treatments: Sequence[str], outcome: str) -> list[str]:
-        """A minimal back-door adjustment set among the recorded non-descendants of the treatments."""
-        treatments = list(treatments)
-        self._check_names(treatments, outcome)
-        allowed = set(self.observed) - set(treatments) - {outcome} - self.descendants(treatments)
-        g = self._without_treatment_exits(treatments)
-        found = nx.find_minimal_d_separator(g, set(treatments), {outcome}, restricted=allowed)
-        if found is None:
-            path = self._open_backdoor_path(g, treatments, outcome, allowed)
-            raise NotIdentifiable(
-                f"no set of recorded variables blocks every back-door path from {treatments} to {outcome} "
-                f"(e.g. {path} stays open even given all recorded non-descendants); "
-                "record the confounder, or use an instrument or front-door design")
-        self.check_adjustment_set(treatments, outcome, found)
-        return [v for v in self.observed if v in found]
-
-    def _open_backdoor_path(self, g: nx.DiGraph, treatments: Sequence[str], outcome: str, z: set[str]) -> str:
-        """One path from a treatment to the outcome that ``z`` leaves unblocked, drawn with arrows."""
-        skeleton = g.to_undirected(as_view=True)
-        for t in treatments:
-            for path in nx.all_simple_paths(skeleton, t, outcome, cutoff=8):
-                if not _blocked(g, path, z):
-                    return "".join(f"{a} {'->' if g.has_edge(a, b) else '<-'} " for a, b in zip(path, path[1:])) + outcome
-        return f"{list(treatments)} ... {outcome}"
-
-
-def _blocked(g: nx.DiGraph, path: list[str], z: set[str]) -> bool:
-    for before, node, after in zip(path, path[1:], path[2:]):
-        collider = g.has_edge(before, node) and g.has_edge(after, node)
-        if collider and not ({node} | nx.descendants(g, node)) & z:
-            return True
-        if not collider and node in z:
-            return True
-    return False
 
 
 # -- mechanisms ----------------------------------------------------------------------------------
@@ -384,6 +262,15 @@ class StructuralCausalModel:
         if unknown:
             raise ValueError(f"transforms name {unknown}, which are not variables of the graph {graph.observed}")
         self.mechanisms: dict[str, BayesianRegression] = {}
+        self._simulable: dict[tuple[tuple[str, ...], str], Identification] = {}
+
+    def check_simulable(self, treatments: Iterable[str], outcome: str) -> Identification:
+        """Raise :class:`NotIdentifiable`, saying why, unless simulating do(treatments) with these
+        mechanisms gives E[outcome | do(treatments)] (:func:`~sdl.surrogates.identification.simulation_check`)."""
+        key = (tuple(sorted(treatments)), outcome)
+        if key not in self._simulable:
+            self._simulable[key] = simulation_check(self.graph, list(key[0]), outcome)
+        return self._simulable[key]
 
     def _forward(self, v: str, x: torch.Tensor) -> torch.Tensor:
         return TRANSFORMS[self.transforms[v]][0](x) if v in self.transforms else x
@@ -480,6 +367,7 @@ class StructuralCausalModel:
         Many candidates at once: each is paired with the same seeded subset of recorded rows (the
         distribution of everything not intervened on; all of them when ``rows_per_candidate`` >= the
         recorded rows), and the model runs on the stacked pairs."""
+        self.check_simulable(interventions, outcome)
         lengths = {len(np.atleast_1d(v)) for v in interventions.values()}
         if len(lengths) != 1:
             raise ValueError(f"every intervened variable needs one value per candidate; got lengths {sorted(lengths)}")
@@ -503,8 +391,21 @@ class StructuralCausalModel:
         :meth:`fit` computed it for every row."""
         return {f"u_{v}": residual[:, [row]] for v, residual in self.residuals.items()}
 
+    def check_counterfactual(self, changes: Iterable[str]) -> None:
+        """Raise :class:`NotIdentifiable` unless every mechanism downstream of ``changes`` is one the
+        SCM may simulate (a confounded one would answer with a biased mechanism)."""
+        changes = list(changes)
+        unknown = [v for v in changes if v not in self.graph.observed]
+        if unknown:
+            raise ValueError(f"cannot change {unknown}: not recorded variables of the graph {self.graph.observed}")
+        for v in [v for v in self.graph.observed if v in self.graph.descendants(changes)]:
+            self.check_simulable(changes, v)
+
     def counterfactual(self, row: int, changes: dict[str, float]) -> dict[str, torch.Tensor]:
-        """Abduction, action, prediction: every variable (S,) had ``changes`` been made to row ``row``."""
+        """Abduction, action, prediction: every variable (S,) had ``changes`` been made to row ``row``.
+
+        Refused (:meth:`check_counterfactual`) where a mechanism downstream of the changes is confounded."""
+        self.check_counterfactual(changes)
         values = self._run(torch.tensor([row]), changes, exogenous=self.abduct(row))
         return {v: x[:, 0] for v, x in values.items()}
 
@@ -521,7 +422,8 @@ class EffectCurve:
     mean: np.ndarray
     std: np.ndarray
     method: str
-    adjustment: tuple[str, ...] = ()
+    adjustment: tuple[str, ...] = ()  # back-door: the set averaged over
+    mediators: tuple[str, ...] = ()  # front-door: the set the effect passes through
 
     def difference(self, i: int = -1, j: int = 0) -> float:
         return float(self.mean[i] - self.mean[j])
@@ -529,8 +431,18 @@ class EffectCurve:
 
 def backdoor_effect(data: pd.DataFrame, graph: CausalGraph, treatment: str, outcome: str, values: Sequence[float],
                     *, adjustment: Sequence[str] | None = None, settings: MechanismSettings | None = None) -> EffectCurve:
-    """E[Y | do(T = t)] = (1/n) sum_i E[Y | T = t, Z = z_i], Z a back-door set (found, or the one given and checked)."""
-    z = graph.adjustment_set([treatment], outcome) if adjustment is None else list(adjustment)
+    """E[Y | do(T = t)] = (1/n) sum_i E[Y | T = t, Z = z_i], Z a back-door set (found, or the one given and checked).
+
+    Refused (:class:`NotIdentifiable`) when no back-door set exists, naming the front-door set when
+    the graph offers one (:func:`frontdoor_effect`)."""
+    if adjustment is None:
+        found = identify(graph, treatment, outcome)
+        if found.method != "back-door":
+            raise NotIdentifiable(f"no back-door set identifies {outcome} under do({treatment}); "
+                                  f"it is identified by {found.describe()}: use the front-door estimate")
+        z = list(found.adjustment)
+    else:
+        z = list(adjustment)
     graph.check_adjustment_set([treatment], outcome, z)
     s = settings or MechanismSettings()
     columns = [treatment, *z]
@@ -546,6 +458,61 @@ def backdoor_effect(data: pd.DataFrame, graph: CausalGraph, treatment: str, outc
                        "back-door adjustment", tuple(z))
 
 
+def frontdoor_effect(data: pd.DataFrame, graph: CausalGraph, treatment: str, outcome: str, values: Sequence[float],
+                     *, mediators: Sequence[str] | None = None, settings: MechanismSettings | None = None,
+                     rows: int = 64) -> EffectCurve:
+    """E[Y | do(T = t)] = sum_m P(m | t) sum_t' P(t') E[Y | m, t'], M a front-door set (found, or the
+    one given and checked).
+
+    P(m | t) is m = g(t) + r with g a Bayesian regression per mediator and r the recorded rows'
+    residual vectors (additive noise, kept jointly across mediators); P(t') the recorded treatments;
+    E[Y | m, t'] a Bayesian regression. Both sums run over ``rows`` seeded recorded rows each, per
+    posterior draw, so the sd carries the uncertainty of both regressions."""
+    if mediators is None:
+        found = identify(graph, treatment, outcome)
+        if found.method != "front-door":
+            raise NotIdentifiable(f"{outcome} under do({treatment}) is identified by {found.describe()}; "
+                                  "the front-door estimate needs a graph where back-door adjustment fails")
+        m = list(found.mediators)
+    else:
+        m = list(mediators)
+        graph.check_names([treatment], outcome)
+        why = graph.front_door_violation([treatment], outcome, m)
+        if why is not None:
+            raise NotIdentifiable(f"{m} is not a front-door set for {treatment} -> {outcome}: {why}")
+    s = settings or MechanismSettings()
+    t_recorded = torch.tensor(data[[treatment]].to_numpy(float), dtype=DTYPE)
+    g = [BayesianRegression(s, seed=s.seed + 1 + k).fit(t_recorded.numpy(), data[v].to_numpy(float))
+         for k, v in enumerate(m)]
+    residuals = torch.stack([torch.tensor(data[v].to_numpy(float), dtype=DTYPE) - model.mean(t_recorded)
+                             for v, model in zip(m, g)], dim=-1)  # (S, n, K): each draw's own residuals
+    h = BayesianRegression(s, seed=s.seed).fit(data[[*m, treatment]].to_numpy(float), data[outcome].to_numpy(float))
+    rng = np.random.default_rng(s.seed)
+    n = len(data)
+    i = torch.as_tensor(rng.choice(n, size=min(rows, n), replace=False))
+    j = torch.as_tensor(rng.choice(n, size=min(rows, n), replace=False))
+    means = []
+    for t in values:
+        at_t = torch.stack([model.mean(torch.tensor([[float(t)]], dtype=DTYPE)) for model in g], dim=-1)  # (S, 1, K)
+        m_draws = at_t + residuals[:, i, :]  # (S, R, K): P(m | t)
+        pairs = torch.cat([m_draws.repeat_interleave(len(j), dim=1),
+                           t_recorded[j].repeat(len(i), 1).expand(m_draws.shape[0], -1, -1)], dim=-1)
+        means.append(h.mean(pairs).mean(dim=1))  # sum over m and t' per draw
+    stacked = torch.stack(means, dim=1)
+    return EffectCurve(treatment, np.asarray(values, float), stacked.mean(0).numpy(), stacked.std(0).numpy(),
+                       "front-door adjustment", mediators=tuple(m))
+
+
+def identified_effect(data: pd.DataFrame, graph: CausalGraph, treatment: str, outcome: str, values: Sequence[float],
+                      *, settings: MechanismSettings | None = None) -> EffectCurve:
+    """E[Y | do(T = t)] by whatever identifies it (:func:`~sdl.surrogates.identification.identify`):
+    back-door adjustment, else front-door; :class:`NotIdentifiable` with the reason otherwise."""
+    found = identify(graph, treatment, outcome)
+    if found.method == "back-door":
+        return backdoor_effect(data, graph, treatment, outcome, values, adjustment=found.adjustment, settings=settings)
+    return frontdoor_effect(data, graph, treatment, outcome, values, mediators=found.mediators, settings=settings)
+
+
 def naive_effect(data: pd.DataFrame, treatment: str, outcome: str, values: Sequence[float],
                  *, settings: MechanismSettings | None = None) -> EffectCurve:
     """E[Y | T = t]: the regression of the outcome on the treatment alone (what correlation says)."""
@@ -557,7 +524,9 @@ def naive_effect(data: pd.DataFrame, treatment: str, outcome: str, values: Seque
 
 
 def scm_effect(scm: StructuralCausalModel, treatment: str, outcome: str, values: Sequence[float]) -> EffectCurve:
-    """E[Y | do(T = t)] by simulating the fitted SCM under ``poutine.do``, over every recorded row."""
+    """E[Y | do(T = t)] by simulating the fitted SCM under ``poutine.do``, over every recorded row
+    (refused where the SCM's mechanisms do not identify it: :meth:`StructuralCausalModel.check_simulable`)."""
+    scm.check_simulable([treatment], outcome)
     draws = scm.interventional_means({treatment: np.asarray(values, float)}, outcome, rows_per_candidate=scm.rows)
     return EffectCurve(treatment, np.asarray(values, float), draws.mean(0), draws.std(0), "SCM simulation (do)")
 
@@ -636,7 +605,8 @@ def plot_effects(curves: Sequence[EffectCurve], path: str | Path, *, outcome: st
     if truth is not None:
         ax.plot(curves[0].values, truth, "k-", lw=2, label="truth")
     for curve, color in zip(curves, ("C0", "C1", "C3", "C2")):
-        label = curve.method + (f" | adjusting for {', '.join(curve.adjustment)}" if curve.adjustment else "")
+        label = curve.method + (f" | adjusting for {', '.join(curve.adjustment)}" if curve.adjustment else "") \
+            + (f" | through {', '.join(curve.mediators)}" if curve.mediators else "")
         ax.plot(curve.values, curve.mean, color=color, marker="o", ms=3, label=label)
         ax.fill_between(curve.values, curve.mean - 2 * curve.std, curve.mean + 2 * curve.std, color=color, alpha=0.2)
     ax.set_xlabel(f"{curves[0].treatment} (set by intervention)")

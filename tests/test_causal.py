@@ -30,6 +30,8 @@ from sdl.surrogates.causal import (
     StructuralCausalModel,
     backdoor_effect,
     composition_change,
+    frontdoor_effect,
+    identified_effect,
     naive_effect,
     scm_effect,
 )
@@ -118,6 +120,40 @@ def test_linear_gaussian_effect_matches_the_closed_form(linear_scm):
     assert backdoor.std[1] < 0.2 and simulated.std[1] < 0.3
 
 
+def front_door_data(n: int = 800, seed: int = 1) -> pd.DataFrame:
+    """t <- u -> y with u unrecorded, t -> m -> y: the effect of t on y is 1.2 x -1.5 = -1.8."""
+    rng = np.random.default_rng(seed)
+    u = rng.normal(size=n)
+    t = u + rng.normal(size=n)
+    m = 1.2 * t + 0.5 * rng.normal(size=n)
+    y = -1.5 * m + 2.0 * u + 0.3 * rng.normal(size=n)
+    return pd.DataFrame({"t": t, "m": m, "y": y})
+
+
+def test_front_door_effect_where_only_the_front_door_identifies_it():
+    """The finding: the SCM gave -0.89 +- 0.02 here (truth -1.8); now it refuses, and the front-door
+    adjustment answers within its uncertainty."""
+    data = front_door_data()
+    graph = CausalGraph({"edges": [["t", "m"], ["m", "y"]], "latent": {"u": ["t", "y"]}})
+    with pytest.raises(NotIdentifiable, match="identified by front-door, through m: use the front-door estimate"):
+        backdoor_effect(data, graph, "t", "y", [0.0, 1.0], settings=LINEAR)
+    scm = StructuralCausalModel(graph, LINEAR)
+    with pytest.raises(NotIdentifiable, match=r"y's mechanism, learned from \['m'\], is confounded by the latent u"):
+        scm_effect(scm, "t", "y", [0.0, 1.0])
+    with pytest.raises(NotIdentifiable, match="confounded by the latent u"):
+        scm.check_counterfactual(["t"])
+    with pytest.raises(NotIdentifiable, match=r"the directed path t -> m -> y bypasses \[\]"):
+        frontdoor_effect(data, graph, "t", "y", [0.0, 1.0], mediators=[], settings=LINEAR)
+    effect = identified_effect(data, graph, "t", "y", [0.0, 1.0], settings=LINEAR)
+    assert effect.method == "front-door adjustment" and effect.mediators == ("m",)
+    spread = float(np.hypot(*effect.std))
+    assert effect.difference() == pytest.approx(-1.8, abs=max(0.15, 3 * spread))
+    assert 0.01 < spread < 0.3  # honest uncertainty: neither zero nor useless
+    # Where back-door adjustment applies, the front-door estimator is not the one to use.
+    with pytest.raises(NotIdentifiable, match="identified by back-door"):
+        frontdoor_effect(linear_gaussian(), CausalGraph(LINEAR_GRAPH), "t", "y", [0.0, 1.0], settings=LINEAR)
+
+
 def test_do_replaces_one_mechanism_and_leaves_upstream_alone(linear_scm):
     data, scm = linear_scm
     rows = torch.arange(len(data))
@@ -193,7 +229,8 @@ def test_cli_effect_and_whatif(history):
     result = runner.invoke(main, ["causal", "effect", str(lab), "--treatment", "Al", "--values", "0.05,0.11",
                                   "--config", str(graph_config)])
     assert result.exit_code == 0, result.output
-    assert "adjustment set: x_Co, x_Cr, solution_temperature_k, age_temperature_k, age_log10_duration_s" in result.output
+    assert ("identified by back-door, adjusting for x_Co, x_Cr, solution_temperature_k, age_temperature_k, "
+            "age_log10_duration_s") in result.output
     assert (lab / "causal" / "effect_x_Al.png").stat().st_size > 10_000
     refused = runner.invoke(main, ["causal", "effect", str(lab), "--treatment", "Al", "--adjust",
                                    "gamma_prime_fraction", "--config", str(graph_config)])
@@ -246,6 +283,21 @@ def test_causal_planner_ranks_by_interventional_effect_over_the_bus(history, bro
     other = SearchSpace.model_validate({"composition": {"elements": {"Ni": [0.5, 1.0], "Al": [0.0, 0.5]}, "balance": "Ni"}})
     with pytest.raises(ValueError, match="differ from the causal graph"):
         make_planner("causal", AgentContext(space=other), settings)
+
+
+def test_causal_planner_is_refused_at_config_load_where_nothing_identifies_its_scores(history, tmp_path):
+    """The planner ranks alloys by the SCM's do(composition): with an unrecorded cause of both the
+    alloys made and their hardness, nothing identifies that, and the campaign config says so."""
+    lab, graph_config = history
+    config = yaml.safe_load(graph_config.read_text())
+    config["graph"]["latent"] = {"lab_practice": ["composition", "process", "property"]}
+    confounded = tmp_path / "confounded.yaml"
+    confounded.write_text(yaml.safe_dump(config))
+    campaign = {"space": SPACE.model_dump(mode="json"), "instruments": [{"name": "a", "driver": "xrd"}],
+                "planner": {"kind": "causal", "settings": {"history": str(lab), "graph_config": str(confounded)}}}
+    with pytest.raises(ConfigError, match="planner.causal: the causal planner cannot rank alloys by hardness_hv: "
+                                          "no set of recorded variables blocks .* lab_practice -> hardness_hv"):
+        parse_config(campaign)
 
 
 def test_bo_warm_start_from_the_causal_planner(history):

@@ -75,9 +75,18 @@ def _variable(cfg, name: str) -> str:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Default: CAMPAIGN_DIR/causal.")
 def causal_effect(campaign_dir: Path, treatment: str, values: str | None, adjust: str | None, config: Path,
                   out: Path | None) -> None:
-    """E[outcome | do(treatment)] by back-door adjustment and by the fitted SCM, beside the naive
-    E[outcome | treatment]; prints a table, writes effect_<treatment>.png and .json."""
-    from sdl.surrogates.causal import NotIdentifiable, backdoor_effect, naive_effect, plot_effects, scm_effect
+    """E[outcome | do(treatment)] by what identifies it (back-door or front-door adjustment) and by the
+    fitted SCM where its mechanisms allow, beside the naive E[outcome | treatment]; prints a table,
+    writes effect_<treatment>.png and .json. Refused, with the open path, when nothing identifies it."""
+    from sdl.surrogates.causal import (
+        NotIdentifiable,
+        backdoor_effect,
+        frontdoor_effect,
+        naive_effect,
+        plot_effects,
+        scm_effect,
+    )
+    from sdl.surrogates.identification import identify
 
     cfg, data = _causal_inputs(campaign_dir, config)
     variable = _variable(cfg, treatment)
@@ -92,26 +101,43 @@ def causal_effect(campaign_dir: Path, treatment: str, values: str | None, adjust
         raise click.BadParameter(f"{values!r} is not a comma-separated list of numbers", param_hint="--values") from None
     adjustment = [a.strip() for a in adjust.split(",")] if adjust else None
     try:
-        click.echo(f"back-door regression on {len(data)} specimens ...")
-        backdoor = backdoor_effect(data, graph, variable, outcome, grid, adjustment=adjustment, settings=cfg.mechanisms)
+        found = identify(graph, variable, outcome)
+        click.echo(f"identified by {found.describe()}")
+        if adjustment is not None or found.method == "back-door":
+            click.echo(f"back-door regression on {len(data)} specimens ...")
+            estimate = backdoor_effect(data, graph, variable, outcome, grid, adjustment=adjustment,
+                                       settings=cfg.mechanisms)
+        else:
+            click.echo(f"front-door regressions on {len(data)} specimens ...")
+            estimate = frontdoor_effect(data, graph, variable, outcome, grid, mediators=found.mediators,
+                                        settings=cfg.mechanisms)
     except NotIdentifiable as e:
         raise click.ClickException(f"not identifiable: {e}") from None
     except ValueError as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"fitting the SCM's {sum(1 for v in graph.observed if graph.parents(v))} mechanisms ...")
-    simulated = scm_effect(scm.fit(data), variable, outcome, grid)
-    naive = naive_effect(data, variable, outcome, grid, settings=cfg.mechanisms)
-    click.echo(f"adjustment set: {', '.join(backdoor.adjustment) or '(none needed)'}")
-    click.echo(f"{variable:>14} | {'back-door':>16} | {'SCM do()':>16} | {'naive E[Y|T]':>16}   ({outcome}, mean +- sd)")
+    curves = [estimate]
+    try:
+        scm.check_simulable([variable], outcome)
+    except NotIdentifiable as e:
+        click.echo(f"no SCM simulation: {e}")
+    else:
+        click.echo(f"fitting the SCM's {sum(1 for v in graph.observed if graph.parents(v))} mechanisms ...")
+        curves.append(scm_effect(scm.fit(data), variable, outcome, grid))
+    curves.append(naive_effect(data, variable, outcome, grid, settings=cfg.mechanisms))
+    names = {"back-door adjustment": "back-door", "front-door adjustment": "front-door",
+             "SCM simulation (do)": "SCM do()", "conditional E[Y | T] (naive)": "naive E[Y|T]"}
+    click.echo(f"{variable:>14} | " + " | ".join(f"{names[c.method]:>16}" for c in curves)
+               + f"   ({outcome}, mean +- sd)")
     for i, t in enumerate(grid):
-        cells = " | ".join(f"{c.mean[i]:8.1f} +- {c.std[i]:5.1f}" for c in (backdoor, simulated, naive))
+        cells = " | ".join(f"{c.mean[i]:8.1f} +- {c.std[i]:5.1f}" for c in curves)
         click.echo(f"{t:14.4g} | {cells}")
     out = out or campaign_dir / "causal"
     out.mkdir(parents=True, exist_ok=True)
-    png = plot_effects([backdoor, simulated, naive], out / f"effect_{variable}.png", outcome=outcome)
+    png = plot_effects(curves, out / f"effect_{variable}.png", outcome=outcome)
     (out / f"effect_{variable}.json").write_text(json.dumps(
-        {"treatment": variable, "outcome": outcome, "values": grid, "adjustment": list(backdoor.adjustment),
-         **{c.method: {"mean": c.mean.tolist(), "std": c.std.tolist()} for c in (backdoor, simulated, naive)}}, indent=2))
+        {"treatment": variable, "outcome": outcome, "values": grid, "identified_by": found.method,
+         "adjustment": list(estimate.adjustment), "mediators": list(estimate.mediators),
+         **{c.method: {"mean": c.mean.tolist(), "std": c.std.tolist()} for c in curves}}, indent=2))
     click.echo(f"wrote {png} and {png.with_suffix('.json')}")
 
 
@@ -142,6 +168,7 @@ def causal_whatif(campaign_dir: Path, specimen: str, changes: tuple[str, ...], c
         unknown = [k for k in intervention if k not in scm.graph.observed]
         if unknown:
             raise ValueError(f"{unknown} are not variables of the graph: {', '.join(scm.graph.observed)}")
+        scm.check_counterfactual(intervention)
         click.echo(f"fitting the SCM on {len(data)} specimens ...")
         scm.fit(data)
         result = scm.counterfactual(list(data.index).index(specimen), intervention)
