@@ -124,9 +124,9 @@ class MlipAgent(Agent):
                                device=param.device, dtype=param.dtype)
         except ValueError as e:
             raise ServiceError(str(e)) from e
-        stress = request.stress and all(s.periodic for s in request.structures)
+        stress = request.stress and all(s.fully_periodic for s in request.structures)
         if request.stress and not stress:
-            raise ServiceError("stress needs periodic structures")
+            raise ServiceError("stress needs structures periodic in all three directions (bulk cells)")
         out = self.committee(batch, forces=True, stress=stress)
         owner = batch.structure.cpu().numpy()
         forces = out["forces"].cpu().double().numpy()

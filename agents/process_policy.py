@@ -3,13 +3,16 @@
 One policy serves every composition: the composition is part of the observation and each episode
 starts from a composition drawn from the configured bounds, so the network learns a map from
 alloy (and current microstructure) to the next hold. Training writes, in the run directory, the
-RLlib checkpoint (``checkpoint/``), the env settings the policy was trained on
-(``checkpoint/sdl_policy.json``), a learning curve (``learning_curve.png``) and the per-iteration
-figures (``training.json``).
+RLlib checkpoint (``checkpoint/``, for resuming and inspection), the policy itself exported as
+plain arrays (``policy.npz``: the actor network's weights and the env settings it was trained on,
+about 90 kB), a learning curve (``learning_curve.png``) and the per-iteration figures
+(``training.json``).
 
-:class:`ProcessPolicy` loads only the RL module from a checkpoint (torch, no Ray needed) and turns
-a composition into a validated route: greedy actions rolled out in the MDP (no temperature
-scatter), each hold becoming a :class:`ProcessStep` with its water quench.
+:class:`ProcessPolicy` loads an exported policy with numpy alone (no Ray, no RLlib checkpoint
+machinery: a furnace PC can run it) and turns a composition into a validated route: greedy actions
+rolled out in the MDP (no temperature scatter), each hold becoming a :class:`ProcessStep` with its
+water quench. sdl ships one (:data:`SHIPPED_POLICY`, trained by ``sdl policy train
+configs/policy.yaml``), which the demo's process planner uses by default.
 """
 
 from __future__ import annotations
@@ -37,6 +40,10 @@ from sdl.settings import Section, load_yaml
 
 ENV_NAME = "sdl-heat-treatment"
 SETTINGS_FILE = "sdl_policy.json"
+POLICY_FILE = "policy.npz"
+POLICY_FORMAT = 1
+# Reproduce with `sdl policy train configs/policy.yaml` and copy runs/policy/heat_treatment_policy/policy.npz here.
+SHIPPED_POLICY = Path(__file__).resolve().parent / "policies" / "heat_treatment.npz"
 
 
 class HeatTreatmentSettings(Section):
@@ -184,34 +191,64 @@ def train_policy(config: PolicyConfig, out: Path, *, progress: Callable[[int, di
                 progress(i + 1, row)
         checkpoint = out / "checkpoint"
         algo.save_to_path(str(checkpoint.resolve()))
+        metadata = {"env": config.env.model_dump(mode="json"), "name": config.name, "seed": config.seed}
+        (checkpoint / SETTINGS_FILE).write_text(json.dumps(metadata, indent=2))
+        export_policy(checkpoint, out / POLICY_FILE)
     finally:
         algo.stop()
     training_s = time.perf_counter() - started
-    (checkpoint / SETTINGS_FILE).write_text(json.dumps({"env": config.env.model_dump(mode="json"),
-                                                        "name": config.name, "seed": config.seed}, indent=2))
-    policy = ProcessPolicy(checkpoint)
+    policy = ProcessPolicy(out / POLICY_FILE)
     scores = score_policy(policy, held_out_compositions(config.env, config.held_out, seed=config.seed))
     summary = {"name": config.name, "training_seconds": training_s, "checkpoint": str(checkpoint),
-               "curve": curve, "held_out": scores}
+               "policy": str(out / POLICY_FILE), "curve": curve, "held_out": scores}
     (out / "training.json").write_text(json.dumps(summary, indent=2))
     plot_learning_curve(curve, scores, out / "learning_curve.png")
     return summary
 
 
+def export_policy(checkpoint: str | Path, path: str | Path) -> Path:
+    """Export the actor of an RLlib checkpoint written by :func:`train_policy` to a policy file
+    (:func:`save_policy`), checked to reproduce the module's logits on its own env's observations."""
+    from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_LEARNER_GROUP, COMPONENT_RL_MODULE, DEFAULT_MODULE_ID
+    from ray.rllib.core.rl_module.rl_module import RLModule
+
+    checkpoint = Path(checkpoint)
+    settings_file = checkpoint / SETTINGS_FILE
+    module_dir = checkpoint / COMPONENT_LEARNER_GROUP / COMPONENT_LEARNER / COMPONENT_RL_MODULE / DEFAULT_MODULE_ID
+    if not settings_file.is_file() or not module_dir.is_dir():
+        raise FileNotFoundError(f"{checkpoint} is not a policy checkpoint (no {SETTINGS_FILE} or RL module)")
+    metadata = json.loads(settings_file.read_text())
+    module = RLModule.from_checkpoint(str(module_dir.resolve()))  # RLlib reads URIs: absolute only
+    env = HeatTreatmentSettings.model_validate(metadata["env"]).make_env()
+    rng = np.random.default_rng(0)
+    observations = []
+    for _ in range(32):  # observations the policy really meets: random rollouts of its own env
+        observation, _ = env.reset(seed=int(rng.integers(1 << 30)))
+        done = False
+        while not done:
+            observations.append(observation)
+            observation, _, terminated, truncated, _ = env.step(int(rng.integers(1, env.action_space.n)))
+            done = terminated or truncated
+    network = PolicyNetwork.from_rl_module(module, check_observations=np.array(observations))
+    return save_policy(path, network, metadata)
+
+
 def score_policy(policy: ProcessPolicy, compositions: list[dict[str, float]]) -> dict:
-    """Returns of the policy, the textbook route, a uniformly random policy and the exhaustive optimum."""
+    """Returns of the policy, of what the process planner hands out (the best of the policy's route, the
+    textbook route and as cast: :func:`choose_route`), of the textbook route, of a uniformly random
+    policy and the exhaustive optimum, per composition and summed."""
     env = policy.env
     rng = np.random.default_rng(0)
     rows = []
     for composition in compositions:
         _, optimum = optimal_actions(env, composition)
-        _, learned, hardness = rollout(env, composition, policy.act)
-        book = iter(textbook_actions(env))
-        _, textbook, _ = rollout(env, composition, lambda _obs: next(book))
+        steps, hardness, learned = policy.route(composition)
+        _, _, textbook = policy.textbook(composition)
         _, random_return, _ = rollout(env, composition, lambda _obs: int(rng.integers(env.action_space.n)))
-        rows.append({"composition": composition, "optimum": optimum, "policy": learned, "textbook": textbook,
-                     "random": random_return, "policy_hardness_hv": hardness})
-    total = {k: float(sum(r[k] for r in rows)) for k in ("optimum", "policy", "textbook", "random")}
+        handed_out = {"policy": learned, "textbook": textbook, "as_cast": 0.0}[choose_route(steps, learned, textbook)]
+        rows.append({"composition": composition, "optimum": optimum, "policy": learned, "handed_out": handed_out,
+                     "textbook": textbook, "random": random_return, "policy_hardness_hv": hardness})
+    total = {k: float(sum(r[k] for r in rows)) for k in ("optimum", "policy", "handed_out", "textbook", "random")}
     share = {k: (total[k] / total["optimum"] if total["optimum"] > 0 else math.nan) for k in total}
     return {"compositions": rows, "total_return": total, "share_of_optimum": share}
 
@@ -244,34 +281,144 @@ def plot_learning_curve(curve: list[dict], scores: dict, path: Path) -> None:
     plt.close(fig)
 
 
+# -- the exported policy ---------------------------------------------------------------------------
+
+# Activations RLlib's default MLPs use, applied to numpy arrays.
+ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "linear": lambda x: x,
+    "tanh": np.tanh,
+    "relu": lambda x: np.maximum(x, 0.0),
+    "silu": lambda x: x / (1.0 + np.exp(-x)),
+    "elu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0.0))),
+}
+
+
+class PolicyNetwork:
+    """The actor of a trained PPO module as plain arrays: dense layers, each followed by its activation.
+
+    Written by hand because it is three matrix products: shipping it as arrays keeps a trained policy
+    loadable (and auditable) without Ray, RLlib or pickle."""
+
+    def __init__(self, layers: list[tuple[np.ndarray, np.ndarray, str]]) -> None:
+        if not layers:
+            raise ValueError("a policy network needs at least one layer")
+        for k, (w, b, activation) in enumerate(layers):
+            if activation not in ACTIVATIONS:
+                raise ValueError(f"layer {k}: activation {activation!r} is not one of {sorted(ACTIVATIONS)}")
+            if w.ndim != 2 or b.shape != (w.shape[0],):
+                raise ValueError(f"layer {k}: weights {w.shape} and bias {b.shape} do not form a dense layer")
+            if k and w.shape[1] != layers[k - 1][0].shape[0]:
+                raise ValueError(f"layer {k} takes {w.shape[1]} inputs; layer {k - 1} gives {layers[k - 1][0].shape[0]}")
+        self.layers = [(np.asarray(w, np.float64), np.asarray(b, np.float64), a) for w, b, a in layers]
+
+    @property
+    def inputs(self) -> int:
+        return self.layers[0][0].shape[1]
+
+    @property
+    def outputs(self) -> int:
+        return self.layers[-1][0].shape[0]
+
+    def logits(self, observations: np.ndarray) -> np.ndarray:
+        x = np.atleast_2d(np.asarray(observations, np.float64))
+        for w, b, activation in self.layers:
+            x = ACTIVATIONS[activation](x @ w.T + b)
+        return x
+
+    @classmethod
+    def from_rl_module(cls, module, *, check_observations: np.ndarray) -> PolicyNetwork:
+        """The actor path of RLlib's default PPO torch module (encoder, then the pi head), checked to give
+        the module's own logits on ``check_observations``."""
+        import torch
+        from torch import nn
+
+        names = {nn.Tanh: "tanh", nn.ReLU: "relu", nn.SiLU: "silu", nn.ELU: "elu", nn.Identity: "linear"}
+        encoder = module.encoder
+        actor = getattr(encoder, "actor_encoder", None) or getattr(encoder, "encoder", None) or encoder
+        layers: list[list] = []
+        for part in (actor, module.pi):
+            for sub in part.modules():
+                if isinstance(sub, nn.Linear):
+                    layers.append([sub.weight.detach().double().numpy(), sub.bias.detach().double().numpy(), "linear"])
+                elif type(sub) in names and layers and type(sub) is not nn.Identity:
+                    layers[-1][2] = names[type(sub)]
+                elif isinstance(sub, (nn.LayerNorm, nn.Dropout, nn.Conv2d, nn.LSTM)):
+                    raise ValueError(f"cannot export a policy with {type(sub).__name__} layers")
+        network = cls([tuple(layer) for layer in layers])
+        with torch.no_grad():
+            batch = {"obs": torch.as_tensor(np.asarray(check_observations, np.float32))}
+            expected = module.forward_inference(batch)["action_dist_inputs"].double().numpy()
+        if not np.allclose(network.logits(check_observations), expected, atol=1e-4):
+            raise ValueError("the exported network does not reproduce the RL module's logits; "
+                             "its architecture is not a plain MLP encoder + head")
+        return network
+
+
+def save_policy(path: str | Path, network: PolicyNetwork, metadata: dict) -> Path:
+    """Write the network and its metadata (the env settings it was trained on, name, seed) as one .npz."""
+    arrays = {"metadata": np.array(json.dumps({**metadata, "format": POLICY_FORMAT,
+                                                 "activations": [a for _, _, a in network.layers]}))}
+    for k, (w, b, _) in enumerate(network.layers):
+        arrays[f"weight_{k}"] = w.astype(np.float32)
+        arrays[f"bias_{k}"] = b.astype(np.float32)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as f:
+        np.savez_compressed(f, **arrays)
+    return path
+
+
+def load_policy_file(path: str | Path) -> tuple[PolicyNetwork, dict]:
+    """(network, metadata) from a file :func:`save_policy` wrote; a clear ValueError for anything else."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            metadata = json.loads(str(arrays["metadata"]))
+            activations = metadata["activations"]
+            layers = [(arrays[f"weight_{k}"], arrays[f"bias_{k}"], a) for k, a in enumerate(activations)]
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        raise ValueError(f"{path} is not a policy file written by `sdl policy train` ({e})") from None
+    if metadata.get("format") != POLICY_FORMAT:
+        raise ValueError(f"{path} is policy format {metadata.get('format')}; this sdl reads format {POLICY_FORMAT}")
+    return PolicyNetwork(layers), metadata
+
+
+def policy_path(path: str | Path) -> Path:
+    """The policy file a setting names: the file itself, or a training run directory holding one."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / POLICY_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no policy at {path}; train one with `sdl policy train CONFIG` (it writes "
+                                f"RUN_DIR/{POLICY_FILE})")
+    return path
+
+
+def trained_settings(path: str | Path) -> HeatTreatmentSettings:
+    """The env settings a policy was trained on, read without building its twin (config-load checks)."""
+    _, metadata = load_policy_file(policy_path(path))
+    return HeatTreatmentSettings.model_validate(metadata["env"])
+
+
 # -- inference -----------------------------------------------------------------------------------
 
 
 class ProcessPolicy:
-    """A trained policy, loaded from a checkpoint directory written by :func:`train_policy`."""
+    """A trained policy, loaded from the file (or run directory) :func:`train_policy` writes."""
 
-    def __init__(self, checkpoint: str | Path, *, twin=None) -> None:
-        import torch
-        from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_LEARNER_GROUP, COMPONENT_RL_MODULE, DEFAULT_MODULE_ID
-        from ray.rllib.core.rl_module.rl_module import RLModule
-
-        self.checkpoint = Path(checkpoint)
-        settings_file = self.checkpoint / SETTINGS_FILE
-        module_dir = self.checkpoint / COMPONENT_LEARNER_GROUP / COMPONENT_LEARNER / COMPONENT_RL_MODULE / DEFAULT_MODULE_ID
-        if not settings_file.is_file() or not module_dir.is_dir():
-            raise FileNotFoundError(f"{self.checkpoint} is not a policy checkpoint (no {SETTINGS_FILE} or RL module); "
-                                    "make one with `sdl policy train CONFIG`")
-        self.settings = HeatTreatmentSettings.model_validate(json.loads(settings_file.read_text())["env"])
+    def __init__(self, path: str | Path, *, twin=None) -> None:
+        self.path = policy_path(path)
+        self.network, self.metadata = load_policy_file(self.path)
+        self.settings = HeatTreatmentSettings.model_validate(self.metadata["env"])
         self.env = self.settings.make_env(twin)
-        self.module = RLModule.from_checkpoint(str(module_dir.resolve()))  # RLlib reads URIs: absolute only
-        self._torch = torch
+        if (self.network.inputs, self.network.outputs) != (self.env.observation_space.shape[0], self.env.action_space.n):
+            raise ValueError(f"{self.path}: the network maps {self.network.inputs} observations to "
+                             f"{self.network.outputs} actions; its env has {self.env.observation_space.shape[0]} "
+                             f"and {self.env.action_space.n}")
 
     def act(self, observation: np.ndarray) -> int:
         """The greedy action (highest logit) for one observation."""
-        with self._torch.no_grad():
-            batch = {"obs": self._torch.as_tensor(np.asarray(observation, dtype=np.float32)[None, :])}
-            logits = self.module.forward_inference(batch)["action_dist_inputs"][0]
-        return int(logits.argmax())
+        return int(np.argmax(self.network.logits(np.asarray(observation, np.float32))[0]))
 
     def route(self, composition: dict[str, float]) -> tuple[list[ProcessStep], float, float]:
         """(steps, expected hardness HV, expected return) for a composition (free elements; others ignored)."""
@@ -285,12 +432,25 @@ class ProcessPolicy:
         actions, total, hardness = rollout(self.env, self._free(composition), lambda _observation: next(book))
         return actions_to_steps(self.env, actions), hardness, total
 
+    def as_cast(self, composition: dict[str, float]) -> float:
+        """Hardness of the untreated alloy (return 0: nothing gained, nothing spent)."""
+        _, info = self.env.reset(options={"composition": self._free(composition)})
+        return float(info["hardness_hv"])
+
     def _free(self, composition: dict[str, float]) -> dict[str, float]:
         free = {e: float(composition[e]) for e in self.env.free_elements if e in composition}
         missing = [e for e in self.env.free_elements if e not in free]
         if missing:
             raise ValueError(f"composition lacks {missing}; the policy was trained on {list(self.env.free_elements)}")
         return free
+
+
+def choose_route(policy_steps: list[ProcessStep], policy_return: float, textbook_return: float) -> str:
+    """Which option to hand out: ``policy`` if its route is at least as good as the textbook's and as
+    leaving the alloy as cast (return 0), else ``textbook`` if that beats as cast, else ``as_cast``."""
+    if policy_steps and policy_return >= max(textbook_return, 0.0):
+        return "policy"
+    return "textbook" if textbook_return > 0.0 else "as_cast"
 
 
 def actions_to_steps(env: HeatTreatmentEnv, actions: list[int]) -> list[ProcessStep]:

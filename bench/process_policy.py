@@ -63,7 +63,7 @@ def main() -> None:
 
     from sdl.agents.process_policy import ENV_NAME, ProcessPolicy, _env_creator, held_out_compositions, score_policy
 
-    policy = ProcessPolicy(args.run_dir / "checkpoint")
+    policy = ProcessPolicy(args.run_dir)
     compositions = held_out_compositions(policy.settings, args.compositions, seed=10_000 + args.seed)
     started = time.perf_counter()
     scores = score_policy(policy, compositions)
@@ -86,14 +86,16 @@ def main() -> None:
     hardness = np.array([r["policy_hardness_hv"] for r in rows])
     print(f"held-out compositions: {len(rows)} (scored in {scoring_s:.1f} s, exhaustive optimum included)")
     print("return as a share of the exhaustive optimum (sum over compositions):")
-    for key in ("policy", "textbook", "random"):
+    for key in ("policy", "handed_out", "textbook", "random"):
         print(f"  {key:9s} {share[key]:7.1%}")
     per_composition = [r["policy"] / r["optimum"] for r in rows if r["optimum"] > 0.05]
     if per_composition:
         print(f"  policy, per composition with something to gain: median {np.median(per_composition):.1%}, "
               f"worst {min(per_composition):.1%}")
     beats = sum(r["policy"] >= r["textbook"] - 1e-9 for r in rows)
-    print(f"policy >= textbook on {beats}/{len(rows)} compositions; policy hardness median {np.median(hardness):.0f} HV")
+    below = sum(r["handed_out"] < r["textbook"] - 1e-9 for r in rows)
+    print(f"policy >= textbook on {beats}/{len(rows)} compositions; handed out below textbook on {below}; "
+          f"policy hardness median {np.median(hardness):.0f} HV")
     print(f"training: {training['training_seconds']:.0f} s for {training['curve'][-1]['env_steps']} env steps")
     print("environment steps per second (same run):")
     for key, value in throughput.items():

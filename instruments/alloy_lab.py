@@ -153,7 +153,8 @@ class Furnace(SimulatedInstrument):
     Its ``limits`` (hold temperatures, hold time, ramp rate, holds per route) are enforced by the
     instrument base class on every command, never clamped: a step outside them is refused with the
     limit in the message. Measurements (the specimen's state after the route, as the simulation
-    knows it): grain size, gamma-prime fraction and radius, brittle-phase fractions.
+    knows it): grain size, gamma-prime fraction and radius, brittle-phase fractions. An empty route
+    is the process planner's ``as_cast`` choice: nothing is run, and the as-cast state is recorded.
     """
 
     name = "furnace"
@@ -180,14 +181,23 @@ class Furnace(SimulatedInstrument):
                                  "limits")
             return self
 
+        def composition_range(self) -> tuple[str, dict[str, tuple[float, float]]]:
+            """(balance element, free element -> (low, high)) where the twin tabulates CALPHAD: a specimen
+            outside is refused mid-run, so the campaign's space must lie inside (checked at config load)."""
+            return self.twin.balance, {e: (axis.low, axis.high) for e, axis in self.twin.grid.items()}
+
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         p = self.parameters
         self.twin = AlloyTwin(p.twin, cache_path=p.cache_path or default_cache_path())
 
     def check(self, experiment: ExperimentSpec) -> None:
-        if not experiment.process:
-            raise InstrumentRefused("the furnace was sent an empty route")
+        # Refused before anything happens to the specimen: no composition, or one the twin has no physics for.
+        x = self.twin.free_fractions([self.composition(experiment)])
+        for axis, column, name in zip(self.twin.table.axes, x.T, self.twin.free_elements):
+            if column[0] < axis[0] - 1e-9 or column[0] > axis[-1] + 1e-9:
+                raise InstrumentRefused(f"x({name}) = {column[0]:.4f} lies outside the twin's CALPHAD table "
+                                        f"[{axis[0]}, {axis[-1]}]: the furnace has no physics there")
 
     def lab_time_s(self, experiment: ExperimentSpec) -> float:
         """The route's duration in simulated seconds: ramps and holds."""

@@ -2,9 +2,10 @@
 
 An experiment carries an :class:`~sdl.experiment.AtomicStructure`; the instrument returns its
 energy (``energy_ev``, ``energy_ev_per_atom``), the compute time (``compute_s``) and, as arrays,
-the forces on every atom (``forces_ev_per_ang``) and the stress (``stress_ev_per_ang3``, 3 x 3,
-periodic cells). Like every driver it journals results by idempotency key, so asking twice for
-the same structure costs one calculation; ``calls`` and ``compute_s_total`` count what was paid.
+the forces on every atom (``forces_ev_per_ang``) and the stress (``stress_ev_per_ang3``, 3 x 3, of
+cells periodic in all three directions; slabs, periodic in two, and molecules have none). Like every
+driver it journals results by idempotency key, so asking twice for the same structure costs one
+calculation; ``calls`` and ``compute_s_total`` count what was paid.
 
 The default calculator is ASE's EMT (effective medium theory; Al, Cu, Ni, Pd, Ag, Pt, Au): cheap,
 so a benchmark can afford thousands of labels. A real DFT code is a config change, e.g.
@@ -89,7 +90,7 @@ class AseCalculatorOracle(Instrument):
         started = time.perf_counter()
         energy = float(atoms.get_potential_energy())
         out: dict[str, Any] = {"forces_ev_per_ang": atoms.get_forces()}
-        if self.parameters.stress and experiment.structure.periodic:
+        if self.parameters.stress and experiment.structure.fully_periodic:  # slabs and molecules have no volume
             out["stress_ev_per_ang3"] = atoms.get_stress(voigt=False)
         compute_s = time.perf_counter() - started
         self.calls += 1

@@ -12,6 +12,7 @@ import math
 import re
 from typing import Any, Literal
 
+import numpy as np
 from ase.data import chemical_symbols
 from pydantic import ConfigDict, Field, RootModel, field_validator, model_validator
 
@@ -96,13 +97,21 @@ class DesignPoint(WireModel):
 
 class AtomicStructure(WireModel):
     """An atomistic configuration (what a "DFT instrument" is asked to compute): element symbols,
-    Cartesian positions and cell vectors (rows) in angstrom, periodic in all directions or none."""
+    Cartesian positions and cell vectors (rows) in angstrom, and which cell directions are periodic:
+    ``true`` (bulk), ``false`` (a molecule or cluster) or one flag per direction, e.g.
+    ``[true, true, false]`` for a surface slab with vacuum along the third vector."""
 
     symbols: list[str] = Field(min_length=1, max_length=100000)
     positions_ang: list[tuple[float, float, float]]
     cell_ang: tuple[tuple[float, float, float], tuple[float, float, float], tuple[float, float, float]] = (
         (0.0, 0.0, 0.0), (0.0, 0.0, 0.0), (0.0, 0.0, 0.0))
-    periodic: bool = True
+    periodic: bool | tuple[bool, bool, bool] = True
+
+    @field_validator("periodic")
+    @classmethod
+    def _one_spelling(cls, periodic: bool | tuple[bool, bool, bool]) -> bool | tuple[bool, bool, bool]:
+        # All or none is a plain bool, so that equal structures compare (and hash, journal) equal.
+        return periodic[0] if isinstance(periodic, tuple) and len(set(periodic)) == 1 else periodic
 
     @model_validator(mode="after")
     def _check(self) -> AtomicStructure:
@@ -113,27 +122,40 @@ class AtomicStructure(WireModel):
             raise ValueError(f"{len(self.symbols)} symbols but {len(self.positions_ang)} positions; give one per atom")
         if not all(math.isfinite(v) for row in (*self.positions_ang, *self.cell_ang) for v in row):
             raise ValueError("positions and cell must be finite numbers (angstrom)")
-        if self.periodic:
-            a, b, c = self.cell_ang
-            volume = abs(a[0] * (b[1] * c[2] - b[2] * c[1]) - a[1] * (b[0] * c[2] - b[2] * c[0])
-                         + a[2] * (b[0] * c[1] - b[1] * c[0]))
-            if volume < 1e-6:
-                raise ValueError("a periodic structure needs three linearly independent cell vectors (volume > 0)")
+        periodic_vectors = [v for v, p in zip(self.cell_ang, self.pbc) if p]
+        if periodic_vectors and _rank(periodic_vectors) < len(periodic_vectors):
+            directions = [d for d, p in zip("abc", self.pbc) if p]
+            raise ValueError(f"the periodic cell vectors ({', '.join(directions)}) must be non-zero and linearly "
+                             "independent")
         return self
+
+    @property
+    def pbc(self) -> tuple[bool, bool, bool]:
+        """Periodicity per cell direction, as ASE's ``Atoms.pbc``."""
+        return self.periodic if isinstance(self.periodic, tuple) else (self.periodic,) * 3
+
+    @property
+    def fully_periodic(self) -> bool:
+        """Periodic in all three directions: a bulk cell, with a volume and a stress."""
+        return all(self.pbc)
 
     @classmethod
     def from_atoms(cls, atoms) -> AtomicStructure:
-        """From an ``ase.Atoms`` (all-periodic or non-periodic)."""
-        pbc = [bool(p) for p in atoms.pbc]
-        if any(pbc) and not all(pbc):
-            raise ValueError(f"periodic boundary conditions must be all True or all False, got {pbc}")
+        """From an ``ase.Atoms`` (bulk, slab, wire or molecule)."""
         return cls(symbols=atoms.get_chemical_symbols(), positions_ang=atoms.positions.tolist(),
-                   cell_ang=atoms.cell[:].tolist(), periodic=all(pbc))
+                   cell_ang=atoms.cell[:].tolist(), periodic=tuple(bool(p) for p in atoms.pbc))
 
     def to_atoms(self):
         from ase import Atoms
 
-        return Atoms(symbols=self.symbols, positions=self.positions_ang, cell=self.cell_ang, pbc=self.periodic)
+        return Atoms(symbols=self.symbols, positions=self.positions_ang, cell=self.cell_ang, pbc=self.pbc)
+
+
+def _rank(vectors: list[tuple[float, float, float]]) -> int:
+    """Numerical rank of up to three cell vectors (a zero or parallel vector lowers it)."""
+    matrix = np.asarray(vectors, dtype=float)
+    scale = max(float(np.abs(matrix).max()), 1e-300)
+    return int(np.linalg.matrix_rank(matrix / scale, tol=1e-9))
 
 
 class LabelledStructure(WireModel):

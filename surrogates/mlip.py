@@ -119,11 +119,13 @@ class NeighbourListBuilder:
         self._list = NeighborList(cutoff=cutoff_ang, full_list=True, skin=skin_ang) if skin_ang > 0 else None
         self._plain = NeighborList(cutoff=cutoff_ang, full_list=True)
 
-    def pairs(self, positions: torch.Tensor, cell: torch.Tensor, periodic: bool,
+    def pairs(self, positions: torch.Tensor, cell: torch.Tensor, pbc: tuple[bool, bool, bool],
               *, cached: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(i, j, integer shifts) of every pair closer than the cutoff (full list: both orders)."""
+        """(i, j, integer shifts) of every pair closer than the cutoff (full list: both orders), with
+        periodic images only along the directions ``pbc`` marks (a slab: the two in-plane vectors)."""
         calculator = self._list if cached and self._list is not None else self._plain
-        box = cell if periodic else torch.zeros_like(cell)
+        box = cell if any(pbc) else torch.zeros_like(cell)
+        periodic = torch.tensor(pbc, dtype=torch.bool)
         i, j, shifts = calculator.compute(points=positions.detach().to(torch.float64),
                                           box=box.detach().to(torch.float64), periodic=periodic, quantities="ijS")
         return i.long(), j.long(), shifts
@@ -137,16 +139,15 @@ def species_index(elements: Sequence[str], atoms: Atoms) -> np.ndarray:
     return np.array([lookup[z] for z in atoms.numbers], dtype=np.int64)
 
 
-def check_cell(atoms: Atoms) -> bool:
-    """True when periodic in all three directions, False when not at all; mixed is refused."""
-    pbc = np.asarray(atoms.pbc, dtype=bool)
-    if pbc.all():
-        if abs(atoms.cell.volume) < 1e-6:
-            raise ValueError("a periodic structure needs a cell with a non-zero volume")
-        return True
-    if not pbc.any():
-        return False
-    raise ValueError(f"periodic boundary conditions must be all True or all False, got {pbc.tolist()}")
+def cell_periodicity(atoms: Atoms) -> tuple[bool, bool, bool]:
+    """Periodicity per cell direction (bulk, slab, wire or molecule), refusing a periodic direction
+    without a cell vector, or periodic vectors that do not span their directions."""
+    pbc = tuple(bool(p) for p in atoms.pbc)
+    vectors = np.asarray(atoms.cell[:])[list(pbc)]
+    if len(vectors) and np.linalg.matrix_rank(vectors, tol=1e-6) < len(vectors):
+        raise ValueError(f"periodic along {[d for d, p in zip('abc', pbc) if p]}, but those cell vectors are zero "
+                         "or not linearly independent")
+    return pbc
 
 
 def structure_batch(atoms: Atoms, elements: Sequence[str], neighbours: NeighbourListBuilder, *,
@@ -154,17 +155,17 @@ def structure_batch(atoms: Atoms, elements: Sequence[str], neighbours: Neighbour
                     species: torch.Tensor | None = None) -> AtomsBatch:
     """One ASE structure as a batch of one (float64; :func:`collate` and :meth:`AtomsBatch.to` convert).
     ``species`` (indices into ``elements``) may be passed in when known, as in an MD loop."""
-    periodic = check_cell(atoms)
+    pbc = cell_periodicity(atoms)
     if species is None:
         species = torch.as_tensor(species_index(elements, atoms), device=device)
     pos = torch.as_tensor(atoms.positions, dtype=torch.float64, device=device)
     cell = torch.as_tensor(np.asarray(atoms.cell[:]), dtype=torch.float64, device=device)
-    i, j, shift = neighbours.pairs(pos, cell, periodic, cached=cached)
+    i, j, shift = neighbours.pairs(pos, cell, pbc, cached=cached)
     return AtomsBatch(
         species=species, positions=pos, cells=cell[None],
         structure=torch.zeros(len(atoms), dtype=torch.long, device=device), pair_i=i.to(device), pair_j=j.to(device),
         pair_shift=shift.to(device=device, dtype=torch.float64), n_structures=1,
-        volumes=torch.tensor([abs(atoms.cell.volume) if periodic else math.inf], dtype=torch.float64, device=device),
+        volumes=torch.tensor([abs(atoms.cell.volume) if all(pbc) else math.inf], dtype=torch.float64, device=device),
     )
 
 
@@ -586,7 +587,7 @@ def structure_errors(potential: InteratomicPotential | Committee, structures: Se
     for start in range(0, len(structures), chunk):
         part = structures[start:start + chunk]
         batch = collate([structure_batch(a, potential.config.elements, builder) for a in part]).to(param.device, param.dtype)
-        periodic = all(check_cell(a) for a in part)
+        periodic = all(all(cell_periodicity(a)) for a in part)  # stress: bulk cells only
         out = potential(batch, forces=True, stress=periodic)
         energy = out["energy"].detach().cpu().numpy()
         forces = out["forces"].detach().cpu().numpy()
@@ -635,7 +636,7 @@ class MlipCalculator(Calculator):
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
-        periodic = check_cell(self.atoms)
+        periodic = all(cell_periodicity(self.atoms))  # a stress needs a volume: bulk cells only
         numbers = self.atoms.numbers.tobytes()
         if self._species is None or self._species[0] != numbers:  # an MD run keeps its atoms: index once
             species = torch.as_tensor(species_index(self.potential.config.elements, self.atoms), device=self.device)

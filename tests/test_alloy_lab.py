@@ -59,9 +59,18 @@ def test_furnace_refuses_commands_over_its_limits(furnace, step, fragment):
 
 
 def test_a_refused_command_leaves_no_journal_row(furnace):
-    with pytest.raises(InstrumentRefused, match="empty route"):
-        furnace.run(spec(route=[]), idempotency_key="empty")
+    outside = {"Al": 0.10, "Co": 0.02, "Cr": 0.10, "Ni": 0.78}  # Co below the twin's CALPHAD table
+    with pytest.raises(InstrumentRefused, match=r"x\(Co\) = 0.0200 lies outside the twin's CALPHAD table \[0.05, 0.15\]"):
+        furnace.run(spec(composition=outside), idempotency_key="outside")
     assert "running" not in furnace.journal.summary()
+
+
+def test_an_empty_route_leaves_the_specimen_as_cast(furnace):
+    """The process planner's as_cast choice: the furnace runs nothing and records the as-cast state."""
+    untreated = furnace.run(spec(i=7, route=[]), idempotency_key="as-cast")
+    treated = furnace.run(spec(i=8), idempotency_key="treated")
+    assert untreated.measurements["gamma_prime_fraction"] == 0.0 < treated.measurements["gamma_prime_fraction"]
+    assert furnace.lab_time_s(spec(route=[])) == 0.0
 
 
 def test_refusal_reaches_the_caller_as_a_clear_error_reply(cache):

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms, units
-from ase.build import bulk
+from ase.build import bulk, fcc111
 from ase.calculators.emt import EMT
 from ase.calculators.fd import calculate_numerical_stress
+from ase.neighborlist import neighbor_list
 from ase.md.verlet import VelocityVerlet
 
 from sdl.env.atomistic import md_snapshots, random_composition, random_solid_solution
@@ -19,6 +20,7 @@ from sdl.surrogates.mlip import (
     InteratomicPotential,
     MlipCalculator,
     MlipConfig,
+    NeighbourListBuilder,
     TrainingSettings,
     evaluate_errors,
     load_committee,
@@ -154,6 +156,77 @@ def test_dft_instrument_labels_and_counts_calls(oracle):
         AtomicStructure(symbols=["Ni", "Ni"], positions_ang=[(0, 0, 0)], cell_ang=((3, 0, 0), (0, 3, 0), (0, 0, 3)))
     with pytest.raises(ValueError, match="calculator"):
         AseCalculatorOracle(calculator="nosuchpackage.Calc")
+
+
+def ni_cu_slab(vacuum_ang: float) -> Atoms:
+    """A rattled (111) Ni-Cu slab, periodic in x and y only, with vacuum along z."""
+    slab = fcc111("Ni", size=(2, 2, 4), vacuum=vacuum_ang, a=3.55)
+    slab.symbols[[1, 6, 11]] = "Cu"
+    slab.rattle(0.05, seed=2)
+    return slab
+
+
+def test_slabs_periodic_in_two_directions(model, oracle):
+    """Issue 18: the oracle and the MLIP refused a (111) slab with pbc=[True, True, False]."""
+    slab = ni_cu_slab(vacuum_ang=8.0)
+    assert slab.pbc.tolist() == [True, True, False]
+    # Neighbour pairs and their image shifts are ASE's own, also with a vacuum thinner than the cutoff
+    # (no pair may cross the non-periodic direction).
+    builder = NeighbourListBuilder(CONFIG.radial_cutoff_ang)
+    for atoms in (slab, ni_cu_slab(vacuum_ang=0.5)):
+        i, j, shifts = builder.pairs(torch.tensor(atoms.positions), torch.tensor(atoms.cell[:]), (True, True, False))
+        ours = sorted(zip(i.tolist(), j.tolist(), map(tuple, shifts.long().tolist())))
+        ase_pairs = neighbor_list("ijS", atoms, CONFIG.radial_cutoff_ang)
+        assert ours == sorted(zip(ase_pairs[0].tolist(), ase_pairs[1].tolist(), map(tuple, ase_pairs[2].tolist())))
+    # The DFT instrument computes the slab as EMT does; a slab has no stress (no volume).
+    structure = AtomicStructure.from_atoms(slab)
+    assert structure.periodic == (True, True, False) and structure.to_atoms().pbc.tolist() == [True, True, False]
+    labelled = oracle.label(slab)
+    reference = slab.copy()
+    reference.calc = EMT()
+    assert labelled.get_potential_energy() == pytest.approx(reference.get_potential_energy(), abs=1e-10)
+    np.testing.assert_allclose(labelled.get_forces(), reference.get_forces(), atol=1e-10)
+    assert "stress" not in labelled.calc.results
+    # Against EMT: the surface costs energy (the slab lies above the same atoms in bulk, per EMT).
+    bulk_ni, bulk_cu = bulk("Ni", "fcc", a=3.55), bulk("Cu", "fcc", a=3.55)
+    per_atom = {}
+    for name, b in (("Ni", bulk_ni), ("Cu", bulk_cu)):
+        b.calc = EMT()
+        per_atom[name] = b.get_potential_energy() / len(b)
+    bulk_energy = sum(per_atom[s] for s in slab.get_chemical_symbols())
+    area = np.linalg.norm(np.cross(slab.cell[0], slab.cell[1]))
+    surface_energy = (labelled.get_potential_energy() - bulk_energy) / (2 * area)
+    assert 0.05 < surface_energy < 0.2  # eV/A^2: EMT's (111) surfaces of Ni and Cu
+    # The MLIP calculator: forces are minus the energy's gradient on the slab too, no stress, and an
+    # in-plane periodic slab with a vacuum wider than the cutoff has the energy of the same atoms in a
+    # fully periodic box (nothing reaches across the vacuum).
+    calc = MlipCalculator(model, device="cpu", float64=True, skin_ang=0.0)
+    slab.calc = calc
+    energy, forces = slab.get_potential_energy(), slab.get_forces()
+    h = 1e-5
+    for atom, axis in [(0, 2), (9, 0), (15, 2)]:
+        moved = [slab.copy(), slab.copy()]
+        for sign, a in zip((1, -1), moved):
+            a.positions[atom, axis] += sign * h
+            a.calc = MlipCalculator(model, device="cpu", float64=True, skin_ang=0.0)
+        numeric = -(moved[0].get_potential_energy() - moved[1].get_potential_energy()) / (2 * h)
+        assert forces[atom, axis] == pytest.approx(numeric, abs=1e-6)
+    boxed = slab.copy()
+    boxed.pbc = True
+    boxed.calc = MlipCalculator(model, device="cpu", float64=True, skin_ang=0.0)
+    assert boxed.get_potential_energy() == pytest.approx(energy, abs=1e-9)
+    with pytest.raises(Exception, match="stress"):
+        slab.get_stress()
+    wire = slab.copy()
+    wire.pbc = [True, False, False]
+    wire.calc = MlipCalculator(model, device="cpu", float64=True, skin_ang=0.0)
+    assert np.isfinite(wire.get_potential_energy())
+    with pytest.raises(ValueError, match=r"periodic along \['a', 'b', 'c'\], but those cell vectors are zero"):
+        flat = slab.copy()
+        flat.cell[2] = 0.0
+        flat.pbc = True
+        flat.calc = MlipCalculator(model, device="cpu")
+        flat.get_potential_energy()
 
 
 @pytest.fixture(scope="module")

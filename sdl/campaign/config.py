@@ -198,6 +198,13 @@ class InstrumentConfig(Section):
         limits = getattr(driver_parameters(self.driver, self.options), "limits", None)
         return limits if isinstance(limits, ProcessLimits) else None
 
+    @property
+    def composition_range(self) -> tuple[str, dict[str, tuple[float, float]]] | None:
+        """(balance, free element -> (low, high)) the driver can model, if it declares one (a simulated
+        furnace: its twin's CALPHAD table)."""
+        declared = getattr(driver_parameters(self.driver, self.options), "composition_range", None)
+        return declared() if callable(declared) else None
+
     @model_validator(mode="after")
     def _driver_options(self) -> InstrumentConfig:
         driver_parameters(self.driver, self.options)
@@ -267,6 +274,10 @@ class CampaignConfig(Section):
             raise ValueError(f"instruments serve stations {unused} that are not in the workflow {self.workflow}")
         if self.process_planner is not None and self.process:
             raise ValueError("give either a fixed `process` route or a `process_planner`, not both")
+        runs_routes = [i.name for i in self.instruments if i.process_limits is not None]
+        if runs_routes and not self.process and self.process_planner is None:
+            raise ValueError(f"instruments {runs_routes} run heat-treatment routes, and the campaign gives none: set "
+                             "`process` (a fixed route) or `process_planner` (e.g. {kind: process})")
         for instrument in self.instruments:  # a fixed route is checked against every instrument that runs routes
             limits = instrument.process_limits
             if limits is not None and self.process:
@@ -274,6 +285,10 @@ class CampaignConfig(Section):
                     limits.check(self.process, instrument=instrument.service_name)
                 except ValueError as e:
                     raise ValueError(f"process: {e}") from None
+        for instrument in self.instruments:
+            declared = instrument.composition_range
+            if declared is not None and self.space.composition is not None:
+                self._check_composition_range(instrument.name, *declared)
         context = self.agent_context()
         for agent in self.agents:
             cls = agent.agent_class
@@ -286,6 +301,17 @@ class CampaignConfig(Section):
                     raise ValueError(f"{agent.service_name} needs an agent that provides {capability!r}, and none "
                                      "does (e.g. simulators: [{kind: phase_boundary}] for feasibility)")
         return self
+
+    def _check_composition_range(self, name: str, balance: str, free: dict[str, tuple[float, float]]) -> None:
+        comp = self.space.composition
+        if comp.balance_element != balance or set(comp.free_elements) != set(free):
+            raise ValueError(f"instrument {name} models {sorted(free)} with balance {balance}; the space designs "
+                             f"{sorted(comp.free_elements)} with balance {comp.balance_element}")
+        for e in sorted(free):
+            lo, hi = comp.elements[e]
+            if lo < free[e][0] - 1e-9 or hi > free[e][1] + 1e-9:
+                raise ValueError(f"instrument {name} tabulates CALPHAD for {e} in [{free[e][0]}, {free[e][1]}]; the "
+                                 f"space allows [{lo}, {hi}]: widen its twin.grid or narrow the space")
 
     def design_fingerprint(self) -> str:
         """Hash of what defines the experiments (space, objective, planners, seed, process, instruments,

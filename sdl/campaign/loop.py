@@ -67,7 +67,7 @@ from sdl.ledger.documents import (
     ExperimentInterrupted,
     FeasibilityLearned,
     PlannerFailed,
-    RouteFallback,
+    RoutePlanned,
     SecurityRefused,
     TargetReached,
 )
@@ -121,7 +121,7 @@ class Campaign:
         planner = config.planner
         self._feasibility_provider = (config.provider("feasibility")
                                       if "feasibility" in planner.agent_class.requires(planner.settings) else None)
-        self._route_notes: set[str] = set()
+        self._route_sources: set[str] = set()
         self._next_number = 0  # of the next experiment id (e00042), after the highest in the ledger
 
     @property
@@ -324,18 +324,18 @@ class Campaign:
             except ValueError as e:
                 raise CampaignError(f"planner {proposal.planner} proposed a point outside the space: {e}") from e
         ids = [f"e{self._next_number + i:05d}" for i in range(len(points))]
-        routes, fallbacks = self._routes(client, points, ids)
+        routes, route_notes = self._routes(client, points, ids)
         predicted = proposal.predicted + [{}] * (len(points) - len(proposal.predicted))
         records = ledger.plan((PlannedExperiment(experiment_id=i, point=p, process=r, planner=proposal.planner,
                                                  idempotency_key=f"{self.campaign_id}:{i}", predicted=e)
-                               for i, p, r, e in zip(ids, points, routes, predicted)), notes=fallbacks)
+                               for i, p, r, e in zip(ids, points, routes, predicted)), notes=route_notes)
         self._next_number += len(records)
         return records
 
     def _routes(self, client: BusClient, points: list[DesignPoint],
-                ids: list[str]) -> tuple[list[tuple[ProcessStep, ...]], list[RouteFallback]]:
+                ids: list[str]) -> tuple[list[tuple[ProcessStep, ...]], list[RoutePlanned]]:
         """The configured fixed route for each point, or the process planner's, asked for the batch at once;
-        and a document for each route that is not the policy's, saying why."""
+        and, for the planner's, a document per route saying how it was chosen."""
         spec = self.config.process_planner
         if spec is None:
             return [tuple(self.config.process)] * len(points), []
@@ -344,14 +344,15 @@ class Campaign:
             timeout_s=spec.request_timeout_s, retries=2))
         if len(answer.routes) != len(points):
             raise CampaignError(f"{spec.service_name} answered {len(answer.routes)} routes for {len(points)} alloys")
-        fallbacks = []
+        planned = []
         for experiment_id, route in zip(ids, answer.routes):
-            if route.source != "policy":
-                if route.note not in self._route_notes:  # the log says each reason once; the ledger every time
-                    self._route_notes.add(route.note)
-                    log.warning("process planner: %s", route.note)
-                fallbacks.append(RouteFallback(experiment_id=experiment_id, source=route.source, note=route.note))
-        return [tuple(route.steps) for route in answer.routes], fallbacks
+            if route.source not in self._route_sources:  # the log says each source once; the ledger every time
+                self._route_sources.add(route.source)
+                log.info("process planner: first %s route (%s): %s", route.source, experiment_id, route.note)
+            planned.append(RoutePlanned(experiment_id=experiment_id, source=route.source,
+                                        expected_hardness_hv=route.expected_hardness_hv,
+                                        expected_returns=route.expected_returns, note=route.note))
+        return [tuple(route.steps) for route in answer.routes], planned
 
     def _feasibility_model(self, ledger: Ledger, client: BusClient) -> FeasibilityModel | None:
         """P(feasible) for a planner that needs it, asked of the agent that provides it once (it learns

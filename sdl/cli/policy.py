@@ -59,25 +59,32 @@ def policy_train(config: Path, out: Path | None, iterations: int | None, ray_add
     click.echo(f"trained in {summary['training_seconds']:.0f} s; checkpoint: {summary['checkpoint']}")
     if n:
         click.echo(f"held-out compositions ({n}), return as a share of the exhaustive optimum: policy {share['policy']:.1%}, "
-                   f"textbook {share['textbook']:.1%}, random {share['random']:.1%}")
-    click.echo(f"wrote {run_dir}/learning_curve.png, training.json")
+                   f"handed out by the process planner {share['handed_out']:.1%}, textbook {share['textbook']:.1%}, "
+                   f"random {share['random']:.1%}")
+    click.echo(f"wrote {run_dir}/policy.npz (the policy: use it with `process_planner: {{settings: {{policy: PATH}}}}`), "
+               "learning_curve.png, training.json")
 
 
 @policy.command("route")
-@click.argument("checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("composition", nargs=-1, required=True, metavar="ELEMENT=FRACTION...")
-def policy_route(checkpoint: Path, composition: tuple[str, ...]) -> None:
-    """Print the route a trained policy plans for a composition, e.g. Al=0.11 Co=0.13 Cr=0.10."""
-    from sdl.agents.process_policy import ProcessPolicy
+@click.option("--policy", "policy_file", type=click.Path(exists=True, path_type=Path),
+              help="Policy file, or a `sdl policy train` run folder (default: the policy sdl ships).")
+def policy_route(composition: tuple[str, ...], policy_file: Path | None) -> None:
+    """Print the route the process planner would hand out for a composition (e.g. Al=0.11 Co=0.13
+    Cr=0.10): the policy's, the textbook one or none, whichever is expected to return most."""
+    from sdl.agents.process_policy import SHIPPED_POLICY, ProcessPolicy, choose_route
 
     fractions = assignments(composition, "COMPOSITION", "ELEMENT=FRACTION")
     try:
-        steps, hardness_hv, total = ProcessPolicy(checkpoint).route(fractions)
+        policy = ProcessPolicy(policy_file or SHIPPED_POLICY)
+        options = {"policy": policy.route(fractions), "textbook": policy.textbook(fractions),
+                   "as_cast": ([], policy.as_cast(fractions), 0.0)}
     except (FileNotFoundError, ValueError) as e:
         raise click.ClickException(str(e)) from None
-    for i, step in enumerate(steps, 1):
-        click.echo(f"{i}. {step.operation:12s} {step.temperature_k:7.0f} K  {step.duration_s / 3600:5.1f} h  "
-                   f"then {step.quench_medium} quench")
-    if not steps:
-        click.echo("no heat treatment (the policy stops at once)")
-    click.echo(f"expected hardness {hardness_hv:.0f} HV (return {total:.3f})")
+    best = choose_route(options["policy"][0], options["policy"][2], options["textbook"][2])
+    click.echo(f"policy {policy.path}")
+    for name, (steps, hardness_hv, total) in options.items():
+        holds = ", ".join(f"{s.temperature_k:.0f} K {s.duration_s / 3600:g} h" for s in steps) or "no heat treatment"
+        mark = "->" if name == best else "  "
+        click.echo(f"{mark} {name:9s} {holds:52s} expected {hardness_hv:4.0f} HV, return {total:+.3f}")
+    click.echo("(each hold is followed by a water quench; -> marks the route the process planner hands out)")

@@ -194,7 +194,8 @@ class FeasibilityLearned(Document):
 
 
 class RouteFallback(Document):
-    """The process planner handed out a route that is not its policy's, and why."""
+    """The process planner handed out a route that is not its policy's, and why (ledgers before
+    ``process.route_planned``; read, no longer written)."""
 
     kind: Literal["process.route_fallback"] = "process.route_fallback"
     experiment_id: str
@@ -202,10 +203,22 @@ class RouteFallback(Document):
     note: str
 
 
+class RoutePlanned(Document):
+    """How the process planner chose an experiment's route: its source (policy, textbook, as_cast),
+    the hardness it expects, the expected return of each option it compared, and why."""
+
+    kind: Literal["process.route_planned"] = "process.route_planned"
+    experiment_id: str
+    source: str
+    expected_hardness_hv: float | None = None
+    expected_returns: dict[str, float] = Field(default_factory=dict)
+    note: str = ""
+
+
 AnyDocument = Annotated[
     Union[CampaignStarted, CampaignResumed, CampaignStopped, LedgerRecovered, TargetReached, ExperimentPlanned, ExperimentDispatched,
           ExperimentStep, ExperimentDone, ExperimentFailed, ExperimentInterrupted, ExperimentDecided, AgentPlaced,
-          AgentJoined, AgentLost, SecurityRefused, PlannerFailed, FeasibilityLearned, RouteFallback],
+          AgentJoined, AgentLost, SecurityRefused, PlannerFailed, FeasibilityLearned, RouteFallback, RoutePlanned],
     Field(discriminator="kind"),
 ]
 _DOCUMENT = TypeAdapter(AnyDocument)

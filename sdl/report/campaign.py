@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sdl.ledger import ExperimentRecord, Ledger  # noqa: E402
-from sdl.ledger.documents import AgentLost  # noqa: E402
+from sdl.ledger.documents import AgentLost, RoutePlanned  # noqa: E402
 from sdl.objective import ConstraintConfig  # noqa: E402
 from sdl.report import alloy  # noqa: E402
 
@@ -92,7 +92,7 @@ def write_report(campaign_dir: str | Path, out: str | Path | None = None) -> Pat
         _plot_timeline(finished, out / "timeline.png")
         config = ledger.get_meta("config") or {}
         extra = _constraint_page(config, finished) + _pareto_page(config, finished, out)
-        extra += _routes_page(config, finished, measurement)
+        extra += _routes_page(ledger, config, finished, measurement, out)
         extra += _alloy_pages(config, finished, measurement, direction, out)
         (out / "summary.md").write_text(_markdown(ledger, finished, measurement, direction, recommendation) + extra)
     return out / "summary.md"
@@ -114,24 +114,68 @@ def _constraint_page(config: dict, records) -> str:
             f"{known.count(False)} of {len(known)} ({known.count(False) / len(known):.0%})\n")
 
 
-def _routes_page(config: dict, records, measurement: str) -> str:
-    """Which heat-treatment routes the process planner chose, how often, and what they gave."""
+def _routes_page(ledger: Ledger, config: dict, records, measurement: str, out: Path) -> str:
+    """The heat-treatment route the process planner chose for each alloy, where it came from (policy,
+    textbook, as cast) and why, the hardness it expected and what was measured; and the routes by use."""
     if not config.get("process_planner"):
         return ""
-    groups: dict[str, list[float]] = {}
-    for r in records:
-        if r.status != "done" or not r.result:
-            continue
-        route = " → ".join(f"{s.temperature_k:.0f} K {s.duration_s / 3600:g} h" for s in r.process
-                           if s.operation != "quench")
-        groups.setdefault(route or "(none)", []).append(r.result.measurements.get(measurement, float("nan")))
-    if not groups:
+    planned = {d.experiment_id: d for d in ledger.documents(RoutePlanned)}
+    done = [r for r in records if r.status == "done" and r.result]
+    if not done:
         return ""
-    lines = ["", "## Heat-treatment routes (planner.process)", "",
-             f"| route (holds, each water-quenched) | experiments | median {measurement} |", "|---|---|---|"]
+
+    def holds(r: ExperimentRecord) -> str:
+        return " → ".join(f"{s.temperature_k:.0f} K {s.duration_s / 3600:g} h" for s in r.process
+                          if s.operation != "quench") or "as cast"
+
+    groups: dict[str, list[float]] = {}
+    for r in done:
+        groups.setdefault(holds(r), []).append(r.result.measurements.get(measurement, float("nan")))
+    sources = [planned[r.experiment_id].source for r in done if r.experiment_id in planned]
+    lines = ["", "## Heat-treatment routes (planner.process)", ""]
+    if sources:
+        counts = ", ".join(f"{s} {sources.count(s)}" for s in ("policy", "textbook", "as_cast") if s in sources)
+        lines += [f"Chosen per alloy as the best expected return of the policy's route, the textbook route and "
+                  f"leaving it as cast: {counts}.", "", "![routes](routes.png)", ""]
+    lines += [f"| route (holds, each water-quenched) | experiments | median {measurement} |", "|---|---|---|"]
     for route, values in sorted(groups.items(), key=lambda kv: -len(kv[1])):
         lines.append(f"| {route} | {len(values)} | {np.nanmedian(values):.4g} |")
+    lines += ["", "### Route per alloy", "",
+              f"| experiment | composition | route | source | expected {measurement} | measured | why |",
+              "|---|---|---|---|---|---|---|"]
+    for r in done:
+        doc = planned.get(r.experiment_id)
+        comp = r.point.composition.root if r.point.composition is not None else {}
+        composition = " ".join(f"{e}{100 * x:.1f}" for e, x in comp.items())
+        expected = f"{doc.expected_hardness_hv:.0f}" if doc and doc.expected_hardness_hv is not None else "–"
+        lines.append(f"| {r.experiment_id} | {composition} | {holds(r)} | {doc.source if doc else '–'} | {expected} | "
+                     f"{r.result.measurements.get(measurement, float('nan')):.4g} | "
+                     f"{(doc.note.split(';')[0] if doc else '')} |")
+    if sources:
+        _plot_routes(done, planned, measurement, out / "routes.png")
     return "\n".join(lines) + "\n"
+
+
+def _plot_routes(records, planned: dict, measurement: str, path: Path) -> None:
+    """Measured against expected hardness per alloy, by the source of its route."""
+    fig, ax = plt.subplots(figsize=(5.6, 4.6))
+    for source, color, marker in (("policy", "C1", "o"), ("textbook", "C2", "s"), ("as_cast", "C7", "^")):
+        pairs = [(planned[r.experiment_id].expected_hardness_hv, r.result.measurements.get(measurement))
+                 for r in records if r.experiment_id in planned and planned[r.experiment_id].source == source
+                 and planned[r.experiment_id].expected_hardness_hv is not None]
+        if pairs:
+            x, y = np.array(pairs, dtype=float).T
+            ax.scatter(x, y, color=color, marker=marker, label=f"{source} ({len(pairs)})", alpha=0.8)
+    lo, hi = ax.get_xlim()
+    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="measured = expected")
+    ax.set_xlabel(f"expected {measurement} of the chosen route (twin kinetics)")
+    ax.set_ylabel(f"measured {measurement}")
+    ax.set_title("Heat-treatment routes: what the process planner expected")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def _pareto_page(config: dict, records, out: Path) -> str:
