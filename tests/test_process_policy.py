@@ -364,3 +364,38 @@ def test_the_shipped_policy_is_near_the_exhaustive_optimum_on_held_out_alloys():
     for row in scores["compositions"]:
         assert row["handed_out"] >= row["textbook"] - 1e-12, row
         assert row["handed_out"] >= 0.0
+
+
+def test_the_demo_config_is_refused_at_load_where_its_limits_or_ranges_do_not_fit(tmp_path):
+    """Issue 18: a furnace maximum tighter than the policy's action grid passed load_config and was refused
+    only when the agent started, after Ray and the CALPHAD tables were up. Now `load_config` refuses it,
+    and every other range that would fail mid-campaign, in one line each."""
+    import yaml
+
+    from sdl.campaign import load_config
+    from sdl.settings import ConfigError
+
+    demo = yaml.safe_load(open("configs/demo.yaml").read())
+    load_config("configs/demo.yaml")  # as shipped: fits
+
+    def refused(config: dict, match: str) -> None:
+        path = tmp_path / "campaign.yaml"
+        path.write_text(yaml.safe_dump(config))
+        with pytest.raises(ConfigError, match=match):
+            load_config(path)
+
+    cool = yaml.safe_load(yaml.safe_dump(demo))
+    for furnace in cool["instruments"][1:3]:
+        furnace["options"]["limits"]["max_temperature_k"] = 1350
+    refused(cool, r"planner.process: policy .*heat_treatment.npz can choose holds outside the instruments' limits: "
+                  r".*1400.0 K is above the furnace's maximum 1350")
+    wide = yaml.safe_load(yaml.safe_dump(demo))
+    wide["space"]["composition"]["elements"]["Al"] = [0.0, 0.145]
+    refused(wide, r"planner.process: policy .* was trained on Al in \[0.02, 0.145\]; the campaign's space allows \[0.0, 0.145\]")
+    beyond = yaml.safe_load(yaml.safe_dump(demo))
+    beyond["space"]["composition"]["elements"]["Cr"] = [0.0, 0.25]
+    beyond["process_planner"] = {"kind": "process", "settings": {"policy": None}}
+    refused(beyond, r"instrument furnace-1 tabulates CALPHAD for Cr in \[0.0, 0.2\]; the space allows \[0.0, 0.25\]")
+    unrouted = yaml.safe_load(yaml.safe_dump(demo))
+    del unrouted["process_planner"]
+    refused(unrouted, r"instruments \['furnace-1', 'furnace-2'\] run heat-treatment routes, and the campaign gives none")
