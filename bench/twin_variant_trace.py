@@ -1,0 +1,115 @@
+"""Diagnosis (issue 19): where the best feasible alloys of a twin variant lie, what a planner proposes
+there, and what its feasibility classifier believes about them as experiments come in.
+
+    python bench/twin_variant_trace.py --solution 1350 --ageing 1100 --planner bo_cautious_wide --seeds 0,1
+
+Prints, for the variant (the twin with another target phase state):
+- the band of alloys within 95 % of the best feasible hardness (4,000 Sobol' points of the space);
+- each proposal of each seed (composition, noiseless hardness, feasible), and when it first reaches 95 %;
+- P(feasible) of the planner's classifier at the five best feasible alloys after 0, 12, 20 and all
+  experiments (the CALPHAD-trained classifier, Laplace-updated with each measured verdict as the
+  planner does with ``update_classifier``).
+Writes the trace to --out (JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import qmc
+
+PLANNERS = {
+    "bo_cautious_wide": {"kind": "bo", "constrained": True, "settings": {
+        "update_classifier": True, "feasibility_exponent": 2, "num_restarts": 20, "raw_samples": 1024}},
+    "bo_constrained": {"kind": "bo", "constrained": True, "settings": {"update_classifier": True}},
+    "random": {"kind": "random"},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--solution", type=float, default=1300.0, help="target solution temperature, K")
+    parser.add_argument("--ageing", type=float, default=1050.0, help="target ageing temperature, K")
+    parser.add_argument("--planner", choices=sorted(PLANNERS), default="bo_cautious_wide")
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--budget", type=int, default=40)
+    parser.add_argument("--out", type=Path, default=Path("runs/twin_variant_trace.json"))
+    args = parser.parse_args()
+
+    from sdl.agents.planner import ProposeRequest
+    from sdl.bench.config import BenchPlannerSpec, make_bench_planner
+    from sdl.bench.problems import ProblemSpec, make_problem
+    from sdl.experiment import Observation
+    from sdl.surrogates.phase_classifier import classifier_log_probability, update_classifier
+
+    torch.set_num_threads(2)
+    spec = ProblemSpec.model_validate({"name": "twin", "budget": args.budget, "phase_boundary": {
+        "target": {"solution_temperature_k": args.solution, "ageing_temperature_k": args.ageing}}})
+    problem = make_problem(spec)
+    space = problem.space
+    sampler = qmc.Sobol(d=space.dimension, scramble=True, seed=0)
+    points = []
+    while len(points) < 4000:
+        points.extend(space.from_unit_cube(sampler.random(1024))[0])
+    points = points[:4000]
+    hardness, feasible = problem.truth_in_bulk(points)
+    best = float(hardness[feasible].max())
+    good = feasible & (hardness >= 0.95 * best)
+    free = list(space.composition.free_elements)
+    comp = np.array([[p.composition[e] for e in free] for p in points])
+    print(f"variant: solutionise {args.solution:.0f} K, age {args.ageing:.0f} K; feasible share {feasible.mean():.2f}; "
+          f"best feasible {best:.1f} HV; {good.sum()} of {len(points)} points within 95 %")
+    print("  band within 95 %: " + ", ".join(f"{e} {comp[good, j].min():.3f}-{comp[good, j].max():.3f}"
+                                              for j, e in enumerate(free)))
+    top = np.argsort(-np.where(feasible, hardness, -np.inf))[:5]
+    columns = list(space.composition.elements)
+
+    def as_tensor(rows: list[dict]) -> torch.Tensor:
+        return torch.tensor([[r[e] for e in columns] for r in rows], dtype=torch.double)
+
+    best_rows = [points[i].composition.root for i in top]
+    traces = []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        planner = make_bench_planner(BenchPlannerSpec.model_validate({"name": args.planner, **PLANNERS[args.planner]}),
+                                     problem, seed)
+        classifier = problem.feasibility_model(seed) if "feasibility" in planner.requires(planner.settings) else None
+        rng = np.random.default_rng([seed, 7])
+        observations, rows = [], []
+        for k in range(args.budget):
+            started = time.perf_counter()
+            point = planner.propose(ProposeRequest(n=1, observations=observations, feasibility=classifier))[0]
+            seconds = time.perf_counter() - started
+            measured = problem.measure([point], rng)[0]
+            observations.append(Observation(point=point, status="done", measurements=measured))
+            value, ok = problem.truth([point])
+            rows.append({**point.composition.root, "hardness_hv": float(value[0]), "feasible": bool(ok[0]),
+                         "planner_s": seconds})
+            print(f"seed {seed} {k:2d} " + " ".join(f"{e} {point.composition[e]:.4f}" for e in free)
+                  + f"  {value[0]:6.1f} HV  {'feasible' if ok[0] else 'INFEASIBLE'}  {seconds:4.1f} s", flush=True)
+        reached = next((k + 1 for k, r in enumerate(rows) if r["feasible"] and r["hardness_hv"] >= 0.95 * best), None)
+        print(f"seed {seed}: 95 % of the best reached after {reached or 'more than ' + str(args.budget)} experiments; "
+              f"{sum(not r['feasible'] for r in rows)} infeasible")
+        if classifier is not None:
+            for upto in (0, 12, 20, len(rows)):
+                model = classifier
+                if upto:
+                    model = update_classifier(classifier, columns, as_tensor(rows[:upto]),
+                                              torch.tensor([float(r["feasible"]) for r in rows[:upto]], dtype=torch.double))
+                with torch.no_grad():
+                    p = classifier_log_probability(model, columns)(as_tensor(best_rows)).exp().numpy()
+                print(f"  after {upto:2d} experiments: P(feasible) at the five best feasible alloys {np.round(p, 2)}")
+        traces.append({"seed": seed, "reached": reached, "rows": rows})
+    problem.close()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"solution_k": args.solution, "ageing_k": args.ageing, "best_hv": best,
+                                    "planner": args.planner, "traces": traces}, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
