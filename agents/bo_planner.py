@@ -42,6 +42,7 @@ from scipy.stats import qmc
 from sdl.agents.base import AgentContext, Capability
 from sdl.agents.causal_planner import CausalPlanner, CausalSettings
 from sdl.agents.planner import Planner, ProposeRequest, SobolPlanner
+from sdl.env.calphad import DEFAULT_DATABASE
 from sdl.experiment import Composition, DesignPoint, Observation
 from sdl.objective import ConstraintConfig, ObjectiveConfig
 from sdl.settings import NoSettings, Section
@@ -52,6 +53,29 @@ from sdl.surrogates.projection import project_capped_simplex
 DTYPE = torch.double
 
 
+class CalphadPhysicsSettings(Section):
+    """The planner's own thermodynamics (``feasibility: calphad``): its database and the campaign's heat
+    treatment, from which it tabulates CALPHAD features once (:mod:`sdl.surrogates.calphad_features`)."""
+
+    solution_temperature_k: float = Field(gt=0, description="the campaign's solutionising temperature")
+    ageing_temperature_k: float = Field(gt=0, description="the campaign's ageing temperature")
+    database: str = Field(default=DEFAULT_DATABASE, description="the planner's database (TDB path or pycalphad:NAME)")
+    points_per_axis: int = Field(default=9, ge=2, le=33, description="grid points per free element of the table")
+    offset_sd_k: float = Field(default=40.0, gt=0, description="how far (K) the database's solvus may be off, a priori")
+    objective_inputs: list[Literal["gamma_prime_at_ageing", "brittle_at_ageing", "solution_margin_k",
+                                   "ageing_margin_k"]] = Field(
+        default_factory=list, description="CALPHAD features the objective's GP sees beside the composition (hybrid "
+                                          "surrogate); none: the GP sees the composition only")
+    cache_path: str | None = Field(default=None, description="CALPHAD cache (default: ~/.cache/sdl)")
+
+    @model_validator(mode="after")
+    def _order(self) -> CalphadPhysicsSettings:
+        if self.ageing_temperature_k >= self.solution_temperature_k:
+            raise ValueError(f"ageing ({self.ageing_temperature_k} K) must be below solutionising "
+                             f"({self.solution_temperature_k} K)")
+        return self
+
+
 class BoSettings(Section):
     """How the BO planner works (``planner: {kind: bo, settings: ...}``); the objective is the campaign's."""
 
@@ -59,9 +83,12 @@ class BoSettings(Section):
         default="nei", description="one objective: noisy log-EI (joint over the feasible incumbents) or plug-in log-EI")
     extra_objectives: list[ObjectiveConfig] = Field(
         default_factory=list, description="more objectives besides the campaign's: multi-objective BO with log-NEHVI")
-    feasibility: Literal["none", "classifier", "measured"] = Field(
+    feasibility: Literal["none", "classifier", "measured", "calphad"] = Field(
         default="none", description="where P(feasible) comes from: an agent providing `feasibility` (the CALPHAD "
-                                    "phase-boundary simulator), or a GP on `constraint`")
+                                    "phase-boundary simulator), a GP on `constraint`, or the planner's own CALPHAD "
+                                    "margin corrected by the measured verdicts (`calphad` settings)")
+    calphad: CalphadPhysicsSettings | None = Field(
+        default=None, description="feasibility 'calphad': the planner's database and the campaign's heat treatment")
     constraint: ConstraintConfig | None = Field(
         default=None, description="what counts as feasible in the measurements (for 'measured', 'penalty' and reports)")
     constraint_handling: Literal["probability", "penalty"] = Field(
@@ -87,6 +114,9 @@ class BoSettings(Section):
     def _consistent(self) -> BoSettings:
         if self.feasibility == "measured" and self.constraint is None:
             raise ValueError("feasibility 'measured' needs a constraint (measurements and at_least/at_most)")
+        if self.feasibility == "calphad" and (self.calphad is None or self.constraint is None):
+            raise ValueError("feasibility 'calphad' needs the `calphad` settings (solution_temperature_k, "
+                             "ageing_temperature_k) and a constraint giving the measured verdicts")
         if self.update_classifier and (self.feasibility != "classifier" or self.constraint is None):
             raise ValueError("update_classifier needs feasibility 'classifier' and a constraint giving the verdicts")
         if self.constraint_handling == "penalty":
@@ -152,6 +182,13 @@ class BoPlanner(Planner):
             lows += [lo for lo, _ in space.composition.elements.values()]
             highs += [hi for _, hi in space.composition.elements.values()]
         self.bounds = torch.tensor([lows, highs], dtype=DTYPE)
+        self.calphad_feasibility = self.calphad_features = None
+        if settings.calphad is not None:
+            self.calphad_features = self._calphad_features(settings.calphad)
+        if settings.feasibility == "calphad":
+            from sdl.surrogates.calphad_features import CalphadFeasibility
+
+            self.calphad_feasibility = CalphadFeasibility(self.calphad_features, offset_sd_k=settings.calphad.offset_sd_k)
         self.equality_constraints = []
         # Columns the GP sees: everything but the balance element (see the module docstring).
         self.model_columns = torch.arange(len(self.columns))
@@ -191,15 +228,48 @@ class BoPlanner(Planner):
 
     # -- models --------------------------------------------------------------------------------
 
-    def _gp(self, x: torch.Tensor, y: torch.Tensor):
+    def _calphad_features(self, physics: CalphadPhysicsSettings):
+        """CALPHAD features of compositions, tabulated once from the planner's own database."""
+        from sdl.env.calphad import default_cache_path
+        from sdl.surrogates.calphad_features import CalphadFeatures
+
+        comp = self.context.require_space("the `calphad` settings", composition=True).composition
+        self.free_index = torch.tensor([self.columns.index(e) for e in comp.free_elements])
+        return CalphadFeatures(comp.free_elements, comp.balance_element,
+                               {e: comp.elements[e] for e in comp.free_elements},
+                               solution_temperature_k=physics.solution_temperature_k,
+                               ageing_temperature_k=physics.ageing_temperature_k, database=physics.database,
+                               points_per_axis=physics.points_per_axis,
+                               cache_path=physics.cache_path or default_cache_path())
+
+    def _gp(self, x: torch.Tensor, y: torch.Tensor, *, physics: bool = False):
         # Fitted from scratch each time: a planner is a pure function of its request, so a restarted
         # actor proposes what the lost one would have (about 0.6 s at 100 observations, 2 threads).
-        return fit_single_task_gp(x, y, bounds=self.bounds, columns=self.model_columns)
+        names = self.settings.calphad.objective_inputs if physics and self.settings.calphad is not None else []
+        if not names:
+            return fit_single_task_gp(x, y, bounds=self.bounds, columns=self.model_columns)
+        table = self.calphad_features
+        chosen = torch.tensor([table.names.index(n) for n in names])
+        values = table.values[chosen].reshape(len(names), -1)
+        feature_bounds = torch.stack([values.min(dim=1).values, values.max(dim=1).values])
+        feature_bounds[1] = torch.maximum(feature_bounds[1], feature_bounds[0] + 1e-6)
+        free_index = self.free_index
+        return fit_single_task_gp(x, y, bounds=self.bounds, columns=self.model_columns,
+                                  features=lambda X: table(X[..., free_index])[..., chosen],
+                                  feature_bounds=feature_bounds)
 
     def _log_feasibility(self, request: ProposeRequest, done: list[Observation]):
         s = self.settings
         if s.constraint_handling == "penalty" or s.feasibility == "none":
             return None
+        if s.feasibility == "calphad":
+            labelled = [(o, s.constraint.satisfied(o.measurements)) for o in done]
+            labelled = [(o, ok) for o, ok in labelled if ok is not None]
+            model = self.calphad_feasibility
+            if labelled:
+                x = self.to_tensor([o.point for o, _ in labelled])[:, self.free_index]
+                model = model.updated(x, torch.tensor([float(ok) for _, ok in labelled], dtype=DTYPE))
+            return lambda X: model.log_probability(X[..., self.free_index])
         if s.feasibility == "classifier":
             if request.feasibility is None:
                 raise ValueError("this planner weighs by a feasibility classifier, but the request carries none")
@@ -255,7 +325,7 @@ class BoPlanner(Planner):
         position = len(request.observations) + len(request.pending)
         torch.manual_seed(self.seed * 1_000_003 + position)
         x = self.to_tensor([o.point for o in done])
-        model = self._gp(x, y)
+        model = self._gp(x, y, physics=True)
         log_feasibility = self._log_feasibility(request, done)
         pending = self.to_tensor(request.pending) if request.pending else None
         chosen: list[torch.Tensor] = []
@@ -292,10 +362,13 @@ class BoPlanner(Planner):
             points = self.warm_start.propose(request)
             self.predicted = self.warm_start.predicted
             return points
-        if self.settings.feasibility != "classifier" or request.feasibility is None:
+        if self.settings.feasibility == "calphad":
+            log_probability = self._log_feasibility(request, [])
+        elif self.settings.feasibility == "classifier" and request.feasibility is not None:
+            log_probability = classifier_log_probability(request.feasibility, self.columns)
+        else:
             return self.initial.propose(request)
         position = len(request.observations) + len(request.pending)
-        log_probability = classifier_log_probability(request.feasibility, self.columns)
         kept: list[DesignPoint] = []
         scanned = 0
         while len(kept) < position + request.n:

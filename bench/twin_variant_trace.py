@@ -27,6 +27,13 @@ PLANNERS = {
     "bo_cautious_wide": {"kind": "bo", "constrained": True, "settings": {
         "update_classifier": True, "feasibility_exponent": 2, "num_restarts": 20, "raw_samples": 1024}},
     "bo_constrained": {"kind": "bo", "constrained": True, "settings": {"update_classifier": True}},
+    # P(feasible) from the planner's own CALPHAD margin, corrected by the verdicts (issue 19)
+    "bo_calphad": {"kind": "bo", "constrained": True, "settings": {
+        "feasibility": "calphad", "feasibility_exponent": 2, "num_restarts": 20, "raw_samples": 1024}},
+    # the same, and the objective's GP also sees the CALPHAD gamma-prime fraction and solution margin
+    "bo_calphad_hybrid": {"kind": "bo", "constrained": True, "settings": {
+        "feasibility": "calphad", "feasibility_exponent": 2, "num_restarts": 20, "raw_samples": 1024,
+        "calphad": {"objective_inputs": ["gamma_prime_at_ageing", "solution_margin_k"]}}},
     "random": {"kind": "random"},
 }
 
@@ -94,6 +101,17 @@ def main() -> None:
         reached = next((k + 1 for k, r in enumerate(rows) if r["feasible"] and r["hardness_hv"] >= 0.95 * best), None)
         print(f"seed {seed}: 95 % of the best reached after {reached or 'more than ' + str(args.budget)} experiments; "
               f"{sum(not r['feasible'] for r in rows)} infeasible")
+        calphad = getattr(planner, "calphad_feasibility", None)
+        if calphad is not None:
+            free_index = [columns.index(e) for e in free]
+            for upto in (0, 12, 20, len(rows)):
+                model = calphad if not upto else calphad.updated(
+                    as_tensor(rows[:upto])[:, free_index],
+                    torch.tensor([float(r["feasible"]) for r in rows[:upto]], dtype=torch.double))
+                with torch.no_grad():
+                    p = model.log_probability(as_tensor(best_rows)[:, free_index]).exp().numpy()
+                print(f"  after {upto:2d} experiments: P(feasible) at the five best feasible alloys {np.round(p, 2)}; "
+                      f"boundary shift {model.boundary_shift_k:+.1f} K")
         if classifier is not None:
             for upto in (0, 12, 20, len(rows)):
                 model = classifier

@@ -1,21 +1,35 @@
-"""CALPHAD quantities as differentiable features of composition, from the planner's *own* database.
+"""CALPHAD quantities as differentiable features of composition, from the planner's *own* database,
+and the feasibility model built on them.
 
-The BO planner's hybrid surrogate (issue 19) sees, beside the composition, what thermodynamics says
-about it at the campaign's heat treatment: the equilibrium gamma-prime fraction at the ageing
-temperature (what precipitation strengthening grows from), the brittle-phase fraction there, and
-whatever is not gamma at the solution temperature (what solutionising fails to dissolve). They come from the database the planner is
-configured with (never the truth's: a lab's database is its belief, not the world), tabulated once
-on a grid over the design space with :meth:`PhaseEquilibria.grid` (batched pycalphad, cached on
-disk like the twin's tables), so a proposal costs no CALPHAD call at all.
+The BO planner (issue 19) can see, beside the composition, what thermodynamics says about it at the
+campaign's heat treatment. The quantities come from the database the planner is configured with,
+never the truth's: a lab's database is its belief, not the world. They are tabulated once, on a
+grid over the design space and a ladder of temperatures, with :meth:`PhaseEquilibria.grid` (batched
+pycalphad, cached on disk like the twin's tables), so a proposal costs no CALPHAD call at all.
+:data:`FEATURES`:
 
-Evaluation is multilinear interpolation of that table in torch, so the features are differentiable
-and the acquisition optimiser can follow them. Written by hand because ``grid_sample`` covers at
-most three dimensions on normalised coordinates and scipy's interpolators are not differentiable.
+- ``gamma_prime_at_ageing``: the equilibrium gamma-prime fraction at the ageing temperature, what
+  precipitation strengthening grows from;
+- ``brittle_at_ageing``: the brittle-phase fraction there;
+- ``solution_margin_k``: how far, in kelvin, the solution temperature lies from the nearest
+  temperature where the alloy stops being (or starts being) single gamma. It is positive when
+  solutionising dissolves everything, and its size is the distance to the gamma-prime solvus;
+- ``ageing_margin_k``: the same for "no brittle phase" at the ageing temperature.
+
+The margins are signed distances in temperature, not fractions. A fraction is flat (zero) over the
+whole feasible region, so it cannot say *how* safe an alloy is. A margin can. A database that is
+off by a shifted solvus is then off by a constant in the margin, which a two-parameter correction
+learns from a handful of verdicts (:class:`CalphadFeasibility`).
+
+Evaluation is multilinear interpolation of the table in torch, so the features are differentiable
+and the acquisition optimiser can follow them. Written by hand: ``grid_sample`` covers at most three
+dimensions on normalised coordinates, and scipy's interpolators are not differentiable.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -23,17 +37,45 @@ import numpy as np
 import torch
 
 from sdl.env.calphad import BRITTLE, DEFAULT_DATABASE, PhaseEquilibria
+from sdl.surrogates.phase_classifier import laplace_logistic_update, log_probit_probability
 
-FEATURES = ("gamma_prime_at_ageing", "brittle_at_ageing", "not_gamma_at_solution")
+FEATURES = ("gamma_prime_at_ageing", "brittle_at_ageing", "solution_margin_k", "ageing_margin_k")
+DEFAULT_LADDER_K = tuple(float(t) for t in range(900, 1501, 50))
+DTYPE = torch.double
+
+
+def temperature_margin(values: np.ndarray, temperatures_k: np.ndarray, at_k: float, tolerance: float) -> np.ndarray:
+    """Signed distance (K) from ``at_k`` to the nearest temperature where ``values`` (T x points)
+    crosses ``tolerance``: positive where the value at ``at_k`` is within tolerance, negative where
+    not; capped at the ladder's ends. Crossings are interpolated linearly between ladder temperatures."""
+    t = np.asarray(temperatures_k, dtype=float)
+    k = int(np.argmin(np.abs(t - at_k)))
+    cap = float(max(t[-1] - t[k], t[k] - t[0]))
+    out = np.empty(values.shape[1])
+    for p in range(values.shape[1]):
+        v = values[:, p]
+        inside = v[k] <= tolerance
+        best = cap
+        for step in (-1, 1):  # walk down, then up, to the first temperature on the other side
+            j = k
+            while 0 <= j + step < len(t) and (v[j + step] <= tolerance) == inside:
+                j += step
+            if 0 <= j + step < len(t):
+                a, b = v[j] - tolerance, v[j + step] - tolerance
+                crossing = t[j] + (t[j + step] - t[j]) * a / (a - b) if a != b else t[j]
+                best = min(best, abs(crossing - t[k]))
+        out[p] = best if inside else -best
+    return out
 
 
 class CalphadFeatures:
     """Features (..., len(FEATURES)) of free-element mole fractions (..., k), by interpolating a table
-    tabulated once from ``database`` over ``bounds`` at the two temperatures."""
+    tabulated once from ``database`` over ``bounds`` and a ladder of temperatures."""
 
     def __init__(self, free_elements: Sequence[str], balance: str, bounds: Mapping[str, tuple[float, float]], *,
                  solution_temperature_k: float, ageing_temperature_k: float, database: str = DEFAULT_DATABASE,
-                 points_per_axis: int = 9, cache_path: str | Path | None = None) -> None:
+                 points_per_axis: int = 9, ladder_k: Sequence[float] = DEFAULT_LADDER_K, tolerance: float = 0.01,
+                 cache_path: str | Path | None = None) -> None:
         if ageing_temperature_k >= solution_temperature_k:
             raise ValueError(f"ageing ({ageing_temperature_k} K) must be below solutionising "
                              f"({solution_temperature_k} K)")
@@ -42,19 +84,28 @@ class CalphadFeatures:
             raise ValueError(f"no bounds for {missing}")
         self.free_elements = tuple(free_elements)
         self.database = database
+        self.solution_temperature_k = float(solution_temperature_k)
+        self.ageing_temperature_k = float(ageing_temperature_k)
+        self.tolerance = tolerance
         axes = {e: np.linspace(bounds[e][0], bounds[e][1], points_per_axis if bounds[e][1] > bounds[e][0] else 1)
                 for e in self.free_elements}
+        temperatures = sorted({*map(float, ladder_k), self.solution_temperature_k, self.ageing_temperature_k})
         equilibria = PhaseEquilibria(database, elements=(*self.free_elements, balance), cache_path=cache_path)
         try:
-            table = equilibria.grid(axes, [ageing_temperature_k, solution_temperature_k])
+            table = equilibria.grid(axes, temperatures)
         finally:
             equilibria.close()
-        # table.temperatures_k is sorted: index 0 ageing, 1 solution.
-        age = {c: np.nan_to_num(v[0]) for c, v in table.fractions.items()}
-        sol = {c: np.nan_to_num(v[1]) for c, v in table.fractions.items()}
-        values = np.stack([age["gamma_prime"], sum(age[c] for c in BRITTLE), 1.0 - sol["gamma"]])
-        self.values = torch.as_tensor(np.clip(values, 0.0, 1.0), dtype=torch.double)  # (features, *axes)
-        self.axes = [torch.as_tensor(a, dtype=torch.double) for a in table.axes]
+        t = table.temperatures_k
+        shape = table.fractions["gamma"].shape  # (T, *axes)
+        flat = {c: np.nan_to_num(v).reshape(len(t), -1) for c, v in table.fractions.items()}
+        not_gamma = 1.0 - flat["gamma"]
+        brittle = sum(flat[c] for c in BRITTLE)
+        i_age = int(np.argmin(np.abs(t - self.ageing_temperature_k)))
+        columns = [flat["gamma_prime"][i_age], brittle[i_age],
+                   temperature_margin(not_gamma, t, self.solution_temperature_k, tolerance),
+                   temperature_margin(brittle, t, self.ageing_temperature_k, tolerance)]
+        self.values = torch.as_tensor(np.stack(columns).reshape(len(FEATURES), *shape[1:]), dtype=DTYPE)
+        self.axes = [torch.as_tensor(a, dtype=DTYPE) for a in table.axes]
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -65,7 +116,7 @@ class CalphadFeatures:
         if x.shape[-1] != len(self.axes):
             raise ValueError(f"expected {len(self.axes)} columns ({self.free_elements}), got {x.shape[-1]}")
         batch = x.shape[:-1]
-        flat = x.reshape(-1, len(self.axes)).to(self.values.dtype)
+        flat = x.reshape(-1, len(self.axes)).to(DTYPE)
         lower, weight = [], []
         for column, axis in zip(flat.T, self.axes):
             if len(axis) == 1:
@@ -76,11 +127,62 @@ class CalphadFeatures:
             i = torch.searchsorted(axis, clamped.detach(), right=True).sub(1).clamp(0, len(axis) - 2)
             lower.append(i)
             weight.append((clamped - axis[i]) / (axis[i + 1] - axis[i]))
-        out = torch.zeros(flat.shape[0], self.values.shape[0], dtype=self.values.dtype)
+        out = torch.zeros(flat.shape[0], self.values.shape[0], dtype=DTYPE)
         for corner in itertools.product((0, 1), repeat=len(self.axes)):
-            index, w = [], torch.ones(flat.shape[0], dtype=self.values.dtype)
+            index, w = [], torch.ones(flat.shape[0], dtype=DTYPE)
             for bit, i, t, axis in zip(corner, lower, weight, self.axes):
                 index.append((i + bit).clamp(max=len(axis) - 1))
                 w = w * (t if bit else 1.0 - t)
             out = out + w[:, None] * self.values[(slice(None), *index)].T
         return out.reshape(*batch, self.values.shape[0])
+
+    def margin_k(self, x: torch.Tensor) -> torch.Tensor:
+        """The alloy's margin to the target phase state (K): the smaller of the two margins."""
+        features = self(x)
+        return torch.minimum(features[..., 2], features[..., 3])
+
+
+class CalphadFeasibility:
+    """P(target phase state | composition) = probit(offset + slope x margin / scale), with the margin from
+    the planner's own CALPHAD (:meth:`CalphadFeatures.margin_k`) and a Gaussian posterior over
+    (offset, slope), updated by Laplace with each experiment's measured verdict.
+
+    The prior says the database is right (offset 0, a steep slope) and allows it to be off: the
+    offset's sd is ``offset_sd_k`` (K of solvus shift). A verdict moves the two numbers, so it moves
+    the boundary everywhere by the same temperature, as a shifted solvus would. One infeasible
+    alloy far beyond the boundary agrees with the database and moves nothing, where a polynomial
+    classifier on composition would bend its whole boundary (the cause of issue 19's plateaus)."""
+
+    def __init__(self, features: CalphadFeatures, *, scale_k: float = 25.0, slope: float = 2.0,
+                 slope_sd: float = 1.0, offset_sd_k: float = 40.0) -> None:
+        self.features = features
+        self.scale_k = scale_k
+        self.mean = torch.tensor([0.0, slope], dtype=DTYPE)
+        self.covariance = torch.diag(torch.tensor([(slope * offset_sd_k / scale_k) ** 2, slope_sd ** 2], dtype=DTYPE))
+
+    def _phi(self, x_free: torch.Tensor) -> torch.Tensor:
+        margin = self.features.margin_k(x_free) / self.scale_k
+        return torch.stack([torch.ones_like(margin), margin], dim=-1)
+
+    def updated(self, x_free: torch.Tensor, labels: torch.Tensor) -> CalphadFeasibility:
+        """A copy with the posterior after these verdicts (1 feasible, 0 not)."""
+        other = object.__new__(CalphadFeasibility)
+        other.features, other.scale_k = self.features, self.scale_k
+        if len(labels):
+            other.mean, other.covariance = laplace_logistic_update(self._phi(x_free), labels.to(DTYPE), self.mean,
+                                                                   self.covariance)
+        else:
+            other.mean, other.covariance = self.mean, self.covariance
+        return other
+
+    def log_probability(self, x_free: torch.Tensor) -> torch.Tensor:
+        """log P(feasible), differentiable in ``x_free`` (..., k)."""
+        phi = self._phi(x_free)
+        return log_probit_probability(phi @ self.mean, ((phi @ self.covariance) * phi).sum(dim=-1).clamp_min(0.0))
+
+    @property
+    def boundary_shift_k(self) -> float:
+        """Where the posterior puts the boundary relative to the database's (K; positive: the truth
+        needs more margin than the database says)."""
+        offset, slope = (float(v) for v in self.mean)
+        return -offset / slope * self.scale_k if abs(slope) > 1e-12 else math.inf

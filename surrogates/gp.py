@@ -13,19 +13,47 @@ import numpy as np
 import torch
 from botorch.fit import fit_gpytorch_mll
 from botorch.models import SingleTaskGP
-from botorch.models.transforms.input import ChainedInputTransform, FilterFeatures, Normalize
+from botorch.models.transforms.input import ChainedInputTransform, FilterFeatures, InputTransform, Normalize
 from botorch.models.transforms.outcome import Standardize
 from gpytorch.mlls import ExactMarginalLogLikelihood
 
 
+class AppendComputedFeatures(InputTransform):
+    """Appends ``f(X)`` (..., m) to the inputs X (..., d): quantities computed from the inputs (the
+    planner's CALPHAD features of a composition) that the kernel sees beside them. Applied in
+    training, evaluation and fantasies alike, so the model is a GP on (x, f(x)) everywhere."""
+
+    is_one_to_many = False
+
+    def __init__(self, f) -> None:
+        super().__init__()
+        self.f = f
+        self.transform_on_train = True
+        self.transform_on_eval = True
+        self.transform_on_fantasize = True
+
+    def transform(self, X: torch.Tensor) -> torch.Tensor:
+        return torch.cat([X, self.f(X).to(X)], dim=-1)
+
+
 def fit_single_task_gp(x: torch.Tensor, y: torch.Tensor, *, bounds: torch.Tensor,
-                       columns: torch.Tensor | None = None) -> SingleTaskGP:
+                       columns: torch.Tensor | None = None, features=None,
+                       feature_bounds: torch.Tensor | None = None) -> SingleTaskGP:
     """A GP on ``x`` (n x d) -> ``y`` (n x m), noise inferred, outcomes standardised, inputs normalised
     over ``bounds`` (2 x d); only ``columns`` of x enter the kernel (all by default), so a coordinate
-    that is a function of the others (a composition's balance element) does not get a lengthscale."""
+    that is a function of the others (a composition's balance element) does not get a lengthscale.
+    With ``features`` (X -> (..., m)) the kernel also sees those, normalised over ``feature_bounds``
+    (2 x m): a hybrid of physics-derived and raw inputs."""
     columns = torch.arange(x.shape[-1]) if columns is None else columns
-    inputs = ChainedInputTransform(free=FilterFeatures(feature_indices=columns),
-                                   normalize=Normalize(d=len(columns), bounds=bounds[:, columns]))
+    if features is None:
+        inputs = ChainedInputTransform(free=FilterFeatures(feature_indices=columns),
+                                       normalize=Normalize(d=len(columns), bounds=bounds[:, columns]))
+    else:
+        m = feature_bounds.shape[-1]
+        kept = torch.cat([columns, x.shape[-1] + torch.arange(m)])
+        inputs = ChainedInputTransform(
+            physics=AppendComputedFeatures(features), free=FilterFeatures(feature_indices=kept),
+            normalize=Normalize(d=len(kept), bounds=torch.cat([bounds[:, columns], feature_bounds.to(bounds)], dim=-1)))
     model = SingleTaskGP(x, y, input_transform=inputs, outcome_transform=Standardize(m=y.shape[-1]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # input-scaling and fit-restart warnings on small data sets

@@ -280,8 +280,16 @@ def update_classifier(model: FeasibilityModel, columns: list[str], x: torch.Tens
     by hand because the update runs inside the planner, on the Gaussian posterior it was sent, not on pyro's.
     """
     phi = classifier_features(model, columns)(x)
-    prior_mean = torch.tensor(model.weight_mean, dtype=DTYPE)
-    prior_precision = torch.linalg.inv(torch.tensor(model.weight_covariance, dtype=DTYPE))
+    w, covariance = laplace_logistic_update(phi, labels, torch.tensor(model.weight_mean, dtype=DTYPE),
+                                            torch.tensor(model.weight_covariance, dtype=DTYPE), iterations=iterations)
+    return model.model_copy(update={"weight_mean": w.tolist(), "weight_covariance": covariance.tolist()})
+
+
+def laplace_logistic_update(phi: torch.Tensor, labels: torch.Tensor, prior_mean: torch.Tensor,
+                            prior_covariance: torch.Tensor, *, iterations: int = 25) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gaussian posterior (mean, covariance) of logistic-regression weights with features ``phi``
+    (n x k) and 0/1 ``labels``, from a Gaussian prior: Newton's method to the mode, the Hessian there."""
+    prior_precision = torch.linalg.inv(prior_covariance)
     w = prior_mean.clone()
     for _ in range(iterations):
         p = torch.sigmoid(phi @ w)
@@ -293,8 +301,7 @@ def update_classifier(model: FeasibilityModel, columns: list[str], x: torch.Tens
             break
     p = torch.sigmoid(phi @ w)
     covariance = torch.linalg.inv((phi.T * (p * (1 - p))) @ phi + prior_precision)
-    covariance = 0.5 * (covariance + covariance.T)
-    return model.model_copy(update={"weight_mean": w.tolist(), "weight_covariance": covariance.tolist()})
+    return w, 0.5 * (covariance + covariance.T)
 
 
 def feasibility_probability(model: FeasibilityModel, points: list[DesignPoint]) -> np.ndarray:

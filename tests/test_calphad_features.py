@@ -1,5 +1,6 @@
-"""CALPHAD features for the hybrid surrogate: the planner's own database, tabulated once, interpolated
-in torch exactly as the twin's table is (scipy), differentiable, and bounded."""
+"""CALPHAD features for the BO planner: the planner's own database, tabulated once, interpolated in
+torch exactly as scipy interpolates the same table, differentiable; the temperature margins; and the
+feasibility model a far-off infeasible verdict cannot bend."""
 
 from __future__ import annotations
 
@@ -9,9 +10,16 @@ import torch
 from scipy.interpolate import RegularGridInterpolator
 
 from sdl.env.calphad import BRITTLE, PhaseEquilibria
-from sdl.surrogates.calphad_features import FEATURES, CalphadFeatures
+from sdl.surrogates.calphad_features import (
+    DEFAULT_LADDER_K,
+    FEATURES,
+    CalphadFeasibility,
+    CalphadFeatures,
+    temperature_margin,
+)
 
 BOUNDS = {"Al": (0.02, 0.14), "Co": (0.0, 0.15), "Cr": (0.0, 0.15)}
+SOLUTION_K, AGEING_K = 1300.0, 1050.0
 
 
 @pytest.fixture(scope="module")
@@ -21,30 +29,45 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def features(cache):
-    return CalphadFeatures(("Al", "Co", "Cr"), "Ni", BOUNDS, solution_temperature_k=1300.0,
-                           ageing_temperature_k=1050.0, points_per_axis=3, cache_path=cache)
+    return CalphadFeatures(("Al", "Co", "Cr"), "Ni", BOUNDS, solution_temperature_k=SOLUTION_K,
+                           ageing_temperature_k=AGEING_K, points_per_axis=3, cache_path=cache)
+
+
+def test_temperature_margins_are_signed_distances_to_the_crossing():
+    t = np.array([900.0, 1000.0, 1100.0, 1200.0, 1300.0])
+    # gamma-prime-like: present below a solvus at 1150 K (crossing 0.01 halfway between 1100 and 1200)
+    solvus = np.array([[0.3], [0.2], [0.02], [0.0], [0.0]])
+    assert temperature_margin(solvus, t, 1300.0, 0.01)[0] == pytest.approx(1300 - 1150)
+    assert temperature_margin(solvus, t, 1000.0, 0.01)[0] == pytest.approx(-(1150 - 1000))
+    # never within tolerance, or always: the ladder's reach, with the sign
+    assert temperature_margin(np.full((5, 1), 0.5), t, 1100.0, 0.01)[0] == -200.0
+    assert temperature_margin(np.zeros((5, 1)), t, 1100.0, 0.01)[0] == 200.0
+    # a phase window in the middle: the nearer crossing counts
+    window = np.array([[0.0], [0.0], [0.0], [0.5], [0.0]])
+    assert temperature_margin(window, t, 1000.0, 0.01)[0] == pytest.approx(1100 + 100 * 0.01 / 0.5 - 1000)
 
 
 def test_features_interpolate_the_planners_own_table(features, cache):
     equilibria = PhaseEquilibria(elements=("Al", "Co", "Cr", "Ni"), cache_path=cache)
     axes = {e: np.linspace(lo, hi, 3) for e, (lo, hi) in BOUNDS.items()}
-    table = equilibria.grid(axes, [1050.0, 1300.0])  # from the cache: the features' own computation
+    temperatures = sorted({*DEFAULT_LADDER_K, SOLUTION_K, AGEING_K})
+    table = equilibria.grid(axes, temperatures)  # from the cache: the features' own computation
     equilibria.close()
     rng = np.random.default_rng(0)
     x = np.column_stack([rng.uniform(lo, hi, 200) for lo, hi in BOUNDS.values()])
     ours = features(torch.as_tensor(x)).numpy()
-    assert ours.shape == (200, len(FEATURES)) and np.all((ours >= 0) & (ours <= 1))
-
-    def scipy(constituent_values, t_index):
-        return RegularGridInterpolator(table.axes, np.nan_to_num(constituent_values[t_index]))(x)
-
-    expected = np.column_stack([scipy(table.fractions["gamma_prime"], 0),
-                                sum(scipy(table.fractions[c], 0) for c in BRITTLE),
-                                1.0 - scipy(table.fractions["gamma"], 1)])
-    np.testing.assert_allclose(ours, np.clip(expected, 0, 1), atol=1e-9)
-    # At the grid's own points the table's values come back exactly.
-    corner = torch.tensor([[0.14, 0.0, 0.15]], dtype=torch.double)
-    assert features(corner)[0, 0].item() == pytest.approx(table.fractions["gamma_prime"][0, 2, 0, 2], abs=1e-12)
+    assert ours.shape == (200, len(FEATURES))
+    t = table.temperatures_k
+    i_age = int(np.argmin(np.abs(t - AGEING_K)))
+    flat = {c: np.nan_to_num(v).reshape(len(t), -1) for c, v in table.fractions.items()}
+    grids = [flat["gamma_prime"][i_age], sum(flat[c] for c in BRITTLE)[i_age],
+             temperature_margin(1.0 - flat["gamma"], t, SOLUTION_K, 0.01),
+             temperature_margin(sum(flat[c] for c in BRITTLE), t, AGEING_K, 0.01)]
+    expected = np.column_stack([RegularGridInterpolator(table.axes, g.reshape(3, 3, 3))(x) for g in grids])
+    np.testing.assert_allclose(ours, expected, atol=1e-9)
+    # Al raises the gamma-prime solvus: the solution margin shrinks as Al grows (Co, Cr fixed)
+    margins = features(torch.tensor([[al, 0.05, 0.05] for al in (0.03, 0.08, 0.13)], dtype=torch.double))[:, 2]
+    assert margins[0] > margins[1] > margins[2]
 
 
 def test_features_are_differentiable_and_batch_shaped(features):
@@ -58,3 +81,65 @@ def test_features_are_differentiable_and_batch_shaped(features):
         features(torch.zeros(2, 2, dtype=torch.double))
     with pytest.raises(ValueError, match="ageing .* must be below solutionising"):
         CalphadFeatures(("Al",), "Ni", {"Al": (0.0, 0.1)}, solution_temperature_k=1000, ageing_temperature_k=1100)
+
+
+def test_a_far_infeasible_verdict_moves_nothing_and_a_shifted_boundary_is_learned(features):
+    """Issue 19's plateau: one infeasible alloy far beyond the boundary bent a polynomial classifier's
+    whole boundary. On the CALPHAD margin it agrees with the database and moves nothing; verdicts that
+    put the boundary 30 K inside the database's move it there, everywhere at once."""
+    prior = CalphadFeasibility(features)
+    rng = np.random.default_rng(1)
+    x = torch.as_tensor(np.column_stack([rng.uniform(lo, hi, 400) for lo, hi in BOUNDS.values()]))
+    margin = features.margin_k(x)
+    far = x[margin < -80][:2]
+    after = prior.updated(far, torch.zeros(len(far), dtype=torch.double))
+    assert abs(after.boundary_shift_k) < 2.0
+    safe = x[(margin > 10) & (margin < 60)][:5]
+    np.testing.assert_allclose(after.log_probability(safe).exp(), prior.log_probability(safe).exp(), atol=0.02)
+    # the truth needs 30 K more margin than the database says: verdicts on both sides of it
+    labels = (margin > 30.0).double()
+    learned = prior.updated(x, labels)
+    assert learned.boundary_shift_k == pytest.approx(30.0, abs=8.0)
+    p = learned.log_probability(x).exp()
+    assert float(p[margin > 60].min()) > 0.9 and float(p[margin < 0].max()) < 0.1
+
+
+def test_the_bo_planner_weighs_by_its_own_calphad_and_models_hardness_on_it(cache):
+    """planner.bo with `feasibility: calphad` and CALPHAD objective inputs: one table from the planner's
+    own database (this module's cache: no new CALPHAD call), a proposal inside the space, P(feasible)
+    corrected by the verdicts, and a GP that sees the features."""
+    from sdl.agents.base import AgentContext
+    from sdl.agents.bo_planner import BoPlanner, BoSettings
+    from sdl.agents.planner import ProposeRequest
+    from sdl.experiment import Composition, DesignPoint, Observation
+    from sdl.objective import ObjectiveConfig
+    from sdl.space import SearchSpace
+
+    space = SearchSpace.model_validate({"composition": {"elements": {"Ni": [0.55, 0.98], **{e: list(b) for e, b in
+                                                                                             BOUNDS.items()}},
+                                                        "balance": "Ni"}})
+    settings = BoSettings.model_validate({
+        "feasibility": "calphad", "initial_points": 4, "num_restarts": 2, "raw_samples": 64,
+        "constraint": {"measurements": ["processable"], "at_least": 0.5},
+        "calphad": {"solution_temperature_k": SOLUTION_K, "ageing_temperature_k": AGEING_K, "points_per_axis": 3,
+                    "cache_path": str(cache), "objective_inputs": ["gamma_prime_at_ageing", "solution_margin_k"]}})
+    planner = BoPlanner(settings, AgentContext(space=space, seed=0,
+                                               objective=ObjectiveConfig(measurement="hardness_hv", direction="maximize")))
+    assert planner.requires(settings) == frozenset()  # no phase-boundary agent needed: its own CALPHAD
+    features = planner.calphad_features
+    rows = [(0.05, 0.05, 0.05, 1.0), (0.10, 0.10, 0.05, 1.0), (0.08, 0.02, 0.12, 1.0), (0.14, 0.15, 0.15, 0.0),
+            (0.12, 0.07, 0.07, 1.0)]
+    observations = []
+    for al, co, cr, ok in rows:
+        point = DesignPoint(composition=Composition({"Ni": 1 - al - co - cr, "Al": al, "Co": co, "Cr": cr}))
+        gp = float(features(torch.tensor([[al, co, cr]], dtype=torch.double))[0, 0])
+        observations.append(Observation(point=point, status="done",
+                                        measurements={"hardness_hv": 100 + 400 * gp, "processable": ok}))
+    (proposal,) = planner.propose(ProposeRequest(n=1, observations=observations))
+    space.check(proposal)
+    model = planner._gp(planner.to_tensor([o.point for o in observations]),
+                        torch.tensor([[o.measurements["hardness_hv"]] for o in observations], dtype=torch.double),
+                        physics=True)
+    assert model.train_inputs[0].shape[-1] == 3 + 2  # Al, Co, Cr and the two CALPHAD features
+    with pytest.raises(ValueError, match="feasibility 'calphad' needs the `calphad` settings"):
+        BoSettings.model_validate({"feasibility": "calphad", "constraint": {"measurements": ["p"], "at_least": 0.5}})

@@ -77,12 +77,18 @@ def problem_context(problem: BenchProblem, seed: int) -> AgentContext:
 def planner_settings(spec: BenchPlannerSpec, problem: BenchProblem) -> Section:
     """The planner's settings on this problem: its own, plus the problem's constraint when constrained."""
     settings = dict(spec.settings)
+    own_calphad = spec.agent_kind == "planner.bo" and settings.get("feasibility") == "calphad"
     if spec.constrained and problem.constraint is not None:
         settings["constraint"] = problem.constraint.model_dump()
-        if spec.agent_kind == "planner.bo":
+        if spec.agent_kind == "planner.bo" and not (own_calphad and problem.heat_treatment_k is not None):
             penalty = settings.get("constraint_handling") == "penalty"
             settings["feasibility"] = "none" if penalty else (
                 "classifier" if problem.has_feasibility_model else "measured")
+    if (settings.get("feasibility") == "calphad" or "calphad" in settings) and problem.heat_treatment_k is not None:
+        # The planner's own CALPHAD at the campaign's heat treatment (the route, not the truth's database).
+        solution_k, ageing_k = problem.heat_treatment_k
+        settings["calphad"] = {"solution_temperature_k": solution_k, "ageing_temperature_k": ageing_k,
+                               **settings.get("calphad", {})}
     if spec.agent_kind == "planner.bo" and settings.get("feasibility") != "classifier":
         settings.pop("update_classifier", None)  # it refines a classifier only where the problem has one
     return validate_settings(agent_class(spec.agent_kind), settings, name=spec.name)

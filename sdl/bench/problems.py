@@ -41,6 +41,7 @@ class BenchProblem:
     noise_sd: dict[str, float] = {}
     success: Literal["fraction_of_best", "gap_closed"] = "gap_closed"
     has_feasibility_model = False  # True where feasibility_model() learns one before any experiment
+    heat_treatment_k: tuple[float, float] | None = None  # (solution, ageing) K: the campaign's route, where it has one
 
     def evaluate(self, points: list[DesignPoint]) -> list[dict[str, float]]:
         raise NotImplementedError
@@ -126,6 +127,7 @@ class TwinProblem(BenchProblem):
                         quench_medium="water"),
         ]
         self.twin = AlloyTwin(cache_path=default_cache_path())
+        self.heat_treatment_k = (target.solution_temperature_k, target.ageing_temperature_k)
 
     def evaluate(self, points: list[DesignPoint]) -> list[dict[str, float]]:
         compositions = [p.composition.root for p in points]
