@@ -12,9 +12,12 @@ lie on the simplex by construction, not by a penalty.
 - Acquisition: noisy log expected improvement (``qLogNoisyExpectedImprovement``) over the feasible
   incumbents, or (``acquisition: ei``) plug-in log-EI over the best posterior mean at them, or
   log-NEHVI for several objectives; plus log P(feasible) per point. P(feasible) comes from the phase classifier
-  learned on CALPHAD (sent with the request as a :class:`FeasibilityModel`) or from a GP on a
-  measured constraint. Alternatively (``constraint_handling: penalty``) the objective itself is
-  penalised by how far a measured constraint is violated.
+  learned on CALPHAD (sent with the request as a :class:`FeasibilityModel`), from a GP on a
+  measured constraint, or (``feasibility: calphad``) from the planner's own CALPHAD margin corrected
+  by the measured verdicts (:class:`~sdl.surrogates.calphad_features.CalphadFeasibility`); the
+  objective's GP may also see CALPHAD features (``calphad.objective_inputs``). Alternatively
+  (``constraint_handling: penalty``) the objective itself is penalised by how far a measured
+  constraint is violated.
 - Batches: greedy sequential; each new point is chosen with the in-flight experiments and the
   points already chosen as pending points (``X_pending``), so an asynchronous campaign never asks
   twice for the same region.
