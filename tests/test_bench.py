@@ -81,6 +81,26 @@ def test_twin_problem_measures_hardness_and_processability():
     assert measured["hardness_hv"] != values[0] and abs(measured["hardness_hv"] - values[0]) < 30
 
 
+def test_a_calphad_planner_gets_each_twins_heat_treatment_and_falls_back_elsewhere():
+    """feasibility 'calphad' on a twin variant: the variant's own solution and ageing temperatures (the
+    route, not the truth's database); on a problem without a heat treatment: the measured constraint."""
+    from sdl.bench.config import BenchPlannerSpec, planner_settings
+
+    spec = BenchPlannerSpec(name="bo_calphad", kind="bo", constrained=True,
+                            settings={"feasibility": "calphad", "calphad": {"points_per_axis": 5}})
+    variant = make_problem(ProblemSpec.model_validate({"name": "twin", "budget": 4, "phase_boundary": {
+        "target": {"solution_temperature_k": 1350, "ageing_temperature_k": 1100}}}))
+    try:
+        settings = planner_settings(spec, variant)
+    finally:
+        variant.close()
+    assert settings.feasibility == "calphad" and settings.constraint.measurements == ["processable"]
+    assert (settings.calphad.solution_temperature_k, settings.calphad.ageing_temperature_k) == (1350, 1100)
+    assert settings.calphad.points_per_axis == 5
+    elsewhere = planner_settings(spec, make_problem(ProblemSpec(name="hartmann6_constrained")))
+    assert elsewhere.feasibility == "measured" and elsewhere.calphad is None
+
+
 def test_bench_runs_end_to_end_as_ray_tasks(tmp_path):
     config = tmp_path / "bench.yaml"
     config.write_text(yaml.safe_dump({

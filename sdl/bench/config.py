@@ -84,7 +84,9 @@ def planner_settings(spec: BenchPlannerSpec, problem: BenchProblem) -> Section:
             penalty = settings.get("constraint_handling") == "penalty"
             settings["feasibility"] = "none" if penalty else (
                 "classifier" if problem.has_feasibility_model else "measured")
-    if (settings.get("feasibility") == "calphad" or "calphad" in settings) and problem.heat_treatment_k is not None:
+    if problem.heat_treatment_k is None:
+        settings.pop("calphad", None)  # CALPHAD features need the campaign's heat treatment: alloy problems only
+    elif settings.get("feasibility") == "calphad" or "calphad" in settings:
         # The planner's own CALPHAD at the campaign's heat treatment (the route, not the truth's database).
         solution_k, ageing_k = problem.heat_treatment_k
         settings["calphad"] = {"solution_temperature_k": solution_k, "ageing_temperature_k": ageing_k,
