@@ -28,6 +28,7 @@ dimensions on normalised coordinates, and scipy's interpolators are not differen
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from collections.abc import Mapping, Sequence
@@ -166,13 +167,10 @@ class CalphadFeasibility:
 
     def updated(self, x_free: torch.Tensor, labels: torch.Tensor) -> CalphadFeasibility:
         """A copy with the posterior after these verdicts (1 feasible, 0 not)."""
-        other = object.__new__(CalphadFeasibility)
-        other.features, other.scale_k = self.features, self.scale_k
+        other = copy.copy(self)  # shares the table; only the posterior differs
         if len(labels):
             other.mean, other.covariance = laplace_logistic_update(self._phi(x_free), labels.to(DTYPE), self.mean,
                                                                    self.covariance)
-        else:
-            other.mean, other.covariance = self.mean, self.covariance
         return other
 
     def log_probability(self, x_free: torch.Tensor) -> torch.Tensor:
