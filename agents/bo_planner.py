@@ -61,7 +61,10 @@ class CalphadPhysicsSettings(Section):
     treatment, from which it tabulates CALPHAD features once (:mod:`sdl.surrogates.calphad_features`)."""
 
     solution_temperature_k: float = Field(gt=0, description="the campaign's solutionising temperature")
-    ageing_temperature_k: float = Field(gt=0, description="the campaign's ageing temperature")
+    ageing_temperature_k: float | None = Field(default=None, gt=0, description="the campaign's ageing temperature")
+    ageing_temperature_parameter: str | None = Field(
+        default=None, description="or: the space parameter that is the ageing temperature (K), where the campaign "
+                                  "designs it beside the composition")
     database: str = Field(default=DEFAULT_DATABASE, description="the planner's database (TDB path or pycalphad:NAME)")
     points_per_axis: int = Field(default=9, ge=2, le=33, description="grid points per free element of the table")
     offset_sd_k: float = Field(default=40.0, gt=0, description="how far (K) the database's solvus may be off, a priori")
@@ -73,7 +76,10 @@ class CalphadPhysicsSettings(Section):
 
     @model_validator(mode="after")
     def _order(self) -> CalphadPhysicsSettings:
-        if self.ageing_temperature_k >= self.solution_temperature_k:
+        if (self.ageing_temperature_k is None) == (self.ageing_temperature_parameter is None):
+            raise ValueError("give either ageing_temperature_k (a fixed ageing hold) or ageing_temperature_parameter "
+                             "(the space parameter that designs it)")
+        if self.ageing_temperature_k is not None and self.ageing_temperature_k >= self.solution_temperature_k:
             raise ValueError(f"ageing ({self.ageing_temperature_k} K) must be below solutionising "
                              f"({self.solution_temperature_k} K)")
         return self
@@ -165,6 +171,17 @@ class BoPlanner(Planner):
             context.require_space("candidate_generator 'cvae'", composition_only=True)
         if settings.initial_design == "causal":
             CausalPlanner.check(settings.causal, context)
+        physics = settings.calphad
+        if physics is not None:
+            context.require_space("the `calphad` settings", composition=True)
+            name = physics.ageing_temperature_parameter
+            if name is not None:
+                if name not in context.space.parameters:
+                    raise ValueError(f"calphad.ageing_temperature_parameter {name!r} is not a parameter of the space "
+                                     f"(it has {sorted(context.space.parameters) or 'none'})")
+                if context.space.parameters[name].high >= physics.solution_temperature_k:
+                    raise ValueError(f"the space lets {name} reach {context.space.parameters[name].high} K, not below "
+                                     f"the solutionising {physics.solution_temperature_k} K")
 
     @classmethod
     def requires(cls, settings: BoSettings) -> frozenset[Capability]:
@@ -232,16 +249,23 @@ class BoPlanner(Planner):
     # -- models --------------------------------------------------------------------------------
 
     def _calphad_features(self, physics: CalphadPhysicsSettings):
-        """CALPHAD features of compositions, tabulated once from the planner's own database."""
+        """CALPHAD features of compositions (and the designed ageing temperature), tabulated once from the
+        planner's own database."""
         from sdl.env.calphad import default_cache_path
         from sdl.surrogates.calphad_features import CalphadFeatures
 
         comp = self.context.require_space("the `calphad` settings", composition=True).composition
-        self.free_index = torch.tensor([self.columns.index(e) for e in comp.free_elements])
+        inputs = list(comp.free_elements)
+        ageing_k = physics.ageing_temperature_k
+        if physics.ageing_temperature_parameter is not None:
+            ageing = self.space.parameters[physics.ageing_temperature_parameter]
+            ageing_k = (ageing.low, ageing.high)
+            inputs.append(physics.ageing_temperature_parameter)
+        self.free_index = torch.tensor([self.columns.index(name) for name in inputs])  # the features' columns
         return CalphadFeatures(comp.free_elements, comp.balance_element,
                                {e: comp.elements[e] for e in comp.free_elements},
                                solution_temperature_k=physics.solution_temperature_k,
-                               ageing_temperature_k=physics.ageing_temperature_k, database=physics.database,
+                               ageing_temperature_k=ageing_k, database=physics.database,
                                points_per_axis=physics.points_per_axis,
                                cache_path=physics.cache_path or default_cache_path())
 

@@ -21,6 +21,7 @@ import importlib.resources
 import itertools
 import json
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -69,6 +70,52 @@ def resolve_database(database: str | Path) -> Path:
     if not path.is_file():
         raise CalphadError(f"thermodynamic database {path} does not exist")
     return path
+
+
+_PARAMETER = re.compile(r"^(\s*)PARA\w*\s+([A-Z0-9_]+\([^)]*\))\s+(\S+)\s+(.*)$", re.IGNORECASE | re.DOTALL)
+
+
+def _parameter_name(text: str) -> str:
+    return re.sub(r"\s+", "", text).upper()
+
+
+def shifted_database(database: str | Path, shifts_j_per_mol: dict[str, float], directory: str | Path) -> Path:
+    """A copy of ``database`` with constants (J/mol of formula unit) added to named parameters, e.g.
+    ``{"G(L12_FCC,NI:AL:VA;0)": -400}`` makes Ni3Al-type gamma-prime more stable: a thermodynamic
+    description that disagrees with the original as one assessment disagrees with another (or with
+    the world). Written under ``directory`` with a name from its content, so a campaign's cache keys
+    (the file's hash) keep the two apart. Every temperature range of a parameter gets the shift."""
+    source = resolve_database(database)
+    wanted = {_parameter_name(k): float(v) for k, v in shifts_j_per_mol.items()}
+    statements = source.read_text(encoding="latin-1").split("!")
+    found = set()
+    for i, statement in enumerate(statements):
+        match = _PARAMETER.match(statement)
+        if match is None or _parameter_name(match.group(2)) not in wanted:
+            continue
+        name = _parameter_name(match.group(2))
+        shift = f"{wanted[name]:+.10g}"
+        # Ranges: "T_low expr; T_high Y expr; ...; T_high N ref": the shift goes in front of every expr.
+        ranges = match.group(4).split(";")
+        ranges[0] = f"{shift}{ranges[0].strip()}"
+        for j in range(1, len(ranges) - 1):
+            high, flag, expression = (ranges[j].strip().split(None, 2) + ["", ""])[:3]
+            if flag.upper() == "Y":
+                ranges[j] = f" {high} Y {shift}{expression}"
+        statements[i] = f"{match.group(1)}PARAMETER {match.group(2)} {match.group(3)} {';'.join(ranges)}"
+        found.add(name)
+    missing = sorted(set(wanted) - found)
+    if missing:
+        raise CalphadError(f"database {source.name} has no parameter {', '.join(missing)} to shift")
+    text = "!".join(statements)
+    digest = hashlib.sha256(text.encode("latin-1")).hexdigest()[:12]
+    out = Path(directory) / f"{source.stem}-shifted-{digest}.tdb"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not out.is_file():
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(text, encoding="latin-1")
+        os.replace(tmp, out)  # atomic: a concurrent bench task never reads half a file
+    return out
 
 
 @dataclass(frozen=True)

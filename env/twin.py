@@ -25,7 +25,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sdl.env.calphad import BRITTLE, CONSTITUENTS, DEFAULT_DATABASE, PhaseEquilibria, PhaseTable
-from sdl.env.kinetics import KineticsParameters, Microstructure, apply_route
+from sdl.env.kinetics import KineticsParameters, Microstructure, apply_route, hold, quench
 from sdl.env.strength import StrengthParameters, elongation_pct, vickers_hardness, yield_strength_mpa
 from sdl.experiment import ProcessStep
 
@@ -139,20 +139,40 @@ class AlloyTwin:
                 for row, ti in zip(x, t)]
         return {c: np.array([r[c] for r in rows], dtype=float) for c in CONSTITUENTS}
 
-    def process(self, compositions, route: Sequence[ProcessStep]) -> Microstructure:
+    def process(self, compositions, route: Sequence[ProcessStep] | Sequence[Sequence[ProcessStep]]) -> Microstructure:
+        """The microstructure after ``route``: one route for every specimen, or one per specimen (the
+        same sequence of operations, each with its own temperatures and times, as a joint composition
+        and process design asks for), vectorised over specimens either way."""
         x = self.free_fractions(compositions)
-        self._check_route(route)
+        routes = _per_specimen(route, len(x))
+        if routes is None:
+            self._check_route(route)
+            return apply_route(Microstructure.initial(len(x), self.config.kinetics), route,
+                               lambda t: self.table(x, t)["gamma_prime"], self.config.kinetics)
+        for r in routes:
+            self._check_route(r)
         state = Microstructure.initial(len(x), self.config.kinetics)
-        return apply_route(state, route, lambda t: self.table(x, t)["gamma_prime"], self.config.kinetics)
+        for steps in zip(*routes):  # step by step, every specimen at once (kinetics.hold is vectorised)
+            if steps[0].operation == "quench":
+                state = quench(state)
+                continue
+            temperatures = np.array([s.temperature_k for s in steps])
+            durations = np.array([s.duration_s for s in steps])
+            state = hold(state, temperatures, durations, self.table(x, temperatures)["gamma_prime"], self.config.kinetics)
+            if steps[0].quench_medium in ("water", "oil"):
+                state = quench(state)
+        return state
 
-    def properties(self, compositions, route: Sequence[ProcessStep], *,
+    def properties(self, compositions, route: Sequence[ProcessStep] | Sequence[Sequence[ProcessStep]], *,
                    phase_state: Literal["exact", "table"] | None = None) -> SpecimenProperties:
-        """What each specimen becomes under ``route``; ``phase_state`` overrides the config's source
-        of its phases (``table`` for bulk screening of thousands of candidates)."""
+        """What each specimen becomes under ``route`` (one for all, or one per specimen: :meth:`process`);
+        ``phase_state`` overrides the config's source of its phases (``table`` for bulk screening of
+        thousands of candidates)."""
         x = self.free_fractions(compositions)
         micro = self.process(x, route)
-        holds = [s for s in route if s.operation != "quench"]
-        last_t = holds[-1].temperature_k if holds else self.temperature_range_k[0]
+        routes = _per_specimen(route, len(x)) or [route] * len(x)
+        last_t = np.array([next((s.temperature_k for s in reversed(r) if s.operation != "quench"),
+                                self.temperature_range_k[0]) for r in routes])
         if (phase_state or self.config.phase_state) == "table":
             phases = self.table(x, last_t)
         else:
@@ -182,3 +202,17 @@ class AlloyTwin:
                 raise ValueError(
                     f"{step.operation} at {step.temperature_k} K is outside the twin's tabulated {lo}-{hi} K"
                 )
+
+
+def _per_specimen(route, n: int) -> list[list[ProcessStep]] | None:
+    """``route`` as one route per specimen when given so (a sequence of sequences), else None."""
+    if not route or isinstance(route[0], ProcessStep):
+        return None
+    routes = [list(r) for r in route]
+    if len(routes) != n:
+        raise ValueError(f"{len(routes)} routes for {n} specimens: give one route, or one per specimen")
+    operations = [[(s.operation, s.quench_medium) for s in r] for r in routes]
+    if any(o != operations[0] for o in operations):
+        raise ValueError("routes per specimen must share their sequence of operations (each its own temperatures "
+                         "and times); run the specimens of different sequences separately")
+    return routes

@@ -74,23 +74,27 @@ class CalphadFeatures:
     tabulated once from ``database`` over ``bounds`` and a ladder of temperatures."""
 
     def __init__(self, free_elements: Sequence[str], balance: str, bounds: Mapping[str, tuple[float, float]], *,
-                 solution_temperature_k: float, ageing_temperature_k: float, database: str = DEFAULT_DATABASE,
-                 points_per_axis: int = 9, ladder_k: Sequence[float] = DEFAULT_LADDER_K, tolerance: float = 0.01,
-                 cache_path: str | Path | None = None) -> None:
-        if ageing_temperature_k >= solution_temperature_k:
-            raise ValueError(f"ageing ({ageing_temperature_k} K) must be below solutionising "
-                             f"({solution_temperature_k} K)")
+                 solution_temperature_k: float, ageing_temperature_k: float | tuple[float, float],
+                 database: str = DEFAULT_DATABASE, points_per_axis: int = 9, ladder_k: Sequence[float] = DEFAULT_LADDER_K,
+                 tolerance: float = 0.01, cache_path: str | Path | None = None) -> None:
+        designed = not isinstance(ageing_temperature_k, (int, float))
+        ageing_range = tuple(map(float, ageing_temperature_k)) if designed else (float(ageing_temperature_k),) * 2
+        if ageing_range[1] >= solution_temperature_k:
+            raise ValueError(f"ageing ({ageing_range[1]} K) must be below solutionising ({solution_temperature_k} K)")
         missing = [e for e in free_elements if e not in bounds]
         if missing:
             raise ValueError(f"no bounds for {missing}")
         self.free_elements = tuple(free_elements)
         self.database = database
         self.solution_temperature_k = float(solution_temperature_k)
-        self.ageing_temperature_k = float(ageing_temperature_k)
+        self.ageing_temperature_k = ageing_range if designed else ageing_range[0]
         self.tolerance = tolerance
         axes = {e: np.linspace(bounds[e][0], bounds[e][1], points_per_axis if bounds[e][1] > bounds[e][0] else 1)
                 for e in self.free_elements}
-        temperatures = sorted({*map(float, ladder_k), self.solution_temperature_k, self.ageing_temperature_k})
+        # Designed ageing (joint composition and process design): the ageing temperature is one more
+        # axis of the table, at the ladder's temperatures inside its range and at both ends.
+        ageing_axis = sorted({*ageing_range, *(float(t) for t in ladder_k if ageing_range[0] < t < ageing_range[1])})
+        temperatures = sorted({*map(float, ladder_k), self.solution_temperature_k, *ageing_axis})
         equilibria = PhaseEquilibria(database, elements=(*self.free_elements, balance), cache_path=cache_path)
         try:
             table = equilibria.grid(axes, temperatures)
@@ -101,21 +105,34 @@ class CalphadFeatures:
         flat = {c: np.nan_to_num(v).reshape(len(t), -1) for c, v in table.fractions.items()}
         not_gamma = 1.0 - flat["gamma"]
         brittle = sum(flat[c] for c in BRITTLE)
-        i_age = int(np.argmin(np.abs(t - self.ageing_temperature_k)))
-        columns = [flat["gamma_prime"][i_age], brittle[i_age],
-                   temperature_margin(not_gamma, t, self.solution_temperature_k, tolerance),
-                   temperature_margin(brittle, t, self.ageing_temperature_k, tolerance)]
-        self.values = torch.as_tensor(np.stack(columns).reshape(len(FEATURES), *shape[1:]), dtype=DTYPE)
+        solution_margin = temperature_margin(not_gamma, t, self.solution_temperature_k, tolerance)
+        per_ageing = []
+        for ageing_k in ageing_axis:
+            i_age = int(np.argmin(np.abs(t - ageing_k)))
+            per_ageing.append(np.stack([flat["gamma_prime"][i_age], brittle[i_age], solution_margin,
+                                        temperature_margin(brittle, t, ageing_k, tolerance)]))
+        values = np.stack(per_ageing, axis=-1).reshape(len(FEATURES), *shape[1:], len(ageing_axis))
         self.axes = [torch.as_tensor(a, dtype=DTYPE) for a in table.axes]
+        if designed:
+            self.axes.append(torch.as_tensor(ageing_axis, dtype=DTYPE))
+        else:
+            values = values[..., 0]
+        self.values = torch.as_tensor(values, dtype=DTYPE)
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The columns :meth:`__call__` takes: the free elements' fractions, and the ageing temperature
+        (K) where it is designed."""
+        return (*self.free_elements, *(("ageing_temperature_k",) if len(self.axes) > len(self.free_elements) else ()))
 
     @property
     def names(self) -> tuple[str, ...]:
         return FEATURES
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Features at free-element fractions ``x`` (..., k), clamped to the tabulated box."""
+        """Features at ``x`` (..., columns :attr:`inputs`), clamped to the tabulated box."""
         if x.shape[-1] != len(self.axes):
-            raise ValueError(f"expected {len(self.axes)} columns ({self.free_elements}), got {x.shape[-1]}")
+            raise ValueError(f"expected {len(self.axes)} columns {self.inputs}, got {x.shape[-1]}")
         batch = x.shape[:-1]
         flat = x.reshape(-1, len(self.axes)).to(DTYPE)
         lower, weight = [], []

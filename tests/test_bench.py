@@ -101,6 +101,59 @@ def test_a_calphad_planner_gets_each_twins_heat_treatment_and_falls_back_elsewhe
     assert elsewhere.feasibility == "measured" and elsewhere.calphad is None
 
 
+def test_a_truth_that_disagrees_with_the_planners_database_is_kept_from_them():
+    """Issue 19's held-out truth: the twin reads a shifted copy of the database (its gamma-prime solvus
+    ~45 K higher), so an alloy just inside the database's boundary fails; the planners' settings (and
+    the database they name) are the same as on the unperturbed twin."""
+    from sdl.bench.config import BenchPlannerSpec, planner_settings
+    from sdl.env.calphad import DEFAULT_DATABASE, resolve_database
+
+    spec = BenchPlannerSpec(name="bo_calphad", kind="bo", constrained=True, settings={"feasibility": "calphad"})
+    honest = make_problem(ProblemSpec(name="twin"))
+    off = make_problem(ProblemSpec.model_validate(
+        {"name": "twin_truth_off", "twin": {"truth_shifts_j_per_mol": {"G(L12_FCC,NI:AL:VA;0)": -300}}}))
+    try:
+        assert off.name == "twin_truth_off" and off.has_feasibility_model
+        assert off.twin.equilibria.database_path != resolve_database(DEFAULT_DATABASE)
+        assert planner_settings(spec, off) == planner_settings(spec, honest)
+        assert planner_settings(spec, off).calphad.database == DEFAULT_DATABASE
+        near = DesignPoint(composition={"Ni": 0.68, "Al": 0.12, "Co": 0.10, "Cr": 0.10})
+        assert honest.truth([near])[1].tolist() == [True] and off.truth([near])[1].tolist() == [False]
+    finally:
+        honest.close()
+        off.close()
+
+
+def test_joint_composition_and_process_design_problem():
+    """Ageing temperature and time designed beside the composition: each specimen its own ageing hold,
+    feasibility judged at its own ageing temperature, ranges inside the furnace's limits, and a
+    CALPHAD planner told which parameter is the ageing temperature."""
+    from sdl.bench.config import BenchPlannerSpec, planner_settings
+
+    problem = make_problem(ProblemSpec.model_validate({"name": "twin_joint", "twin": {"process_design": {}}}))
+    try:
+        assert sorted(problem.space.parameters) == ["ageing_duration_h", "ageing_temperature_k"]
+        assert not problem.has_feasibility_model  # the CALPHAD classifier knows one ageing temperature only
+        composition = {"Ni": 0.68, "Al": 0.12, "Co": 0.10, "Cr": 0.10}
+        points = [DesignPoint(parameters={"ageing_temperature_k": t, "ageing_duration_h": h}, composition=composition)
+                  for t, h in ((1000.0, 0.5), (1050.0, 8.0), (1150.0, 24.0))]
+        values, feasible = problem.truth(points)
+        assert len(set(np.round(values, 6))) == 3 and values[1] > values[0]  # the hold matters: peak-aged beats short
+        routes = problem.routes(points)
+        assert [r[-1].duration_s for r in routes] == [1800.0, 28800.0, 86400.0]
+        spec = BenchPlannerSpec(name="bo_calphad", kind="bo", constrained=True, settings={"feasibility": "calphad"})
+        settings = planner_settings(spec, problem)
+        assert settings.calphad.ageing_temperature_parameter == "ageing_temperature_k"
+        assert settings.calphad.ageing_temperature_k is None
+        measured = planner_settings(BenchPlannerSpec(name="bo_c", kind="bo", constrained=True), problem)
+        assert measured.feasibility == "measured"
+    finally:
+        problem.close()
+    with pytest.raises(ValueError, match="above the furnace's maximum 1200.0 K"):
+        ProblemSpec.model_validate({"name": "j", "twin": {"process_design": {
+            "ageing_temperature_k": [1000, 1250], "limits": {"max_temperature_k": 1200}}}})
+
+
 def test_bench_runs_end_to_end_as_ray_tasks(tmp_path):
     config = tmp_path / "bench.yaml"
     config.write_text(yaml.safe_dump({

@@ -143,3 +143,22 @@ def test_the_bo_planner_weighs_by_its_own_calphad_and_models_hardness_on_it(cach
     assert model.train_inputs[0].shape[-1] == 3 + 2  # Al, Co, Cr and the two CALPHAD features
     with pytest.raises(ValueError, match="feasibility 'calphad' needs the `calphad` settings"):
         BoSettings.model_validate({"feasibility": "calphad", "constraint": {"measurements": ["p"], "at_least": 0.5}})
+
+
+def test_a_designed_ageing_temperature_is_one_more_axis(features, cache):
+    """Joint composition and process design: the ageing temperature is a column of the input; on a
+    ladder temperature the features equal those of a campaign that fixes it there, and they are
+    differentiable in it too."""
+    designed = CalphadFeatures(("Al", "Co", "Cr"), "Ni", BOUNDS, solution_temperature_k=SOLUTION_K,
+                               ageing_temperature_k=(1000.0, 1100.0), points_per_axis=3, cache_path=cache)
+    assert designed.inputs == ("Al", "Co", "Cr", "ageing_temperature_k")
+    rng = np.random.default_rng(2)
+    x = torch.as_tensor(np.column_stack([rng.uniform(lo, hi, 50) for lo, hi in BOUNDS.values()]))
+    at_1050 = designed(torch.cat([x, torch.full((50, 1), AGEING_K, dtype=torch.double)], dim=-1))
+    np.testing.assert_allclose(at_1050, features(x), atol=1e-9)
+    point = torch.tensor([[0.09, 0.05, 0.05, 1033.0]], dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(designed, (point,))
+    from sdl.agents.bo_planner import CalphadPhysicsSettings
+
+    with pytest.raises(ValueError, match="either ageing_temperature_k .* or ageing_temperature_parameter"):
+        CalphadPhysicsSettings(solution_temperature_k=SOLUTION_K)

@@ -167,6 +167,45 @@ def test_twin_is_deterministic_and_vectorised(twin):
     assert np.all(np.isfinite(batch.hardness_hv)) and np.all(batch.elongation_pct > 0)
 
 
+def test_each_specimen_can_have_its_own_route(twin):
+    """Joint composition and process design: one route per specimen (same operations, own ageing hold),
+    vectorised, exactly what each specimen gets alone; different operation sequences refused."""
+    x = np.array([[0.10, 0.10, 0.10], [0.12, 0.06, 0.08], [0.08, 0.14, 0.05]])
+    routes = [route(0.5, 1050.0), route(4, 1100.0), route(16, 1075.0)]
+    together = twin.properties(x, routes, phase_state="table")
+    alone = [twin.properties(x[i:i + 1], r, phase_state="table") for i, r in enumerate(routes)]
+    np.testing.assert_allclose(together.hardness_hv, [a.hardness_hv[0] for a in alone], rtol=1e-12)
+    np.testing.assert_allclose(together.brittle_fraction, [a.brittle_fraction[0] for a in alone], rtol=1e-12)
+    with pytest.raises(ValueError, match="2 routes for 3 specimens"):
+        twin.properties(x, routes[:2])
+    with pytest.raises(ValueError, match="share their sequence of operations"):
+        twin.properties(x[:2], [route(1), route(1)[:1]])
+    with pytest.raises(ValueError, match="outside the twin's tabulated"):
+        twin.properties(x[:2], [route(1), route(1, age_k=900.0)])
+
+
+def test_a_shifted_database_disagrees_where_it_should(tmp_path):
+    """The held-out truth of issue 19: the Ni3Al end-member of gamma-prime 300 J/mol more stable raises
+    the gamma-prime solvus by tens of kelvin; the copy is a valid TDB under its own hash; a parameter
+    the database lacks is named."""
+    from sdl.env.calphad import DEFAULT_DATABASE, shifted_database
+
+    shifted = shifted_database(DEFAULT_DATABASE, {"G(L12_FCC,NI:AL:VA;0)": -300}, tmp_path / "db")
+    assert shifted_database(DEFAULT_DATABASE, {"G(L12_FCC,NI:AL:VA;0)": -300}, tmp_path / "db") == shifted
+    assert "PARAMETER G(L12_FCC,NI:AL:VA;0) 298.15 -300+ALNI3;" in shifted.read_text(encoding="latin-1")
+    temperatures = np.arange(1150.0, 1451.0, 25.0)
+    solvus = []
+    for database in (DEFAULT_DATABASE, shifted):
+        phases = PhaseEquilibria(database, elements=("Al", "Co", "Cr", "Ni"), cache_path=tmp_path / "cache.sqlite")
+        table = phases.grid({"Al": [0.12], "Co": [0.10], "Cr": [0.10]}, temperatures)
+        phases.close()
+        gamma_prime = np.nan_to_num(table.fractions["gamma_prime"]).ravel()
+        solvus.append(temperatures[np.nonzero(gamma_prime > 0.01)[0].max() + 1])  # first T without gamma-prime
+    assert 25.0 <= solvus[1] - solvus[0] <= 75.0
+    with pytest.raises(CalphadError, match=r"has no parameter G\(L12_FCC,NI:TI:VA;0\)"):
+        shifted_database(DEFAULT_DATABASE, {"G(L12_FCC,NI:TI:VA;0)": 100}, tmp_path / "db")
+
+
 def test_twin_refuses_what_it_does_not_model(twin):
     with pytest.raises(ValueError, match="the twin models"):
         twin.properties([{"Ni": 0.9, "Ti": 0.1}], route(1))

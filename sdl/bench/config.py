@@ -89,8 +89,9 @@ def planner_settings(spec: BenchPlannerSpec, problem: BenchProblem) -> Section:
     elif settings.get("feasibility") == "calphad" or "calphad" in settings:
         # The planner's own CALPHAD at the campaign's heat treatment (the route, not the truth's database).
         solution_k, ageing_k = problem.heat_treatment_k
-        settings["calphad"] = {"solution_temperature_k": solution_k, "ageing_temperature_k": ageing_k,
-                               **settings.get("calphad", {})}
+        ageing = {"ageing_temperature_k": ageing_k} if ageing_k is not None else {
+            "ageing_temperature_parameter": problem.ageing_parameter}  # a joint composition and process design
+        settings["calphad"] = {"solution_temperature_k": solution_k, **ageing, **settings.get("calphad", {})}
     if spec.agent_kind == "planner.bo" and settings.get("feasibility") != "classifier":
         settings.pop("update_classifier", None)  # it refines a classifier only where the problem has one
     return validate_settings(agent_class(spec.agent_kind), settings, name=spec.name)

@@ -14,7 +14,8 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from sdl.agents.phase_boundary_host import PhaseBoundarySettings
-from sdl.experiment import DesignPoint
+from sdl.experiment import DesignPoint, ProcessStep
+from sdl.instruments.limits import ProcessLimits
 from sdl.objective import ConstraintConfig, ObjectiveConfig
 from sdl.settings import ConfigError, Section
 from sdl.space import SearchSpace
@@ -22,6 +23,7 @@ from sdl.surrogates.phase_classifier import FeasibilityModel
 
 ENTRY_POINT_GROUP = "sdl.bench_problems"
 BUILTIN_PROBLEMS = ("twin", "branin", "hartmann6", "hartmann6_constrained")
+SECONDS_PER_HOUR = 3600.0  # the joint design's ageing duration is in hours, a furnace's in seconds
 
 
 # -- problems ------------------------------------------------------------------------------------
@@ -41,7 +43,10 @@ class BenchProblem:
     noise_sd: dict[str, float] = {}
     success: Literal["fraction_of_best", "gap_closed"] = "gap_closed"
     has_feasibility_model = False  # True where feasibility_model() learns one before any experiment
-    heat_treatment_k: tuple[float, float] | None = None  # (solution, ageing) K: the campaign's route, where it has one
+    # (solution, ageing) K: the campaign's heat treatment, where it has one; ageing None where it is designed,
+    # as the space parameter named ageing_parameter
+    heat_treatment_k: tuple[float, float | None] | None = None
+    ageing_parameter: str | None = None
 
     def evaluate(self, points: list[DesignPoint]) -> list[dict[str, float]]:
         raise NotImplementedError
@@ -93,52 +98,110 @@ class TestFunctionProblem(BenchProblem):
         return [{k: float(v[i]) for k, v in values.items()} for i in range(len(points))]
 
 
+class ProcessDesign(Section):
+    """The ageing hold as design variables beside the composition (joint composition and process design)."""
+
+    ageing_temperature_k: tuple[float, float] = Field(default=(1000.0, 1150.0), description="range of the ageing hold")
+    ageing_duration_h: tuple[float, float] = Field(default=(0.5, 24.0), description="range of its duration")
+    limits: ProcessLimits = Field(default_factory=ProcessLimits, description="the furnace's: the ranges must fit")
+
+    @model_validator(mode="after")
+    def _fits(self) -> ProcessDesign:
+        (t_low, t_high), (h_low, h_high) = self.ageing_temperature_k, self.ageing_duration_h
+        if not (t_low < t_high and 0 < h_low < h_high):
+            raise ValueError(f"ranges must be (low, high) with low < high (and durations > 0); got ageing_temperature_k "
+                             f"{self.ageing_temperature_k}, ageing_duration_h {self.ageing_duration_h}")
+        for step in (ProcessStep(operation="age", temperature_k=t_low, duration_s=h_high * SECONDS_PER_HOUR),
+                     ProcessStep(operation="age", temperature_k=t_high, duration_s=h_high * SECONDS_PER_HOUR)):
+            self.limits.check_step(step)  # LimitExceeded (a ValueError) names the limit
+        return self
+
+
+class TwinVariant(Section):
+    """What makes a twin problem other than the default one, besides its target phase state
+    (``phase_boundary.target``): a truth that disagrees with everyone's database, and the ageing hold
+    as design variables."""
+
+    truth_shifts_j_per_mol: dict[str, float] = Field(
+        default_factory=dict, description="constants (J/mol) added to parameters of the *truth's* database only, e.g. "
+                                          "{'G(L12_FCC,NI:AL:VA;0)': -300}: planners keep the unperturbed one")
+    process_design: ProcessDesign | None = Field(default=None, description="the ageing hold as design variables")
+
+
 class TwinProblem(BenchProblem):
     """Maximise aged hardness on the alloy twin; feasible = the target phase state (CALPHAD truth,
     the exact equilibrium at the alloy's composition): single gamma at 1300 K (solutionising
-    dissolves all gamma-prime) and no brittle phase at 1050 K.
+    dissolves all gamma-prime) and no brittle phase at 1050 K (or other temperatures: the
+    ``phase_boundary.target``).
 
     Measurements: ``hardness_hv`` (with the hardness tester's 5 HV scatter) and ``processable``
     (1 or 0: what XRD and metallography of the specimen would tell). The constrained planner gets,
     before any experiment, the phase classifier the phase-boundary agent learns from CALPHAD.
+
+    A :class:`TwinVariant` can make the truth's thermodynamics disagree with the database every
+    planner and the classifier use (the truth reads a shifted copy; nobody else is told), and can
+    make the ageing temperature and time design variables (then no classifier is offered: it knows
+    one ageing temperature only).
     """
 
-    name = "twin"
     success = "fraction_of_best"
-    has_feasibility_model = True
     SPACE = {"composition": {"elements": {"Ni": [0.45, 0.98], "Al": [0.02, 0.145], "Co": [0.0, 0.185],
                                           "Cr": [0.0, 0.185]}, "balance": "Ni"}}  # as configs/demo.yaml
+    SOLUTION_DURATION_S = 7200.0
+    AGEING_DURATION_S = 14400.0
 
-    def __init__(self, phase_boundary: PhaseBoundarySettings | None = None, hardness_noise_hv: float = 5.0) -> None:
-        from sdl.env.calphad import default_cache_path
-        from sdl.env.twin import AlloyTwin
-        from sdl.experiment import ProcessStep
+    def __init__(self, phase_boundary: PhaseBoundarySettings | None = None, hardness_noise_hv: float = 5.0, *,
+                 variant: TwinVariant | None = None, name: str = "twin") -> None:
+        from sdl.env.calphad import DEFAULT_DATABASE, default_cache_path, shifted_database
+        from sdl.env.twin import AlloyTwin, TwinConfig
 
+        self.name = name
+        self.variant = variant or TwinVariant()
         self.phase_boundary = phase_boundary or PhaseBoundarySettings(calphad_calls=48)
         target = self.phase_boundary.target
-        self.space = SearchSpace.model_validate(self.SPACE)
+        design = self.variant.process_design
+        space = dict(self.SPACE)
+        if design is not None:
+            space["parameters"] = {"ageing_temperature_k": dict(zip(("low", "high"), design.ageing_temperature_k)),
+                                   "ageing_duration_h": dict(zip(("low", "high"), design.ageing_duration_h))}
+        self.space = SearchSpace.model_validate(space)
         self.objective = ObjectiveConfig(measurement="hardness_hv", direction="maximize")
         self.constraint = ConstraintConfig(measurements=["processable"], at_least=0.5)
         self.noise_sd = {"hardness_hv": hardness_noise_hv}
-        self.route = [
-            ProcessStep(operation="solutionise", temperature_k=target.solution_temperature_k, duration_s=7200,
-                        quench_medium="water"),
-            ProcessStep(operation="age", temperature_k=target.ageing_temperature_k, duration_s=14400,
-                        quench_medium="water"),
-        ]
-        self.twin = AlloyTwin(cache_path=default_cache_path())
-        self.heat_treatment_k = (target.solution_temperature_k, target.ageing_temperature_k)
+        self.has_feasibility_model = design is None
+        self.heat_treatment_k = (target.solution_temperature_k, None if design else target.ageing_temperature_k)
+        self.ageing_parameter = "ageing_temperature_k" if design else None
+        database = DEFAULT_DATABASE
+        if self.variant.truth_shifts_j_per_mol:
+            database = str(shifted_database(DEFAULT_DATABASE, self.variant.truth_shifts_j_per_mol,
+                                            default_cache_path().parent / "databases"))
+        self.twin = AlloyTwin(TwinConfig(database=database), cache_path=default_cache_path())
+
+    def routes(self, points: list[DesignPoint]) -> list[list[ProcessStep]]:
+        """Each specimen's heat treatment: the target's, or its own ageing hold in a joint design."""
+        target = self.phase_boundary.target
+        solution = ProcessStep(operation="solutionise", temperature_k=target.solution_temperature_k,
+                               duration_s=self.SOLUTION_DURATION_S, quench_medium="water")
+        if self.variant.process_design is None:
+            age = ProcessStep(operation="age", temperature_k=target.ageing_temperature_k,
+                              duration_s=self.AGEING_DURATION_S, quench_medium="water")
+            return [[solution, age]] * len(points)
+        return [[solution, ProcessStep(operation="age", temperature_k=p.parameters["ageing_temperature_k"],
+                                       duration_s=p.parameters["ageing_duration_h"] * SECONDS_PER_HOUR,
+                                       quench_medium="water")] for p in points]
 
     def evaluate(self, points: list[DesignPoint]) -> list[dict[str, float]]:
         compositions = [p.composition.root for p in points]
-        hardness = self.twin.properties(compositions, self.route).hardness_hv
-        ok = self._processable(compositions, self.twin.exact_equilibrium)
+        routes = self.routes(points)
+        hardness = self.twin.properties(compositions, routes).hardness_hv
+        ok = self._processable(compositions, routes, self.twin.exact_equilibrium)
         return [{"hardness_hv": float(h), "processable": float(o)} for h, o in zip(hardness, ok)]
 
-    def _processable(self, compositions, equilibrium) -> np.ndarray:
+    def _processable(self, compositions, routes, equilibrium) -> np.ndarray:
         target = self.phase_boundary.target
+        ageing_k = np.array([r[-1].temperature_k for r in routes])
         at_solution = equilibrium(compositions, target.solution_temperature_k)
-        at_ageing = equilibrium(compositions, target.ageing_temperature_k)
+        at_ageing = equilibrium(compositions, ageing_k)
         return np.array([target.reached({c: float(v[i]) for c, v in at_solution.items()},
                                         {c: float(v[i]) for c, v in at_ageing.items()})
                          for i in range(len(compositions))])
@@ -149,20 +212,22 @@ class TwinProblem(BenchProblem):
         exact one costs ~50 ms a point; the table misjudges only near phase boundaries, which
         changes the reported feasible share a little and nothing else)."""
         compositions = [p.composition.root for p in points]
-        hardness = self.twin.properties(compositions, self.route, phase_state="table").hardness_hv
-        feasible = self._processable(self.twin.free_fractions(compositions), self.twin.table)
+        routes = self.routes(points)
+        hardness = self.twin.properties(compositions, routes, phase_state="table").hardness_hv
+        feasible = self._processable(self.twin.free_fractions(compositions), routes, self.twin.table)
         order = np.argsort(-hardness)
         exact = np.zeros(len(points), dtype=bool)
         best = None
         for i in order:  # hardest first, until the best feasible one is known and all within 95 % of it
             if best is not None and hardness[i] < 0.95 * best:
                 break
-            feasible[i] = self._processable([compositions[i]], self.twin.exact_equilibrium)[0]
+            feasible[i] = self._processable([compositions[i]], [routes[i]], self.twin.exact_equilibrium)[0]
             exact[i] = True
             if best is None and feasible[i]:
                 best = hardness[i]
         self.exact_reference_points = int(exact.sum())
         return hardness, feasible
+
     def feasibility_model(self, seed: int) -> FeasibilityModel:
         from sdl.agents.base import AgentContext
         from sdl.agents.capabilities import FeasibilityRequest
@@ -230,7 +295,10 @@ class ProblemSpec(Section):
     direction: Literal["minimize", "maximize"] = "minimize"
     constraints: list[str] = Field(default_factory=list, description="formula problems: feasible when expr >= 0")
     noise_sd: float = Field(default=0.0, ge=0)
-    phase_boundary: PhaseBoundarySettings | None = Field(default=None, description="twin: the classifier's settings")
+    phase_boundary: PhaseBoundarySettings | None = Field(default=None, description="twin: the classifier's settings "
+                                                         "and the target phase state")
+    twin: TwinVariant | None = Field(default=None, description="a twin problem of another name: a truth that disagrees "
+                                                               "with the planners' database, the ageing hold designed")
 
     @model_validator(mode="after")
     def _kind(self) -> ProblemSpec:
@@ -242,8 +310,8 @@ class ProblemSpec(Section):
 def make_problem(spec: ProblemSpec) -> BenchProblem:
     if spec.objective is not None:
         return FormulaProblem(spec)
-    if spec.name == "twin":
-        return TwinProblem(spec.phase_boundary)
+    if spec.name == "twin" or spec.twin is not None:
+        return TwinProblem(spec.phase_boundary, variant=spec.twin, name=spec.name)
     if spec.name in BUILTIN_PROBLEMS:
         return TestFunctionProblem(spec.name)
     found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == spec.name]
