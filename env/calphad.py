@@ -235,7 +235,8 @@ class PhaseEquilibria:
 
     def _compute(self, axes: dict[str, np.ndarray], temperatures_k: Sequence[float]) -> dict[tuple, dict[str, float]]:
         """One pycalphad call over the full grid of ``axes`` x ``temperatures_k``."""
-        from pycalphad import Workspace, variables as v
+        from pycalphad import Workspace
+        from pycalphad import variables as v
 
         # pycalphad finds no equilibrium at a mole fraction of exactly zero; a trace stands in for it.
         conditions = {v.X(e.upper()): np.maximum(np.asarray(values, dtype=float), TRACE_FRACTION)
