@@ -84,6 +84,8 @@ def planner_settings(spec: BenchPlannerSpec, problem: BenchProblem) -> Section:
             penalty = settings.get("constraint_handling") == "penalty"
             settings["feasibility"] = "none" if penalty else (
                 "classifier" if problem.has_feasibility_model else "measured")
+    if own_calphad and problem.constraint is None:
+        settings["feasibility"] = "none"  # an unconstrained problem: nothing to be feasible about
     if problem.heat_treatment_k is None:
         settings.pop("calphad", None)  # CALPHAD features need the campaign's heat treatment: alloy problems only
     elif settings.get("feasibility") == "calphad" or "calphad" in settings:
