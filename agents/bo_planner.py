@@ -15,7 +15,8 @@ lie on the simplex by construction, not by a penalty.
   learned on CALPHAD (sent with the request as a :class:`FeasibilityModel`), from a GP on a
   measured constraint, or (``feasibility: calphad``) from the planner's own CALPHAD margin corrected
   by the measured verdicts (:class:`~sdl.surrogates.calphad_features.CalphadFeasibility`); the
-  objective's GP may also see CALPHAD features (``calphad.objective_inputs``). Alternatively
+  objective's GP may also see CALPHAD features (``calphad.objective_inputs``) or model the residual
+  of a prior mean linear in them (``calphad.objective_mean``). Alternatively
   (``constraint_handling: penalty``) the objective itself is penalised by how far a measured
   constraint is violated.
 - Batches: greedy sequential; each new point is chosen with the in-flight experiments and the
@@ -72,10 +73,17 @@ class CalphadPhysicsSettings(Section):
                                    "ageing_margin_k"]] = Field(
         default_factory=list, description="CALPHAD features the objective's GP sees beside the composition (hybrid "
                                           "surrogate); none: the GP sees the composition only")
+    objective_mean: list[Literal["gamma_prime_at_ageing", "brittle_at_ageing", "solution_margin_k",
+                                 "ageing_margin_k"]] = Field(
+        default_factory=list, description="CALPHAD features of a prior mean linear in them (weights fitted with the "
+                                          "GP); the GP models the residual on the composition (hybrid surrogate)")
     cache_path: str | None = Field(default=None, description="CALPHAD cache (default: ~/.cache/sdl)")
 
     @model_validator(mode="after")
     def _order(self) -> CalphadPhysicsSettings:
+        if self.objective_inputs and self.objective_mean:
+            raise ValueError("give CALPHAD features either as objective_inputs (seen by the kernel) or as "
+                             "objective_mean (a linear prior mean), not both")
         if (self.ageing_temperature_k is None) == (self.ageing_temperature_parameter is None):
             raise ValueError("give either ageing_temperature_k (a fixed ageing hold) or ageing_temperature_parameter "
                              "(the space parameter that designs it)")
@@ -272,7 +280,8 @@ class BoPlanner(Planner):
     def _gp(self, x: torch.Tensor, y: torch.Tensor, *, physics: bool = False):
         # Fitted from scratch each time: a planner is a pure function of its request, so a restarted
         # actor proposes what the lost one would have (about 0.6 s at 100 observations, 2 threads).
-        names = self.settings.calphad.objective_inputs if physics and self.settings.calphad is not None else []
+        calphad = self.settings.calphad
+        names = (calphad.objective_inputs or calphad.objective_mean) if physics and calphad is not None else []
         if not names:
             return fit_single_task_gp(x, y, bounds=self.bounds, columns=self.model_columns)
         table = self.calphad_features
@@ -283,7 +292,8 @@ class BoPlanner(Planner):
         free_index = self.free_index
         return fit_single_task_gp(x, y, bounds=self.bounds, columns=self.model_columns,
                                   features=lambda X: table(X[..., free_index])[..., chosen],
-                                  feature_bounds=feature_bounds)
+                                  feature_bounds=feature_bounds,
+                                  feature_role="mean" if calphad.objective_mean else "kernel")
 
     def _log_feasibility(self, request: ProposeRequest, done: list[Observation]):
         s = self.settings

@@ -8,6 +8,7 @@ Plain torch/BoTorch: no Ray, no bus.
 from __future__ import annotations
 
 import warnings
+from typing import Literal
 
 import numpy as np
 import torch
@@ -15,6 +16,8 @@ from botorch.fit import fit_gpytorch_mll
 from botorch.models import SingleTaskGP
 from botorch.models.transforms.input import ChainedInputTransform, FilterFeatures, InputTransform, Normalize
 from botorch.models.transforms.outcome import Standardize
+from botorch.models.utils.gpytorch_modules import get_covar_module_with_dim_scaled_prior
+from gpytorch.means import LinearMean, Mean
 from gpytorch.mlls import ExactMarginalLogLikelihood
 
 
@@ -36,15 +39,32 @@ class AppendComputedFeatures(InputTransform):
         return torch.cat([X, self.f(X).to(X)], dim=-1)
 
 
+class LinearMeanOf(Mean):
+    """A prior mean linear in some input columns (the physics features), weights and offset fitted with
+    the GP's hyperparameters by marginal likelihood; the GP then models what the physics leaves."""
+
+    def __init__(self, columns: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("columns", torch.as_tensor(columns, dtype=torch.long))
+        self.linear = LinearMean(input_size=len(columns))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x[..., self.columns])
+
+
 def fit_single_task_gp(x: torch.Tensor, y: torch.Tensor, *, bounds: torch.Tensor,
                        columns: torch.Tensor | None = None, features=None,
-                       feature_bounds: torch.Tensor | None = None) -> SingleTaskGP:
+                       feature_bounds: torch.Tensor | None = None,
+                       feature_role: Literal["kernel", "mean"] = "kernel") -> SingleTaskGP:
     """A GP on ``x`` (n x d) -> ``y`` (n x m), noise inferred, outcomes standardised, inputs normalised
     over ``bounds`` (2 x d); only ``columns`` of x enter the kernel (all by default), so a coordinate
     that is a function of the others (a composition's balance element) does not get a lengthscale.
-    With ``features`` (X -> (..., m)) the kernel also sees those, normalised over ``feature_bounds``
-    (2 x m): a hybrid of physics-derived and raw inputs."""
+    With ``features`` (X -> (..., m)), quantities computed from the inputs normalised over
+    ``feature_bounds`` (2 x m): ``feature_role`` "kernel" lets the kernel see them beside the inputs
+    (a hybrid of physics-derived and raw inputs); "mean" puts them in a linear prior mean and keeps
+    the kernel on the inputs (a GP on the residual of a fitted physics model)."""
     columns = torch.arange(x.shape[-1]) if columns is None else columns
+    covar_module = mean_module = None
     if features is None:
         inputs = ChainedInputTransform(free=FilterFeatures(feature_indices=columns),
                                        normalize=Normalize(d=len(columns), bounds=bounds[:, columns]))
@@ -54,7 +74,12 @@ def fit_single_task_gp(x: torch.Tensor, y: torch.Tensor, *, bounds: torch.Tensor
         inputs = ChainedInputTransform(
             physics=AppendComputedFeatures(features), free=FilterFeatures(feature_indices=kept),
             normalize=Normalize(d=len(kept), bounds=torch.cat([bounds[:, columns], feature_bounds.to(bounds)], dim=-1)))
-    model = SingleTaskGP(x, y, input_transform=inputs, outcome_transform=Standardize(m=y.shape[-1]))
+        if feature_role == "mean":
+            covar_module = get_covar_module_with_dim_scaled_prior(ard_num_dims=len(columns),
+                                                                  active_dims=list(range(len(columns))))
+            mean_module = LinearMeanOf(len(columns) + torch.arange(m))
+    model = SingleTaskGP(x, y, input_transform=inputs, outcome_transform=Standardize(m=y.shape[-1]),
+                         covar_module=covar_module, mean_module=mean_module)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # input-scaling and fit-restart warnings on small data sets
         fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))

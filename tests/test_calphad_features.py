@@ -162,3 +162,28 @@ def test_a_designed_ageing_temperature_is_one_more_axis(features, cache):
 
     with pytest.raises(ValueError, match="either ageing_temperature_k .* or ageing_temperature_parameter"):
         CalphadPhysicsSettings(solution_temperature_k=SOLUTION_K)
+
+
+def test_a_physics_prior_mean_carries_the_gp_where_it_has_no_data():
+    """feature_role 'mean': a prior mean linear in a computed feature, fitted with the GP; far from
+    the data the prediction follows the physics instead of reverting to a constant, while the
+    kernel sees the inputs only."""
+    from sdl.surrogates.gp import LinearMeanOf, fit_single_task_gp
+
+    def physics(X):
+        return torch.sin(6.0 * X[..., :1])
+
+    x = torch.linspace(0.0, 0.5, 12, dtype=torch.double).unsqueeze(-1)
+    y = 40.0 * physics(x) + 100.0
+    bounds = torch.tensor([[0.0], [1.0]], dtype=torch.double)
+    feature_bounds = torch.tensor([[-1.0], [1.0]], dtype=torch.double)
+    hybrid = fit_single_task_gp(x, y, bounds=bounds, features=physics, feature_bounds=feature_bounds,
+                                feature_role="mean")
+    plain = fit_single_task_gp(x, y, bounds=bounds)
+    assert isinstance(hybrid.mean_module, LinearMeanOf)
+    assert list(hybrid.covar_module.active_dims) == [0]
+    far = torch.tensor([[0.9]], dtype=torch.double)
+    truth = float(40.0 * physics(far) + 100.0)  # sin(5.4) < 0: well below anything seen
+    with torch.no_grad():
+        assert abs(float(hybrid.posterior(far).mean) - truth) < 5.0
+        assert abs(float(plain.posterior(far).mean) - truth) > 20.0
