@@ -286,18 +286,41 @@ def update_classifier(model: FeasibilityModel, columns: list[str], x: torch.Tens
 
 
 def laplace_logistic_update(phi: torch.Tensor, labels: torch.Tensor, prior_mean: torch.Tensor,
-                            prior_covariance: torch.Tensor, *, iterations: int = 25) -> tuple[torch.Tensor, torch.Tensor]:
+                            prior_covariance: torch.Tensor, *, iterations: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
     """Gaussian posterior (mean, covariance) of logistic-regression weights with features ``phi``
-    (n x k) and 0/1 ``labels``, from a Gaussian prior: Newton's method to the mode, the Hessian there."""
+    (n x k) and 0/1 ``labels``, from a Gaussian prior: damped Newton to the mode, the Hessian there.
+
+    Damped (backtracking on the log posterior, which is concave): a full Newton step from a steep
+    prior overshoots when a verdict contradicts it, because the likelihood's curvature there is
+    nearly zero. Undamped, one infeasible alloy the database called safe by 70 K flipped the sign of
+    the CALPHAD margin's slope, and the posterior then jumped between absurd values from one
+    experiment to the next (issue 19, the twin whose truth disagrees with the database)."""
     prior_precision = torch.linalg.inv(prior_covariance)
+
+    def log_posterior(w: torch.Tensor) -> torch.Tensor:
+        z = phi @ w
+        likelihood = (labels * torch.nn.functional.logsigmoid(z) + (1 - labels) * torch.nn.functional.logsigmoid(-z))
+        d = w - prior_mean
+        return likelihood.sum() - 0.5 * d @ prior_precision @ d
+
     w = prior_mean.clone()
+    current = log_posterior(w)
     for _ in range(iterations):
         p = torch.sigmoid(phi @ w)
         gradient = phi.T @ (labels - p) - prior_precision @ (w - prior_mean)
         hessian = (phi.T * (p * (1 - p))) @ phi + prior_precision
         step = torch.linalg.solve(hessian, gradient)
-        w = w + step
-        if step.abs().max() < 1e-8:
+        t = 1.0
+        while t > 1e-8:  # Armijo backtracking: accept the first step length that raises the log posterior enough
+            candidate = w + t * step
+            value = log_posterior(candidate)
+            if value >= current + 1e-4 * t * float(gradient @ step):
+                break
+            t *= 0.5
+        else:
+            break  # no ascent left along the Newton direction: at the mode to numerical precision
+        w, current = candidate, value
+        if (t * step).abs().max() < 1e-8:
             break
     p = torch.sigmoid(phi @ w)
     covariance = torch.linalg.inv((phi.T * (p * (1 - p))) @ phi + prior_precision)

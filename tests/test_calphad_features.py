@@ -187,3 +187,31 @@ def test_a_physics_prior_mean_carries_the_gp_where_it_has_no_data():
     with torch.no_grad():
         assert abs(float(hybrid.posterior(far).mean) - truth) < 5.0
         assert abs(float(plain.posterior(far).mean) - truth) > 20.0
+
+
+def test_a_verdict_that_contradicts_a_steep_prior_moves_it_to_the_true_mode():
+    """The Laplace update finds the posterior's mode (as scipy does) even when one verdict contradicts
+    a steep prior: an alloy the database called safe by 68 K fails. Undamped Newton overshot there and
+    flipped the slope's sign (issue 19)."""
+    from scipy.optimize import minimize
+
+    from sdl.surrogates.phase_classifier import laplace_logistic_update
+
+    prior_mean = torch.tensor([0.0, 2.0], dtype=torch.double)
+    prior_covariance = torch.diag(torch.tensor([(2 * 40 / 25) ** 2, 1.0], dtype=torch.double))
+    margins = torch.tensor([68.0, 400.0, 286.0, 106.0, 62.0], dtype=torch.double) / 25.0
+    phi = torch.stack([torch.ones_like(margins), margins], dim=-1)
+    labels = torch.tensor([0.0, 1.0, 1.0, 1.0, 1.0], dtype=torch.double)
+    mean, covariance = laplace_logistic_update(phi, labels, prior_mean, prior_covariance)
+
+    precision = np.linalg.inv(prior_covariance.numpy())
+
+    def negative_log_posterior(w):
+        z = phi.numpy() @ w
+        d = w - prior_mean.numpy()
+        return float(np.sum(np.logaddexp(0, z) - labels.numpy() * z) + 0.5 * d @ precision @ d)
+
+    reference = minimize(negative_log_posterior, prior_mean.numpy(), method="BFGS", options={"gtol": 1e-10}).x
+    np.testing.assert_allclose(mean.numpy(), reference, atol=1e-5)
+    assert mean[1] > 0.5  # more margin is still safer
+    assert torch.all(torch.linalg.eigvalsh(covariance) > 0)
