@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from sdl.bench import (
@@ -105,10 +106,11 @@ def test_a_truth_that_disagrees_with_the_planners_database_is_kept_from_them():
     """Issue 19's held-out truth: the twin reads a shifted copy of the database (its gamma-prime solvus
     ~45 K higher), so an alloy just inside the database's boundary fails; the planners' settings (and
     the database they name) are the same as on the unperturbed twin."""
-    from sdl.bench.config import BenchPlannerSpec, planner_settings
+    from sdl.bench.config import BenchPlannerSpec, make_bench_planner, planner_settings
     from sdl.env.calphad import DEFAULT_DATABASE, resolve_database
 
-    spec = BenchPlannerSpec(name="bo_calphad", kind="bo", constrained=True, settings={"feasibility": "calphad"})
+    spec = BenchPlannerSpec(name="bo_calphad", kind="bo", constrained=True,
+                            settings={"feasibility": "calphad", "calphad": {"points_per_axis": 3}})
     honest = make_problem(ProblemSpec(name="twin"))
     off = make_problem(ProblemSpec.model_validate(
         {"name": "twin_truth_off", "twin": {"truth_shifts_j_per_mol": {"G(L12_FCC,NI:AL:VA;0)": -300}}}))
@@ -117,6 +119,9 @@ def test_a_truth_that_disagrees_with_the_planners_database_is_kept_from_them():
         assert off.twin.equilibria.database_path != resolve_database(DEFAULT_DATABASE)
         assert planner_settings(spec, off) == planner_settings(spec, honest)
         assert planner_settings(spec, off).calphad.database == DEFAULT_DATABASE
+        # the planner's physics inputs: the same table of CALPHAD features, value for value
+        tables = [make_bench_planner(spec, problem, seed=0).calphad_features.values for problem in (honest, off)]
+        assert torch.equal(tables[0], tables[1])
         near = DesignPoint(composition={"Ni": 0.68, "Al": 0.12, "Co": 0.10, "Cr": 0.10})
         assert honest.truth([near])[1].tolist() == [True] and off.truth([near])[1].tolist() == [False]
     finally:

@@ -215,3 +215,59 @@ def test_a_verdict_that_contradicts_a_steep_prior_moves_it_to_the_true_mode():
     np.testing.assert_allclose(mean.numpy(), reference, atol=1e-5)
     assert mean[1] > 0.5  # more margin is still safer
     assert torch.all(torch.linalg.eigvalsh(covariance) > 0)
+
+
+def test_a_proposal_at_100_observations_makes_no_calphad_call(cache, monkeypatch):
+    """The physics is tabulated once, when the planner is built; proposing (GP fit, acquisition search
+    over the CALPHAD features) at 100 observations asks pycalphad for nothing."""
+    from sdl.agents.base import AgentContext
+    from sdl.agents.bo_planner import BoPlanner, BoSettings
+    from sdl.agents.planner import ProposeRequest, RandomPlanner
+    from sdl.experiment import Observation
+    from sdl.objective import ObjectiveConfig
+    from sdl.settings import NoSettings
+    from sdl.space import SearchSpace
+
+    space = SearchSpace.model_validate({"composition": {"elements": {"Ni": [0.55, 0.98], **{e: list(b) for e, b in
+                                                                                             BOUNDS.items()}},
+                                                        "balance": "Ni"}})
+    settings = BoSettings.model_validate({
+        "feasibility": "calphad", "num_restarts": 2, "raw_samples": 64,
+        "constraint": {"measurements": ["processable"], "at_least": 0.5},
+        "calphad": {"solution_temperature_k": SOLUTION_K, "ageing_temperature_k": AGEING_K, "points_per_axis": 3,
+                    "cache_path": str(cache), "objective_mean": ["gamma_prime_at_ageing"]}})
+    context = AgentContext(space=space, seed=0, objective=ObjectiveConfig(measurement="hardness_hv",
+                                                                          direction="maximize"))
+    planner = BoPlanner(settings, context)
+    calls = []  # any equilibrium asked for, cached or not
+    for method in ("grid", "point"):
+        original = getattr(PhaseEquilibria, method)
+        monkeypatch.setattr(PhaseEquilibria, method,
+                            lambda self, *a, _original=original, _name=method, **k: calls.append(_name) or
+                            _original(self, *a, **k))
+    points = RandomPlanner(NoSettings(), context).propose(ProposeRequest(n=100))
+    rng = np.random.default_rng(0)
+    observations = [Observation(point=p, status="done", measurements={
+        "hardness_hv": 100 + 50 * p.composition["Al"] / 0.14 + rng.normal(0, 5), "processable": float(rng.random() < 0.8)})
+        for p in points]
+    (proposal,) = planner.propose(ProposeRequest(n=1, observations=observations))
+    space.check(proposal)
+    assert calls == []
+
+
+def test_a_designed_ageing_temperature_must_be_a_parameter_below_solutionising():
+    from sdl.agents.base import AgentContext
+    from sdl.agents.bo_planner import BoPlanner, BoSettings
+    from sdl.space import SearchSpace
+
+    composition = {"elements": {"Ni": [0.55, 0.98], **{e: list(b) for e, b in BOUNDS.items()}}, "balance": "Ni"}
+    settings = BoSettings.model_validate({
+        "feasibility": "calphad", "constraint": {"measurements": ["processable"], "at_least": 0.5},
+        "calphad": {"solution_temperature_k": SOLUTION_K, "ageing_temperature_parameter": "ageing_temperature_k"}})
+    alone = SearchSpace.model_validate({"composition": composition})
+    with pytest.raises(ValueError, match="'ageing_temperature_k' is not a parameter of the space"):
+        BoPlanner.check(settings, AgentContext(space=alone))
+    too_hot = SearchSpace.model_validate({"composition": composition,
+                                          "parameters": {"ageing_temperature_k": {"low": 1000, "high": 1350}}})
+    with pytest.raises(ValueError, match="reach 1350.0 K, not below the solutionising 1300.0 K"):
+        BoPlanner.check(settings, AgentContext(space=too_hot))
