@@ -144,7 +144,9 @@ class AlloyTwin:
         same sequence of operations, each with its own temperatures and times, as a joint composition
         and process design asks for), vectorised over specimens either way."""
         x = self.free_fractions(compositions)
-        routes = _per_specimen(route, len(x))
+        return self._process(x, route, _per_specimen(route, len(x)))
+
+    def _process(self, x: np.ndarray, route, routes: list[list[ProcessStep]] | None) -> Microstructure:
         if routes is None:
             self._check_route(route)
             return apply_route(Microstructure.initial(len(x), self.config.kinetics), route,
@@ -169,10 +171,12 @@ class AlloyTwin:
         ``phase_state`` overrides the config's source of its phases (``table`` for bulk screening of
         thousands of candidates)."""
         x = self.free_fractions(compositions)
-        micro = self.process(x, route)
-        routes = _per_specimen(route, len(x)) or [route] * len(x)
+        routes = _per_specimen(route, len(x))  # validated once, for the kinetics and the last hold alike
+        micro = self._process(x, route, routes)
         last_t = np.array([next((s.temperature_k for s in reversed(r) if s.operation != "quench"),
-                                self.temperature_range_k[0]) for r in routes])
+                                self.temperature_range_k[0]) for r in (routes or [route])])
+        if routes is None:
+            last_t = last_t[0]
         if (phase_state or self.config.phase_state) == "table":
             phases = self.table(x, last_t)
         else:
