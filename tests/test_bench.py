@@ -189,6 +189,43 @@ def test_bench_runs_end_to_end_as_ray_tasks(tmp_path):
     assert "experiments to 95 %" in (out / "table.md").read_text()
 
 
+def test_paired_comparison_counts_seed_by_seed_and_bounds_the_median_difference():
+    """Wins/ties/losses against a baseline planner on the same seeds, a never-reaching run counted as
+    budget + 1, and a bootstrap CI that contains the median difference; a baseline that is not among the
+    planners is refused."""
+    from sdl.bench.config import BenchConfig
+    from sdl.bench.outputs import format_table, summarise
+    from sdl.bench.runner import RunResult
+
+    problem = make_problem(ProblemSpec(name="branin", budget=10))
+    best = -0.397887  # branin is minimised: 95 % of the best means within 5 % of the range to the optimum
+    ref = {"best": best, "median": 50.0, "feasible_share": 1.0, "success_share": 0.01}
+
+    def run(planner: str, seed: int, hit_at: int | None) -> RunResult:
+        values = [50.0] * 10
+        if hit_at is not None:
+            values[hit_at - 1:] = [best] * (11 - hit_at)
+        return RunResult("branin", planner, seed, values=values, feasible=[True] * 10, planner_seconds=[0.1] * 10)
+
+    mine = [4, 5, 6, 9, None, 3]   # experiments to success per seed (None: never)
+    theirs = [6, 5, 8, 7, 9, None]
+    results = [run("bo", s, h) for s, h in enumerate(mine)] + [run("ax", s, h) for s, h in enumerate(theirs)]
+    config = BenchConfig(name="t", seeds=6, problems=[{"name": "branin", "budget": 10}],
+                         planners=[{"name": "bo", "kind": "bo"}, {"name": "ax", "kind": "random"}], baseline="ax")
+    summary = summarise(config, {"branin": problem}, results, {"branin": ref})
+    paired = summary["branin"]["bo"]["paired"]
+    differences = [-2, 0, -2, 2, 2, -8]  # the never-reaching runs count 11
+    assert (paired["wins"], paired["ties"], paired["losses"]) == (3, 1, 2)
+    assert paired["median_difference"] == float(np.median(differences)) == -1.0
+    low, high = paired["ci95"]
+    assert min(differences) <= low <= -1.0 <= high <= max(differences)
+    assert "paired" not in summary["branin"]["ax"]
+    table = format_table(config, summary, {"branin": ref})
+    assert "Seed by seed against ax" in table and "| bo | 6 | 3 / 1 / 2 |" in table
+    with pytest.raises(ValueError, match="baseline 'peer' is not one of the planners"):
+        BenchConfig(name="t", problems=[{"name": "branin"}], planners=[{"name": "bo", "kind": "bo"}], baseline="peer")
+
+
 @pytest.mark.slow  # two bench runs and a merge, each starting Ray (~40 s); .ci/run runs it
 def test_more_seeds_later_merge_into_one_table(tmp_path):
     """--first-seed adds seeds to an earlier run; bench-merge makes one table of both."""

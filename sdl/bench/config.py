@@ -42,6 +42,8 @@ class BenchConfig(Section):
     num_cpus: int | None = Field(default=2, ge=1, description="CPUs for a local Ray (tasks run one per CPU)")
     ray_address: str | None = None
     out: Path | None = Field(default=None, description="default: runs/bench/<name>")
+    baseline: str | None = Field(default=None, description="a planner every other is compared with seed by seed "
+                                                           "(wins/ties/losses, bootstrap CI of the median difference)")
 
     @model_validator(mode="after")
     def _unique(self) -> BenchConfig:
@@ -49,6 +51,9 @@ class BenchConfig(Section):
             repeated = sorted({n for n in names if names.count(n) > 1})
             if repeated:
                 raise ValueError(f"{what} names must be unique; repeated: {repeated}")
+        if self.baseline is not None and self.baseline not in {p.name for p in self.planners}:
+            raise ValueError(f"baseline {self.baseline!r} is not one of the planners "
+                             f"({', '.join(p.name for p in self.planners)})")
         return self
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from sdl.bench.config import BenchConfig
 from sdl.bench.problems import BenchProblem, make_problem, reached
 from sdl.bench.runner import RunResult
+from sdl.settings import validate
 
 
 def write_outputs(config: BenchConfig, problems: dict[str, BenchProblem], results: list[RunResult],
@@ -68,13 +69,51 @@ def summarise(config: BenchConfig, problems: dict[str, BenchProblem], results: l
                     "planner_s_at_end": float(np.median([np.mean(r.planner_seconds[-5:]) for r in ok])),
                 })
             summary[spec.name][planner.name] = row
+        if config.baseline is not None:
+            for name, row in summary[spec.name].items():
+                if name != config.baseline:
+                    row["paired"] = paired_comparison(problem, results, ref, spec.name, name, config.baseline,
+                                                      budget=spec.budget)
     return summary
 
 
-def merge_results(result_files: list[Path], out: Path) -> dict[str, Any]:
+def paired_comparison(problem: BenchProblem, results: list[RunResult], ref: dict[str, float], problem_name: str,
+                      planner: str, baseline: str, *, budget: int) -> dict[str, Any] | None:
+    """Experiments to 95 % of the best, seed by seed, against the baseline planner's run of the same seed:
+    wins (fewer), ties, losses, and the median of the paired differences with a 95 % bootstrap CI
+    (scipy, percentile method: the differences are integers with ties, where BCa breaks down). A run
+    that never reaches the target counts as budget + 1, a bound in its favour, so a difference with one
+    side censored is at least that large in truth."""
+    from scipy.stats import bootstrap
+
+    def hits(name: str) -> dict[int, float]:
+        return {r.seed: min(_experiments_to_success(problem, r, ref), budget + 1.0)
+                for r in results if r.problem == problem_name and r.planner == name and r.error is None}
+
+    mine, theirs = hits(planner), hits(baseline)
+    seeds = sorted(mine.keys() & theirs.keys())
+    if not seeds:
+        return None
+    difference = np.array([mine[s] - theirs[s] for s in seeds])
+    out: dict[str, Any] = {"baseline": baseline, "seeds": len(seeds), "wins": int((difference < 0).sum()),
+                           "ties": int((difference == 0).sum()), "losses": int((difference > 0).sum()),
+                           "median_difference": float(np.median(difference)), "ci95": None,
+                           "ratio_of_medians": float(np.median([mine[s] for s in seeds])
+                                                     / np.median([theirs[s] for s in seeds]))}
+    if len(seeds) >= 3 and np.ptp(difference) > 0:
+        ci = bootstrap((difference,), np.median, confidence_level=0.95, method="percentile", n_resamples=9999,
+                       random_state=np.random.default_rng(0)).confidence_interval
+        out["ci95"] = [float(ci.low), float(ci.high)]
+    elif len(seeds) >= 3:
+        out["ci95"] = [float(difference[0])] * 2  # every seed the same difference
+    return out
+
+
+def merge_results(result_files: list[Path], out: Path, *, baseline: str | None = None) -> dict[str, Any]:
     """Several ``results.json`` of one bench (e.g. seeds 0-9 today, 10-19 tomorrow, or planners run
     apart) as one: the union of their runs, summarised and plotted again in ``out``. Refused when
-    they disagree on a problem's reference, which would make "95 % of the best" mean two things."""
+    they disagree on a problem's reference, which would make "95 % of the best" mean two things.
+    ``baseline`` names the planner to compare the others with seed by seed (default: the first file's)."""
     if not result_files:
         raise ValueError("nothing to merge: name at least one results.json")
     loaded = [json.loads(Path(f).read_text()) for f in result_files]
@@ -95,9 +134,11 @@ def merge_results(result_files: list[Path], out: Path) -> dict[str, Any]:
         for r in data["runs"]:
             runs[(r["problem"], r["planner"], r["seed"])] = RunResult(**r)  # a later file's run of a seed wins
     seeds = sorted({seed for _, _, seed in runs})
-    config = BenchConfig.model_validate({**loaded[0]["config"], "problems": list(problems.values()),
+    config = validate(BenchConfig, {**loaded[0]["config"], "problems": list(problems.values()),
                                          "planners": list(planners.values()), "seeds": len(seeds),
-                                         "first_seed": seeds[0], "out": out})
+                                         "first_seed": seeds[0], "out": out,
+                                         "baseline": baseline or loaded[0]["config"].get("baseline")},
+                      source="the merged results")
     built = {spec.name: make_problem(spec) for spec in config.problems}
     try:
         return write_outputs(config, built, list(runs.values()), references, out)
@@ -131,6 +172,16 @@ def format_table(config: BenchConfig, summary: dict, references: dict) -> str:
             regret_text = f"{regret:.4g} [{q[0]:.3g}, {q[1]:.3g}]" if regret is not None else "no feasible point"
             lines.append(f"| {name} | {hits_text} | {row['reached_95_share']:.0%} | {regret_text} | "
                          f"{row['infeasible_share']:.0%} | {row['planner_s_per_iter']:.3f}, {row['planner_s_at_end']:.3f} |")
+        paired = {name: row["paired"] for name, row in rows.items() if row.get("paired")}
+        if paired:
+            lines += ["", f"Seed by seed against {config.baseline} (experiments to 95 %; a run that never reaches it "
+                          f"counts {budget + 1}):", "",
+                      "| planner | seeds | wins / ties / losses | median difference [95 % bootstrap CI] | ratio of medians |",
+                      "|---|---|---|---|---|"]
+            for name, c in paired.items():
+                ci = f"[{c['ci95'][0]:g}, {c['ci95'][1]:g}]" if c["ci95"] else "(too few seeds)"
+                lines.append(f"| {name} | {c['seeds']} | {c['wins']} / {c['ties']} / {c['losses']} | "
+                             f"{c['median_difference']:+g} {ci} | {c['ratio_of_medians']:.2f} |")
         lines.append("")
     return "\n".join(lines)
 

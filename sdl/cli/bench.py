@@ -17,14 +17,15 @@ from sdl.cli import main
               help="Run seeds FIRST_SEED .. FIRST_SEED + seeds - 1 (to add seeds to an earlier run; see bench-merge).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output folder (default: runs/bench/<name>).")
 @click.option("--planners", help="Comma-separated subset of the config's planners.")
+@click.option("--baseline", help="Compare every planner seed by seed with this one (default: the config's baseline).")
 @click.option("--problems", help="Comma-separated subset of the config's problems.")
 @click.option("--ray-address", help="Run the tasks on an existing Ray cluster ('auto' or HOST:PORT).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
 def bench(config: Path, seeds: int | None, first_seed: int | None, out: Path | None, planners: str | None,
-          problems: str | None, ray_address: str | None, no_progress: bool) -> None:
+          baseline: str | None, problems: str | None, ray_address: str | None, no_progress: bool) -> None:
     """Benchmark planners x problems x seeds (CONFIG, YAML) in parallel Ray tasks; write a table and regret curves."""
     from sdl.bench import load_bench_config, run_bench
-    from sdl.settings import ConfigError
+    from sdl.settings import ConfigError, validate
 
     try:
         cfg = load_bench_config(config)
@@ -37,6 +38,8 @@ def bench(config: Path, seeds: int | None, first_seed: int | None, out: Path | N
             update["out"] = out
         if ray_address is not None:
             update["ray_address"] = ray_address
+        if baseline is not None:
+            update["baseline"] = baseline
         for option, field, names in (("--planners", "planners", planners), ("--problems", "problems", problems)):
             if names:
                 wanted = [n.strip() for n in names.split(",") if n.strip()]
@@ -45,8 +48,10 @@ def bench(config: Path, seeds: int | None, first_seed: int | None, out: Path | N
                 if unknown:
                     raise ConfigError(f"{option}: {unknown} not in the config; it has {sorted(known)}")
                 update[field] = [known[n] for n in wanted]
-        if update:
-            cfg = cfg.model_copy(update=update)
+        if "planners" in update and baseline is None and cfg.baseline not in {p.name for p in update["planners"]}:
+            update["baseline"] = None  # the config's baseline is not run this time: no seed-by-seed table
+        if update:  # validated again: a baseline must be among the planners run
+            cfg = validate(type(cfg), {**cfg.model_dump(), **update}, source="the options")
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
     result = run_bench(cfg, progress=not no_progress)
@@ -57,13 +62,14 @@ def bench(config: Path, seeds: int | None, first_seed: int | None, out: Path | N
 @main.command("bench-merge")
 @click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for the merged table.")
-def bench_merge(results: tuple[Path, ...], out: Path) -> None:
+@click.option("--baseline", help="Compare every planner seed by seed with this one (default: the first file's).")
+def bench_merge(results: tuple[Path, ...], out: Path, baseline: str | None) -> None:
     """Merge the RESULTS (results.json files of `sdl bench` runs: other seeds, other planners) into one
     table and regret plot."""
     from sdl.bench import merge_results
 
     try:
-        merged = merge_results(list(results), out)
+        merged = merge_results(list(results), out, baseline=baseline)
     except (ValueError, KeyError, json.JSONDecodeError) as e:
         raise click.ClickException(f"cannot merge: {e}") from None
     click.echo((Path(merged["out"]) / "table.md").read_text())
