@@ -69,6 +69,8 @@ class CalphadPhysicsSettings(Section):
     database: str = Field(default=DEFAULT_DATABASE, description="the planner's database (TDB path or pycalphad:NAME)")
     points_per_axis: int = Field(default=9, ge=2, le=33, description="grid points per free element of the table")
     offset_sd_k: float = Field(default=40.0, gt=0, description="how far (K) the database's solvus may be off, a priori")
+    gradient_sd_k: float = Field(default=0.0, ge=0, description="how much (K) that error may change across each "
+                                                                "input's range (0: one shift everywhere)")
     objective_inputs: list[Literal["gamma_prime_at_ageing", "brittle_at_ageing", "solution_margin_k",
                                    "ageing_margin_k"]] = Field(
         default_factory=list, description="CALPHAD features the objective's GP sees beside the composition (hybrid "
@@ -216,7 +218,8 @@ class BoPlanner(Planner):
         if settings.feasibility == "calphad":
             from sdl.surrogates.calphad_features import CalphadFeasibility
 
-            self.calphad_feasibility = CalphadFeasibility(self.calphad_features, offset_sd_k=settings.calphad.offset_sd_k)
+            self.calphad_feasibility = CalphadFeasibility(self.calphad_features, offset_sd_k=settings.calphad.offset_sd_k,
+                                                          gradient_sd_k=settings.calphad.gradient_sd_k)
         self.equality_constraints = []
         # Columns the GP sees: everything but the balance element (see the module docstring).
         self.model_columns = torch.arange(len(self.columns))

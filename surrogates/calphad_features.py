@@ -42,13 +42,20 @@ from sdl.surrogates.phase_classifier import laplace_logistic_update, log_probit_
 
 FEATURES = ("gamma_prime_at_ageing", "brittle_at_ageing", "solution_margin_k", "ageing_margin_k")
 DEFAULT_LADDER_K = tuple(float(t) for t in range(900, 1501, 50))
+# Around the campaign's own temperatures the ladder is refined: a crossing interpolated between
+# ladder temperatures 50 K apart put Ni-12Al-18.5Co-18.5Cr's solution margin 20-28 K off the database's
+# own (gamma-prime fraction is not linear in T near its solvus), which pushed the planner off the
+# boundary where the hardest alloys are; at 10 K steps the error was under 5 K there.
+FINE_STEP_K = 10.0
+FINE_WINDOW_K = 60.0
 DTYPE = torch.double
 
 
 def temperature_margin(values: np.ndarray, temperatures_k: np.ndarray, at_k: float, tolerance: float) -> np.ndarray:
     """Signed distance (K) from ``at_k`` to the nearest temperature where ``values`` (T x points)
     crosses ``tolerance``: positive where the value at ``at_k`` is within tolerance, negative where
-    not; capped at the ladder's ends. Crossings are interpolated linearly between ladder temperatures."""
+    not; capped at the ladder's ends. Crossings are interpolated linearly between ladder temperatures
+    (refined near the temperatures that matter: :data:`FINE_STEP_K`)."""
     t = np.asarray(temperatures_k, dtype=float)
     k = int(np.argmin(np.abs(t - at_k)))
     cap = float(max(t[-1] - t[k], t[k] - t[0]))
@@ -94,7 +101,17 @@ class CalphadFeatures:
         # Designed ageing (joint composition and process design): the ageing temperature is one more
         # axis of the table, at the ladder's temperatures inside its range and at both ends.
         ageing_axis = sorted({*ageing_range, *(float(t) for t in ladder_k if ageing_range[0] < t < ageing_range[1])})
-        temperatures = sorted({*map(float, ladder_k), self.solution_temperature_k, *ageing_axis})
+
+        def ladder_around(centre_k: float) -> list[float]:
+            """The ladder a margin at ``centre_k`` is read from: the default one, refined near it."""
+            fine = np.arange(centre_k - FINE_WINDOW_K, centre_k + FINE_WINDOW_K + 1e-9, FINE_STEP_K)
+            return sorted({*map(float, ladder_k), float(centre_k), *map(float, fine)})
+
+        # Each margin reads its own ladder, so a designed-ageing table at an ageing temperature holds
+        # exactly what a campaign fixing it there computes (the solution margin never depends on it).
+        ladders = {centre: ladder_around(centre) for centre in (self.solution_temperature_k, *ageing_axis)}
+        temperatures = sorted(set().union(*ladders.values()))
+        self.temperatures_k = tuple(temperatures)
         equilibria = PhaseEquilibria(database, elements=(*self.free_elements, balance), cache_path=cache_path)
         try:
             table = equilibria.grid(axes, temperatures)
@@ -105,12 +122,17 @@ class CalphadFeatures:
         flat = {c: np.nan_to_num(v).reshape(len(t), -1) for c, v in table.fractions.items()}
         not_gamma = 1.0 - flat["gamma"]
         brittle = sum(flat[c] for c in BRITTLE)
-        solution_margin = temperature_margin(not_gamma, t, self.solution_temperature_k, tolerance)
+
+        def margin(values: np.ndarray, centre_k: float) -> np.ndarray:
+            rows = np.searchsorted(t, ladders[centre_k])
+            return temperature_margin(values[rows], t[rows], centre_k, tolerance)
+
+        solution_margin = margin(not_gamma, self.solution_temperature_k)
         per_ageing = []
         for ageing_k in ageing_axis:
             i_age = int(np.argmin(np.abs(t - ageing_k)))
             per_ageing.append(np.stack([flat["gamma_prime"][i_age], brittle[i_age], solution_margin,
-                                        temperature_margin(brittle, t, ageing_k, tolerance)]))
+                                        margin(brittle, ageing_k)]))
         values = np.stack(per_ageing, axis=-1).reshape(len(FEATURES), *shape[1:], len(ageing_axis))
         self.axes = [torch.as_tensor(a, dtype=DTYPE) for a in table.axes]
         if designed:
@@ -167,20 +189,35 @@ class CalphadFeasibility:
 
     The prior says the database is right (offset 0, a steep slope) and allows it to be off: the
     offset's sd is ``offset_sd_k`` (K of solvus shift). A verdict moves the two numbers, so it moves
-    the boundary everywhere by the same temperature, as a shifted solvus would. One infeasible
+    the boundary everywhere by the same temperature, as a shifted solvus would (with ``gradient_sd_k``,
+    by a temperature that may also change linearly across the space). One infeasible
     alloy far beyond the boundary agrees with the database and moves nothing, where a polynomial
     classifier on composition would bend its whole boundary (the cause of issue 19's plateaus)."""
 
     def __init__(self, features: CalphadFeatures, *, scale_k: float = 25.0, slope: float = 2.0,
-                 slope_sd: float = 1.0, offset_sd_k: float = 40.0) -> None:
+                 slope_sd: float = 1.0, offset_sd_k: float = 40.0, gradient_sd_k: float = 0.0) -> None:
         self.features = features
         self.scale_k = scale_k
-        self.mean = torch.tensor([0.0, slope], dtype=DTYPE)
-        self.covariance = torch.diag(torch.tensor([(slope * offset_sd_k / scale_k) ** 2, slope_sd ** 2], dtype=DTYPE))
+        # gradient_sd_k > 0: the database's error may also vary linearly across the space, by about that
+        # many kelvin from one end of each input's range to the other (a perturbed phase's Gibbs energy
+        # shifts a solvus more where there is more of that phase), so verdicts can tilt the boundary.
+        self.gradient = gradient_sd_k > 0
+        self.low = torch.stack([a[0] for a in features.axes])
+        self.span = torch.stack([(a[-1] - a[0]).clamp_min(1e-12) for a in features.axes])
+        variances = [(slope * offset_sd_k / scale_k) ** 2, slope_sd ** 2]
+        if self.gradient:
+            variances += [(slope * gradient_sd_k / scale_k) ** 2] * len(features.axes)
+        self.mean = torch.zeros(len(variances), dtype=DTYPE)
+        self.mean[1] = slope
+        self.covariance = torch.diag(torch.tensor(variances, dtype=DTYPE))
 
     def _phi(self, x_free: torch.Tensor) -> torch.Tensor:
         margin = self.features.margin_k(x_free) / self.scale_k
-        return torch.stack([torch.ones_like(margin), margin], dim=-1)
+        columns = [torch.ones_like(margin), margin]
+        if self.gradient:  # centred: the offset stays the shift in the middle of the space
+            centred = (x_free.to(DTYPE) - self.low) / self.span - 0.5
+            columns += list(centred.unbind(-1))
+        return torch.stack(columns, dim=-1)
 
     def updated(self, x_free: torch.Tensor, labels: torch.Tensor) -> CalphadFeasibility:
         """A copy with the posterior after these verdicts (1 feasible, 0 not)."""
@@ -199,5 +236,5 @@ class CalphadFeasibility:
     def boundary_shift_k(self) -> float:
         """Where the posterior puts the boundary relative to the database's (K; positive: the truth
         needs more margin than the database says)."""
-        offset, slope = (float(v) for v in self.mean)
+        offset, slope = (float(v) for v in self.mean[:2])
         return -offset / slope * self.scale_k if abs(slope) > 1e-12 else math.inf

@@ -50,7 +50,10 @@ def test_temperature_margins_are_signed_distances_to_the_crossing():
 def test_features_interpolate_the_planners_own_table(features, cache):
     equilibria = PhaseEquilibria(elements=("Al", "Co", "Cr", "Ni"), cache_path=cache)
     axes = {e: np.linspace(lo, hi, 3) for e, (lo, hi) in BOUNDS.items()}
-    temperatures = sorted({*DEFAULT_LADDER_K, SOLUTION_K, AGEING_K})
+    # each margin's ladder: every default temperature, refined to 10 K steps within 60 K of its own
+    ladders = {at: sorted({*DEFAULT_LADDER_K, *(at + np.arange(-60.0, 61.0, 10.0))}) for at in (SOLUTION_K, AGEING_K)}
+    temperatures = sorted({*ladders[SOLUTION_K], *ladders[AGEING_K]})
+    assert list(features.temperatures_k) == temperatures
     table = equilibria.grid(axes, temperatures)  # from the cache: the features' own computation
     equilibria.close()
     rng = np.random.default_rng(0)
@@ -60,9 +63,11 @@ def test_features_interpolate_the_planners_own_table(features, cache):
     t = table.temperatures_k
     i_age = int(np.argmin(np.abs(t - AGEING_K)))
     flat = {c: np.nan_to_num(v).reshape(len(t), -1) for c, v in table.fractions.items()}
-    grids = [flat["gamma_prime"][i_age], sum(flat[c] for c in BRITTLE)[i_age],
-             temperature_margin(1.0 - flat["gamma"], t, SOLUTION_K, 0.01),
-             temperature_margin(sum(flat[c] for c in BRITTLE), t, AGEING_K, 0.01)]
+    rows = {at: [temperatures.index(k) for k in ladder] for at, ladder in ladders.items()}
+    brittle = sum(flat[c] for c in BRITTLE)
+    grids = [flat["gamma_prime"][i_age], brittle[i_age],
+             temperature_margin((1.0 - flat["gamma"])[rows[SOLUTION_K]], ladders[SOLUTION_K], SOLUTION_K, 0.01),
+             temperature_margin(brittle[rows[AGEING_K]], ladders[AGEING_K], AGEING_K, 0.01)]
     expected = np.column_stack([RegularGridInterpolator(table.axes, g.reshape(3, 3, 3))(x) for g in grids])
     np.testing.assert_allclose(ours, expected, atol=1e-9)
     # Al raises the gamma-prime solvus: the solution margin shrinks as Al grows (Co, Cr fixed)
@@ -271,3 +276,37 @@ def test_a_designed_ageing_temperature_must_be_a_parameter_below_solutionising()
                                           "parameters": {"ageing_temperature_k": {"low": 1000, "high": 1350}}})
     with pytest.raises(ValueError, match="reach 1350.0 K, not below the solutionising 1300.0 K"):
         BoPlanner.check(settings, AgentContext(space=too_hot))
+
+
+def test_a_tilted_feasibility_model_learns_a_database_error_that_varies_with_composition(features):
+    """gradient_sd_k: the database's error may change across the space. Verdicts from a truth whose
+    boundary lies 0 K off the database's at the lowest Al and 80 K off at the highest are learned by the
+    tilted model (it classifies new alloys better than the single-shift model and puts a larger shift
+    at high Al); with gradient_sd_k 0 the model is the single-shift one, exactly."""
+    rng = np.random.default_rng(3)
+
+    def sample(n: int) -> torch.Tensor:
+        return torch.as_tensor(np.column_stack([rng.uniform(lo, hi, n) for lo, hi in BOUNDS.values()]))
+
+    def truth(x: torch.Tensor) -> torch.Tensor:
+        al = (x[:, 0] - BOUNDS["Al"][0]) / (BOUNDS["Al"][1] - BOUNDS["Al"][0])
+        return (features.margin_k(x) > 80.0 * al).double()
+
+    def near_the_boundary(n: int) -> torch.Tensor:  # where a campaign's verdicts fall, and where they matter
+        x = sample(20 * n)
+        return x[(features.margin_k(x) - 40.0).abs() < 60.0][:n]
+
+    train, test = near_the_boundary(60), near_the_boundary(400)
+    single = CalphadFeasibility(features).updated(train, truth(train))
+    tilted = CalphadFeasibility(features, gradient_sd_k=40.0).updated(train, truth(train))
+
+    def accuracy(model: CalphadFeasibility) -> float:
+        with torch.no_grad():
+            return float(((model.log_probability(test) > np.log(0.5)).double() == truth(test)).double().mean())
+
+    assert len(test) == 400 and 1 - accuracy(tilted) < 0.7 * (1 - accuracy(single))
+    # the tilt is along Al: its weight pushes the boundary to larger margins (lower logit) where Al is high
+    al, co, cr = (float(w) for w in tilted.mean[2:])
+    assert al < 0 and abs(al) > 2 * max(abs(co), abs(cr))
+    plain = CalphadFeasibility(features, gradient_sd_k=0.0)
+    assert plain.mean.shape == (2,) and torch.equal(plain.mean, CalphadFeasibility(features).mean)
