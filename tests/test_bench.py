@@ -159,6 +159,35 @@ def test_joint_composition_and_process_design_problem():
             "ageing_temperature_k": [1000, 1250], "limits": {"max_temperature_k": 1200}}}})
 
 
+def test_policy_route_problem_processes_each_alloy_as_the_process_planner_would():
+    """The alternative to designing the ageing hold: the planner designs the composition, the shipped RL
+    policy plans each alloy's route (or the textbook route where that promises more); alloys with
+    routes of different lengths are measured together; the two process options exclude each other."""
+    from sdl.agents.process_policy import SHIPPED_POLICY, ProcessPolicy, choose_route
+
+    problem = make_problem(ProblemSpec.model_validate({"name": "twin_policy", "twin": {"process_policy": "shipped"}}))
+    try:
+        assert not problem.space.parameters  # the composition only
+        policy = ProcessPolicy(SHIPPED_POLICY)
+        compositions = [{"Ni": 0.68, "Al": 0.12, "Co": 0.10, "Cr": 0.10}, {"Ni": 0.85, "Al": 0.05, "Co": 0.05, "Cr": 0.05},
+                        {"Ni": 0.75, "Al": 0.10, "Co": 0.0, "Cr": 0.15}]
+        points = [DesignPoint(composition=c) for c in compositions]
+        routes = problem.routes(points)
+        assert len({tuple(s.operation for s in r) for r in routes}) > 1  # not one shared sequence of holds
+        for composition, route in zip(compositions, routes):
+            steps, _, policy_return = policy.route(composition)
+            book, _, book_return = policy.textbook(composition)
+            assert route == (steps if choose_route(steps, policy_return, book_return) == "policy" else book)
+        values, _ = problem.truth(points)
+        one_by_one = [problem.truth([p])[0][0] for p in points]
+        np.testing.assert_allclose(values, one_by_one, rtol=1e-12)
+        assert problem.twin.properties([compositions[0]], [routes[0]]).hardness_hv[0] == pytest.approx(values[0])
+    finally:
+        problem.close()
+    with pytest.raises(ValueError, match="either process_design .* or process_policy"):
+        ProblemSpec.model_validate({"name": "j", "twin": {"process_design": {}, "process_policy": "shipped"}})
+
+
 def test_bench_runs_end_to_end_as_ray_tasks(tmp_path):
     config = tmp_path / "bench.yaml"
     config.write_text(yaml.safe_dump({

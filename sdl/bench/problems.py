@@ -126,6 +126,16 @@ class TwinVariant(Section):
         default_factory=dict, description="constants (J/mol) added to parameters of the *truth's* database only, e.g. "
                                           "{'G(L12_FCC,NI:AL:VA;0)': -300}: planners keep the unperturbed one")
     process_design: ProcessDesign | None = Field(default=None, description="the ageing hold as design variables")
+    process_policy: str | None = Field(
+        default=None, description="or: each alloy gets the route a trained process policy plans for it ('shipped', "
+                                  "or a policy file or run directory): the planner designs the composition only")
+
+    @model_validator(mode="after")
+    def _one_process(self) -> TwinVariant:
+        if self.process_design is not None and self.process_policy is not None:
+            raise ValueError("give either process_design (the ageing hold designed with the composition) or "
+                             "process_policy (the route a trained policy plans), not both")
+        return self
 
 
 class TwinProblem(BenchProblem):
@@ -176,12 +186,24 @@ class TwinProblem(BenchProblem):
             database = str(shifted_database(DEFAULT_DATABASE, self.variant.truth_shifts_j_per_mol,
                                             default_cache_path().parent / "databases"))
         self.twin = AlloyTwin(TwinConfig(database=database), cache_path=default_cache_path())
+        self.policy = None
+        if self.variant.process_policy is not None:
+            from sdl.agents.process_policy import SHIPPED_POLICY, ProcessPolicy
+
+            path = SHIPPED_POLICY if self.variant.process_policy == "shipped" else self.variant.process_policy
+            try:  # the policy plans on its own model of the alloy (the unperturbed database), not the truth
+                self.policy = ProcessPolicy(path)
+            except (OSError, ValueError, KeyError) as e:
+                raise ConfigError(f"problem {name}: cannot load process_policy {self.variant.process_policy!r}: {e}") from None
+            self._policy_routes: dict[tuple, list[ProcessStep]] = {}
 
     def routes(self, points: list[DesignPoint]) -> list[list[ProcessStep]]:
         """Each specimen's heat treatment: the target's, or its own ageing hold in a joint design."""
         target = self.phase_boundary.target
         solution = ProcessStep(operation="solutionise", temperature_k=target.solution_temperature_k,
                                duration_s=self.SOLUTION_DURATION_S, quench_medium="water")
+        if self.policy is not None:
+            return [self._policy_route(p.composition.root) for p in points]
         if self.variant.process_design is None:
             age = ProcessStep(operation="age", temperature_k=target.ageing_temperature_k,
                               duration_s=self.AGEING_DURATION_S, quench_medium="water")
@@ -190,10 +212,33 @@ class TwinProblem(BenchProblem):
                                        duration_s=p.parameters["ageing_duration_h"] * SECONDS_PER_HOUR,
                                        quench_medium="water")] for p in points]
 
+    def _policy_route(self, composition: dict[str, float]) -> list[ProcessStep]:
+        """The route the process planner would hand out for this alloy: the policy's, or the textbook's
+        where that promises more (:func:`choose_route`); never as cast, which no campaign measures."""
+        from sdl.agents.process_policy import choose_route
+
+        key = tuple(round(composition[e], 12) for e in self.twin.free_elements)
+        if key not in self._policy_routes:
+            steps, _, policy_return = self.policy.route(composition)
+            book, _, book_return = self.policy.textbook(composition)
+            self._policy_routes[key] = steps if choose_route(steps, policy_return, book_return) == "policy" else book
+        return self._policy_routes[key]
+
+    def _grouped(self, compute, compositions: list[dict[str, float]], routes: list[list[ProcessStep]]) -> np.ndarray:
+        """``compute(compositions, routes)`` vectorised over specimens whose routes share one sequence of
+        operations (the twin's condition for per-specimen routes), and stitched back in order."""
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(routes):
+            groups.setdefault(tuple(s.operation for s in r), []).append(i)
+        out = np.empty(len(routes))
+        for index in groups.values():
+            out[index] = compute([compositions[i] for i in index], [routes[i] for i in index])
+        return out
+
     def evaluate(self, points: list[DesignPoint]) -> list[dict[str, float]]:
         compositions = [p.composition.root for p in points]
         routes = self.routes(points)
-        hardness = self.twin.properties(compositions, routes).hardness_hv
+        hardness = self._grouped(lambda c, r: self.twin.properties(c, r).hardness_hv, compositions, routes)
         ok = self._processable(compositions, routes, self.twin.exact_equilibrium)
         return [{"hardness_hv": float(h), "processable": float(o)} for h, o in zip(hardness, ok)]
 
@@ -213,7 +258,8 @@ class TwinProblem(BenchProblem):
         changes the reported feasible share a little and nothing else)."""
         compositions = [p.composition.root for p in points]
         routes = self.routes(points)
-        hardness = self.twin.properties(compositions, routes, phase_state="table").hardness_hv
+        hardness = self._grouped(lambda c, r: self.twin.properties(c, r, phase_state="table").hardness_hv,
+                                 compositions, routes)
         feasible = self._processable(self.twin.free_fractions(compositions), routes, self.twin.table)
         order = np.argsort(-hardness)
         exact = np.zeros(len(points), dtype=bool)
