@@ -124,7 +124,7 @@ class CalphadFeatures:
         brittle = sum(flat[c] for c in BRITTLE)
 
         def margin(values: np.ndarray, centre_k: float) -> np.ndarray:
-            rows = np.searchsorted(t, ladders[centre_k])
+            rows = np.abs(t[:, None] - np.asarray(ladders[centre_k])[None, :]).argmin(axis=0)
             return temperature_margin(values[rows], t[rows], centre_k, tolerance)
 
         solution_margin = margin(not_gamma, self.solution_temperature_k)
