@@ -52,12 +52,14 @@ def summarise(config: BenchConfig, problems: dict[str, BenchProblem], results: l
         problem = problems[spec.name]
         ref = references[spec.name]
         summary[spec.name] = {}
+        hits_by_seed: dict[str, dict[int, float]] = {}  # planner -> seed -> experiments to 95 %
         for planner in config.planners:
             runs = [r for r in results if r.problem == spec.name and r.planner == planner.name]
             ok = [r for r in runs if r.error is None]
             row: dict[str, Any] = {"runs": len(runs), "errors": [r.error for r in runs if r.error]}
             if ok:
                 hits = np.array([_experiments_to_success(problem, r, ref) for r in ok])
+                hits_by_seed[planner.name] = {r.seed: h for r, h in zip(ok, hits.tolist())}
                 regret = np.array([best_so_far_regret(problem.objective.direction, r, ref["best"])[-1] for r in ok])
                 row.update({
                     "experiments_to_95": float(np.median(hits)),
@@ -70,30 +72,29 @@ def summarise(config: BenchConfig, problems: dict[str, BenchProblem], results: l
                 })
             summary[spec.name][planner.name] = row
         if config.baseline is not None:
+            theirs = hits_by_seed.get(config.baseline, {})
             for name, row in summary[spec.name].items():
                 if name != config.baseline:
-                    row["paired"] = paired_comparison(problem, results, ref, spec.name, name, config.baseline,
+                    row["paired"] = paired_comparison(hits_by_seed.get(name, {}), theirs, config.baseline,
                                                       budget=spec.budget)
     return summary
 
 
-def paired_comparison(problem: BenchProblem, results: list[RunResult], ref: dict[str, float], problem_name: str,
-                      planner: str, baseline: str, *, budget: int) -> dict[str, Any] | None:
-    """Experiments to 95 % of the best, seed by seed, against the baseline planner's run of the same seed:
+def paired_comparison(mine: dict[int, float], theirs: dict[int, float], baseline: str, *,
+                      budget: int) -> dict[str, Any] | None:
+    """Experiments to 95 % of the best (seed -> count, inf where never), seed by seed, against the
+    baseline planner's run of the same seed:
     wins (fewer), ties, losses, and the median of the paired differences with a 95 % bootstrap CI
     (scipy, percentile method: the differences are integers with ties, where BCa breaks down). A run
     that never reaches the target counts as budget + 1, a bound in its favour, so a difference with one
     side censored is at least that large in truth."""
     from scipy.stats import bootstrap
 
-    def hits(name: str) -> dict[int, float]:
-        return {r.seed: min(_experiments_to_success(problem, r, ref), budget + 1.0)
-                for r in results if r.problem == problem_name and r.planner == name and r.error is None}
-
-    mine, theirs = hits(planner), hits(baseline)
     seeds = sorted(mine.keys() & theirs.keys())
     if not seeds:
         return None
+    mine = {s: min(mine[s], budget + 1.0) for s in seeds}
+    theirs = {s: min(theirs[s], budget + 1.0) for s in seeds}
     difference = np.array([mine[s] - theirs[s] for s in seeds])
     out: dict[str, Any] = {"baseline": baseline, "seeds": len(seeds), "wins": int((difference < 0).sum()),
                            "ties": int((difference == 0).sum()), "losses": int((difference > 0).sum()),

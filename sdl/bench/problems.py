@@ -198,12 +198,13 @@ class TwinProblem(BenchProblem):
             self._policy_routes: dict[tuple, list[ProcessStep]] = {}
 
     def routes(self, points: list[DesignPoint]) -> list[list[ProcessStep]]:
-        """Each specimen's heat treatment: the target's, or its own ageing hold in a joint design."""
+        """Each specimen's heat treatment: the target's, its own ageing hold in a joint design, or the
+        process policy's plan for it."""
+        if self.policy is not None:
+            return [self._policy_route(p.composition.root) for p in points]
         target = self.phase_boundary.target
         solution = ProcessStep(operation="solutionise", temperature_k=target.solution_temperature_k,
                                duration_s=self.SOLUTION_DURATION_S, quench_medium="water")
-        if self.policy is not None:
-            return [self._policy_route(p.composition.root) for p in points]
         if self.variant.process_design is None:
             age = ProcessStep(operation="age", temperature_k=target.ageing_temperature_k,
                               duration_s=self.AGEING_DURATION_S, quench_medium="water")
