@@ -18,8 +18,8 @@ pycalphad, cached on disk like the twin's tables), so a proposal costs no CALPHA
 
 The margins are signed distances in temperature, not fractions. A fraction is flat (zero) over the
 whole feasible region, so it cannot say *how* safe an alloy is. A margin can. A database that is
-off by a shifted solvus is then off by a constant in the margin, which a two-parameter correction
-learns from a handful of verdicts (:class:`CalphadFeasibility`).
+off by a shifted solvus is then off by a constant in the margin, which a one-parameter correction
+(an offset) learns from a handful of verdicts (:class:`CalphadFeasibility`).
 
 Evaluation is multilinear interpolation of the table in torch, so the features are differentiable
 and the acquisition optimiser can follow them. Written by hand: ``grid_sample`` covers at most three
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -38,7 +37,7 @@ import numpy as np
 import torch
 
 from sdl.env.calphad import BRITTLE, DEFAULT_DATABASE, PhaseEquilibria
-from sdl.surrogates.phase_classifier import laplace_logistic_update, log_probit_probability
+from sdl.surrogates.phase_classifier import laplace_logistic_update, log_expected_logistic
 
 FEATURES = ("gamma_prime_at_ageing", "brittle_at_ageing", "solution_margin_k", "ageing_margin_k")
 DEFAULT_LADDER_K = tuple(float(t) for t in range(900, 1501, 50))
@@ -183,37 +182,48 @@ class CalphadFeatures:
 
 
 class CalphadFeasibility:
-    """P(target phase state | composition) = probit(offset + slope x margin / scale), with the margin from
-    the planner's own CALPHAD (:meth:`CalphadFeatures.margin_k`) and a Gaussian posterior over
-    (offset, slope), updated by Laplace with each experiment's measured verdict.
+    """P(target phase state | composition) = logistic(slope x margin / scale + offset), with the margin
+    from the planner's own CALPHAD (:meth:`CalphadFeatures.margin_k`) and a Gaussian posterior over the
+    offset, updated by Laplace with each experiment's measured verdict.
 
-    The prior says the database is right (offset 0, a steep slope) and allows it to be off: the
-    offset's sd is ``offset_sd_k`` (K of solvus shift). A verdict moves the two numbers, so it moves
-    the boundary everywhere by the same temperature, as a shifted solvus would (with ``gradient_sd_k``,
-    by a temperature that may also change linearly across the space). One infeasible
-    alloy far beyond the boundary agrees with the database and moves nothing, where a polynomial
-    classifier on composition would bend its whole boundary (the cause of issue 19's plateaus)."""
+    The prior says the database is right (offset 0) and allows it to be off: the offset's sd is
+    ``offset_sd_k`` (K of solvus shift). A verdict moves the offset, so it moves the boundary everywhere
+    by the same temperature, as a shifted solvus would (with ``gradient_sd_k``, by a temperature that
+    may also change linearly across the space). One infeasible alloy far beyond the boundary agrees
+    with the database and moves nothing, where a polynomial classifier on composition would bend its
+    whole boundary (the cause of issue 19's plateaus).
+
+    The slope, how sharp the boundary is, is fixed: the truth's phase state is a deterministic function
+    of composition, so what a lab does not know is *where* the boundary lies, not how blurred it is
+    (the slope's width, ``scale_k / slope`` K, covers the table's interpolation error). A learned slope
+    also put a floor under P(feasible): its uncertainty grows the logit's variance with the margin
+    squared, so an alloy 390 K beyond the boundary, measured infeasible, kept P = 0.04, and on
+    twin_1350_1100 the planner re-proposed that alloy eleven times in one run."""
 
     def __init__(self, features: CalphadFeatures, *, scale_k: float = 25.0, slope: float = 2.0,
-                 slope_sd: float = 1.0, offset_sd_k: float = 40.0, gradient_sd_k: float = 0.0) -> None:
+                 offset_sd_k: float = 40.0, gradient_sd_k: float = 0.0) -> None:
         self.features = features
         self.scale_k = scale_k
+        self.slope = slope
         # gradient_sd_k > 0: the database's error may also vary linearly across the space, by about that
         # many kelvin from one end of each input's range to the other (a perturbed phase's Gibbs energy
         # shifts a solvus more where there is more of that phase), so verdicts can tilt the boundary.
         self.gradient = gradient_sd_k > 0
         self.low = torch.stack([a[0] for a in features.axes])
         self.span = torch.stack([(a[-1] - a[0]).clamp_min(1e-12) for a in features.axes])
-        variances = [(slope * offset_sd_k / scale_k) ** 2, slope_sd ** 2]
+        variances = [(slope * offset_sd_k / scale_k) ** 2]
         if self.gradient:
             variances += [(slope * gradient_sd_k / scale_k) ** 2] * len(features.axes)
         self.mean = torch.zeros(len(variances), dtype=DTYPE)
-        self.mean[1] = slope
         self.covariance = torch.diag(torch.tensor(variances, dtype=DTYPE))
 
+    def _known(self, x_free: torch.Tensor) -> torch.Tensor:
+        """The logit's fixed part: the database's margin, in units of the boundary's width."""
+        return self.slope * self.features.margin_k(x_free) / self.scale_k
+
     def _phi(self, x_free: torch.Tensor) -> torch.Tensor:
-        margin = self.features.margin_k(x_free) / self.scale_k
-        columns = [torch.ones_like(margin), margin]
+        """The features of the learned part: the offset, and the centred inputs where the error may tilt."""
+        columns = [torch.ones(x_free.shape[:-1], dtype=DTYPE)]
         if self.gradient:  # centred: the offset stays the shift in the middle of the space
             centred = (x_free.to(DTYPE) - self.low) / self.span - 0.5
             columns += list(centred.unbind(-1))
@@ -224,17 +234,17 @@ class CalphadFeasibility:
         other = copy.copy(self)  # shares the table; only the posterior differs
         if len(labels):
             other.mean, other.covariance = laplace_logistic_update(self._phi(x_free), labels.to(DTYPE), self.mean,
-                                                                   self.covariance)
+                                                                   self.covariance, known=self._known(x_free))
         return other
 
     def log_probability(self, x_free: torch.Tensor) -> torch.Tensor:
         """log P(feasible), differentiable in ``x_free`` (..., k)."""
         phi = self._phi(x_free)
-        return log_probit_probability(phi @ self.mean, ((phi @ self.covariance) * phi).sum(dim=-1).clamp_min(0.0))
+        return log_expected_logistic(self._known(x_free) + phi @ self.mean,
+                                     ((phi @ self.covariance) * phi).sum(dim=-1).clamp_min(0.0))
 
     @property
     def boundary_shift_k(self) -> float:
         """Where the posterior puts the boundary relative to the database's (K; positive: the truth
-        needs more margin than the database says)."""
-        offset, slope = (float(v) for v in self.mean[:2])
-        return -offset / slope * self.scale_k if abs(slope) > 1e-12 else math.inf
+        needs more margin than the database says), in the middle of the space."""
+        return -float(self.mean[0]) / self.slope * self.scale_k

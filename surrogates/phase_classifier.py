@@ -203,6 +203,20 @@ def log_probit_probability(mean_logit: torch.Tensor, var_logit: torch.Tensor) ->
     return torch.nn.functional.logsigmoid(mean_logit / torch.sqrt(1.0 + math.pi * var_logit / 8.0))
 
 
+def log_expected_logistic(mean_logit: torch.Tensor, var_logit: torch.Tensor, *, nodes: int = 32) -> torch.Tensor:
+    """log E[sigmoid(z)] for z ~ N(mean, var), by Gauss-Hermite quadrature in log space.
+
+    Where the probability is tiny this is what a planner needs: :func:`log_probit_probability`'s
+    approximation decays like exp(-|mean| / sd) rather than exp(mean + var / 2), so an alloy far beyond
+    a boundary kept log P around -8 where the true value is below -20, and on a log-EI scale that
+    spans tens of nats the acquisition then preferred it to feasible alloys (issue 19)."""
+    t, w = np.polynomial.hermite.hermgauss(nodes)
+    t = torch.as_tensor(t, dtype=mean_logit.dtype)
+    log_w = torch.as_tensor(np.log(w / math.sqrt(math.pi)), dtype=mean_logit.dtype)
+    z = mean_logit.unsqueeze(-1) + torch.sqrt(2.0 * var_logit.clamp_min(0.0)).unsqueeze(-1) * t
+    return torch.logsumexp(log_w + torch.nn.functional.logsigmoid(z), dim=-1)
+
+
 # -- the posterior as planners use it ------------------------------------------------------------
 
 
@@ -286,9 +300,11 @@ def update_classifier(model: FeasibilityModel, columns: list[str], x: torch.Tens
 
 
 def laplace_logistic_update(phi: torch.Tensor, labels: torch.Tensor, prior_mean: torch.Tensor,
-                            prior_covariance: torch.Tensor, *, iterations: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
+                            prior_covariance: torch.Tensor, *, known: torch.Tensor | None = None,
+                            iterations: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
     """Gaussian posterior (mean, covariance) of logistic-regression weights with features ``phi``
     (n x k) and 0/1 ``labels``, from a Gaussian prior: damped Newton to the mode, the Hessian there.
+    ``known`` (n): a fixed part of each logit, added to ``phi @ w``.
 
     Damped (backtracking on the log posterior, which is concave): a full Newton step from a steep
     prior overshoots when a verdict contradicts it, because the likelihood's curvature there is
@@ -296,9 +312,10 @@ def laplace_logistic_update(phi: torch.Tensor, labels: torch.Tensor, prior_mean:
     the CALPHAD margin's slope, and the posterior then jumped between absurd values from one
     experiment to the next (issue 19, the twin whose truth disagrees with the database)."""
     prior_precision = torch.linalg.inv(prior_covariance)
+    known = torch.zeros(len(phi), dtype=phi.dtype) if known is None else known
 
     def log_posterior(w: torch.Tensor) -> torch.Tensor:
-        z = phi @ w
+        z = known + phi @ w
         likelihood = (labels * torch.nn.functional.logsigmoid(z) + (1 - labels) * torch.nn.functional.logsigmoid(-z))
         d = w - prior_mean
         return likelihood.sum() - 0.5 * d @ prior_precision @ d
@@ -306,7 +323,7 @@ def laplace_logistic_update(phi: torch.Tensor, labels: torch.Tensor, prior_mean:
     w = prior_mean.clone()
     current = log_posterior(w)
     for _ in range(iterations):
-        p = torch.sigmoid(phi @ w)
+        p = torch.sigmoid(known + phi @ w)
         gradient = phi.T @ (labels - p) - prior_precision @ (w - prior_mean)
         hessian = (phi.T * (p * (1 - p))) @ phi + prior_precision
         step = torch.linalg.solve(hessian, gradient)
@@ -322,7 +339,7 @@ def laplace_logistic_update(phi: torch.Tensor, labels: torch.Tensor, prior_mean:
         w, current = candidate, value
         if (t * step).abs().max() < 1e-8:
             break
-    p = torch.sigmoid(phi @ w)
+    p = torch.sigmoid(known + phi @ w)
     covariance = torch.linalg.inv((phi.T * (p * (1 - p))) @ phi + prior_precision)
     return w, 0.5 * (covariance + covariance.T)
 

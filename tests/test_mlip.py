@@ -8,8 +8,8 @@ from ase import Atoms, units
 from ase.build import bulk, fcc111
 from ase.calculators.emt import EMT
 from ase.calculators.fd import calculate_numerical_stress
-from ase.neighborlist import neighbor_list
 from ase.md.verlet import VelocityVerlet
+from ase.neighborlist import neighbor_list
 
 from sdl.env.atomistic import md_snapshots, random_composition, random_solid_solution
 from sdl.experiment import AtomicStructure, ExperimentSpec
