@@ -49,7 +49,7 @@ from sdl.agents.planner import Planner, ProposeRequest, SobolPlanner
 from sdl.env.calphad import DEFAULT_DATABASE
 from sdl.experiment import Composition, DesignPoint, Observation
 from sdl.objective import ConstraintConfig, ObjectiveConfig
-from sdl.settings import NoSettings, Section
+from sdl.settings import NoSettings, ResolvedPath, Section
 from sdl.surrogates.gp import fit_single_task_gp
 from sdl.surrogates.phase_classifier import classifier_log_probability, update_classifier
 from sdl.surrogates.projection import project_capped_simplex
@@ -95,6 +95,15 @@ class CalphadPhysicsSettings(Section):
         return self
 
 
+class TransferPriorSettings(Section):
+    """A prior mean for the objective from a model learned on another alloy system (``sdl transfer
+    pretrain``): the GP's mean is linear in the model's prediction (weight and offset fitted with the
+    GP), the GP models what it leaves, so a campaign on a new system starts with the old one's knowledge."""
+
+    kind: Literal["transfer"] = "transfer"
+    source: ResolvedPath = Field(description="the Deep Sets checkpoint (source_model.pt of `sdl transfer pretrain`)")
+
+
 class BoSettings(Section):
     """How the BO planner works (``planner: {kind: bo, settings: ...}``); the objective is the campaign's."""
 
@@ -122,6 +131,9 @@ class BoSettings(Section):
     initial_design: Literal["sobol", "causal"] = Field(
         default="sobol", description="the first points: Sobol', or the causal planner's best guesses from a past ledger")
     causal: CausalSettings | None = Field(default=None, description="initial_design 'causal': the causal planner's settings")
+    prior: TransferPriorSettings | None = Field(
+        default=None, description="the objective's prior mean from a model of another alloy system ({kind: transfer, "
+                                  "source: CHECKPOINT}); none: a constant mean")
     num_restarts: int = Field(default=8, ge=1)
     raw_samples: int = Field(default=512, ge=16)
     mc_samples: int = Field(default=128, ge=16)
@@ -145,6 +157,9 @@ class BoSettings(Section):
                 raise ValueError("constraint_handling 'penalty' applies to a single objective")
         if self.initial_design == "causal" and self.causal is None:
             raise ValueError("initial_design 'causal' needs the `causal` settings (at least `history`)")
+        if self.prior is not None and (self.calphad is not None and (self.calphad.objective_inputs
+                                                                      or self.calphad.objective_mean)):
+            raise ValueError("give the objective either a transfer prior or CALPHAD objective features, not both")
         if self.candidate_generator == "cvae" and self.extra_objectives:
             raise ValueError("candidate_generator 'cvae' conditions on one objective; use sobol with several")
         return self
@@ -181,6 +196,9 @@ class BoPlanner(Planner):
             context.require_space("candidate_generator 'cvae'", composition_only=True)
         if settings.initial_design == "causal":
             CausalPlanner.check(settings.causal, context)
+        if settings.prior is not None:
+            context.require_space("a transfer prior", composition=True)
+            cls._transfer_model(settings.prior, context)
         physics = settings.calphad
         if physics is not None:
             context.require_space("the `calphad` settings", composition=True)
@@ -220,6 +238,8 @@ class BoPlanner(Planner):
 
             self.calphad_feasibility = CalphadFeasibility(self.calphad_features, offset_sd_k=settings.calphad.offset_sd_k,
                                                           gradient_sd_k=settings.calphad.gradient_sd_k)
+        self.transfer_model = self._transfer_model(settings.prior, context) if settings.prior is not None else None
+        self.transfer_bounds: torch.Tensor | None = None
         self.equality_constraints = []
         # Columns the GP sees: everything but the balance element (see the module docstring).
         self.model_columns = torch.arange(len(self.columns))
@@ -280,9 +300,36 @@ class BoPlanner(Planner):
                                points_per_axis=physics.points_per_axis,
                                cache_path=physics.cache_path or default_cache_path())
 
+    @staticmethod
+    def _transfer_model(prior: TransferPriorSettings, context: AgentContext):
+        """The prior's Deep Sets ensemble, checked against the space's elements (each needs descriptors)."""
+        from sdl.surrogates.deep_sets import DeepSetsEnsemble
+
+        model = DeepSetsEnsemble.load(prior.source)
+        model.descriptors(list(context.space.composition.elements))  # refuses an element without descriptors
+        return model
+
+    def _transfer_prior_gp(self, x: torch.Tensor, y: torch.Tensor):
+        """A GP whose prior mean is linear in the transferred model's prediction for the composition."""
+        model, n = self.transfer_model, len(self.space.parameters)
+        elements = list(self.space.composition.elements)
+        if self.transfer_bounds is None:  # the prediction's range over the space, to normalise it
+            probe = self.to_tensor(self.initial.propose(ProposeRequest(n=256)))
+            with torch.no_grad():
+                values = model.member_predictions(elements, probe[:, n:]).mean(dim=0)
+            self.transfer_bounds = torch.stack([values.min(), values.max() + 1e-9]).reshape(2, 1)
+
+        def prediction(X: torch.Tensor) -> torch.Tensor:
+            return model.member_predictions(elements, X[..., n:]).mean(dim=0).unsqueeze(-1)
+
+        return fit_single_task_gp(x, y, bounds=self.bounds, columns=self.model_columns, features=prediction,
+                                  feature_bounds=self.transfer_bounds, feature_role="mean")
+
     def _gp(self, x: torch.Tensor, y: torch.Tensor, *, physics: bool = False):
         # Fitted from scratch each time: a planner is a pure function of its request, so a restarted
         # actor proposes what the lost one would have (about 0.6 s at 100 observations, 2 threads).
+        if physics and self.transfer_model is not None:
+            return self._transfer_prior_gp(x, y)
         calphad = self.settings.calphad
         names = (calphad.objective_inputs or calphad.objective_mean) if physics and calphad is not None else []
         if not names:

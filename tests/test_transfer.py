@@ -1,0 +1,261 @@
+"""Transfer learning across alloy systems: the EMT labels, the element descriptors, the Deep Sets model's
+invariances and regimes, its checkpoint, the learning-curve run and the BO planner's transfer prior."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from sdl.agents.base import AgentContext
+from sdl.agents.planner import ProposeRequest, make_planner
+from sdl.env.solid_solutions import label_random_alloys, random_fractions, solid_solution_properties
+from sdl.experiment import Observation
+from sdl.objective import ObjectiveConfig
+from sdl.space import SearchSpace
+from sdl.surrogates.deep_sets import DeepSetsArchitecture, DeepSetsEnsemble, TrainingSettings
+from sdl.surrogates.element_descriptors import DESCRIPTORS, descriptor_matrix, raw_descriptors
+
+SMALL = DeepSetsArchitecture(embedding_size=8, hidden_size=16, hidden_layers=1, members=2)
+QUICK = TrainingSettings(max_epochs=60, patience_epochs=20, batch_size=64)
+SOURCE_TRAINING = TrainingSettings(max_epochs=800, patience_epochs=150, batch_size=64, learning_rate=1e-2)
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SDL_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def source_data(tmp_path_factory):
+    """60 labelled Cu-Ni-Pd alloys (32-atom cells: cheap)."""
+    import os
+
+    old = os.environ.get("SDL_CACHE_DIR")
+    os.environ["SDL_CACHE_DIR"] = str(tmp_path_factory.mktemp("labels"))
+    try:
+        return label_random_alloys(["Cu", "Ni", "Pd"], 60, seed=1, repeat=2)
+    finally:
+        os.environ.pop("SDL_CACHE_DIR") if old is None else os.environ.__setitem__("SDL_CACHE_DIR", old)
+
+
+@pytest.fixture(scope="module")
+def source_model(source_data):
+    return DeepSetsEnsemble("mixing_energy_ev_per_atom", SMALL, seed=0).fit(
+        source_data.elements, source_data.fractions, source_data.properties["mixing_energy_ev_per_atom"],
+        regime="scratch", training=SOURCE_TRAINING)
+
+
+# ---- labels -------------------------------------------------------------------------------------------
+
+def test_a_pure_metal_has_no_mixing_energy_and_its_own_lattice_parameter():
+    pure = solid_solution_properties({"Cu": 1.0}, seed=0, repeat=2)
+    assert abs(pure["mixing_energy_ev_per_atom"]) < 1e-6
+    assert pure["lattice_parameter_ang"] == pytest.approx(3.59, abs=0.03)  # EMT's Cu
+    assert 100 < pure["bulk_modulus_gpa"] < 200
+
+
+def test_silver_in_nickel_costs_energy_and_widens_the_lattice():
+    alloy = solid_solution_properties({"Ni": 0.5, "Ag": 0.5}, seed=0, repeat=2)
+    ni = solid_solution_properties({"Ni": 1.0}, seed=0, repeat=2)
+    assert alloy["mixing_energy_ev_per_atom"] > 0.05  # the classic immiscible pair
+    assert alloy["lattice_parameter_ang"] > ni["lattice_parameter_ang"] + 0.1
+
+
+def test_an_element_emt_does_not_model_is_refused():
+    with pytest.raises(ValueError, match="EMT has no parameters for Fe"):
+        solid_solution_properties({"Ni": 0.5, "Fe": 0.5}, seed=0)
+
+
+def test_random_fractions_stay_in_their_bounds_and_impossible_bounds_are_refused():
+    x = random_fractions(["Cu", "Ni", "Pd", "Ag", "Au", "Pt"], 50, np.random.default_rng(0), low=0.05, high=0.35)
+    assert np.allclose(x.sum(axis=1), 1.0) and x.min() >= 0.05 and x.max() <= 0.35
+    with pytest.raises(ValueError, match="cannot sum to 1"):
+        random_fractions(["Cu", "Ni"], 5, np.random.default_rng(0), low=0.6)
+
+
+def test_a_labelled_set_is_cached_and_read_back(monkeypatch):
+    first = label_random_alloys(["Cu", "Ni"], 4, seed=3, repeat=1)
+
+    def no_calculation(*args, **kwargs):
+        raise AssertionError("a cached set was recomputed")
+
+    monkeypatch.setattr("sdl.env.solid_solutions.solid_solution_properties", no_calculation)
+    again = label_random_alloys(["Cu", "Ni"], 4, seed=3, repeat=1)
+    assert np.array_equal(first.fractions, again.fractions)
+    assert np.array_equal(first.properties["mixing_energy_ev_per_atom"], again.properties["mixing_energy_ev_per_atom"])
+
+
+# ---- descriptors ----------------------------------------------------------------------------------------
+
+def test_descriptors_come_from_mendeleev_and_are_standardised():
+    d = descriptor_matrix(["Cu", "Pt"])
+    assert d.shape == (2, len(DESCRIPTORS)) and np.isfinite(d).all()
+    assert raw_descriptors("Pt")[list(DESCRIPTORS).index("lattice_constant")] == pytest.approx(3.92)
+    assert np.abs(d).max() < 5  # standardised over the d-block metals
+
+
+def test_an_element_without_descriptors_or_no_element_at_all_is_refused():
+    with pytest.raises(ValueError, match="mendeleev has no .* for He"):
+        raw_descriptors("He")
+    with pytest.raises(ValueError, match="'Xx' is not an element symbol"):
+        raw_descriptors("Xx")
+
+
+# ---- the model ------------------------------------------------------------------------------------------
+
+def test_predictions_do_not_depend_on_the_order_of_the_elements(source_model):
+    elements = ["Cu", "Ni", "Pd", "Pt"]
+    x = np.random.default_rng(0).dirichlet(np.ones(4), size=20)
+    order = [2, 0, 3, 1]
+    mean, sd = source_model.predict(elements, x)
+    mean_shuffled, sd_shuffled = source_model.predict([elements[i] for i in order], x[:, order])
+    assert np.allclose(mean, mean_shuffled, atol=1e-6, rtol=0) and np.allclose(sd, sd_shuffled, atol=1e-6, rtol=0)
+
+
+def test_a_zero_fraction_is_the_same_alloy_without_that_element(source_model):
+    with_zero, _ = source_model.predict(["Cu", "Ni", "Pt"], np.array([[0.3, 0.7, 0.0]]))
+    without, _ = source_model.predict(["Cu", "Ni"], np.array([[0.3, 0.7]]))
+    assert with_zero[0] == pytest.approx(without[0], abs=1e-12)
+
+
+def test_an_unseen_element_is_predicted_through_its_descriptors(source_model):
+    mean, sd = source_model.predict(["Cu", "Ni", "Pd", "Pt"], np.array([[0.25, 0.25, 0.25, 0.25]]))
+    assert np.isfinite(mean).all() and np.isfinite(sd).all() and sd[0] > 0
+    with pytest.raises(ValueError, match="mendeleev has no"):
+        source_model.predict(["Cu", "He"], np.array([[0.5, 0.5]]))
+
+
+def test_the_source_model_fits_its_own_system(source_data, source_model):
+    y = source_data.properties["mixing_energy_ev_per_atom"]
+    mean, _ = source_model.predict(source_data.elements, source_data.fractions)
+    assert np.abs(mean - y).mean() < 0.5 * np.abs(y - y.mean()).mean()
+
+
+def _weights(model, part):
+    return [p.detach().clone() for m in model.members for p in getattr(m, part).parameters()]
+
+
+@pytest.mark.parametrize("regime", ["scratch", "feature", "finetune"])
+def test_each_regime_trains_and_feature_transfer_keeps_the_encoder_frozen(source_model, regime):
+    target = ["Cu", "Ni", "Pd", "Pt"]
+    x = np.random.default_rng(1).dirichlet(np.ones(4), size=12)
+    y = 0.05 * x[:, 3] * (1 - x[:, 3])  # any smooth target
+    fitted = source_model.fit(target, x, y, regime=regime, training=QUICK, seed=1)
+    changed = {part: any(not torch.equal(a, b) for a, b in zip(_weights(source_model, part), _weights(fitted, part)))
+               for part in ("encoder", "body", "head")}
+    if regime == "feature":
+        assert changed == {"encoder": False, "body": False, "head": True}
+    else:
+        assert all(changed.values())
+    assert fitted.trained_on[-1] == "Cu-Ni-Pd-Pt"
+    assert all(p.requires_grad for m in fitted.members for p in m.parameters())  # nothing left frozen by accident
+    before = [p.detach().clone() for p in source_model.members[0].parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(before, source_model.members[0].parameters()))  # source untouched
+
+
+def test_fitting_refuses_mismatched_or_too_little_data(source_model):
+    with pytest.raises(ValueError, match="do not match"):
+        source_model.fit(["Cu", "Ni"], np.ones((3, 3)) / 3, np.zeros(3))
+    with pytest.raises(ValueError, match="at least 2"):
+        source_model.fit(["Cu", "Ni"], np.array([[0.5, 0.5]]), np.zeros(1))
+    with pytest.raises(ValueError, match="regime 'all'"):
+        source_model.fit(["Cu", "Ni"], np.array([[0.5, 0.5], [0.2, 0.8]]), np.zeros(2), regime="all")
+
+
+def test_a_checkpoint_predicts_what_the_model_did(source_model, tmp_path):
+    path = tmp_path / "model.pt"
+    source_model.save(path)
+    loaded = DeepSetsEnsemble.load(path)
+    x = np.random.default_rng(2).dirichlet(np.ones(4), size=5)
+    assert np.array_equal(source_model.predict(["Cu", "Ni", "Pd", "Pt"], x)[0], loaded.predict(["Cu", "Ni", "Pd", "Pt"], x)[0])
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="is not a Deep Sets checkpoint"):
+        DeepSetsEnsemble.load(tmp_path / "junk.pt")
+
+
+# ---- the workflow and the command line ----------------------------------------------------------------
+
+def tiny_config(tmp_path) -> str:
+    path = tmp_path / "transfer.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "tiny", "out": str(tmp_path / "run"),
+        "source": {"elements": ["Cu", "Ni", "Pd"], "alloys": 30, "seed": 1},
+        "target": {"elements": ["Cu", "Ni", "Pd", "Pt"], "alloys": 12, "test_alloys": 10, "seed": 2},
+        "architecture": SMALL.model_dump(), "training": QUICK.model_dump(),
+        "evaluation": {"sizes": [4, 8], "seeds": 2}}))
+    return str(path)
+
+
+def test_pretrain_and_evaluate_write_a_model_and_learning_curves(tmp_path):
+    from click.testing import CliRunner
+
+    from sdl.cli import main
+
+    config = tiny_config(tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(main, ["transfer", "evaluate", config])
+    assert result.exit_code != 0 and "run `sdl transfer pretrain` first" in result.output
+    result = runner.invoke(main, ["transfer", "pretrain", config, "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "source_model.pt").is_file()
+    result = runner.invoke(main, ["transfer", "evaluate", config, "--no-progress"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "run" / "learning_curves.json").read_text())
+    assert set(summary["mae"]) == {"scratch", "feature", "finetune"}
+    assert all(len(summary["mae"][r][n]["all"]) == 2 for r in summary["mae"] for n in ("4", "8"))
+    assert all(math.isfinite(v) for r in summary["reduction_vs_scratch"].values() for v in r.values())
+    assert (tmp_path / "run" / "learning_curves.png").stat().st_size > 10_000
+    assert "| finetune |" in result.output
+
+
+def test_a_bad_transfer_config_is_one_clear_line(tmp_path):
+    from click.testing import CliRunner
+
+    from sdl.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"source": {"elements": ["Cu", "Fe"]}}))
+    result = CliRunner().invoke(main, ["transfer", "pretrain", str(bad)])
+    assert result.exit_code != 0 and "EMT oracle has no parameters for Fe" in result.output
+    assert "Traceback" not in result.output
+
+
+# ---- the BO planner's transfer prior -------------------------------------------------------------------
+
+TERNARY = SearchSpace.model_validate({"composition": {"elements": {"Cu": [0.0, 1.0], "Ni": [0.0, 1.0],
+                                                                   "Pt": [0.0, 1.0]}, "balance": "Cu"}})
+
+
+def test_the_transfer_prior_changes_what_bo_proposes(source_model, tmp_path):
+    checkpoint = tmp_path / "source.pt"
+    source_model.save(checkpoint)
+    context = AgentContext(space=TERNARY, seed=0, objective=ObjectiveConfig(measurement="e", direction="minimize"))
+    quick = {"initial_points": 3, "num_restarts": 2, "raw_samples": 64, "mc_samples": 64}
+    plain = make_planner("bo", context, quick)
+    informed = make_planner("bo", context, {**quick, "prior": {"kind": "transfer", "source": str(checkpoint)}})
+    start = make_planner("sobol", AgentContext(space=TERNARY, seed=0)).propose(ProposeRequest(n=4))
+    mean, _ = source_model.predict(["Cu", "Ni", "Pt"], np.array([[p.composition[e] for e in ("Cu", "Ni", "Pt")]
+                                                                 for p in start]))
+    observations = [Observation(point=p, status="done", measurements={"e": float(v)}) for p, v in zip(start, mean)]
+    request = ProposeRequest(n=1, observations=observations)
+    a, b = plain.propose(request)[0], informed.propose(request)[0]
+    assert a != b
+    TERNARY.check(b)
+    # the informed GP's mean follows the source model where there are no data
+    probe = np.random.default_rng(3).dirichlet(np.ones(3), size=30)
+    x = torch.as_tensor(probe[:, [0, 1, 2]], dtype=torch.double)
+    gp = informed._gp(informed.to_tensor([o.point for o in observations]),
+                      torch.tensor([[o.measurements["e"]] for o in observations], dtype=torch.double), physics=True)
+    with torch.no_grad():
+        predicted = gp.posterior(x).mean.squeeze(-1).numpy()
+    truth, _ = source_model.predict(["Cu", "Ni", "Pt"], probe)
+    assert np.corrcoef(predicted, truth)[0, 1] > 0.9
+
+
+def test_a_transfer_prior_needs_a_checkpoint_and_descriptors_for_every_element(tmp_path):
+    context = AgentContext(space=TERNARY, seed=0, objective=ObjectiveConfig(measurement="e", direction="minimize"))
+    with pytest.raises(ValueError, match="no such Deep Sets checkpoint"):
+        make_planner("bo", context, {"prior": {"kind": "transfer", "source": str(tmp_path / "missing.pt")}})
