@@ -24,7 +24,7 @@ from sdl.agents.base import AgentContext
 from sdl.agents.planner import Planner, ProposeRequest
 from sdl.experiment import Composition, DesignPoint
 from sdl.objective import ConstraintConfig
-from sdl.settings import Section
+from sdl.settings import ResolvedPath, Section
 
 
 class PeerSettings(Section):
@@ -151,18 +151,31 @@ class AxPlanner(PeerPlanner):
         self.client.complete_trial(handle, raw_data={m: float(observation.measurements[m]) for m in wanted})
 
 
+class BayBESettings(PeerSettings):
+    source_data: ResolvedPath | None = Field(
+        default=None, description="transfer learning: a CSV of another alloy system's results (a column per element's "
+                                  "fraction, absent elements 0, and the objective's measurement), modelled by BayBE as "
+                                  "a second task of a multi-task GP")
+    source_points: int = Field(default=200, ge=1, le=5000, description="random rows of source_data used (BayBE's GP "
+                                                                       "is exact: cubic in the data)")
+
+
 class BayBEPlanner(PeerPlanner):
-    """BayBE (``baybe.Campaign``) with its default recommenders."""
+    """BayBE (``baybe.Campaign``) with its default recommenders; with ``source_data``, its transfer
+    learning: a ``TaskParameter`` tells the source system's results from this campaign's, and only
+    this campaign's task is recommended."""
 
     name = "baybe"
     library = "baybe"
+    Settings = BayBESettings
+    TASK = "alloy_system"
 
-    def __init__(self, settings: PeerSettings, context: AgentContext) -> None:
+    def __init__(self, settings: BayBESettings, context: AgentContext) -> None:
         super().__init__(settings, context)
         from baybe import Campaign
         from baybe.constraints import ContinuousLinearConstraint
         from baybe.objectives import SingleTargetObjective
-        from baybe.parameters import NumericalContinuousParameter
+        from baybe.parameters import NumericalContinuousParameter, TaskParameter
         from baybe.searchspace import SearchSpace as BayBESpace
         from baybe.targets import NumericalTarget
         from baybe.utils.random import set_random_seed
@@ -175,13 +188,39 @@ class BayBEPlanner(PeerPlanner):
             ones = [1.0] * len(free)
             constraints = [ContinuousLinearConstraint(parameters=free, operator="<=", coefficients=ones, rhs=high),
                            ContinuousLinearConstraint(parameters=free, operator=">=", coefficients=ones, rhs=low)]
-        space = BayBESpace.from_product(
-            parameters=[NumericalContinuousParameter(n, bounds=b) for n, b in self._free_bounds().items()],
-            constraints=constraints,
-        )
+        parameters = [NumericalContinuousParameter(n, bounds=b) for n, b in self._free_bounds().items()]
+        source = self._source_rows(settings) if settings.source_data is not None else None
+        if source is not None:
+            parameters.append(TaskParameter(self.TASK, values=("source", "target"), active_values=("target",)))
+        space = BayBESpace.from_product(parameters=parameters, constraints=constraints)
         target = NumericalTarget(self.objective.measurement, minimize=self.objective.direction == "minimize")
         self.campaign = Campaign(searchspace=space, objective=SingleTargetObjective(target))
+        if source is not None:
+            self.campaign.add_measurements(source, numerical_measurements_must_be_within_tolerance=False)
         self._values: list[float] = []
+
+    def _source_rows(self, settings: BayBESettings):
+        """The source system's results as BayBE measurements of the "source" task."""
+        import pandas as pd
+
+        comp = self.context.require_space("BayBE's transfer learning", composition_only=True).composition
+        try:
+            table = pd.read_csv(settings.source_data)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"source_data {settings.source_data}: cannot read it as CSV ({e})") from None
+        measurement = self.objective.measurement
+        if measurement not in table.columns:
+            raise ValueError(f"source_data {settings.source_data} has no column {measurement!r} (the objective); "
+                             f"it has {', '.join(table.columns)}")
+        if not any(e in table.columns for e in comp.free_elements):
+            raise ValueError(f"source_data {settings.source_data} has none of the space's elements "
+                             f"({', '.join(comp.elements)}) as a column")
+        rows = table.sample(n=min(settings.source_points, len(table)), random_state=self.seed)
+        frame = pd.DataFrame({e: rows[e].to_numpy() if e in rows else 0.0 for e in comp.free_elements},
+                             index=range(len(rows)))
+        frame[self.TASK] = "source"
+        frame[measurement] = rows[measurement].to_numpy()
+        return frame
 
     def _ask(self, n: int):
         frame = self.campaign.recommend(batch_size=n)

@@ -103,12 +103,22 @@ def pretrain(config: TransferConfig, *, progress: Progress | None = None) -> dic
         progress("train source model", 1, 1)
     mean, _ = model.predict(data.elements, data.fractions[held_out])
     model.save(config.checkpoint)
+    write_dataset_csv(data, config.folder / "source_data.csv")
     summary = {"checkpoint": str(config.checkpoint), "property": config.property,
                "source": "-".join(data.elements), "alloys": len(data),
                "held_out_mae": float(np.abs(mean - y[held_out]).mean()), "property_sd": float(y.std())}
     config.folder.mkdir(parents=True, exist_ok=True)
     (config.folder / "pretrain.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def write_dataset_csv(data: AlloyDataset, path: Path) -> None:
+    """The labelled alloys as a table (one column per element's fraction, one per property): the source
+    campaign's data as a peer optimiser takes it (BayBE's transfer learning)."""
+    import pandas as pd
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({**dict(zip(data.elements, data.fractions.T)), **data.properties}).to_csv(path, index=False)
 
 
 def evaluate(config: TransferConfig, *, progress: Progress | None = None) -> dict:

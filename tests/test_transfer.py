@@ -259,3 +259,93 @@ def test_a_transfer_prior_needs_a_checkpoint_and_descriptors_for_every_element(t
     context = AgentContext(space=TERNARY, seed=0, objective=ObjectiveConfig(measurement="e", direction="minimize"))
     with pytest.raises(ValueError, match="no such Deep Sets checkpoint"):
         make_planner("bo", context, {"prior": {"kind": "transfer", "source": str(tmp_path / "missing.pt")}})
+
+
+# ---- the transfer surrogate agent over the bus -----------------------------------------------------------
+
+def test_the_transfer_surrogate_adapts_and_predicts_over_the_bus(broker, source_model, tmp_path):
+    from sdl.agents.capabilities import FitRequest, FitSummary
+    from sdl.agents.surrogate_host import Prediction, PredictRequest
+    from sdl.agents.transfer_host import TransferSurrogate, TransferSurrogateSettings
+    from sdl.bus import BusClient, RemoteError, Worker
+
+    from conftest import wait_for_service
+
+    checkpoint = tmp_path / "source.pt"
+    source_model.save(checkpoint)
+    context = AgentContext(space=TERNARY, seed=0)
+    settings = TransferSurrogateSettings(source=checkpoint, regime="feature", training=QUICK)
+    points = make_planner("sobol", AgentContext(space=TERNARY, seed=1)).propose(ProposeRequest(n=6))
+    observations = [Observation(point=p, status="done", measurements={"e": 0.1 * p.composition["Pt"]}) for p in points]
+    worker = Worker(TransferSurrogate(settings, context), broker.frontend_address,
+                    service_name="surrogate.transfer").start()
+    try:
+        wait_for_service(broker, "surrogate.transfer")
+        with BusClient(broker.frontend_address) as client:
+            before = Prediction.model_validate(client.request("surrogate.transfer", "predict",
+                                                              PredictRequest(points=points), timeout_s=60))
+            expected, _ = source_model.predict(["Cu", "Ni", "Pt"], [[p.composition[e] for e in ("Cu", "Ni", "Pt")]
+                                                                    for p in points])
+            assert np.allclose(before.mean, expected)  # before any fit: the source model itself
+            with pytest.raises(RemoteError, match="at least 2"):
+                client.request("surrogate.transfer", "fit", FitRequest(observations=observations[:1], objective="e"),
+                               timeout_s=60)
+            summary = FitSummary.model_validate(client.request(
+                "surrogate.transfer", "fit", FitRequest(observations=observations, objective="e"), timeout_s=120))
+            after = Prediction.model_validate(client.request("surrogate.transfer", "predict",
+                                                             PredictRequest(points=points), timeout_s=60))
+    finally:
+        worker.stop()
+    assert summary.n_train == 6 and summary.recommended in points
+    truth = np.array([o.measurements["e"] for o in observations])
+    assert np.abs(np.array(after.mean) - truth).mean() < np.abs(np.array(before.mean) - truth).mean()
+
+
+def test_the_transfer_surrogate_is_refused_without_a_composition_space(tmp_path, source_model):
+    from sdl.agents.transfer_host import TransferSurrogate, TransferSurrogateSettings
+
+    checkpoint = tmp_path / "source.pt"
+    source_model.save(checkpoint)
+    square = SearchSpace.model_validate({"parameters": {"a": {"low": 0, "high": 1}}})
+    with pytest.raises(ValueError, match="works on compositions"):
+        TransferSurrogate.check(TransferSurrogateSettings(source=checkpoint), AgentContext(space=square))
+
+
+# ---- the campaign as a bench problem -----------------------------------------------------------------
+
+def test_the_transfer_campaign_runs_end_to_end_on_a_tiny_budget(source_model, source_data, tmp_path):
+    """The six-component problem in miniature (Cu-Ni-Pt, 4-atom cells): BO with the transfer prior and
+    BayBE with the source system's data as a second task both plan inside the box."""
+    from sdl.bench import BenchPlannerSpec, ProblemSpec, make_problem, reference, run_one
+    from sdl.surrogates.transfer_learning import write_dataset_csv
+
+    checkpoint, table = tmp_path / "source.pt", tmp_path / "source.csv"
+    source_model.save(checkpoint)
+    write_dataset_csv(source_data, table)
+    spec = ProblemSpec(name="ternary_pt", budget=5, solid_solution={"elements": ["Cu", "Ni", "Pt"], "low": 0.1,
+                                                                    "high": 0.6, "repeat": 1, "reference_alloys": 30})
+    problem = make_problem(spec)
+    ref = reference(problem)
+    assert ref["feasible_share"] == 1.0 and ref["best"] <= ref["median"]  # lowest mixing energy
+    twice = make_planner("random", AgentContext(space=problem.space, seed=0)).propose(ProposeRequest(n=1)) * 2
+    values, _ = problem.truth(twice)
+    assert values[0] == values[1]  # the same composition is the same material
+    quick = {"initial_points": 3, "num_restarts": 2, "raw_samples": 64, "mc_samples": 64}
+    planners = [BenchPlannerSpec(name="bo_transfer", kind="bo",
+                                 settings={**quick, "prior": {"kind": "transfer", "source": str(checkpoint)}})]
+    if __import__("importlib").util.find_spec("baybe") is not None:
+        planners.append(BenchPlannerSpec(name="baybe_transfer", kind="baybe",
+                                         settings={"source_data": str(table), "source_points": 30}))
+    for planner in planners:
+        result = run_one(spec, planner, seed=0)
+        assert result.error is None, result.error
+        assert len(result.values) == 5 and all(np.isfinite(result.values))
+
+
+def test_a_bad_solid_solution_problem_is_refused_at_load():
+    from sdl.bench import ProblemSpec
+    from sdl.settings import ConfigError, validate
+
+    with pytest.raises(ConfigError, match="solid_solution: .*cannot sum to 1 over 3 elements"):
+        validate(ProblemSpec, {"name": "x", "solid_solution": {"elements": ["Cu", "Ni", "Pt"], "high": 0.2}},
+                 source="bench")

@@ -42,6 +42,7 @@ class BenchProblem:
     constraint: ConstraintConfig | None = None
     noise_sd: dict[str, float] = {}
     success: Literal["fraction_of_best", "gap_closed"] = "gap_closed"
+    reference_points: int = 10000  # random points the reference's best and median come from
     has_feasibility_model = False  # True where feasibility_model() learns one before any experiment
     # (solution, ageing) K: the campaign's heat treatment, where it has one; ageing None where it is designed,
     # as the space parameter named ageing_parameter
@@ -346,17 +347,34 @@ class ProblemSpec(Section):
                                                          "and the target phase state")
     twin: TwinVariant | None = Field(default=None, description="a twin problem of another name: a truth that disagrees "
                                                                "with the planners' database, the ageing hold designed")
+    solid_solution: dict[str, Any] | None = Field(
+        default=None, description="a multi-component FCC solid solution labelled by EMT ({} for the six-component "
+                                  "Cu-Ni-Pd-Ag-Au-Pt mixing-energy problem; see sdl.bench.solid_solution_problem)")
 
     @model_validator(mode="after")
     def _kind(self) -> ProblemSpec:
         if self.objective is not None and not self.parameters:
             raise ValueError(f"formula problem {self.name} needs parameters: {{name: {{low, high}}}}")
+        if self.solid_solution is not None:  # its module builds on this one: validated here, at load, all the same
+            from pydantic import ValidationError
+
+            from sdl.bench.solid_solution_problem import SolidSolutionSpec
+            from sdl.settings import describe_validation_error
+
+            try:
+                SolidSolutionSpec.model_validate(self.solid_solution)
+            except ValidationError as e:
+                raise ValueError(f"solid_solution: {describe_validation_error(e)}") from None
         return self
 
 
 def make_problem(spec: ProblemSpec) -> BenchProblem:
     if spec.objective is not None:
         return FormulaProblem(spec)
+    if spec.solid_solution is not None:
+        from sdl.bench.solid_solution_problem import SolidSolutionProblem, SolidSolutionSpec
+
+        return SolidSolutionProblem(SolidSolutionSpec.model_validate(spec.solid_solution), name=spec.name)
     if spec.name == "twin" or spec.twin is not None:
         return TwinProblem(spec.phase_boundary, variant=spec.twin, name=spec.name)
     if spec.name in BUILTIN_PROBLEMS:

@@ -61,9 +61,10 @@ def run_one(problem_spec: ProblemSpec, planner_spec: BenchPlannerSpec, seed: int
     return result
 
 
-def reference(problem: BenchProblem, *, n: int = 10000, seed: int = 12345) -> dict[str, float]:
-    """Best feasible and median value over a dense random sample (polished by SLSQP for parameter
-    spaces), and the share of the space that is feasible."""
+def reference(problem: BenchProblem, *, n: int | None = None, seed: int = 12345) -> dict[str, float]:
+    """Best feasible and median value over a dense random sample (``problem.reference_points`` unless
+    ``n``; polished by SLSQP for parameter spaces), and the share of the space that is feasible."""
+    n = problem.reference_points if n is None else n
     points = RandomPlanner(NoSettings(), problem_context(problem, seed)).propose(ProposeRequest(n=n))
     values, feasible = problem.truth_in_bulk(points)
     sign = 1.0 if problem.objective.direction == "maximize" else -1.0

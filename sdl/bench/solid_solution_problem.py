@@ -1,0 +1,90 @@
+"""A bench problem on a multi-component FCC solid solution: find the composition with the lowest (or
+highest) property computed by ASE's EMT (:mod:`sdl.env.solid_solutions`).
+
+The default is the transfer-learning campaign: the six-component Cu-Ni-Pd-Ag-Au-Pt system, every
+element between 5 and 35 at.% (a high-entropy alloy's box), lowest mixing energy. A model of the
+five-component system without Pt (``sdl transfer pretrain``) can serve as the BO planner's prior.
+
+Each composition is one material: its atoms' arrangement is drawn from a seed that the composition
+fixes (rounded to 1e-6), so measuring it again gives the same value and the truth is what was measured.
+The reference (the best of ``reference_alloys`` random compositions) is labelled once and cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from sdl.bench.problems import BenchProblem
+from sdl.env.solid_solutions import EMT_ELEMENTS, PROPERTIES, cache_dir, solid_solution_properties
+from sdl.experiment import DesignPoint
+from sdl.objective import ObjectiveConfig
+from sdl.settings import Section
+from sdl.space import SearchSpace
+
+COMPOSITION_DECIMALS = 6
+
+
+class SolidSolutionSpec(Section):
+    elements: list[str] = Field(default_factory=lambda: ["Cu", "Ni", "Pd", "Ag", "Au", "Pt"], min_length=2)
+    low: float = Field(default=0.05, ge=0, lt=1, description="every element's lowest mole fraction")
+    high: float = Field(default=0.35, gt=0, le=1, description="and its highest")
+    property: Literal[PROPERTIES] = "mixing_energy_ev_per_atom"
+    direction: Literal["minimize", "maximize"] = "minimize"
+    repeat: int = Field(default=3, ge=1, le=6, description="cubic FCC cell repeats: 4 repeat^3 atoms")
+    reference_alloys: int = Field(default=2000, ge=10, description="random compositions the best is taken from")
+
+    @model_validator(mode="after")
+    def _check(self) -> SolidSolutionSpec:
+        unknown = sorted(set(self.elements) - set(EMT_ELEMENTS))
+        if unknown:
+            raise ValueError(f"the EMT oracle has no parameters for {', '.join(unknown)}; it models "
+                             f"{', '.join(EMT_ELEMENTS)}")
+        k = len(self.elements)
+        if self.low * k > 1 or self.high * k < 1 or self.low >= self.high:
+            raise ValueError(f"fractions in [{self.low}, {self.high}] cannot sum to 1 over {k} elements")
+        return self
+
+
+def material_seed(fractions: dict[str, float]) -> int:
+    """The arrangement seed a composition fixes (so the same composition is the same material)."""
+    key = json.dumps(sorted((e, round(x, COMPOSITION_DECIMALS)) for e, x in fractions.items()))
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little")
+
+
+class SolidSolutionProblem(BenchProblem):
+    success = "gap_closed"
+
+    def __init__(self, spec: SolidSolutionSpec | None = None, *, name: str = "solid_solution") -> None:
+        self.spec = spec or SolidSolutionSpec()
+        self.name = name
+        self.space = SearchSpace.model_validate({"composition": {
+            "elements": {e: [self.spec.low, self.spec.high] for e in self.spec.elements},
+            "balance": self.spec.elements[0]}})
+        self.objective = ObjectiveConfig(measurement=self.spec.property, direction=self.spec.direction)
+        self.reference_points = self.spec.reference_alloys
+
+    def evaluate(self, points: list[DesignPoint]) -> list[dict[str, float]]:
+        rows = []
+        for p in points:
+            fractions = {e: p.composition[e] for e in self.spec.elements}
+            rows.append(solid_solution_properties(fractions, material_seed(fractions), repeat=self.spec.repeat))
+        return rows
+
+    def truth_in_bulk(self, points: list[DesignPoint]) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`truth`, cached on disk: the reference's thousands of EMT cells are computed once."""
+        x = np.round([[p.composition[e] for e in self.spec.elements] for p in points], COMPOSITION_DECIMALS)
+        key = hashlib.sha256(x.tobytes() + self.spec.model_dump_json().encode()).hexdigest()[:16]
+        path = cache_dir() / f"reference_{key}.npy"
+        if path.is_file():
+            values = np.load(path)
+        else:
+            values, _ = self.truth(points)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path.with_suffix(".partial.npy"), values)
+            path.with_suffix(".partial.npy").replace(path)
+        return values, np.ones(len(values), dtype=bool)
