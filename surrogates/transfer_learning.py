@@ -176,7 +176,7 @@ def plot_learning_curves(summary: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     what, scale, unit = PLOTTED[summary["property"]]
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -192,9 +192,10 @@ def plot_learning_curves(summary: dict, path: Path) -> None:
                label="source model as it is (no target data)")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    for axis in (ax.xaxis, ax.yaxis):
-        axis.set_major_formatter(ScalarFormatter())
-        axis.set_minor_formatter(ScalarFormatter())
+    ax.set_xticks(sizes, [str(n) for n in sizes], minor=False)
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(ScalarFormatter())
     ax.set_xlabel(f"target samples ({summary['target']})")
     ax.set_ylabel(f"held-out MAE of the {what} ({unit})")
     ax.set_title(f"Transfer {summary['source']} → {summary['target']}: median and quartiles over "
