@@ -157,6 +157,8 @@ class BoSettings(Section):
                 raise ValueError("constraint_handling 'penalty' applies to a single objective")
         if self.initial_design == "causal" and self.causal is None:
             raise ValueError("initial_design 'causal' needs the `causal` settings (at least `history`)")
+        if self.prior is not None and self.extra_objectives:
+            raise ValueError("a transfer prior models one objective; it cannot be given with extra_objectives")
         if self.prior is not None and (self.calphad is not None and (self.calphad.objective_inputs
                                                                       or self.calphad.objective_mean)):
             raise ValueError("give the objective either a transfer prior or CALPHAD objective features, not both")
@@ -307,6 +309,8 @@ class BoPlanner(Planner):
 
         model = DeepSetsEnsemble.load(prior.source)
         model.descriptors(list(context.space.composition.elements))  # refuses an element without descriptors
+        for member in model.members:  # a fixed prior: gradients flow to the inputs only
+            member.requires_grad_(False)
         return model
 
     def _transfer_prior_gp(self, x: torch.Tensor, y: torch.Tensor):

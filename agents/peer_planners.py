@@ -18,6 +18,7 @@ import importlib.util
 import math
 from typing import ClassVar
 
+import numpy as np
 from pydantic import Field
 
 from sdl.agents.base import AgentContext
@@ -170,6 +171,12 @@ class BayBEPlanner(PeerPlanner):
     Settings = BayBESettings
     TASK = "alloy_system"
 
+    @classmethod
+    def check(cls, settings: BayBESettings, context: AgentContext) -> None:
+        super().check(settings, context)
+        if settings.source_data is not None:
+            cls.source_table(settings, context)
+
     def __init__(self, settings: BayBESettings, context: AgentContext) -> None:
         super().__init__(settings, context)
         from baybe import Campaign
@@ -199,27 +206,51 @@ class BayBEPlanner(PeerPlanner):
             self.campaign.add_measurements(source, numerical_measurements_must_be_within_tolerance=False)
         self._values: list[float] = []
 
-    def _source_rows(self, settings: BayBESettings):
-        """The source system's results as BayBE measurements of the "source" task."""
+    @staticmethod
+    def source_table(settings: BayBESettings, context: AgentContext):
+        """The source system's results (every row, checked): a column per element's fraction, absent
+        elements 0, and the objective's measurement. Elements outside the space, rows that do not sum
+        to 1 and values that are not finite numbers are refused."""
         import pandas as pd
+        from ase.data import chemical_symbols
 
-        comp = self.context.require_space("BayBE's transfer learning", composition_only=True).composition
+        comp = context.require_space("BayBE's transfer learning", composition_only=True).composition
+        where = f"source_data {settings.source_data}"
         try:
             table = pd.read_csv(settings.source_data)
         except (OSError, ValueError) as e:
-            raise ValueError(f"source_data {settings.source_data}: cannot read it as CSV ({e})") from None
-        measurement = self.objective.measurement
+            raise ValueError(f"{where}: cannot read it as CSV ({e})") from None
+        measurement = context.objective.measurement
         if measurement not in table.columns:
-            raise ValueError(f"source_data {settings.source_data} has no column {measurement!r} (the objective); "
-                             f"it has {', '.join(table.columns)}")
-        if not any(e in table.columns for e in comp.free_elements):
-            raise ValueError(f"source_data {settings.source_data} has none of the space's elements "
-                             f"({', '.join(comp.elements)}) as a column")
+            raise ValueError(f"{where} has no column {measurement!r} (the objective); it has {', '.join(table.columns)}")
+        elements = [c for c in table.columns if c in chemical_symbols]
+        foreign = [e for e in elements if e not in comp.elements and (table[e] != 0).any()]
+        if foreign:
+            raise ValueError(f"{where} has alloys with {', '.join(foreign)}, which the space ({', '.join(comp.elements)}) "
+                             "lacks; give only alloys of the space's elements (absent ones 0)")
+        if not any(e in comp.elements for e in elements):
+            raise ValueError(f"{where} has none of the space's elements ({', '.join(comp.elements)}) as a column")
+        used = table[[e for e in elements if e in comp.elements] + [measurement]]
+        values = used.apply(pd.to_numeric, errors="coerce")
+        if not np.isfinite(values.to_numpy(dtype=float)).all():
+            raise ValueError(f"{where}: every fraction and {measurement} must be a finite number")
+        sums = values[[e for e in elements if e in comp.elements]].sum(axis=1)
+        if (abs(sums - 1.0) > 1e-6).any():
+            raise ValueError(f"{where}: the fractions of row {int((abs(sums - 1.0) > 1e-6).idxmax()) + 2} sum to "
+                             f"{float(sums[abs(sums - 1.0) > 1e-6].iloc[0]):.6g}, not 1")
+        return values
+
+    def _source_rows(self, settings: BayBESettings):
+        """A random subset of the source table as BayBE measurements of the "source" task."""
+        import pandas as pd
+
+        comp = self.space.composition
+        table = self.source_table(settings, self.context)
         rows = table.sample(n=min(settings.source_points, len(table)), random_state=self.seed)
         frame = pd.DataFrame({e: rows[e].to_numpy() if e in rows else 0.0 for e in comp.free_elements},
                              index=range(len(rows)))
         frame[self.TASK] = "source"
-        frame[measurement] = rows[measurement].to_numpy()
+        frame[self.objective.measurement] = rows[self.objective.measurement].to_numpy()
         return frame
 
     def _ask(self, n: int):

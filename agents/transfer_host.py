@@ -34,6 +34,7 @@ class TransferSurrogate(Agent):
     role = "surrogate"
     Settings = TransferSurrogateSettings
     provides = frozenset({"recommendation"})
+    default_timeout_s = 300.0  # a fit trains every ensemble member
 
     @classmethod
     def check(cls, settings: TransferSurrogateSettings, context: AgentContext) -> None:
@@ -56,6 +57,9 @@ class TransferSurrogate(Agent):
 
     @method(FitRequest)
     def fit(self, request: FitRequest) -> FitSummary:
+        if request.objective != self.source.property_name:  # adapted in the source's units: the same quantity only
+            raise ServiceError(f"the transfer model predicts {self.source.property_name}; it cannot be fitted to "
+                               f"{request.objective!r}")
         usable = [o for o in request.observations if o.status == "done" and request.objective in o.measurements]
         if len(usable) < 2:
             raise ServiceError(f"need at least 2 finished observations of {request.objective!r}, got {len(usable)}")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -127,8 +128,11 @@ def label_random_alloys(elements: Sequence[str], n: int, seed: int, *, repeat: i
                       "calculator": "emt", "version": LABEL_VERSION})
     path = cache_dir() / f"{'-'.join(elements)}_{n}_{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
     if cache and path.is_file():
-        with np.load(path) as stored:
-            return AlloyDataset(elements, stored["fractions"], {p: stored[p] for p in PROPERTIES})
+        try:
+            with np.load(path) as stored:
+                return AlloyDataset(elements, stored["fractions"], {p: stored[p] for p in PROPERTIES})
+        except (OSError, ValueError, KeyError):
+            pass  # a broken cache file is labelled again and replaced
     rng = np.random.default_rng(seed)
     fractions = random_fractions(elements, n, rng, low=low, high=high)
     arrangement_seeds = rng.integers(0, 2**31, size=n)
@@ -139,8 +143,19 @@ def label_random_alloys(elements: Sequence[str], n: int, seed: int, *, repeat: i
             progress(i + 1, n)
     data = AlloyDataset(elements, fractions, {p: np.array([r[p] for r in rows]) for p in PROPERTIES})
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial.npz")
-        np.savez(partial, fractions=fractions, **data.properties)
-        partial.replace(path)  # atomic: a killed run leaves no half-written cache
+        write_atomically(path, lambda f: np.savez(f, fractions=fractions, **data.properties))
     return data
+
+
+def write_atomically(path: Path, write: Callable) -> None:
+    """``write(file)`` into a temporary file beside ``path``, then renamed onto it: a killed run leaves no
+    half-written cache, and two runs writing the same cache at once do not mix their files."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".partial")
+    try:
+        with os.fdopen(handle, "wb") as f:
+            write(f)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

@@ -16,7 +16,7 @@ Three ways to fit data of a new (target) system, :meth:`DeepSetsEnsemble.fit`:
 
 - ``scratch``: new members, trained on the target data only;
 - ``feature`` (feature transfer): the source model's encoder and body frozen, the head retrained from
-  the source head; 65 weights learned, so the safer choice with very little data;
+  the source head; hidden_size + 1 weights learned (65 by default), the safer choice with very little data;
 - ``finetune``: every weight trained from the source model's values, at a smaller learning rate.
 
 Each trains with Adam on the standardised property and stops early on the member's validation split
@@ -98,9 +98,10 @@ class DeepSetsEnsemble:
 
     def _new_members(self, seed: int) -> list[DeepSetsNet]:
         members = []
-        for i in range(self.architecture.members):
-            torch.manual_seed(seed * 1000 + i)
-            members.append(DeepSetsNet(len(DESCRIPTORS), self.architecture).to(DTYPE))
+        with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
+            for i in range(self.architecture.members):
+                torch.manual_seed(seed * 1000 + i)
+                members.append(DeepSetsNet(len(DESCRIPTORS), self.architecture).to(DTYPE))
         return members
 
     def descriptors(self, elements: Sequence[str]) -> torch.Tensor:

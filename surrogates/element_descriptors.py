@@ -7,7 +7,8 @@ solution:
 - Miedema's three parameters (electronegativity phi*, electron density at the Wigner-Seitz cell
   boundary n_ws, molar volume V^(2/3)): the classic per-element inputs of an alloy's formation
   enthalpy (de Boer et al., *Cohesion in Metals*, 1988);
-- size: the FCC lattice constant and the metallic radius (size mismatch strains a solid solution);
+- size: the lattice constant of the element's ground-state structure and the metallic radius (size
+  mismatch strains a solid solution);
 - cohesion: the heats of evaporation and fusion (they track the cohesive energy and bulk modulus);
 - Pauling electronegativity and the group (d-band filling).
 

@@ -16,6 +16,7 @@ import builtins
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -39,7 +40,7 @@ class TargetSettings(SystemSettings):
 
 
 class EvaluationSettings(Section):
-    sizes: list[int] = Field(default_factory=lambda: [10, 25, 50, 100], min_length=1,
+    sizes: list[Annotated[int, Field(ge=2)]] = Field(default_factory=lambda: [10, 25, 50, 100], min_length=1,
                              description="numbers of target samples")
     seeds: int = Field(default=10, ge=1, description="draws of the target samples per size")
     regimes: list[Regime] = Field(default_factory=lambda: list(REGIMES), min_length=1)
@@ -128,6 +129,9 @@ def evaluate(config: TransferConfig, *, progress: Progress | None = None) -> dic
     source = DeepSetsEnsemble.load(config.checkpoint)
     if source.property_name != config.property:
         raise ValueError(f"{config.checkpoint} predicts {source.property_name}, the config asks for {config.property}")
+    if source.architecture != config.architecture:
+        raise ValueError(f"{config.checkpoint} has another architecture than the config's; run `sdl transfer pretrain` "
+                         "again (every regime, scratch included, uses the checkpoint's)")
     target = config.target
     data = _labelled(target, target.alloys + target.test_alloys, target.seed, "label target alloys", progress)
     y = data.properties[config.property]

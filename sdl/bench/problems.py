@@ -355,6 +355,8 @@ class ProblemSpec(Section):
     def _kind(self) -> ProblemSpec:
         if self.objective is not None and not self.parameters:
             raise ValueError(f"formula problem {self.name} needs parameters: {{name: {{low, high}}}}")
+        if self.solid_solution is not None and (self.objective is not None or self.twin is not None):
+            raise ValueError(f"problem {self.name}: give one of a formula (objective), a twin or a solid_solution")
         if self.solid_solution is not None:  # its module builds on this one: validated here, at load, all the same
             from pydantic import ValidationError
 

@@ -20,7 +20,14 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from sdl.bench.problems import BenchProblem
-from sdl.env.solid_solutions import EMT_ELEMENTS, PROPERTIES, cache_dir, solid_solution_properties
+from sdl.env.solid_solutions import (
+    EMT_ELEMENTS,
+    LABEL_VERSION,
+    PROPERTIES,
+    cache_dir,
+    solid_solution_properties,
+    write_atomically,
+)
 from sdl.experiment import DesignPoint
 from sdl.objective import ObjectiveConfig
 from sdl.settings import Section
@@ -78,13 +85,12 @@ class SolidSolutionProblem(BenchProblem):
     def truth_in_bulk(self, points: list[DesignPoint]) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`truth`, cached on disk: the reference's thousands of EMT cells are computed once."""
         x = np.round([[p.composition[e] for e in self.spec.elements] for p in points], COMPOSITION_DECIMALS)
-        key = hashlib.sha256(x.tobytes() + self.spec.model_dump_json().encode()).hexdigest()[:16]
+        key = hashlib.sha256(x.tobytes() + self.spec.model_dump_json().encode()
+                             + f"labels {LABEL_VERSION}".encode()).hexdigest()[:16]
         path = cache_dir() / f"reference_{key}.npy"
-        if path.is_file():
+        try:
             values = np.load(path)
-        else:
+        except (OSError, ValueError):  # not there yet, or broken: compute and (re)write it
             values, _ = self.truth(points)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.save(path.with_suffix(".partial.npy"), values)
-            path.with_suffix(".partial.npy").replace(path)
+            write_atomically(path, lambda f: np.save(f, values))
         return values, np.ones(len(values), dtype=bool)
