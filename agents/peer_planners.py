@@ -19,6 +19,7 @@ import math
 from typing import ClassVar
 
 import numpy as np
+import torch
 from pydantic import Field
 
 from sdl.agents.base import AgentContext
@@ -26,6 +27,7 @@ from sdl.agents.planner import Planner, ProposeRequest
 from sdl.experiment import Composition, DesignPoint
 from sdl.objective import ConstraintConfig
 from sdl.settings import ResolvedPath, Section
+from sdl.surrogates.projection import project_capped_simplex
 
 
 class PeerSettings(Section):
@@ -72,13 +74,17 @@ class PeerPlanner(Planner):
         composition = None
         if self.space.composition is not None:
             comp = self.space.composition
-            fractions = {e: values[e] for e in comp.free_elements}
-            _, low, high = self._balance_sum_bounds()
-            total = math.fsum(fractions.values())
-            if total > high or total < low:  # a peer's constraint tolerance: scale back onto the bounds
-                scale = (high if total > high else low) / total if total > 0 else 1.0
-                fractions = {e: x * scale for e, x in fractions.items()}
-            fractions[comp.balance_element] = max(0.0, 1.0 - math.fsum(fractions.values()))
+            # A peer meets its linear constraints only to a tolerance, so the balance element can fall just
+            # outside its bounds; the exact projection onto the bounded simplex puts the point back (scaling
+            # the free fractions instead pushed one past its own upper bound when every bound binds).
+            balance = 1.0 - math.fsum(values[e] for e in comp.free_elements)
+            row = torch.tensor([[balance if e == comp.balance_element else values[e] for e in comp.elements]],
+                               dtype=torch.double)
+            low, high = (torch.tensor([comp.elements[e][i] for e in comp.elements], dtype=torch.double) for i in (0, 1))
+            fractions = dict(zip(comp.elements, project_capped_simplex(row, low, high, 1.0)[0].tolist()))
+            fractions[comp.balance_element] = min(max(1.0 - math.fsum(fractions[e] for e in comp.free_elements),
+                                                      comp.elements[comp.balance_element][0]),
+                                                  comp.elements[comp.balance_element][1])
             composition = Composition({e: fractions[e] for e in comp.elements})
         return DesignPoint(parameters={n: values[n] for n in self.space.parameters}, composition=composition)
 

@@ -301,3 +301,22 @@ def test_entry_point_problems_are_found(tmp_path, monkeypatch):
     config = tmp_path / "bench.yaml"
     config.write_text(yaml.safe_dump({"problems": [{"name": "branin_again"}], "planners": [{"name": "r", "kind": "random"}]}))
     assert load_bench_config(config).problems[0].name == "branin_again"  # the loader builds it to check
+
+
+def test_a_peer_answer_just_outside_the_bounded_simplex_is_projected_back_inside():
+    """A peer meets its sum constraints to a tolerance: with the balance element 1e-7 above its bound, scaling
+    the free fractions back pushed Pt, already at its own upper bound, past it (BayBE on the 6-element box)."""
+    import math
+
+    from sdl.agents.base import AgentContext
+    from sdl.agents.peer_planners import PeerPlanner, PeerSettings
+    from sdl.space import SearchSpace
+
+    space = SearchSpace.model_validate({"composition": {"elements": {e: [0.05, 0.35] for e in
+                                                                     ["Cu", "Ni", "Pd", "Ag", "Au", "Pt"]},
+                                                        "balance": "Cu"}})
+    planner = PeerPlanner(PeerSettings(), AgentContext(space=space))
+    point = planner._to_point({"Ni": 0.05, "Pd": 0.05, "Ag": 0.05, "Au": 0.1499999, "Pt": 0.35})
+    space.check(point)  # raised "Pt=0.35000005... outside [0.05, 0.35]" before
+    assert math.isclose(sum(point.composition.root.values()), 1.0, abs_tol=1e-12)
+    assert point.composition["Pt"] == pytest.approx(0.35) and point.composition["Cu"] == pytest.approx(0.35)
