@@ -251,6 +251,10 @@ def test_paired_comparison_counts_seed_by_seed_and_bounds_the_median_difference(
     assert "paired" not in summary["branin"]["ax"]
     table = format_table(config, summary, {"branin": ref})
     assert "Seed by seed against ax" in table and "| bo | 6 | 3 / 1 / 2 |" in table
+    # merged results: a planner run on other problems only is left out of this problem's table, not "failed"
+    more = config.model_copy(update={"planners": [*config.planners, BenchPlannerSpec(name="other", kind="random")]})
+    table = format_table(more, summarise(more, {"branin": problem}, results, {"branin": ref}), {"branin": ref})
+    assert "other" not in table and "failed" not in table
     with pytest.raises(ValueError, match="baseline 'peer' is not one of the planners"):
         BenchConfig(name="t", problems=[{"name": "branin"}], planners=[{"name": "bo", "kind": "bo"}], baseline="peer")
 

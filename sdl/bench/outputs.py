@@ -162,6 +162,8 @@ def format_table(config: BenchConfig, summary: dict, references: dict) -> str:
                   "infeasible experiments | planner s/iter (median, last 5) |",
                   "|---|---|---|---|---|---|"]
         for name, row in rows.items():
+            if row["runs"] == 0:  # merged results: a planner not run on this problem
+                continue
             if row["runs"] != config.seeds:  # merged results can hold fewer seeds of some planners
                 name = f"{name} ({row['runs']} seeds)"
             if "experiments_to_95" not in row:
