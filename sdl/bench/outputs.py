@@ -197,7 +197,7 @@ def plot_regret(config: BenchConfig, problems: dict[str, BenchProblem], results:
     import matplotlib.pyplot as plt
 
     specs = config.problems
-    fig, axes = plt.subplots(1, len(specs), figsize=(4.6 * len(specs), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(specs), figsize=(max(4.6 * len(specs), 6.5), 3.8), squeeze=False)
     for ax, spec in zip(axes[0], specs):
         problem = problems[spec.name]
         for planner in config.planners:
