@@ -48,6 +48,18 @@ class _Bars:
             bar.close()
 
 
+def _run(step, config: Path, out: Path | None, no_progress: bool) -> tuple:
+    """``step(cfg, progress=...)`` with the config read and progress shown; its errors as one line."""
+    cfg = _config(config, out)
+    bars = _Bars(no_progress)
+    try:
+        return cfg, step(cfg, progress=bars)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        bars.close()
+
+
 @transfer.command("pretrain")
 @click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run folder (default: runs/transfer/<name>).")
@@ -57,14 +69,7 @@ def transfer_pretrain(config: Path, out: Path | None, no_progress: bool) -> None
     ensemble on them (CONFIG, YAML); write source_model.pt and pretrain.json."""
     from sdl.surrogates.transfer_learning import pretrain
 
-    cfg = _config(config, out)
-    bars = _Bars(no_progress)
-    try:
-        summary = pretrain(cfg, progress=bars)
-    except ValueError as e:
-        raise click.ClickException(str(e)) from None
-    finally:
-        bars.close()
+    summary = _run(pretrain, config, out, no_progress)[1]
     click.echo(f"{summary['source']}: {summary['alloys']} alloys; held-out MAE of {summary['property']} "
                f"{summary['held_out_mae']:.4g} (property sd {summary['property_sd']:.4g})")
     click.echo(f"wrote {summary['checkpoint']}")
@@ -80,14 +85,7 @@ def transfer_evaluate(config: Path, out: Path | None, no_progress: bool) -> None
     write learning_curves.json and learning_curves.png."""
     from sdl.surrogates.transfer_learning import evaluate
 
-    cfg = _config(config, out)
-    bars = _Bars(no_progress)
-    try:
-        summary = evaluate(cfg, progress=bars)
-    except ValueError as e:
-        raise click.ClickException(str(e)) from None
-    finally:
-        bars.close()
+    cfg, summary = _run(evaluate, config, out, no_progress)
     sizes = list(next(iter(summary["mae"].values())))
     click.echo(f"{summary['source']} -> {summary['target']}, {summary['property']}: median held-out MAE over "
                f"{summary['seeds']} draws (source model alone: {summary['source_model_mae']:.4g}; target sd "
