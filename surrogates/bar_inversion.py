@@ -15,8 +15,9 @@ Identifiability, which every inversion checks (:func:`check_identifiable`, :func
 
 The baseline (:func:`segmented_fit`): a continuous piecewise-linear u(z) through the clamp with unknown
 breakpoints, fitted by least squares. For given breakpoints the slopes follow linearly, so only the
-breakpoints are searched (variable projection): each assignment of the breakpoints to the gaps between
-sensors is solved by scipy's bounded least squares, and the best kept. Standard errors from the
+breakpoints are searched (variable projection): every assignment of the breakpoints to the gaps between
+sensors is ranked by its misfit with the breakpoints mid-gap, the best few are solved by scipy's bounded
+least squares, and the best of those kept. Standard errors from the
 Jacobian at the optimum. scipy has no segmented regression of its own; this is the method of
 Muggeo (2003) in the form a metallurgist would code it.
 
@@ -34,6 +35,7 @@ import numpy as np
 from scipy import optimize
 
 MPA_PER_GPA = 1000.0
+SEGMENTED_REFINED = 12  # placements of the breakpoints solved exactly, of those ranked best mid-gap
 
 
 class NotIdentifiable(ValueError):
@@ -48,6 +50,9 @@ class BarData:
     area_mm2: float
     force_n: float | None
     noise_sd_mm: float | None = None  # the sensors' stated noise floor, when the instrument knows it
+    # the interfaces the specimen was made with (its design), if known: to check the sensors cover every
+    # layer before fitting; never used as a starting point or a prior
+    nominal_interfaces_mm: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         z = np.asarray(self.positions_mm, dtype=float)
@@ -66,6 +71,11 @@ class BarData:
         if self.force_n is not None and not (math.isfinite(self.force_n) and self.force_n != 0):
             raise ValueError(f"force {self.force_n} N: a finite, non-zero load")
         order = np.argsort(z)
+        if self.nominal_interfaces_mm is not None:
+            nominal = np.sort(np.asarray(self.nominal_interfaces_mm, dtype=float).reshape(-1))
+            if np.any(nominal <= 0) or np.any(nominal >= self.length_mm):
+                raise ValueError(f"nominal interfaces {nominal.tolist()} must lie inside (0, {self.length_mm:g}) mm")
+            object.__setattr__(self, "nominal_interfaces_mm", nominal)
         object.__setattr__(self, "positions_mm", z[order])
         object.__setattr__(self, "displacements_mm", u[order])
 
@@ -81,7 +91,8 @@ class BarData:
     @classmethod
     def from_measurements(cls, measurements: dict[str, float]) -> BarData:
         """From a tensile station's result: ``sensor_NN_position_mm`` / ``sensor_NN_displacement_mm``
-        pairs, ``length_mm``, ``area_mm2``, and ``force_n`` and ``displacement_noise_sd_mm`` if measured."""
+        pairs, ``length_mm``, ``area_mm2``, and ``force_n``, ``displacement_noise_sd_mm`` and the made
+        layers' ``nominal_interface_K_mm`` if known."""
         names = sorted(k[len("sensor_"):-len("_position_mm")] for k in measurements
                        if k.startswith("sensor_") and k.endswith("_position_mm"))
         missing = [k for k in ("length_mm", "area_mm2") if k not in measurements]
@@ -92,7 +103,7 @@ class BarData:
         return cls(np.array([measurements[f"sensor_{n}_position_mm"] for n in names]),
                    np.array([measurements[f"sensor_{n}_displacement_mm"] for n in names]),
                    float(measurements["length_mm"]), float(measurements["area_mm2"]), measurements.get("force_n"),
-                   measurements.get("displacement_noise_sd_mm"))
+                   measurements.get("displacement_noise_sd_mm"), _numbered(measurements, "nominal_interface_{}_mm"))
 
     def measurements(self) -> dict[str, float]:
         """The inverse of :meth:`from_measurements`."""
@@ -101,23 +112,34 @@ class BarData:
             out["force_n"] = self.force_n
         if self.noise_sd_mm is not None:
             out["displacement_noise_sd_mm"] = self.noise_sd_mm
+        for k, z in enumerate(self.nominal_interfaces_mm if self.nominal_interfaces_mm is not None else [], 1):
+            out[f"nominal_interface_{k}_mm"] = float(z)
         for i, (z, u) in enumerate(zip(self.positions_mm, self.displacements_mm)):
             out[f"sensor_{i:02d}_position_mm"] = float(z)
             out[f"sensor_{i:02d}_displacement_mm"] = float(u)
         return out
 
 
+def _numbered(measurements: dict[str, float], pattern: str) -> np.ndarray | None:
+    values = []
+    while pattern.format(len(values) + 1) in measurements:
+        values.append(measurements[pattern.format(len(values) + 1)])
+    return np.array(values) if values else None
+
+
 CSV_HEADER_KEYS = ("length_mm", "area_mm2", "force_n", "displacement_noise_sd_mm")
-CSV_TRUTH_KEYS = ("truth_moduli_gpa", "truth_interfaces_mm")
+CSV_TRUTH_KEYS = ("truth_moduli_gpa", "truth_interfaces_mm", "truth_grading")  # grading: E_0 E_L exponent
 
 
 def write_csv(data: BarData, path: Path, truth: dict[str, list[float]] | None = None) -> None:
     """Two columns (position_mm, displacement_mm) under ``# key: value`` lines for the rest: what
     ``sdl pinn invert`` reads."""
     lines = [f"# {k}: {v!r}" for k, v in data.measurements().items() if k in CSV_HEADER_KEYS]
+    if data.nominal_interfaces_mm is not None:
+        lines.append(f"# nominal_interfaces_mm: {' '.join(repr(float(x)) for x in data.nominal_interfaces_mm)}")
     lines += [f"# {k}: {' '.join(repr(float(x)) for x in v)}" for k, v in (truth or {}).items()]
     lines.append("position_mm,displacement_mm")
-    lines += [f"{z!r},{u!r}" for z, u in zip(data.positions_mm, data.displacements_mm)]
+    lines += [f"{float(z)!r},{float(u)!r}" for z, u in zip(data.positions_mm, data.displacements_mm)]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
 
@@ -134,7 +156,7 @@ def read_csv(path: Path) -> tuple[BarData, dict[str, np.ndarray]]:
             continue
         if line.startswith("#"):
             key, sep, value = line[1:].partition(":")
-            if sep and key.strip() in CSV_HEADER_KEYS + CSV_TRUTH_KEYS:
+            if sep and key.strip() in CSV_HEADER_KEYS + CSV_TRUTH_KEYS + ("nominal_interfaces_mm",):
                 header[key.strip()] = value.strip()
             continue
         if not columns_seen:
@@ -152,6 +174,8 @@ def read_csv(path: Path) -> tuple[BarData, dict[str, np.ndarray]]:
     try:
         numbers = {k: float(v) for k, v in header.items() if k in CSV_HEADER_KEYS}
         truth = {k: np.array([float(x) for x in v.split()]) for k, v in header.items() if k in CSV_TRUTH_KEYS}
+        nominal = np.array([float(x) for x in header["nominal_interfaces_mm"].split()]) \
+            if "nominal_interfaces_mm" in header else None
     except ValueError:
         raise ValueError(f"{path}: a '# key: value' line does not hold numbers: {header}") from None
     for key in ("length_mm", "area_mm2"):
@@ -159,7 +183,7 @@ def read_csv(path: Path) -> tuple[BarData, dict[str, np.ndarray]]:
             raise ValueError(f"{path}: no '# {key}: NUMBER' line (the bar's {key.split('_')[0]})")
     z, u = np.array(rows).T
     return BarData(z, u, numbers["length_mm"], numbers["area_mm2"], numbers.get("force_n"),
-                   numbers.get("displacement_noise_sd_mm")), truth
+                   numbers.get("displacement_noise_sd_mm"), nominal), truth
 
 
 # ---- identifiability --------------------------------------------------------------------------------
@@ -174,6 +198,11 @@ def check_identifiable(data: BarData, n_layers: int) -> None:
     if len(data.positions_mm) < needed:
         raise NotIdentifiable(f"{len(data.positions_mm)} sensors cannot resolve {n_layers} layers: each layer needs two "
                               f"points on its line (the clamp counts as one for the first), {needed} sensors at least")
+    if data.nominal_interfaces_mm is not None:
+        if len(data.nominal_interfaces_mm) != n_layers - 1:
+            raise ValueError(f"the specimen was made with {len(data.nominal_interfaces_mm) + 1} layers; "
+                             f"{n_layers} were asked for")
+        check_layers_resolved(data, data.nominal_interfaces_mm, "as made")
 
 
 def points_per_layer(data: BarData, interfaces_mm: np.ndarray) -> np.ndarray:
@@ -184,17 +213,36 @@ def points_per_layer(data: BarData, interfaces_mm: np.ndarray) -> np.ndarray:
     return counts
 
 
-def check_layers_resolved(data: BarData, interfaces_mm: np.ndarray) -> None:
-    """Refuse a fit that put fewer than two points in a layer: that layer's modulus and the interfaces
-    beside it are then not determined by the data."""
+def check_layers_resolved(data: BarData, interfaces_mm: np.ndarray, which: str = "as fitted") -> None:
+    """Refuse layers (as made, before a fit; as fitted, after one) with fewer than two points: that layer's
+    modulus and the interfaces beside it are then not determined by the data."""
     counts = points_per_layer(data, interfaces_mm)
     bounds = np.concatenate([[0.0], interfaces_mm, [data.length_mm]])
-    short = [f"layer {i + 1} ({bounds[i]:.2f}-{bounds[i + 1]:.2f} mm) has {c - (i == 0)} sensor(s)"
+    short = [f"layer {i + 1} ({which}: {bounds[i]:.2f}-{bounds[i + 1]:.2f} mm) has {c - (i == 0)} sensor(s)"
              for i, c in enumerate(counts) if c < 2]
     if short:
         raise NotIdentifiable("; ".join(short) + ": a layer needs two points on its line (the clamp counts for the "
                               "first), so its modulus and the interfaces beside it are not determined; add sensors "
                               "there or fit fewer layers")
+
+
+def check_fit(data: BarData, n_layers: int, rss_mm2: float) -> None:
+    """Refuse a fit whose misfit the stated sensor noise cannot explain (chi-square test at p < 0.001):
+    then a layer is thinner than the sensors can resolve (its line rests on one point and the fit put
+    the kink elsewhere), the layer count is wrong, or the noise is understated. Without a stated noise
+    level nothing can be said, and nothing is checked."""
+    dof = len(data.positions_mm) - (2 * n_layers - 1)
+    if data.noise_sd_mm is None or data.noise_sd_mm <= 0 or dof <= 0:
+        return
+    from scipy import stats
+
+    chi2 = rss_mm2 / data.noise_sd_mm ** 2
+    p_value = float(stats.chi2.sf(chi2, dof))
+    if p_value < 1e-3:
+        raise NotIdentifiable(f"the readings do not fit {n_layers} layers within the stated noise (chi-square "
+                              f"{chi2:.0f} for {dof} degrees of freedom, p = {p_value:.1g}): a layer is thinner "
+                              "than the sensor spacing resolves, the number of layers is wrong, or the noise is "
+                              "understated; add sensors or revisit the layer count")
 
 
 # ---- results ----------------------------------------------------------------------------------------
@@ -261,14 +309,18 @@ def segmented_fit(data: BarData, n_layers: int) -> LayerEstimate:
     check_identifiable(data, n_layers)
     z, u = data.positions_mm, data.displacements_mm
     gaps = np.concatenate([[0.0], z, [data.length_mm]])  # gap g spans (gaps[g], gaps[g + 1])
-    best: tuple[float, np.ndarray, np.ndarray] | None = None
+    assignments = []  # (lower, upper) bounds of the breakpoints for each placement in the gaps
     for chosen in itertools.combinations(range(len(gaps) - 1), n_layers - 1):
         low, high = gaps[list(chosen)], gaps[[g + 1 for g in chosen]]
-        if np.any(high - low <= 0):
-            continue
-        counts = points_per_layer(data, (low + high) / 2)
-        if np.any(counts < 2):
-            continue  # a layer without its two points: not a determined fit
+        if np.all(high - low > 0) and np.all(points_per_layer(data, (low + high) / 2) >= 2):
+            assignments.append((low, high))  # (a layer without its two points is not a determined fit)
+    # Rank the placements by the misfit with the breakpoints mid-gap (one linear solve each), then solve
+    # the most promising exactly: with dense sensors the gaps are narrow and the ranking is already right,
+    # which turns thousands of nonlinear fits into a few.
+    mid_rss = [float(np.sum(_slopes((low + high) / 2, z, u)[1] ** 2)) for low, high in assignments]
+    best: tuple[float, np.ndarray, np.ndarray] | None = None
+    for index in np.argsort(mid_rss)[:SEGMENTED_REFINED]:
+        low, high = assignments[index]
         if n_layers == 1:
             breaks = np.zeros(0)
         else:
@@ -283,6 +335,7 @@ def segmented_fit(data: BarData, n_layers: int) -> LayerEstimate:
         raise NotIdentifiable(f"no placement of {n_layers} layers gives every layer two points on its line "
                               f"with {len(z)} sensors")
     rss, breaks, slopes = best
+    check_fit(data, n_layers, rss)
     stress = data.stress_mpa
     moduli = stress / MPA_PER_GPA / slopes
     dof = max(len(z) - (2 * n_layers - 1), 1)

@@ -48,6 +48,7 @@ from sdl.surrogates.bar_inversion import (
     BarData,
     LayerEstimate,
     NotIdentifiable,
+    check_fit,
     check_identifiable,
     check_layers_resolved,
     points_per_layer,
@@ -65,6 +66,8 @@ class PinnSettings(Section):
                                                              "for the uncertainty (1: no uncertainty)")
     adam_steps: int = Field(default=1000, ge=0)
     polish: int = Field(default=4, ge=1, description="layers: the best starts after Adam, polished by L-BFGS")
+    final_lbfgs_steps: int = Field(default=1000, ge=0, description="layers: further L-BFGS iterations that finish "
+                                                                   "the best polished start")
     data_weight_start: float = Field(default=100.0, gt=0, description="weight of the data misfit against the "
                                      "physics terms at the start (the data place the layers) ...")
     data_weight: float = Field(default=1.0, gt=0, description="... and at the end (the physics holds the fit to "
@@ -189,12 +192,13 @@ def _adam(model: torch.nn.Module, loss_fn, settings: PinnSettings, steps: int) -
         schedule.step()
 
 
-def _lbfgs(model: torch.nn.Module, loss_fn, settings: PinnSettings) -> None:
+def _lbfgs(model: torch.nn.Module, loss_fn, settings: PinnSettings, iterations: int | None = None) -> None:
     """L-BFGS at the final width and data weight, to convergence. One model's members share the line
     search, so this is run on one member at a time (a batch of members converges as slowly as its worst)."""
-    if not settings.lbfgs_steps:
+    iterations = settings.lbfgs_steps if iterations is None else iterations
+    if not iterations:
         return
-    lbfgs = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=settings.lbfgs_steps, tolerance_grad=1e-12,
+    lbfgs = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=iterations, tolerance_grad=1e-12,
                               tolerance_change=1e-15, history_size=50, line_search_fn="strong_wolfe")
 
     def closure():
@@ -294,6 +298,8 @@ def invert_layers(data: BarData, n_layers: int, settings: PinnSettings | None = 
             loss = float(total(candidate, measured[:1], settings.width_end, settings.data_weight))
         if loss < best_loss:
             best, best_loss = candidate, loss
+    _lbfgs(best, lambda width, weight: total(best, measured[:1], width, weight).sum(), settings,
+           settings.final_lbfgs_steps)
     with torch.no_grad():
         best_data_loss = float(best.losses(z, measured[:1], settings.width_end)["data"][0])
     noise_sd = data.noise_sd_mm
@@ -320,6 +326,7 @@ def invert_layers(data: BarData, n_layers: int, settings: PinnSettings | None = 
                "noise_sd_mm": noise_sd, "members": settings.members, "starts": settings.starts,
                "device": str(device)})
     check_layers_resolved(data, estimate.interfaces_mm)
+    check_fit(data, n_layers, float(terms["data"][0]) * len(z) * u_ref ** 2)
     return estimate
 
 
