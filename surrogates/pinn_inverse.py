@@ -12,16 +12,22 @@ then real loss terms. The moduli (log E_l) and the thicknesses (a softmax, so th
 fill the bar) are trainable parameters. A sensor belongs to a layer through a smooth indicator
 sigma((z - z_k) / w) whose width w sharpens geometrically during training, so the data pull on the
 interfaces while the networks still have to agree with them; at the end the interfaces are fixed by
-the continuity of u, where the neighbouring layers' solutions cross.
+the continuity of u, where the neighbouring layers' solutions cross. Which sensor lies in which layer is
+a combinatorial question gradient descent answers only locally, so many starts (interfaces placed in
+different gaps between sensors) train at once with Adam, the best few are polished by L-BFGS one at a
+time (a batch shares L-BFGS's line search and converges as slowly as its worst member), and the best of
+those is finished. A fit that leaves a layer without two points, or whose misfit the stated sensor noise
+cannot explain, is refused (:mod:`sdl.surrogates.bar_inversion`).
 
 Graded: one network for u and a second for log E(z); the residual is d/dz(E u') (second derivatives by
 forward-mode propagation through the tanh layers, written out because the networks are 1-D).
 
-Uncertainty: randomise-then-optimise. Member 0 fits the data; each further member fits the data plus a
-fresh draw of the sensor noise (the stated noise floor, or the residual sd of member 0), from its own
-initialisation. For a problem this close to linear in its parameters the members' spread approximates
-the posterior standard deviation. All members train at once as one batched network (every weight has a
-leading member axis), on the GPU when there is one.
+Uncertainty: randomise-then-optimise. Member 0 is the fit of the data; each further member refits, from
+it, the data plus a fresh draw of the sensor noise (the stated noise floor, or the residual sd of the
+fit). For a problem this close to linear in its parameters the members' spread approximates the
+posterior standard deviation (with few members, roughly: 5 give the sd to about +-35 %). Every weight
+has a leading batch axis (starts, members, layers), so the starts train as one network, on the GPU
+when there is one.
 
 Plain torch rather than DeepXDE: the unknown interfaces move the collocation points and the indicators
 with the parameters, and the members and layers are batched along weight axes; DeepXDE's geometry is
@@ -265,9 +271,9 @@ def _noisy_targets(data: BarData, members: int, noise_sd_mm: float, u_ref: float
 def invert_layers(data: BarData, n_layers: int, settings: PinnSettings | None = None) -> LayerEstimate:
     """Moduli and interfaces of ``n_layers`` layers, with standard deviations (see the module).
 
-    Two stages: fits of the data from different initial interfaces (:func:`_initial_interfaces`), trained
-    at once, the one with the lowest loss kept (which sensor lies in which layer is a combinatorial
-    question that gradient descent answers only locally); then the uncertainty members, started from it."""
+    Starts from different initial interfaces (:func:`_initial_interfaces`) trained at once by Adam; the
+    ``polish`` best refined by L-BFGS one by one, the best of them finished; then the uncertainty members,
+    each started from it."""
     settings = settings or PinnSettings()
     started = time.perf_counter()
     check_identifiable(data, n_layers)
