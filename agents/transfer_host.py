@@ -24,9 +24,9 @@ from sdl.surrogates.deep_sets import DeepSetsEnsemble, TrainingSettings
 
 class TransferSurrogateSettings(Section):
     source: ResolvedPath = Field(description="the Deep Sets checkpoint (source_model.pt of `sdl transfer pretrain`)")
-    regime: Literal["feature", "finetune"] = Field(
+    regime: Literal["feature", "partial", "finetune"] = Field(
         default="finetune", description="how the campaign's results adapt it: retrain the head on the frozen "
-                                        "encoder, or fine-tune every weight")
+                                        "encoder, fine-tune body and head, or fine-tune every weight")
     training: TrainingSettings = TrainingSettings()
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -303,8 +304,6 @@ def _design(z: np.ndarray, breaks: np.ndarray) -> np.ndarray:
 
 def segmented_fit(data: BarData, n_layers: int) -> LayerEstimate:
     """Continuous piecewise-linear least squares with ``n_layers - 1`` unknown breakpoints (see the module)."""
-    import time
-
     started = time.perf_counter()
     check_identifiable(data, n_layers)
     z, u = data.positions_mm, data.displacements_mm

@@ -12,11 +12,13 @@ the model never saw enters through its descriptors alone.
 Uncertainty: a deep ensemble (members from different initialisations, each with its own validation
 split); the prediction is the members' mean, the uncertainty their standard deviation.
 
-Three ways to fit data of a new (target) system, :meth:`DeepSetsEnsemble.fit`:
+Four ways to fit data of a new (target) system, :meth:`DeepSetsEnsemble.fit`:
 
 - ``scratch``: new members, trained on the target data only;
 - ``feature`` (feature transfer): the source model's encoder and body frozen, the head retrained from
   the source head; hidden_size + 1 weights learned (65 by default), the safer choice with very little data;
+- ``partial`` (partial fine-tuning): the encoder frozen (what an element is, learned on the source system),
+  the body and head trained from the source values at the smaller learning rate;
 - ``finetune``: every weight trained from the source model's values, at a smaller learning rate.
 
 Each trains with Adam on the standardised property and stops early on the member's validation split
@@ -39,8 +41,9 @@ from sdl.settings import Section
 from sdl.surrogates.element_descriptors import DESCRIPTORS, raw_descriptors, standardisation
 
 DTYPE = torch.double
-Regime = Literal["scratch", "feature", "finetune"]
-REGIMES: tuple[Regime, ...] = ("scratch", "feature", "finetune")
+Regime = Literal["scratch", "feature", "partial", "finetune"]
+REGIMES: tuple[Regime, ...] = ("scratch", "feature", "partial", "finetune")
+TRAINED = {"feature": ("head.",), "partial": ("body.", "head.")}  # parameters a transfer regime trains (else all)
 
 
 class DeepSetsArchitecture(Section):
@@ -146,14 +149,15 @@ class DeepSetsEnsemble:
             model.members = model._new_members(seed)
             model.y_mean, model.y_sd = float(y.mean()), float(y.std()) or 1.0
             model.trained_on = []
-        learning_rate = training.learning_rate * (training.finetune_learning_rate_factor if regime == "finetune" else 1)
+        small = regime in ("partial", "finetune")
+        learning_rate = training.learning_rate * (training.finetune_learning_rate_factor if small else 1)
         d = model.descriptors(elements)
         x = torch.as_tensor(fractions, dtype=DTYPE)
         target = torch.as_tensor((y - model.y_mean) / model.y_sd, dtype=DTYPE)
         rng = np.random.default_rng(seed)
         for member in model.members:
             for name, p in member.named_parameters():
-                p.requires_grad_(regime != "feature" or name.startswith("head."))
+                p.requires_grad_(regime not in TRAINED or name.startswith(TRAINED[regime]))
             _train(member, d, x, target, training, learning_rate, rng)
             for p in member.parameters():
                 p.requires_grad_(True)

@@ -3,7 +3,7 @@ measure what it is worth on a data-poor target system with an element the source
 
 - :func:`pretrain`: label the source system's random alloys (cached), train the ensemble, save it.
 - :func:`evaluate`: learning curves on the target: for each number N of target samples and each seed,
-  N alloys drawn from a labelled target pool, the three regimes of :mod:`sdl.surrogates.deep_sets`
+  N alloys drawn from a labelled target pool, the regimes of :mod:`sdl.surrogates.deep_sets`
   fitted, their MAE on a held-out target test set recorded; medians and quartiles over the seeds, the
   reduction against training from scratch, and a plot.
 
@@ -169,6 +169,7 @@ def evaluate(config: TransferConfig, *, progress: Progress | None = None) -> dic
 
 
 LABELS = {"scratch": ("C7", "from scratch"), "feature": ("C0", "feature transfer (frozen encoder, new head)"),
+          "partial": ("C1", "partial fine-tuning (frozen encoder; body and head, smaller learning rate)"),
           "finetune": ("C3", "fine-tuning (all weights, smaller learning rate)")}
 # property -> (what it is, scale to the plotted unit, the unit)
 PLOTTED = {"mixing_energy_ev_per_atom": ("mixing energy", 1000.0, "meV/atom"),

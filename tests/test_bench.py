@@ -102,6 +102,7 @@ def test_a_calphad_planner_gets_each_twins_heat_treatment_and_falls_back_elsewhe
     assert elsewhere.feasibility == "measured" and elsewhere.calphad is None
 
 
+@pytest.mark.slow  # about 45 s of CALPHAD for two databases; .ci/run runs it
 def test_a_truth_that_disagrees_with_the_planners_database_is_kept_from_them():
     """Issue 19's held-out truth: the twin reads a shifted copy of the database (its gamma-prime solvus
     ~45 K higher), so an alloy just inside the database's boundary fails; the planners' settings (and

@@ -140,6 +140,7 @@ def test_measured_constraint_and_penalty_steer_away_from_the_infeasible_corner()
         assert max(f(p) for p, ok in zip(proposed, [slack(p) >= 0 for p in proposed]) if ok) > 1.1
 
 
+@pytest.mark.slow  # about 40 s; .ci/run runs it
 def test_multi_objective_proposals_spread_along_the_trade_off():
     def hardness(point):
         return point.composition["Al"] * 1000 + 200 * point.composition["Co"]

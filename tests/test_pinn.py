@@ -153,6 +153,7 @@ def test_the_pinn_recovers_noise_free_layers_and_satisfies_the_physics():
     assert measurements["layer_2_modulus_gpa"] == pytest.approx(70.0, rel=0.01) and "layer_3_thickness_sd_mm" in measurements
 
 
+@pytest.mark.slow  # about 10 s; .ci/run runs it
 def test_the_pinn_follows_a_graded_modulus_that_layers_cannot():
     bar = GradedBar(80.0, 300.0, 2.0, 30.0)
     data = bar_data(bar, positions=uniform_sensors(30.0, 30))

@@ -351,6 +351,7 @@ def test_the_shipped_policy_loads_without_ray_and_is_small():
     assert 1 <= int(holds) <= 4 and float(hardness_hv) > 300
 
 
+@pytest.mark.slow  # about 25 s of exhaustive search; .ci/run runs it
 def test_the_shipped_policy_is_near_the_exhaustive_optimum_on_held_out_alloys():
     """Issue 18: on compositions it never trained on (a separate seeded stream over the demo's space,
     edges included), the shipped policy's routes return >= 95 % of the exhaustive optimum in sum, and

@@ -138,8 +138,8 @@ def _weights(model, part):
     return [p.detach().clone() for m in model.members for p in getattr(m, part).parameters()]
 
 
-@pytest.mark.parametrize("regime", ["scratch", "feature", "finetune"])
-def test_each_regime_trains_and_feature_transfer_keeps_the_encoder_frozen(source_model, regime):
+@pytest.mark.parametrize("regime", ["scratch", "feature", "partial", "finetune"])
+def test_each_regime_trains_and_transfer_keeps_frozen_what_it_should(source_model, regime):
     target = ["Cu", "Ni", "Pd", "Pt"]
     x = np.random.default_rng(1).dirichlet(np.ones(4), size=12)
     y = 0.05 * x[:, 3] * (1 - x[:, 3])  # any smooth target
@@ -149,6 +149,8 @@ def test_each_regime_trains_and_feature_transfer_keeps_the_encoder_frozen(source
                for part in ("encoder", "body", "head")}
     if regime == "feature":
         assert changed == {"encoder": False, "body": False, "head": True}
+    elif regime == "partial":
+        assert changed == {"encoder": False, "body": True, "head": True}
     else:
         assert all(changed.values())
     assert fitted.trained_on[-1] == "Cu-Ni-Pd-Pt"
@@ -205,7 +207,7 @@ def test_pretrain_and_evaluate_write_a_model_and_learning_curves(tmp_path):
     result = runner.invoke(main, ["transfer", "evaluate", config, "--no-progress"])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "run" / "learning_curves.json").read_text())
-    assert set(summary["mae"]) == {"scratch", "feature", "finetune"}
+    assert set(summary["mae"]) == {"scratch", "feature", "partial", "finetune"}
     assert all(len(summary["mae"][r][n]["all"]) == 2 for r in summary["mae"] for n in ("4", "8"))
     assert all(math.isfinite(v) for r in summary["reduction_vs_scratch"].values() for v in r.values())
     assert (tmp_path / "run" / "learning_curves.png").stat().st_size > 10_000
@@ -351,6 +353,7 @@ def test_the_transfer_campaign_runs_end_to_end_on_a_tiny_budget(source_model, tm
     assert len(result.values) == 5 and all(np.isfinite(result.values))
 
 
+@pytest.mark.slow  # about 40 s of BayBE fits; .ci/run runs it
 def test_baybe_learns_from_the_source_system_as_a_second_task(source_data, tmp_path):
     pytest.importorskip("baybe")
     from sdl.agents.peer_planners import BayBEPlanner, BayBESettings

@@ -81,7 +81,7 @@ def transfer_pretrain(config: Path, out: Path | None, no_progress: bool) -> None
 @click.option("--no-progress", is_flag=True, help="A line per 10 % instead of progress bars (for logs).")
 def transfer_evaluate(config: Path, out: Path | None, no_progress: bool) -> None:
     """Learning curves on the target system: held-out MAE against the number of target samples for
-    training from scratch, feature transfer and fine-tuning (CONFIG, YAML; run `pretrain` first);
+    training from scratch, feature transfer, partial and full fine-tuning (CONFIG, YAML; run `pretrain` first);
     write learning_curves.json and learning_curves.png."""
     from sdl.surrogates.transfer_learning import evaluate
 
