@@ -56,8 +56,6 @@ class LayerInversionStation(Instrument):
     def _data(self, experiment: ExperimentSpec) -> BarData:
         try:
             return BarData.from_measurements(experiment.specimen)
-        except NotIdentifiable:
-            raise
         except ValueError as e:
             raise InstrumentRefused(f"the layer inversion needs a tensile test before it in the workflow; {e}") from None
 
