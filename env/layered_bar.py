@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import integrate
+from scipy.interpolate import CubicSpline
 
 MPA_PER_GPA = 1000.0
 
@@ -87,8 +88,7 @@ class GradedBar:
     exponent: float
     length_mm: float
     area_mm2: float = 10.0
-    _grid: np.ndarray = field(init=False, repr=False, compare=False)
-    _compliance: np.ndarray = field(init=False, repr=False, compare=False)
+    _compliance: CubicSpline = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if min(self.modulus_start_gpa, self.modulus_end_gpa) <= 0 or self.exponent <= 0 or self.length_mm <= 0:
@@ -97,22 +97,18 @@ class GradedBar:
         grid = np.linspace(0.0, self.length_mm, 4001)
         pieces = [integrate.quad(lambda s: 1.0 / self.modulus_gpa(s), a, b, epsabs=1e-14)[0]
                   for a, b in zip(grid[:-1], grid[1:])]
-        object.__setattr__(self, "_grid", grid)
-        object.__setattr__(self, "_compliance", np.concatenate([[0.0], np.cumsum(pieces)]))
+        # the compliance is smooth, so cubic interpolation between 4001 exact values is exact to ~1e-12
+        object.__setattr__(self, "_compliance", CubicSpline(grid, np.concatenate([[0.0], np.cumsum(pieces)])))
 
     def modulus_gpa(self, z_mm: np.ndarray) -> np.ndarray:
         t = np.clip(np.asarray(z_mm, dtype=float) / self.length_mm, 0.0, 1.0)
         return self.modulus_start_gpa + (self.modulus_end_gpa - self.modulus_start_gpa) * t ** self.exponent
 
     def compliance_mm_per_gpa(self) -> float:
-        return float(self._compliance[-1])
+        return float(self._compliance(self.length_mm))
 
     def displacement_mm(self, z_mm: np.ndarray, force_n: float) -> np.ndarray:
-        # the compliance is smooth, so cubic interpolation between 4001 exact values is exact to ~1e-12
-        from scipy.interpolate import CubicSpline
-
-        spline = CubicSpline(self._grid, self._compliance)
-        return force_n / self.area_mm2 / MPA_PER_GPA * spline(np.asarray(z_mm, dtype=float))
+        return force_n / self.area_mm2 / MPA_PER_GPA * self._compliance(np.asarray(z_mm, dtype=float))
 
     def force_for_end_displacement_n(self, end_displacement_mm: float) -> float:
         return end_displacement_mm * MPA_PER_GPA * self.area_mm2 / self.compliance_mm_per_gpa()

@@ -93,7 +93,16 @@ class TensileDicStage(SimulatedInstrument):
         return self.parameters.test_time_s
 
     def check(self, experiment: ExperimentSpec) -> None:
-        self.specimen(experiment, np.random.default_rng(0))
+        if self.parameters.layers is not None:  # only a designed thickness can be refused
+            self._thicknesses(experiment)
+
+    def _thicknesses(self, experiment: ExperimentSpec) -> list[float]:
+        thicknesses = [experiment.point.parameters.get(f"layer_{k}_thickness_mm", layer.thickness_mm)
+                       for k, layer in enumerate(self.parameters.layers, 1)]
+        bad = [f"layer_{k}_thickness_mm={t}" for k, t in enumerate(thicknesses, 1) if not t > 0]
+        if bad:
+            raise InstrumentRefused(f"cannot make a bar with {', '.join(bad)}: thicknesses must be positive")
+        return thicknesses
 
     def specimen(self, experiment: ExperimentSpec, rng: np.random.Generator) -> LayeredBar | GradedBar:
         p = self.parameters
@@ -105,12 +114,8 @@ class TensileDicStage(SimulatedInstrument):
             return random_layered_bar(rng, layers=r.layers, length_mm=r.length_mm,
                                       modulus_range_gpa=r.modulus_range_gpa, min_contrast=r.min_contrast,
                                       area_mm2=p.area_mm2)
-        thicknesses = [experiment.point.parameters.get(f"layer_{k}_thickness_mm", layer.thickness_mm)
-                       for k, layer in enumerate(p.layers, 1)]
-        bad = [f"layer_{k}_thickness_mm={t}" for k, t in enumerate(thicknesses, 1) if not t > 0]
-        if bad:
-            raise InstrumentRefused(f"cannot make a bar with {', '.join(bad)}: thicknesses must be positive")
-        return LayeredBar(tuple(layer.modulus_gpa for layer in p.layers), tuple(thicknesses), p.area_mm2)
+        return LayeredBar(tuple(layer.modulus_gpa for layer in p.layers), tuple(self._thicknesses(experiment)),
+                          p.area_mm2)
 
     def simulate(self, experiment: ExperimentSpec, rng: np.random.Generator) -> dict[str, float]:
         p = self.parameters

@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 from scipy import optimize
 
-MPA_PER_GPA = 1000.0
+from sdl.env.layered_bar import MPA_PER_GPA
+
 SEGMENTED_REFINED = 12  # placements of the breakpoints solved exactly, of those ranked best mid-gap
 
 
@@ -244,6 +245,11 @@ def check_fit(data: BarData, n_layers: int, rss_mm2: float) -> None:
                               f"{chi2:.0f} for {dof} degrees of freedom, p = {p_value:.1g}): a layer is thinner "
                               "than the sensor spacing resolves, the number of layers is wrong, or the noise is "
                               "understated; add sensors or revisit the layer count")
+
+
+def relative_l2_error(modulus_gpa: np.ndarray, true_modulus_gpa: np.ndarray) -> float:
+    """|| E - E_true ||_2 / || E_true ||_2 over a grid."""
+    return float(np.linalg.norm(modulus_gpa - true_modulus_gpa) / np.linalg.norm(true_modulus_gpa))
 
 
 # ---- results ----------------------------------------------------------------------------------------

@@ -48,9 +48,9 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from sdl.env.layered_bar import MPA_PER_GPA
 from sdl.settings import Section
 from sdl.surrogates.bar_inversion import (
-    MPA_PER_GPA,
     BarData,
     LayerEstimate,
     NotIdentifiable,
@@ -58,6 +58,7 @@ from sdl.surrogates.bar_inversion import (
     check_identifiable,
     check_layers_resolved,
     points_per_layer,
+    relative_l2_error,
 )
 
 DTYPE = torch.double
@@ -308,6 +309,10 @@ def invert_layers(data: BarData, n_layers: int, settings: PinnSettings | None = 
            settings.final_lbfgs_steps)
     with torch.no_grad():
         best_data_loss = float(best.losses(z, measured[:1], settings.width_end)["data"][0])
+        best_interfaces = (best.interfaces()[0, 1:-1] * data.length_mm).cpu().numpy()
+    # refuse an undetermined fit before the uncertainty members are trained around it
+    check_layers_resolved(data, best_interfaces)
+    check_fit(data, n_layers, best_data_loss * len(z) * u_ref ** 2)
     noise_sd = data.noise_sd_mm
     if noise_sd is None:  # the residual of the best fit says how noisy the data are
         dof = max(len(z) - (2 * n_layers - 1), 1)
@@ -331,8 +336,6 @@ def invert_layers(data: BarData, n_layers: int, settings: PinnSettings | None = 
                "traction": float(terms["traction"][0].sqrt()), "boundary": float(terms["boundary"][0].sqrt()),
                "noise_sd_mm": noise_sd, "members": settings.members, "starts": settings.starts,
                "device": str(device)})
-    check_layers_resolved(data, estimate.interfaces_mm)
-    check_fit(data, n_layers, float(terms["data"][0]) * len(z) * u_ref ** 2)
     return estimate
 
 
@@ -353,7 +356,7 @@ class GradedEstimate:
 
     def relative_l2_error(self, true_modulus_gpa: np.ndarray) -> float:
         """|| E - E_true ||_2 / || E_true ||_2 over the grid."""
-        return float(np.linalg.norm(self.modulus_gpa - true_modulus_gpa) / np.linalg.norm(true_modulus_gpa))
+        return relative_l2_error(self.modulus_gpa, true_modulus_gpa)
 
 
 class _GradedModel(torch.nn.Module):

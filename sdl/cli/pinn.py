@@ -77,7 +77,7 @@ def pinn_invert(data_csv: Path, layers: int, graded: bool, force_n: float | None
 
     from sdl.env.layered_bar import GradedBar, LayeredBar
     from sdl.report.inversion import plot_inversion
-    from sdl.surrogates.bar_inversion import read_csv, segmented_fit
+    from sdl.surrogates.bar_inversion import read_csv, relative_l2_error, segmented_fit
     from sdl.surrogates.pinn_inverse import GradedPinnSettings, PinnSettings, invert_graded, invert_layers
 
     try:
@@ -107,8 +107,7 @@ def pinn_invert(data_csv: Path, layers: int, graded: bool, force_n: float | None
         if isinstance(true_bar, GradedBar):
             truth_e = true_bar.modulus_gpa(graded_fit.z_mm)
             errors = {"pinn": graded_fit.relative_l2_error(truth_e),
-                      "segmented": float(((segmented.modulus_gpa(graded_fit.z_mm) - truth_e) ** 2).sum() ** 0.5
-                                         / (truth_e ** 2).sum() ** 0.5)}
+                      "segmented": relative_l2_error(segmented.modulus_gpa(graded_fit.z_mm), truth_e)}
             summary["relative_l2_error_of_e"] = errors
             click.echo(f"relative L2 error of E(z): PINN {errors['pinn']:.2%}, segmented ({layers} layers) "
                        f"{errors['segmented']:.2%}")
