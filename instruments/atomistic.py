@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import time
+from importlib.metadata import entry_points
 from typing import Any
 
 from ase import Atoms
@@ -25,17 +26,25 @@ from pydantic import Field, field_validator
 
 from sdl.experiment import AtomicStructure, ExperimentSpec, LabelledStructure
 from sdl.instruments.base import CommandInterrupted, Instrument, InstrumentParameters, InstrumentRefused
+from sdl.settings import ConfigError
 
-# short names for calculators; anything else is given as "package.module.ClassName"
+# short names for calculators; packages add theirs in the entry-point group "sdl.calculators" (sdl's
+# own PySCF calculator, a model, is registered there: this layer does not import it); anything else is
+# given as "package.module.ClassName"
 CALCULATORS = {"emt": "ase.calculators.emt.EMT", "lj": "ase.calculators.lj.LennardJones"}
+CALCULATOR_GROUP = "sdl.calculators"
 EMT_ELEMENTS = ("Al", "Cu", "Ag", "Au", "Ni", "Pd", "Pt")
 
 
 def calculator_class(name: str) -> type:
+    registered = {ep.name: ep for ep in entry_points(group=CALCULATOR_GROUP)}
+    if name.lower() in registered:
+        return registered[name.lower()].load()
     path = CALCULATORS.get(name.lower(), name)
     module_name, _, class_name = path.rpartition(".")
     if not module_name:
-        raise ValueError(f"calculator {name!r}: give a short name ({', '.join(CALCULATORS)}) or 'package.module.Class'")
+        short = ", ".join([*CALCULATORS, *registered])
+        raise ValueError(f"calculator {name!r}: give a short name ({short}) or 'package.module.Class'")
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
@@ -52,7 +61,8 @@ class AseCalculatorOracle(Instrument):
     implemented_measurements = ("energy_ev", "energy_ev_per_atom", "compute_s")
 
     class Parameters(InstrumentParameters):
-        calculator: str = Field(default="emt", description="emt, lj, or 'package.module.Class' of an ASE calculator")
+        calculator: str = Field(default="emt", description="emt, lj, pyscf, or 'package.module.Class' of an ASE "
+                                                           "calculator")
         calculator_options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the calculator")
         stress: bool = Field(default=True, description="compute the stress of periodic cells")
         max_atoms: int = Field(default=20000, ge=1)
@@ -66,6 +76,10 @@ class AseCalculatorOracle(Instrument):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self._calculator_class = calculator_class(self.parameters.calculator)
+        try:  # options checked now, not at the first experiment
+            self._calculator_class(**self.parameters.calculator_options)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"calculator_options of {self.parameters.calculator}: {e}") from None
         self.calls = 0  # calculations actually run (journal replays are free)
         self.compute_s_total = 0.0
 
@@ -79,6 +93,10 @@ class AseCalculatorOracle(Instrument):
         n_atoms = len(experiment.structure.symbols)
         if n_atoms > self.parameters.max_atoms:
             raise InstrumentRefused(f"{n_atoms} atoms exceed this instrument's max_atoms {self.parameters.max_atoms}")
+        molecular_only = not getattr(self._calculator_class, "supports_periodic", True)
+        if molecular_only and experiment.structure.periodic is not False:
+            raise InstrumentRefused(f"the {self.parameters.calculator} calculator computes molecules and clusters; "
+                                    f"experiment {experiment.experiment_id} is periodic (give periodic: false)")
         if self.parameters.calculator.lower() == "emt":
             unsupported = sorted(set(experiment.structure.symbols) - set(EMT_ELEMENTS))
             if unsupported:

@@ -34,4 +34,4 @@ def assignments(items: tuple[str, ...], param: str, form: str) -> dict[str, floa
 
 
 # The command groups register themselves on `main` when imported.
-from sdl.cli import agents, bench, campaign, causal, generate, instrument, keys, mlip, pinn, policy, transfer  # noqa: E402,F401,I001
+from sdl.cli import agents, bench, campaign, causal, generate, instrument, keys, mlip, pinn, policy, transfer, xc  # noqa: E402,F401,I001,E501
