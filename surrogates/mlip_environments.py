@@ -1,0 +1,263 @@
+"""Active learning of the MLIP where it matters: vacancies, their migration, surfaces, strain, heat.
+
+Issue 6 found that on random bulk cells, tested on random bulk cells, no selection rule beats random:
+every frame teaches about as much as any other. A potential for alloy design is used elsewhere too,
+and there the frames that teach are rare. This module sets up that problem as a practitioner has it:
+
+1. **The pool.** MLIP-driven Langevin MD (the committee trained on the first, bulk-only labels) over a
+   mix of cell kinds written in the config (``mix``: per kind, starts and temperatures; set by what the
+   potential will be used for, e.g. diffusion and ageing need vacancies, segregation needs surfaces).
+   Frames where the MD has already gone unphysical (atoms too close, a committee spread beyond the
+   trust level) are dropped. Every arm selects from this same pool.
+2. **Held-out sets per kind**, labelled by the oracle: bulk (in distribution), vacancy, migration (the
+   images of a vacancy hop by NEB), surfaces ((111) and (100) slabs), strained (+-5 %), hot (>= 1500 K).
+3. **Selection on the worst atom**: the largest per-atom committee force spread of a frame (the mean
+   over a 36-atom cell would hide one odd environment); ``committee_mean`` (the structure's mean
+   spread) is kept as an arm to show the difference; ``random`` draws uniformly from the pool;
+   ``true_error`` is a bound no active learner can reach (the largest per-atom true force error, the
+   oracle run on the whole pool on the side, those runs not counted).
+
+Plain Python over torch and ASE: no Ray, no bus.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+from ase import Atoms
+from pydantic import Field
+
+from sdl.env.atomistic import md_snapshots, random_composition
+from sdl.env.cell_kinds import HOT_TEMPERATURE_K, CellKind, make_cell, vacancy_migration_path
+from sdl.settings import Section
+from sdl.surrogates.mlip import Committee, MlipCalculator, make_batch, structure_errors, train_committee
+from sdl.surrogates.mlip_learning import ActiveLearningConfig, nearest_neighbour_distance_ang
+
+TEST_SETS = ("bulk", "vacancy", "migration", "surfaces", "strained", "hot")
+OFF_DISTRIBUTION = ("vacancy", "migration", "surfaces", "strained", "hot")
+SELECTIONS = ("committee", "committee_mean", "random", "true_error")
+
+
+class MixEntry(Section):
+    kind: CellKind
+    starts: int = Field(default=1, ge=0, description="MD starts of this kind per temperature")
+    temperatures_k: list[float] = Field(default_factory=lambda: [600.0], min_length=1)
+
+
+def default_mix() -> list[MixEntry]:
+    """A potential for alloy design: mostly bulk, and the defects, surfaces, strain and heat it will meet."""
+    return [MixEntry(kind="bulk", starts=4, temperatures_k=[300.0, 900.0]),
+            MixEntry(kind="vacancy", starts=2, temperatures_k=[600.0, 900.0]),
+            MixEntry(kind="surface_111", starts=1, temperatures_k=[300.0, 600.0]),
+            MixEntry(kind="surface_100", starts=1, temperatures_k=[300.0, 600.0]),
+            MixEntry(kind="strained", starts=2, temperatures_k=[300.0, 600.0]),
+            MixEntry(kind="hot", starts=2, temperatures_k=[1500.0, 2000.0])]
+
+
+class EnvironmentTestSettings(Section):
+    """Held-out structures per test set (oracle MD frames; the migration set is NEB images)."""
+
+    __test__ = False
+    per_set: int = Field(default=12, ge=1)
+    migration_paths: int = Field(default=2, ge=1)
+    images_per_path: int = Field(default=5, ge=1)
+    md_interval: int = Field(default=20, ge=1, description="MD steps between test frames (decorrelation)")
+
+
+class EnvironmentsConfig(ActiveLearningConfig):
+    """:class:`ActiveLearningConfig` plus the mix of cell kinds and the per-kind held-out sets."""
+
+    name: str = "mlip_environments"
+    mix: list[MixEntry] = Field(default_factory=default_mix, min_length=1)
+    pool_explorations: int = Field(default=2, ge=1, description="passes over the mix that build the pool")
+    environment_tests: EnvironmentTestSettings = EnvironmentTestSettings()
+
+
+def _oracle_frames(kind: str, config: EnvironmentsConfig, oracle, rng: np.random.Generator, n: int) -> list[Atoms]:
+    """``n`` oracle-MD frames of ``kind`` (temperatures from the kind's mix entry, or 600 K)."""
+    from sdl.instruments.atomistic import calculator_class
+
+    kinds = ["surface_111", "surface_100"] if kind == "surfaces" else [kind]
+    temperatures = {e.kind: e.temperatures_k for e in config.mix}
+    frames: list[Atoms] = []
+    interval = config.environment_tests.md_interval
+    while len(frames) < n:
+        cell_kind = kinds[len(frames) % len(kinds)]
+        options = temperatures.get(cell_kind, [HOT_TEMPERATURE_K if kind == "hot" else 600.0])
+        start = make_cell(cell_kind, random_composition(config.elements, rng), rng, repeat=config.repeat)
+        calculator = calculator_class(config.oracle.calculator)(**config.oracle.calculator_options)
+        per_start = min(4, n - len(frames))
+        for frame in md_snapshots(start, calculator, temperature_k=float(rng.choice(options)),
+                                  steps=interval * per_start, interval=interval, rng=rng,
+                                  timestep_fs=config.exploration.timestep_fs):
+            frame.info.update(start.info)
+            frames.append(oracle.label(frame))
+    return frames[:n]
+
+
+def build_environment_tests(config: EnvironmentsConfig, oracle, rng: np.random.Generator) -> dict[str, list[Atoms]]:
+    """The held-out sets, labelled by ``oracle`` (anything with ``label(atoms)``)."""
+    from sdl.instruments.atomistic import calculator_class
+
+    t = config.environment_tests
+    tests = {kind: _oracle_frames(kind, config, oracle, rng, t.per_set) for kind in TEST_SETS if kind != "migration"}
+    factory = lambda: calculator_class(config.oracle.calculator)(**config.oracle.calculator_options)  # noqa: E731
+    migration = []
+    for _ in range(t.migration_paths):
+        path = vacancy_migration_path(random_composition(config.elements, rng), rng, factory, repeat=config.repeat,
+                                      images=t.images_per_path)
+        migration += [oracle.label(image) for image in path]
+    tests["migration"] = migration
+    return {kind: tests[kind] for kind in TEST_SETS}
+
+
+def explore_pool(committee: Committee, config: EnvironmentsConfig, rng: np.random.Generator,
+                 progress: Callable[[int, int], None] | None = None) -> list[Atoms]:
+    """MLIP-driven MD over the mix: physical frames within the trust level, tagged with their kind,
+    trajectory and temperature."""
+    e = config.exploration
+    calculator = MlipCalculator(committee.members[0], device=config.device)
+    jobs = [(entry.kind, t, s, p) for p in range(config.pool_explorations) for entry in config.mix
+            for t in entry.temperatures_k for s in range(entry.starts)]
+    pool = []
+    for done, (kind, temperature, start_index, exploration) in enumerate(jobs):
+        start = make_cell(kind, random_composition(config.elements, rng), rng, repeat=config.repeat)
+        floor = e.min_distance_fraction * nearest_neighbour_distance_ang(start)
+        frames = md_snapshots(start, calculator, temperature_k=temperature, steps=e.md_steps,
+                              interval=e.snapshot_interval, rng=rng, timestep_fs=e.timestep_fs)
+        physical = []
+        for frame in frames:
+            if nearest_neighbour_distance_ang(frame) < floor:
+                break  # the trajectory has left physical space; later frames are worse
+            physical.append(frame)
+        if physical:
+            spread = atom_spreads(committee, physical)
+            for frame, atoms_spread in zip(physical, spread):
+                if atoms_spread.max() > e.max_force_spread_ev_per_ang:
+                    break  # beyond the trust level: the rest of the trajectory is dropped
+                frame.info.update(start.info)
+                frame.info.update(kind=kind, exploration_temperature_k=temperature,
+                                  trajectory=f"{kind}-{temperature:g}K-{exploration}-{start_index}")
+                pool.append(frame)
+        if progress is not None:
+            progress(done + 1, len(jobs))
+    return pool
+
+
+def atom_spreads(committee: Committee, structures: list[Atoms]) -> list[np.ndarray]:
+    """Per structure, each atom's committee force spread (eV/A): the norm of the members' sd."""
+    param = next(committee.parameters())
+    out = []
+    for start in range(0, len(structures), 64):
+        part = structures[start:start + 64]
+        batch = make_batch(part, committee.config.elements, committee.config.radial_cutoff_ang, device=param.device,
+                           dtype=param.dtype)
+        spread = committee(batch)["forces_std"].norm(dim=1).detach().cpu().numpy()
+        owner = batch.structure.cpu().numpy()
+        out += [spread[owner == k] for k in range(len(part))]
+    return out
+
+
+def selection_scores(selection: str, committee: Committee, candidates: list[Atoms],
+                     reference_forces: list[np.ndarray] | None = None) -> np.ndarray:
+    """Higher is labelled first. ``committee``: the worst atom's spread; ``committee_mean``: the mean
+    spread; ``true_error``: the worst atom's true force error (needs ``reference_forces``)."""
+    if selection in ("committee", "committee_mean"):
+        spreads = atom_spreads(committee, candidates)
+        return np.array([s.max() if selection == "committee" else s.mean() for s in spreads])
+    if selection == "true_error":
+        predicted = _forces(committee, candidates)
+        return np.array([np.linalg.norm(p - r, axis=1).max() for p, r in zip(predicted, reference_forces)])
+    raise ValueError(f"selection {selection!r}: one of {', '.join(SELECTIONS)}")
+
+
+def _forces(committee: Committee, structures: list[Atoms]) -> list[np.ndarray]:
+    param = next(committee.parameters())
+    out = []
+    for start in range(0, len(structures), 64):
+        part = structures[start:start + 64]
+        batch = make_batch(part, committee.config.elements, committee.config.radial_cutoff_ang, device=param.device,
+                           dtype=param.dtype)
+        forces = committee(batch)["forces"].detach().cpu().numpy()
+        owner = batch.structure.cpu().numpy()
+        out += [forces[owner == k] for k in range(len(part))]
+    return out
+
+
+def per_set_errors(committee: Committee, tests: dict[str, list[Atoms]]) -> dict[str, dict[str, float]]:
+    """Force MAE (meV/A) and energy MAE (meV/atom) on each held-out set."""
+    out = {}
+    for name, structures in tests.items():
+        errors = structure_errors(committee, structures)
+        out[name] = {"force_mae_mev_per_ang": 1000 * float(np.mean(np.concatenate([e.forces_ev_per_ang.ravel()
+                                                                                  for e in errors]))),
+                     "energy_mae_mev_per_atom": 1000 * float(np.mean([e.energy_ev_per_atom for e in errors]))}
+    return out
+
+
+def run_pool_arm(config: EnvironmentsConfig, selection: str, oracle, initial: list[Atoms], committee: Committee,
+                 pool: list[Atoms], tests: dict[str, list[Atoms]], *, reference_forces: list[np.ndarray] | None = None,
+                 progress: Callable[[str, int], None] | None = None) -> dict:
+    """One arm from the shared start (``committee`` trained on ``initial``, a copy is taken) over the
+    shared ``pool``: per round, score the unlabelled frames, label the best ``per_iteration`` (at most
+    ``max_per_trajectory`` from a trajectory), retrain warm, measure every held-out set."""
+    import copy
+
+    committee = copy.deepcopy(committee)
+    labelled = list(initial)
+    remaining = list(range(len(pool)))
+    rng = np.random.default_rng(config.seed + 7)
+    retrain = config.training.model_copy(update={"epochs": config.retrain_epochs,
+                                                 "learning_rate": config.retrain_learning_rate})
+    history = {"oracle_calls": [len(labelled)], "errors": [per_set_errors(committee, tests)], "selected_kinds": [],
+               "train_s": []}
+    while len(labelled) < config.max_oracle_calls and remaining:
+        k = min(config.per_iteration, config.max_oracle_calls - len(labelled), len(remaining))
+        if selection == "random":
+            chosen = [remaining[i] for i in rng.choice(len(remaining), size=k, replace=False)]
+        else:
+            candidates = [pool[i] for i in remaining]
+            forces = None if reference_forces is None else [reference_forces[i] for i in remaining]
+            scores = selection_scores(selection, committee, candidates, forces)
+            chosen = _best(candidates, remaining, scores, k, config.exploration.max_per_trajectory)
+        labelled += [oracle.label(pool[i]) for i in chosen]
+        remaining = [i for i in remaining if i not in set(chosen)]
+        started = time.perf_counter()
+        train_committee(committee, labelled, retrain, device=config.device, prepare=False)
+        history["train_s"].append(time.perf_counter() - started)
+        history["oracle_calls"].append(len(labelled))
+        history["errors"].append(per_set_errors(committee, tests))
+        history["selected_kinds"].append([pool[i].info.get("kind", "?") for i in chosen])
+        if progress is not None:
+            progress(selection, len(labelled))
+    return history
+
+
+def _best(candidates: list[Atoms], indices: list[int], scores: np.ndarray, k: int, per_trajectory: int) -> list[int]:
+    order = np.argsort(-scores)
+    taken: dict[str, int] = {}
+    chosen: list[int] = []
+    for i in order:
+        trajectory = candidates[i].info.get("trajectory", str(i))
+        if taken.get(trajectory, 0) < per_trajectory:
+            chosen.append(indices[i])
+            taken[trajectory] = taken.get(trajectory, 0) + 1
+            if len(chosen) == k:
+                return chosen
+    rest = [indices[i] for i in order if indices[i] not in set(chosen)]
+    return chosen + rest[: k - len(chosen)]
+
+
+def calls_to_reach(history: dict, sets: tuple[str, ...], target_mev_per_ang: float) -> int | None:
+    """Oracle calls after which the mean force MAE over ``sets`` is first at or below the target."""
+    for calls, errors in zip(history["oracle_calls"], history["errors"]):
+        if np.mean([errors[s]["force_mae_mev_per_ang"] for s in sets]) <= target_mev_per_ang:
+            return calls
+    return None
+
+
+def mean_force_mae(errors: dict[str, dict[str, float]], sets: tuple[str, ...]) -> float:
+    return float(np.mean([errors[s]["force_mae_mev_per_ang"] for s in sets]))
+

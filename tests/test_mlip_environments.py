@@ -1,0 +1,112 @@
+"""Active learning beyond the bulk (issue 23, first part): the cell kinds are physically what they say,
+the vacancy hop is a path between its end states, selection on the worst atom notices one odd atom in
+a cell, and the pool-based loop labels from the shared pool within its budget."""
+
+import numpy as np
+import pytest
+from ase.calculators.emt import EMT
+from ase.geometry import get_distances
+
+from sdl.env.atomistic import random_composition, random_solid_solution
+from sdl.env.cell_kinds import CELL_KINDS, make_cell, vacancy_migration_path
+from sdl.instruments.atomistic import AseCalculatorOracle
+from sdl.surrogates.mlip import Committee, train_committee
+from sdl.surrogates.mlip_environments import (
+    EnvironmentsConfig,
+    MixEntry,
+    explore_pool,
+    run_pool_arm,
+    selection_scores,
+)
+
+ELEMENTS = ["Ni", "Cu", "Al", "Pd"]
+FRACTIONS = dict.fromkeys(ELEMENTS, 0.25)
+
+
+def test_each_cell_kind_is_physically_what_it_says():
+    rng = np.random.default_rng(0)
+    bulk = make_cell("bulk", FRACTIONS, rng)
+    assert len(bulk) == 32 and all(bulk.pbc)
+    vacancy = make_cell("vacancy", FRACTIONS, rng)
+    assert len(vacancy) == 31  # a site really emptied: nothing near it
+    _, d = get_distances(vacancy.info["vacancy_position_ang"], vacancy.positions, cell=vacancy.cell, pbc=True)
+    assert d.min() > 2.0
+    for facet in ("111", "100"):
+        slab = make_cell(f"surface_{facet}", FRACTIONS, rng)
+        assert tuple(slab.pbc) == (True, True, False)
+        z = slab.positions[:, 2]
+        assert slab.cell[2, 2] - (z.max() - z.min()) >= 15.0  # vacuum along the third axis only
+        assert sorted(set(slab.get_chemical_symbols())) == sorted(ELEMENTS)
+    strained = make_cell("strained", FRACTIONS, rng)
+    strain = np.asarray(strained.info["strain"])
+    assert np.allclose(strain, strain.T) and np.abs(np.linalg.eigvalsh(strain)).max() <= 0.05
+    reference = make_cell("bulk", FRACTIONS, np.random.default_rng(1))
+    assert np.allclose(strained.cell[:], reference.cell[:] @ (np.eye(3) + strain))  # the strain is on the cell
+    for kind in CELL_KINDS:
+        atoms = make_cell(kind, FRACTIONS, rng)
+        assert atoms.info["kind"] == kind
+        assert min(get_distances(atoms.positions, cell=atoms.cell, pbc=atoms.pbc)[1][np.triu_indices(len(atoms), 1)]) > 2.0
+    with pytest.raises(ValueError, match="unknown cell kind 'grain_boundary'"):
+        make_cell("grain_boundary", FRACTIONS, rng)
+
+
+def test_the_vacancy_hop_runs_from_one_end_state_to_the_other_over_a_barrier():
+    path = vacancy_migration_path(FRACTIONS, np.random.default_rng(2), EMT, images=5)
+    assert [p.info["image"] for p in path] == [1, 2, 3, 4, 5]
+    hopper = path[0].info["hopper"]
+    start = path[0].positions[hopper]
+    travelled = [np.linalg.norm(p.positions[hopper] - start) for p in path]
+    assert all(b > a for a, b in zip(travelled, travelled[1:]))  # the hopping atom moves on along the band
+    energies = []
+    for image in path:
+        image.calc = EMT()
+        energies.append(image.get_potential_energy())
+    assert max(energies[1:4]) > max(energies[0], energies[-1])  # the saddle lies inside the band
+
+
+@pytest.fixture(scope="module")
+def committee_and_data():
+    rng = np.random.default_rng(3)
+    oracle = AseCalculatorOracle(calculator="emt")
+    labelled = [oracle.label(random_solid_solution(random_composition(ELEMENTS, rng), rng, rattle_ang=0.05))
+                for _ in range(8)]
+    config = EnvironmentsConfig(elements=ELEMENTS, committee_size=2, training={"epochs": 60, "batch_structures": 4},
+                                device="cpu")
+    committee = Committee.new(config.potential, 2, seed=0)
+    train_committee(committee, labelled, config.training, device="cpu")
+    return committee, labelled, oracle, rng
+
+
+def test_selection_on_the_worst_atom_notices_one_odd_atom(committee_and_data):
+    committee, _, _, rng = committee_and_data
+    odd = make_cell("bulk", FRACTIONS, rng)
+    odd.positions[5] += [0.45, 0.3, 0.0]  # one atom far off its site, the rest perfect
+    rattled = []
+    for _ in range(4):
+        cell = make_cell("bulk", FRACTIONS, rng)
+        cell.positions += rng.normal(0, 0.08, cell.positions.shape)  # every atom a little off
+        rattled.append(cell)
+    worst = selection_scores("committee", committee, [odd, *rattled])
+    assert int(np.argmax(worst)) == 0
+    mean = selection_scores("committee_mean", committee, [odd, *rattled])
+    assert mean[0] / mean.max() < worst[0] / worst.max()  # averaging dilutes the one odd atom
+
+
+def test_the_pool_loop_labels_from_the_shared_pool_within_budget(committee_and_data, tmp_path):
+    committee, labelled, oracle, _ = committee_and_data
+    config = EnvironmentsConfig(
+        elements=ELEMENTS, committee_size=2, device="cpu", initial_structures=len(labelled), per_iteration=2,
+        max_oracle_calls=len(labelled) + 4, retrain_epochs=5, pool_explorations=1,
+        mix=[MixEntry(kind="vacancy", starts=1, temperatures_k=[600]),
+             MixEntry(kind="surface_111", starts=1, temperatures_k=[300])],
+        exploration={"md_steps": 20, "snapshot_interval": 5})
+    pool = explore_pool(committee, config, np.random.default_rng(4))
+    assert pool and {a.info["kind"] for a in pool} <= {"vacancy", "surface_111"}
+    assert all("trajectory" in a.info for a in pool)
+    tests = {"bulk": labelled[:2], "vacancy": [AseCalculatorOracle(calculator="emt").label(pool[0])]}
+    calls_before = oracle.calls
+    history = run_pool_arm(config, "committee", oracle, labelled, committee, pool, tests)
+    assert history["oracle_calls"] == [8, 10, 12]
+    assert oracle.calls - calls_before == 4  # the pool's frames, labelled once each
+    assert all(kind in {"vacancy", "surface_111"} for round_ in history["selected_kinds"] for kind in round_)
+    assert set(history["errors"][-1]) == {"bulk", "vacancy"}
