@@ -170,9 +170,8 @@ def grid_density(result: ScfResult, *, min_density: float = 1e-10) -> GridDensit
     a, b = np.concatenate(parts["a"], axis=1), np.concatenate(parts["b"], axis=1)
     keep = a[0] + b[0] >= min_density
     a, b, weights = a[:, keep], b[:, keep], weights[keep]
-    veff = mf.get_veff(mol, mf.make_rdm1())
-    hartree = float(veff.ecoul) if hasattr(veff, "ecoul") else 0.0
-    exc = float(veff.exc)
+    # the energy terms of the converged density, as the last SCF energy evaluation left them
+    hartree, exc = float(mf.scf_summary["coul"]), float(mf.scf_summary["exc"])
     return GridDensity(weights=weights, rho_a=a[0], rho_b=b[0], sigma_aa=np.einsum("xn,xn->n", a[1:4], a[1:4]),
                        sigma_ab=np.einsum("xn,xn->n", a[1:4], b[1:4]), sigma_bb=np.einsum("xn,xn->n", b[1:4], b[1:4]),
                        energy_without_xc_ha=result.energy_ha - exc, hartree_ha=hartree, xc_ha=exc)

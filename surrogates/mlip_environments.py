@@ -33,7 +33,7 @@ from sdl.env.atomistic import md_snapshots, random_composition
 from sdl.env.cell_kinds import HOT_TEMPERATURE_K, CellKind, make_cell, vacancy_migration_path
 from sdl.settings import Section
 from sdl.surrogates.mlip import Committee, MlipCalculator, make_batch, structure_errors, train_committee
-from sdl.surrogates.mlip_learning import ActiveLearningConfig, nearest_neighbour_distance_ang
+from sdl.surrogates.mlip_learning import ActiveLearningConfig, most_uncertain, trusted_frames
 
 TEST_SETS = ("bulk", "vacancy", "migration", "surfaces", "strained", "hot")
 OFF_DISTRIBUTION = ("vacancy", "migration", "surfaces", "strained", "hot")
@@ -117,47 +117,39 @@ def explore_pool(committee: Committee, config: EnvironmentsConfig, rng: np.rando
                  progress: Callable[[int, int], None] | None = None) -> list[Atoms]:
     """MLIP-driven MD over the mix: physical frames within the trust level, tagged with their kind,
     trajectory and temperature."""
-    e = config.exploration
     calculator = MlipCalculator(committee.members[0], device=config.device)
     jobs = [(entry.kind, t, s, p) for p in range(config.pool_explorations) for entry in config.mix
             for t in entry.temperatures_k for s in range(entry.starts)]
     pool = []
     for done, (kind, temperature, start_index, exploration) in enumerate(jobs):
         start = make_cell(kind, random_composition(config.elements, rng), rng, repeat=config.repeat)
-        floor = e.min_distance_fraction * nearest_neighbour_distance_ang(start)
-        frames = md_snapshots(start, calculator, temperature_k=temperature, steps=e.md_steps,
-                              interval=e.snapshot_interval, rng=rng, timestep_fs=e.timestep_fs)
-        physical = []
-        for frame in frames:
-            if nearest_neighbour_distance_ang(frame) < floor:
-                break  # the trajectory has left physical space; later frames are worse
-            physical.append(frame)
-        if physical:
-            spread = atom_spreads(committee, physical)
-            for frame, atoms_spread in zip(physical, spread):
-                if atoms_spread.max() > e.max_force_spread_ev_per_ang:
-                    break  # beyond the trust level: the rest of the trajectory is dropped
-                frame.info.update(start.info)
-                frame.info.update(kind=kind, exploration_temperature_k=temperature,
-                                  trajectory=f"{kind}-{temperature:g}K-{exploration}-{start_index}")
-                pool.append(frame)
+        for frame in trusted_frames(start, calculator, committee, config.exploration, temperature, rng):
+            frame.info.update(start.info)
+            frame.info.update(kind=kind, exploration_temperature_k=temperature,
+                              trajectory=f"{kind}-{temperature:g}K-{exploration}-{start_index}")
+            pool.append(frame)
         if progress is not None:
             progress(done + 1, len(jobs))
     return pool
 
 
-def atom_spreads(committee: Committee, structures: list[Atoms]) -> list[np.ndarray]:
-    """Per structure, each atom's committee force spread (eV/A): the norm of the members' sd."""
+def _per_structure(committee: Committee, structures: list[Atoms], output: str) -> list[np.ndarray]:
+    """The committee's per-atom ``output`` (forces, forces_std), split by structure, 64 structures a batch."""
     param = next(committee.parameters())
     out = []
     for start in range(0, len(structures), 64):
         part = structures[start:start + 64]
         batch = make_batch(part, committee.config.elements, committee.config.radial_cutoff_ang, device=param.device,
                            dtype=param.dtype)
-        spread = committee(batch)["forces_std"].norm(dim=1).detach().cpu().numpy()
+        values = committee(batch)[output].detach().cpu().numpy()
         owner = batch.structure.cpu().numpy()
-        out += [spread[owner == k] for k in range(len(part))]
+        out += [values[owner == k] for k in range(len(part))]
     return out
+
+
+def atom_spreads(committee: Committee, structures: list[Atoms]) -> list[np.ndarray]:
+    """Per structure, each atom's committee force spread (eV/A): the norm of the members' sd."""
+    return [np.linalg.norm(sd, axis=1) for sd in _per_structure(committee, structures, "forces_std")]
 
 
 def selection_scores(selection: str, committee: Committee, candidates: list[Atoms],
@@ -168,22 +160,9 @@ def selection_scores(selection: str, committee: Committee, candidates: list[Atom
         spreads = atom_spreads(committee, candidates)
         return np.array([s.max() if selection == "committee" else s.mean() for s in spreads])
     if selection == "true_error":
-        predicted = _forces(committee, candidates)
+        predicted = _per_structure(committee, candidates, "forces")
         return np.array([np.linalg.norm(p - r, axis=1).max() for p, r in zip(predicted, reference_forces)])
     raise ValueError(f"selection {selection!r}: one of {', '.join(SELECTIONS)}")
-
-
-def _forces(committee: Committee, structures: list[Atoms]) -> list[np.ndarray]:
-    param = next(committee.parameters())
-    out = []
-    for start in range(0, len(structures), 64):
-        part = structures[start:start + 64]
-        batch = make_batch(part, committee.config.elements, committee.config.radial_cutoff_ang, device=param.device,
-                           dtype=param.dtype)
-        forces = committee(batch)["forces"].detach().cpu().numpy()
-        owner = batch.structure.cpu().numpy()
-        out += [forces[owner == k] for k in range(len(part))]
-    return out
 
 
 def per_set_errors(committee: Committee, tests: dict[str, list[Atoms]]) -> dict[str, dict[str, float]]:
@@ -221,9 +200,11 @@ def run_pool_arm(config: EnvironmentsConfig, selection: str, oracle, initial: li
             candidates = [pool[i] for i in remaining]
             forces = None if reference_forces is None else [reference_forces[i] for i in remaining]
             scores = selection_scores(selection, committee, candidates, forces)
-            chosen = _best(candidates, remaining, scores, k, config.exploration.max_per_trajectory)
+            chosen = [remaining[i] for i in most_uncertain(candidates, scores, k,
+                                                           config.exploration.max_per_trajectory)]
         labelled += [oracle.label(pool[i]) for i in chosen]
-        remaining = [i for i in remaining if i not in set(chosen)]
+        taken = set(chosen)
+        remaining = [i for i in remaining if i not in taken]
         started = time.perf_counter()
         train_committee(committee, labelled, retrain, device=config.device, prepare=False)
         history["train_s"].append(time.perf_counter() - started)
@@ -235,25 +216,10 @@ def run_pool_arm(config: EnvironmentsConfig, selection: str, oracle, initial: li
     return history
 
 
-def _best(candidates: list[Atoms], indices: list[int], scores: np.ndarray, k: int, per_trajectory: int) -> list[int]:
-    order = np.argsort(-scores)
-    taken: dict[str, int] = {}
-    chosen: list[int] = []
-    for i in order:
-        trajectory = candidates[i].info.get("trajectory", str(i))
-        if taken.get(trajectory, 0) < per_trajectory:
-            chosen.append(indices[i])
-            taken[trajectory] = taken.get(trajectory, 0) + 1
-            if len(chosen) == k:
-                return chosen
-    rest = [indices[i] for i in order if indices[i] not in set(chosen)]
-    return chosen + rest[: k - len(chosen)]
-
-
 def calls_to_reach(history: dict, sets: tuple[str, ...], target_mev_per_ang: float) -> int | None:
     """Oracle calls after which the mean force MAE over ``sets`` is first at or below the target."""
     for calls, errors in zip(history["oracle_calls"], history["errors"]):
-        if np.mean([errors[s]["force_mae_mev_per_ang"] for s in sets]) <= target_mev_per_ang:
+        if mean_force_mae(errors, sets) <= target_mev_per_ang:
             return calls
     return None
 

@@ -206,6 +206,30 @@ def build_test_set(config: ActiveLearningConfig, oracle, rng: np.random.Generato
     return test[: t.random_solutions + t.md_snapshots]
 
 
+def trusted_frames(start: Atoms, calculator, committee: Committee, settings: ExplorationSettings,
+                   temperature_k: float, rng: np.random.Generator) -> list[Atoms]:
+    """MLIP-driven Langevin MD from ``start``: its snapshots up to where the trajectory leaves physical
+    space (atoms closer than ``min_distance_fraction`` of the start's nearest-neighbour distance) or
+    the trust level (largest per-atom committee force spread, kept in ``info["max_force_spread_ev_per_ang"]``)."""
+    floor = settings.min_distance_fraction * nearest_neighbour_distance_ang(start)
+    frames = md_snapshots(start, calculator, temperature_k=temperature_k, steps=settings.md_steps,
+                          interval=settings.snapshot_interval, rng=rng, timestep_fs=settings.timestep_fs)
+    physical = []
+    for frame in frames:
+        if nearest_neighbour_distance_ang(frame) < floor:
+            break  # the trajectory has left physical space; later frames are worse
+        physical.append(frame)
+    if not physical:
+        return []
+    trusted = []
+    for frame, frame_spread in zip(physical, uncertainty(committee, physical, "committee")):
+        if frame_spread > settings.max_force_spread_ev_per_ang:
+            break  # beyond the trust level: this frame and the rest of the trajectory are dropped
+        frame.info["max_force_spread_ev_per_ang"] = float(frame_spread)
+        trusted.append(frame)
+    return trusted
+
+
 def explore(committee: Committee, config: ActiveLearningConfig, rng: np.random.Generator) -> list[Atoms]:
     """Snapshots of MLIP-driven MD from fresh random solid solutions at each exploration temperature."""
     e = config.exploration
@@ -216,23 +240,9 @@ def explore(committee: Committee, config: ActiveLearningConfig, rng: np.random.G
         for start_index in range(e.starts_per_temperature):
             start = random_solid_solution(random_composition(config.elements, rng), rng, repeat=config.repeat,
                                           rattle_ang=0.0)
-            floor = e.min_distance_fraction * nearest_neighbour_distance_ang(start)
-            frames = md_snapshots(start, calculator, temperature_k=temperature, steps=e.md_steps,
-                                  interval=e.snapshot_interval, rng=rng, timestep_fs=e.timestep_fs)
-            physical = []
-            for frame in frames:
-                if nearest_neighbour_distance_ang(frame) < floor:
-                    break  # the trajectory has left physical space; later frames are worse
-                physical.append(frame)
-            if not physical:
-                continue
-            spread = uncertainty(committee, physical, "committee")
-            for frame, frame_spread in zip(physical, spread):
-                if frame_spread > e.max_force_spread_ev_per_ang:
-                    break  # beyond the trust level: this frame and the rest of the trajectory are dropped
+            for frame in trusted_frames(start, calculator, committee, e, temperature, rng):
                 frame.info["exploration_temperature_k"] = temperature
                 frame.info["trajectory"] = f"{temperature:g}K-{start_index}"
-                frame.info["max_force_spread_ev_per_ang"] = float(frame_spread)
                 candidates.append(frame)
     return candidates
 

@@ -24,6 +24,7 @@ from ase.build import molecule
 
 from sdl.env.quantum_chemistry import build_molecule, grid_density, make_ks, run_scf
 from sdl.surrogates.xc_functional import (
+    C_X,
     LIEB_OXFORD_FX,
     LIEB_OXFORD_XC,
     XcFunctional,
@@ -50,7 +51,7 @@ def grid_checks(model: XcFunctional) -> list[Row]:
         rs = (3 / (4 * math.pi * n)) ** (1 / 3)
         zeta = (rho_a - rho_b) / n
         pw92 = n * pw92_correlation(rs, torch.clamp(zeta, -1 + 1e-12, 1 - 1e-12))
-        lda_x = -0.75 * (3 / math.pi) ** (1 / 3) * 0.5 * ((2 * rho_a) ** (4 / 3) + (2 * rho_b) ** (4 / 3))
+        lda_x = -C_X * 0.5 * ((2 * rho_a) ** (4 / 3) + (2 * rho_b) ** (4 / 3))
         ueg_x = ((e_x - lda_x).abs() / lda_x.abs())[uniform].max()
         rows.append(_row("uniform gas: exchange = LDA", "by construction", ueg_x, "0 (rel.)", ueg_x < 1e-12))
         ueg_c = ((e_c - pw92).abs() / pw92.abs().clamp(min=1e-300))[uniform].max()

@@ -48,6 +48,7 @@ from sdl.surrogates.xc_functional import (
 )
 
 Progress = Callable[[str, int, int], None]
+SCALING_SAMPLE = 0.1  # share of the grid points the correlation scaling inequalities are penalised on
 LIBXC_FUNCTIONALS = {"pbe": "pbe", "scan": "scan", "b3lyp": "b3lyp", "lda": "lda,pw_mod", "blyp": "b88,lyp"}
 
 
@@ -166,11 +167,12 @@ def fit_to_pbe(model: XcFunctional, data: DensitySet, *, steps: int, seed: int,
     args = tuple(a[sample] for a in data.density_args())
     with torch.no_grad():
         px, pc = pbe_energy_density(*args)
+        variables = DensityVariables(*args)  # fixed points: their local variables once, not every step
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(steps, 1))
     for step in range(steps):
         optimiser.zero_grad()
-        mx, mc = model.energy_density(*args)
+        mx, mc = model.energy_of(variables)
         loss = (((mx - px) / px.abs().clamp(min=1e-12)) ** 2).mean() \
             + (((mc - pc) / pc.abs().clamp(min=1e-12)) ** 2).mean()
         loss.backward()
@@ -195,7 +197,7 @@ class Objective:
         # estimate of each system's E_c, at a tenth of the cost of a second and third full pass)
         generator = torch.Generator().manual_seed(config.seed)
         self.scaling_points = torch.nonzero(torch.rand(len(t["weights"]), generator=generator,
-                                                       dtype=torch.float64) < 0.1).squeeze(-1)
+                                                       dtype=torch.float64) < SCALING_SAMPLE).squeeze(-1)
         # the densities are fixed: their local variables are computed once
         with torch.no_grad():
             self.variables = DensityVariables(*data.density_args(), share_equal_spins=True)
@@ -222,9 +224,10 @@ class Objective:
         half = ((self.h_weights * (half_x + half_c)).sum() + self.data.hartree[self.h] / 4) * KCAL_PER_HARTREE
         scaling = 0.0
         points = self.scaling_points
-        ec_sampled = self.data.integrate(model.correlation_of(self.scaled[1.0]), 1.0, points, 10.0)
+        ec_sampled = self.data.integrate(model.correlation_of(self.scaled[1.0]), 1.0, points, 1 / SCALING_SAMPLE)
         for scale in (0.5, 2.0):
-            ec_scaled = self.data.integrate(model.correlation_of(self.scaled[scale]), scale, points, 10.0)
+            ec_scaled = self.data.integrate(model.correlation_of(self.scaled[scale]), scale, points,
+                                            1 / SCALING_SAMPLE)
             # Levy and Perdew (1985): E_c[n_l] > l E_c[n] for l > 1 and < for l < 1
             violation = scale * ec_sampled - ec_scaled if scale > 1 else ec_scaled - scale * ec_sampled
             scaling = scaling + (torch.relu(violation) * KCAL_PER_HARTREE).pow(2).sum()

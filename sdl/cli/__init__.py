@@ -33,5 +33,40 @@ def assignments(items: tuple[str, ...], param: str, form: str) -> dict[str, floa
     return out
 
 
+class StageProgress:
+    """Progress of a long command, ``progress(stage, done, total)``: one tqdm bar per stage ("label
+    source alloys", "PBE densities", ...), or a line per 10 % (``quiet``, for logs)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet, self.bars, self.said = quiet, {}, {}
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        if self.quiet:
+            tenth = 10 * done // max(total, 1)
+            if self.said.get(what) != tenth:
+                self.said[what] = tenth
+                click.echo(f"{what}: {done}/{total}")
+            return
+        from tqdm import tqdm
+
+        bar = self.bars.get(what) or self.bars.setdefault(what, tqdm(total=total, desc=what, unit="", leave=True))
+        bar.update(done - bar.n)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+def run_stages(step, quiet: bool, errors: tuple[type[Exception], ...] = (ValueError,)):
+    """``step(progress)`` with progress shown; ``errors`` it raises become one line, not a traceback."""
+    progress = StageProgress(quiet)
+    try:
+        return step(progress)
+    except errors as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        progress.close()
+
+
 # The command groups register themselves on `main` when imported.
 from sdl.cli import agents, bench, campaign, causal, generate, instrument, keys, mlip, pinn, policy, transfer, xc  # noqa: E402,F401,I001,E501

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from sdl.cli import main
+from sdl.cli import main, run_stages
 
 
 @main.group()
@@ -25,39 +25,10 @@ def _config(path: Path, out: Path | None):
         raise click.ClickException(str(e)) from None
 
 
-class _Bars:
-    """One tqdm bar per stage ("label source alloys", "fit target models", ...), or a line per 10 %."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet, self.bars, self.said = quiet, {}, {}
-
-    def __call__(self, what: str, done: int, total: int) -> None:
-        if self.quiet:
-            tenth = 10 * done // max(total, 1)
-            if self.said.get(what) != tenth:
-                self.said[what] = tenth
-                click.echo(f"{what}: {done}/{total}")
-            return
-        from tqdm import tqdm
-
-        bar = self.bars.get(what) or self.bars.setdefault(what, tqdm(total=total, desc=what, unit="", leave=True))
-        bar.update(done - bar.n)
-
-    def close(self) -> None:
-        for bar in self.bars.values():
-            bar.close()
-
-
 def _run(step, config: Path, out: Path | None, no_progress: bool) -> tuple:
     """``step(cfg, progress=...)`` with the config read and progress shown; its errors as one line."""
     cfg = _config(config, out)
-    bars = _Bars(no_progress)
-    try:
-        return cfg, step(cfg, progress=bars)
-    except ValueError as e:
-        raise click.ClickException(str(e)) from None
-    finally:
-        bars.close()
+    return cfg, run_stages(lambda progress: step(cfg, progress=progress), no_progress)
 
 
 @transfer.command("pretrain")

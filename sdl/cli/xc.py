@@ -7,8 +7,7 @@ from pathlib import Path
 
 import click
 
-from sdl.cli import main
-from sdl.cli.transfer import _Bars
+from sdl.cli import main, run_stages
 
 
 @main.group()
@@ -38,13 +37,7 @@ def xc_train(config: Path, out: Path | None, no_progress: bool) -> None:
     from sdl.surrogates.xc_training import train
 
     cfg = _config(config, out)
-    bars = _Bars(no_progress)
-    try:
-        summary = train(cfg, progress=bars)
-    except (ValueError, RuntimeError) as e:
-        raise click.ClickException(str(e)) from None
-    finally:
-        bars.close()
+    summary = run_stages(lambda progress: train(cfg, progress=progress), no_progress, (ValueError, RuntimeError))
     mae = summary["held_out_mae_kcal_non_scf"]
     click.echo(f"trained on {len(summary['train'])} molecules in {summary['train_s']:.0f} s; held-out "
                f"({len(summary['test'])} molecules) MAE on PBE densities: learned {mae['learned']:.2f} kcal/mol, "
@@ -103,13 +96,8 @@ def xc_bench(config: Path, checkpoint: Path | None, out: Path | None, no_progres
     checkpoint = checkpoint or cfg.checkpoint
     if not checkpoint.exists():
         raise click.ClickException(f"{checkpoint}: no such checkpoint; run `sdl xc train {config}` first")
-    bars = _Bars(no_progress)
-    try:
-        result = benchmark(cfg, checkpoint, progress=bars)
-    except (ValueError, RuntimeError) as e:
-        raise click.ClickException(str(e)) from None
-    finally:
-        bars.close()
+    result = run_stages(lambda progress: benchmark(cfg, checkpoint, progress=progress), no_progress,
+                        (ValueError, RuntimeError))
     plot_benchmark(result, cfg.folder / "atomization.png")
     click.echo(f"G2-1, self-consistent, {cfg.basis}, grid level {cfg.grid_level}; {len(result['test'])} held-out "
                f"molecules")
