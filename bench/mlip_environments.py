@@ -10,7 +10,8 @@ labels from that same pool, ``per_iteration`` frames a round, retraining warm ea
 ``random`` (uniform over the pool) and the ``true_error`` bound (the worst atom's true error; the
 oracle's side runs on the pool are not counted).
 
-Prints per seed and arm the final force MAE per set, the oracle calls each arm needs to reach random's
+Prints per seed and arm the final force MAE per set, how well the committee's spread ranks the true
+errors on the pooled held-out sets (Spearman rho) and the trust level learned from the labelled frames, the oracle calls each arm needs to reach random's
 final mean force MAE over the off-distribution sets (and their ratio to random's calls), the bulk
 error at equal calls against random's, and the kinds each arm selected; writes environments.json and
 environments.png (the first seed's learning curves per set) in ``--out``.
@@ -153,6 +154,12 @@ def main() -> None:
             ratio = "" if calls is None or not r.get("random_calls") else f" ({calls / r['random_calls']:.2f}x random)"
             print(f"| {arm} | {cells} | {calls if calls is not None else '> budget'}{ratio} | "
                   f"{r.get('bulk_vs_random_at_final', {}).get(arm, float('nan')):.2f} |")
+        for arm, h in r["histories"].items():
+            rho = h["uncertainty_ranking"]
+            level = h["trust_level_ev_per_ang"]
+            print(f"  {arm}: Spearman rho over the pooled held-out sets, worst-atom spread vs worst-atom error "
+                  f"{rho['worst_atom']:.2f}, mean spread vs force MAE {rho['structure_mean']:.2f} (target >= 0.6); "
+                  f"learned trust level {'n/a' if level is None else f'{level:.3f} eV/A'}")
         for arm, h in r["histories"].items():
             kinds, counts = np.unique([k for rnd in h["selected_kinds"] for k in rnd], return_counts=True)
             print(f"  {arm} selected: {dict(zip(kinds.tolist(), counts.tolist()))}")

@@ -32,12 +32,22 @@ from pydantic import Field
 from sdl.env.atomistic import md_snapshots, random_composition
 from sdl.env.cell_kinds import HOT_TEMPERATURE_K, CellKind, make_cell, vacancy_migration_path
 from sdl.settings import Section
-from sdl.surrogates.mlip import Committee, MlipCalculator, make_batch, structure_errors, train_committee
+from sdl.surrogates.mlip import (
+    Committee,
+    MlipCalculator,
+    labels_of,
+    make_batch,
+    structure_errors,
+    train_committee,
+)
 from sdl.surrogates.mlip_learning import ActiveLearningConfig, most_uncertain, trusted_frames
 
 TEST_SETS = ("bulk", "vacancy", "migration", "surfaces", "strained", "hot")
 OFF_DISTRIBUTION = ("vacancy", "migration", "surfaces", "strained", "hot")
 SELECTIONS = ("committee", "committee_mean", "random", "true_error")
+# A frame is trusted while its worst atom's expected error stays within this multiple of the target force MAE
+# (a worst atom's error is several times a cell's mean absolute component error).
+TRUST_ERROR_FACTOR = 4.0
 
 
 class MixEntry(Section):
@@ -165,6 +175,45 @@ def selection_scores(selection: str, committee: Committee, candidates: list[Atom
     raise ValueError(f"selection {selection!r}: one of {', '.join(SELECTIONS)}")
 
 
+def worst_atom_spreads(committee: Committee, structures: list[Atoms]) -> np.ndarray:
+    """Per structure, the largest per-atom committee force spread (eV/A)."""
+    return np.array([s.max() for s in atom_spreads(committee, structures)])
+
+
+def worst_atom_errors(committee: Committee, labelled: list[Atoms]) -> np.ndarray:
+    """Per labelled structure, the largest per-atom error of the committee's mean force (eV/A)."""
+    predicted = _per_structure(committee, labelled, "forces")
+    return np.array([np.linalg.norm(p - labels_of(a).forces_ev_per_ang, axis=1).max()
+                     for p, a in zip(predicted, labelled)])
+
+
+def trust_level(calibration: list[tuple[float, float]], tolerated_error_ev_per_ang: float) -> float | None:
+    """The worst-atom spread above which a frame is not trusted, learned from active learning: the
+    frames labelled so far pair the spread the committee had for them with its true worst-atom error
+    just before it learned them; error ~ ratio x spread with the median ratio (robust to the few
+    frames where the members agreed on a wrong answer), so the level is the spread at which the
+    expected worst-atom error reaches the tolerance. None without data."""
+    pairs = np.array([(s, e) for s, e in calibration if s > 0], dtype=float).reshape(-1, 2)
+    if not len(pairs):
+        return None
+    return float(tolerated_error_ev_per_ang / np.median(pairs[:, 1] / pairs[:, 0]))
+
+
+def uncertainty_ranking(committee: Committee, tests: dict[str, list[Atoms]]) -> dict[str, float]:
+    """Spearman rank correlations over the pooled held-out sets: each structure's worst-atom spread
+    against its worst-atom true error, and its mean spread against its force MAE."""
+    from scipy.stats import spearmanr
+
+    pooled = [a for structures in tests.values() for a in structures]
+    spreads = atom_spreads(committee, pooled)
+    predicted = _per_structure(committee, pooled, "forces")
+    truth = [labels_of(a).forces_ev_per_ang for a in pooled]
+    worst_error = [np.linalg.norm(p - t, axis=1).max() for p, t in zip(predicted, truth)]
+    mae = [np.abs(p - t).mean() for p, t in zip(predicted, truth)]
+    return {"worst_atom": float(spearmanr([s.max() for s in spreads], worst_error).statistic),
+            "structure_mean": float(spearmanr([s.mean() for s in spreads], mae).statistic)}
+
+
 def per_set_errors(committee: Committee, tests: dict[str, list[Atoms]]) -> dict[str, dict[str, float]]:
     """Force MAE (meV/A) and energy MAE (meV/atom) on each held-out set."""
     out = {}
@@ -191,7 +240,7 @@ def run_pool_arm(config: EnvironmentsConfig, selection: str, oracle, initial: li
     retrain = config.training.model_copy(update={"epochs": config.retrain_epochs,
                                                  "learning_rate": config.retrain_learning_rate})
     history = {"oracle_calls": [len(labelled)], "errors": [per_set_errors(committee, tests)], "selected_kinds": [],
-               "train_s": []}
+               "train_s": [], "calibration": []}
     while len(labelled) < config.max_oracle_calls and remaining:
         k = min(config.per_iteration, config.max_oracle_calls - len(labelled), len(remaining))
         if selection == "random":
@@ -202,7 +251,11 @@ def run_pool_arm(config: EnvironmentsConfig, selection: str, oracle, initial: li
             scores = selection_scores(selection, committee, candidates, forces)
             chosen = [remaining[i] for i in most_uncertain(candidates, scores, k,
                                                            config.exploration.max_per_trajectory)]
-        labelled += [oracle.label(pool[i]) for i in chosen]
+        new = [oracle.label(pool[i]) for i in chosen]
+        # Before retraining: what the committee was unsure of against what it got wrong (the trust level's data)
+        history["calibration"].append(list(zip(worst_atom_spreads(committee, new).tolist(),
+                                               worst_atom_errors(committee, new).tolist())))
+        labelled += new
         taken = set(chosen)
         remaining = [i for i in remaining if i not in taken]
         started = time.perf_counter()
@@ -213,6 +266,9 @@ def run_pool_arm(config: EnvironmentsConfig, selection: str, oracle, initial: li
         history["selected_kinds"].append([pool[i].info.get("kind", "?") for i in chosen])
         if progress is not None:
             progress(selection, len(labelled))
+    history["trust_level_ev_per_ang"] = trust_level([pair for rnd in history["calibration"] for pair in rnd],
+                                                    config.target_force_mae_mev_per_ang / 1000 * TRUST_ERROR_FACTOR)
+    history["uncertainty_ranking"] = uncertainty_ranking(committee, tests)
     return history
 
 

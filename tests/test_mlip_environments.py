@@ -17,6 +17,7 @@ from sdl.surrogates.mlip_environments import (
     explore_pool,
     run_pool_arm,
     selection_scores,
+    trust_level,
 )
 
 ELEMENTS = ["Ni", "Cu", "Al", "Pd"]
@@ -110,3 +111,14 @@ def test_the_pool_loop_labels_from_the_shared_pool_within_budget(committee_and_d
     assert oracle.calls - calls_before == 4  # the pool's frames, labelled once each
     assert all(kind in {"vacancy", "surface_111"} for round_ in history["selected_kinds"] for kind in round_)
     assert set(history["errors"][-1]) == {"bulk", "vacancy"}
+    assert [len(r) for r in history["calibration"]] == [2, 2]  # each labelled frame: (spread, error) before learning it
+    assert all(spread > 0 and error > 0 for r in history["calibration"] for spread, error in r)
+    assert history["trust_level_ev_per_ang"] > 0
+    assert -1 <= history["uncertainty_ranking"]["worst_atom"] <= 1
+
+
+def test_the_trust_level_is_where_the_expected_error_reaches_the_tolerance():
+    # errors twice the spreads, one frame where the members agreed on a wrong answer
+    calibration = [(0.1, 0.2), (0.2, 0.4), (0.3, 0.6), (0.01, 0.5)]
+    assert trust_level(calibration, 0.2) == pytest.approx(0.1)
+    assert trust_level([], 0.2) is None
