@@ -362,6 +362,8 @@ class Committee(nn.Module):
             raise ValueError("committee members must share one MlipConfig")
         self.members = nn.ModuleList(members)
         self.config = members[0].config
+        # The worst-atom force spread (eV/A) beyond which a frame is not trusted, learned in active learning
+        self.trust_level_ev_per_ang: float | None = None
 
     @classmethod
     def new(cls, config: MlipConfig, size: int, *, seed: int = 0) -> Committee:
@@ -552,7 +554,8 @@ def train_committee(committee: Committee, structures: Sequence[Atoms], settings:
 
 def save_committee(committee: Committee, path) -> None:
     torch.save({"config": committee.config.model_dump(), "seeds": [m.seed for m in committee.members],
-                "states": [{k: v.cpu() for k, v in m.state_dict().items()} for m in committee.members]}, path)
+                "states": [{k: v.cpu() for k, v in m.state_dict().items()} for m in committee.members],
+                "trust_level_ev_per_ang": committee.trust_level_ev_per_ang}, path)
 
 
 def load_committee(path, *, device: str = "auto") -> Committee:
@@ -563,7 +566,9 @@ def load_committee(path, *, device: str = "auto") -> Committee:
         member = InteratomicPotential(config, seed=seed)
         member.load_state_dict(state)
         members.append(member.eval())
-    return Committee(members).to(choose_device(device))
+    committee = Committee(members)
+    committee.trust_level_ev_per_ang = saved.get("trust_level_ev_per_ang")
+    return committee.to(choose_device(device))
 
 
 # -- errors against labels -----------------------------------------------------------------------

@@ -40,14 +40,12 @@ from sdl.surrogates.mlip import (
     structure_errors,
     train_committee,
 )
-from sdl.surrogates.mlip_learning import ActiveLearningConfig, most_uncertain, trusted_frames
+from sdl.surrogates.mlip_learning import ActiveLearningConfig, most_uncertain, trusted_frames, uncertainty
+from sdl.surrogates.mlip_on_the_fly import trust_level, worst_atom_errors
 
 TEST_SETS = ("bulk", "vacancy", "migration", "surfaces", "strained", "hot")
 OFF_DISTRIBUTION = ("vacancy", "migration", "surfaces", "strained", "hot")
 SELECTIONS = ("committee", "committee_mean", "random", "true_error")
-# A frame is trusted while its worst atom's expected error stays within this multiple of the target force MAE
-# (a worst atom's error is several times a cell's mean absolute component error).
-TRUST_ERROR_FACTOR = 4.0
 
 
 class MixEntry(Section):
@@ -175,30 +173,6 @@ def selection_scores(selection: str, committee: Committee, candidates: list[Atom
     raise ValueError(f"selection {selection!r}: one of {', '.join(SELECTIONS)}")
 
 
-def worst_atom_spreads(committee: Committee, structures: list[Atoms]) -> np.ndarray:
-    """Per structure, the largest per-atom committee force spread (eV/A)."""
-    return np.array([s.max() for s in atom_spreads(committee, structures)])
-
-
-def worst_atom_errors(committee: Committee, labelled: list[Atoms]) -> np.ndarray:
-    """Per labelled structure, the largest per-atom error of the committee's mean force (eV/A)."""
-    predicted = _per_structure(committee, labelled, "forces")
-    return np.array([np.linalg.norm(p - labels_of(a).forces_ev_per_ang, axis=1).max()
-                     for p, a in zip(predicted, labelled)])
-
-
-def trust_level(calibration: list[tuple[float, float]], tolerated_error_ev_per_ang: float) -> float | None:
-    """The worst-atom spread above which a frame is not trusted, learned from active learning: the
-    frames labelled so far pair the spread the committee had for them with its true worst-atom error
-    just before it learned them; error ~ ratio x spread with the median ratio (robust to the few
-    frames where the members agreed on a wrong answer), so the level is the spread at which the
-    expected worst-atom error reaches the tolerance. None without data."""
-    pairs = np.array([(s, e) for s, e in calibration if s > 0], dtype=float).reshape(-1, 2)
-    if not len(pairs):
-        return None
-    return float(tolerated_error_ev_per_ang / np.median(pairs[:, 1] / pairs[:, 0]))
-
-
 def uncertainty_ranking(committee: Committee, tests: dict[str, list[Atoms]]) -> dict[str, float]:
     """Spearman rank correlations over the pooled held-out sets: each structure's worst-atom spread
     against its worst-atom true error, and its mean spread against its force MAE."""
@@ -253,7 +227,7 @@ def run_pool_arm(config: EnvironmentsConfig, selection: str, oracle, initial: li
                                                            config.exploration.max_per_trajectory)]
         new = [oracle.label(pool[i]) for i in chosen]
         # Before retraining: what the committee was unsure of against what it got wrong (the trust level's data)
-        history["calibration"].append(list(zip(worst_atom_spreads(committee, new).tolist(),
+        history["calibration"].append(list(zip(uncertainty(committee, new, "committee").tolist(),
                                                worst_atom_errors(committee, new).tolist())))
         labelled += new
         taken = set(chosen)
@@ -267,7 +241,7 @@ def run_pool_arm(config: EnvironmentsConfig, selection: str, oracle, initial: li
         if progress is not None:
             progress(selection, len(labelled))
     history["trust_level_ev_per_ang"] = trust_level([pair for rnd in history["calibration"] for pair in rnd],
-                                                    config.target_force_mae_mev_per_ang / 1000 * TRUST_ERROR_FACTOR)
+                                                    config.target_force_mae_mev_per_ang)
     history["uncertainty_ranking"] = uncertainty_ranking(committee, tests)
     return history
 

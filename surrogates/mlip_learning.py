@@ -42,6 +42,7 @@ from sdl.surrogates.mlip import (
     save_committee,
     train_committee,
 )
+from sdl.surrogates.mlip_on_the_fly import trust_level, worst_atom_errors
 
 
 class OracleSettings(Section):
@@ -303,6 +304,7 @@ def run_arm(config: ActiveLearningConfig, selection: str, oracle, test: list[Ato
     retrain = config.training.model_copy(update={"epochs": config.retrain_epochs,
                                                  "learning_rate": config.retrain_learning_rate})
     pick_rng = np.random.default_rng(config.seed + 1)
+    calibration: list[tuple[float, float]] = []  # (spread, true worst-atom error) of each frame before learning it
     while len(labelled) < config.max_oracle_calls:
         if progress is not None:
             progress(selection, len(labelled), curve.force_mae_mev_per_ang[-1])
@@ -322,7 +324,9 @@ def run_arm(config: ActiveLearningConfig, selection: str, oracle, test: list[Ato
             else:
                 scores = uncertainty(committee, candidates, selection, labelled)
             chosen = most_uncertain(candidates, scores, k, config.exploration.max_per_trajectory)
-        labelled += [oracle.label(candidates[i]) for i in chosen]
+        new = [oracle.label(candidates[i]) for i in chosen]
+        calibration += zip(uncertainty(committee, new, "committee").tolist(), worst_atom_errors(committee, new).tolist())
+        labelled += new
         started = time.perf_counter()
         train_committee(committee, labelled, retrain, device=config.device, prepare=False)
         curve.record(len(labelled), evaluate_errors(committee, test), time.perf_counter() - started)
@@ -332,6 +336,7 @@ def run_arm(config: ActiveLearningConfig, selection: str, oracle, test: list[Ato
             curve.stopped = "held-out force error converged"
             break
     curve.stopped = curve.stopped or "oracle budget spent"
+    committee.trust_level_ev_per_ang = trust_level(calibration, config.target_force_mae_mev_per_ang)
     if progress is not None:
         progress(selection, len(labelled), curve.force_mae_mev_per_ang[-1])
     return curve, committee

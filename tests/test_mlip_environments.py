@@ -1,6 +1,7 @@
 """Active learning beyond the bulk (issue 23, first part): the cell kinds are physically what they say,
 the vacancy hop is a path between its end states, selection on the worst atom notices one odd atom in
-a cell, and the pool-based loop labels from the shared pool within its budget."""
+a cell, the pool-based loop labels from the shared pool within its budget and learns a trust level,
+and an MD run with the committee flags the frame where it leaves that level."""
 
 import numpy as np
 import pytest
@@ -10,15 +11,15 @@ from ase.geometry import get_distances
 from sdl.env.atomistic import random_composition, random_solid_solution
 from sdl.env.cell_kinds import CELL_KINDS, make_cell, vacancy_migration_path
 from sdl.instruments.atomistic import AseCalculatorOracle
-from sdl.surrogates.mlip import Committee, train_committee
+from sdl.surrogates.mlip import Committee, MlipCalculator, train_committee
 from sdl.surrogates.mlip_environments import (
     EnvironmentsConfig,
     MixEntry,
     explore_pool,
     run_pool_arm,
     selection_scores,
-    trust_level,
 )
+from sdl.surrogates.mlip_on_the_fly import TrustMonitor, run_trusted_md, trust_level
 
 ELEMENTS = ["Ni", "Cu", "Al", "Pd"]
 FRACTIONS = dict.fromkeys(ELEMENTS, 0.25)
@@ -120,5 +121,29 @@ def test_the_pool_loop_labels_from_the_shared_pool_within_budget(committee_and_d
 def test_the_trust_level_is_where_the_expected_error_reaches_the_tolerance():
     # errors twice the spreads, one frame where the members agreed on a wrong answer
     calibration = [(0.1, 0.2), (0.2, 0.4), (0.3, 0.6), (0.01, 0.5)]
-    assert trust_level(calibration, 0.2) == pytest.approx(0.1)
+    assert trust_level(calibration, 50.0) == pytest.approx(4 * 0.050 / 2)  # 4x the target MAE, errors 2x spreads
     assert trust_level([], 0.2) is None
+
+
+def test_the_on_the_fly_trust_check_flags_an_out_of_distribution_frame_and_hands_it_to_the_oracle(committee_and_data):
+    committee, _, oracle, _ = committee_and_data
+    rng = np.random.default_rng(11)
+    calibration = run_trusted_md(make_cell("bulk", FRACTIONS, rng), committee, trust_level_ev_per_ang=1e9,
+                                 temperature_k=300, steps=20, device="cpu", rng=rng)
+    assert calibration.steps == 20 and not calibration.untrusted and len(calibration.worst_spreads_ev_per_ang) == 21
+    level = 1.5 * max(calibration.worst_spreads_ev_per_ang)
+
+    squeezed = make_cell("bulk", FRACTIONS, rng)
+    squeezed.set_cell(0.8 * squeezed.cell, scale_atoms=True)  # every bond 20 % short: no training cell came close
+    handed = []
+    run = run_trusted_md(squeezed, committee, trust_level_ev_per_ang=level, temperature_k=300, steps=20, device="cpu",
+                         rng=rng, on_untrusted=lambda frame: handed.append(oracle.label(frame)))
+    assert run.stopped_early and run.steps < 20
+    frame = run.untrusted[0]
+    assert frame.info["max_force_spread_ev_per_ang"] > level and frame.info["worst_atom"] in range(len(squeezed))
+    assert len(handed) == 1 and handed[0].calc.results["forces"].shape == (len(squeezed), 3)  # labelled by the oracle
+
+    with pytest.raises(ValueError, match="committee of two or more"):
+        single = squeezed.copy()
+        single.calc = MlipCalculator(committee.members[0], device="cpu")
+        TrustMonitor(single, level)

@@ -131,3 +131,28 @@ def test_cli_without_progress_bar_logs_a_line_per_round(tmp_path):
     rounds = [line for line in result.output.splitlines() if "oracle calls, held-out force MAE" in line]
     assert [line.split(":")[1].split()[0] for line in rounds] == ["4", "6", "8"]
     assert (tmp_path / "run" / "learning_curve.png").is_file()
+
+    # the checkpoint carries the trust level learned from the labelled frames; MD with it flags a squeezed cell
+    import ase.io
+    from ase.build import bulk
+
+    from sdl.surrogates.mlip import load_committee
+
+    checkpoint = tmp_path / "run" / "committee.pt"
+    assert load_committee(checkpoint, device="cpu").trust_level_ev_per_ang > 0
+    squeezed = bulk("Ni", "fcc", a=0.8 * 3.52, cubic=True)
+    squeezed[1].symbol = "Cu"
+    ase.io.write(tmp_path / "squeezed.extxyz", squeezed)
+    frames = tmp_path / "untrusted.extxyz"
+    result = CliRunner().invoke(main, ["mlip", "md", str(checkpoint), str(tmp_path / "squeezed.extxyz"), "--steps", "5",
+                                       "--trust-level", "1e-6", "--label", "emt", "--out", str(frames), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "untrusted frame(s); the first at step 0" in result.output and "run stopped there" in result.output
+    labelled = ase.io.read(frames, index=":")
+    assert len(labelled) == 1 and labelled[0].get_forces().shape == (4, 3)  # labelled by the EMT oracle
+    result = CliRunner().invoke(main, ["mlip", "md", str(checkpoint), str(tmp_path / "squeezed.extxyz"), "--steps", "3",
+                                       "--trust-level", "1e6", "--device", "cpu"])
+    assert result.exit_code == 0 and "every frame within the trust level" in result.output
+    ase.io.write(tmp_path / "fe.extxyz", bulk("Fe", "bcc", a=2.87))
+    result = CliRunner().invoke(main, ["mlip", "md", str(checkpoint), str(tmp_path / "fe.extxyz"), "--device", "cpu"])
+    assert result.exit_code != 0 and "has Fe; the potential knows Ni, Cu" in result.output
