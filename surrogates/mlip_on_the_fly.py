@@ -24,7 +24,6 @@ from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
 from sdl.surrogates.mlip import Committee, MlipCalculator, labels_of, make_batch
 
-
 # A frame is trusted while its worst atom's expected force error stays within this multiple of the
 # target force MAE: the worst of a cell's atoms errs several times more than the mean component.
 TRUST_ERROR_FACTOR = 4.0
