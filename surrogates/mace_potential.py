@@ -195,8 +195,9 @@ class MaceCommittee:
         return MACECalculator(models=models, device=str(device or self.device), default_dtype="float32")
 
     def predict(self, structures: Sequence[Atoms]) -> list[dict[str, np.ndarray]]:
-        """Per structure: committee-mean ``energy`` (eV) and ``forces`` (eV/A), and the per-atom force
-        spread ``forces_spread`` (eV/A, the norm of the members' sd), through the ASE calculator."""
+        """Per structure: committee-mean ``energy`` (eV) and ``forces`` (eV/A), the members' energy sd
+        ``energy_std`` (eV) and the per-atom force spread ``forces_spread`` (eV/A, the norm of the
+        members' sd), through the ASE calculator."""
         calculator = self.calculator()
         out = []
         for atoms in structures:
@@ -205,6 +206,8 @@ class MaceCommittee:
             forces = copy_.get_forces()
             members = calculator.results.get("forces_comm")
             sd = np.zeros_like(forces) if members is None or len(members) < 2 else np.asarray(members).std(0, ddof=1)
-            out.append({"energy": copy_.get_potential_energy(), "forces": forces,
+            energies = calculator.results.get("energy_comm")
+            energy_sd = 0.0 if energies is None or len(energies) < 2 else float(np.std(energies, ddof=1))
+            out.append({"energy": copy_.get_potential_energy(), "energy_std": energy_sd, "forces": forces,
                         "forces_spread": np.linalg.norm(sd, axis=1)})
         return out

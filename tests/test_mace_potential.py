@@ -10,6 +10,8 @@ from sdl.env.atomistic import random_composition, random_solid_solution
 from sdl.instruments.atomistic import AseCalculatorOracle
 from sdl.surrogates.mace_potential import MaceCommittee, MaceSettings
 
+from conftest import wait_for_service
+
 ELEMENTS = ["Ni", "Cu"]
 TINY = MaceSettings(channels=8, max_ell=2, correlation=2, num_bessel=4, epochs=6, batch_structures=2)
 
@@ -48,3 +50,31 @@ def test_mace_refuses_what_it_cannot_learn(labelled):
         committee.calculator()
     with pytest.raises(ValueError, match="at least one model"):
         MaceCommittee(ELEMENTS, TINY, size=0)
+
+
+def test_the_mlip_agent_hosts_mace_over_the_bus(broker, labelled):
+    """`surrogate.mlip` with ``architecture: mace``: the same train/predict messages as the NEP committee."""
+    from sdl.agents.base import AgentContext
+    from sdl.agents.mlip_host import MlipAgent, MlipPrediction, MlipPredictRequest, MlipSettings, MlipTrainRequest
+    from sdl.bus import BusClient, RemoteError, Worker
+    from sdl.experiment import AtomicStructure, LabelledStructure
+
+    payload = [LabelledStructure(structure=AtomicStructure.from_atoms(a), energy_ev=a.get_potential_energy(),
+                                 forces_ev_per_ang=a.get_forces().tolist()) for a in labelled[:4]]
+    settings = MlipSettings(architecture="mace", potential={"elements": ELEMENTS}, mace=TINY.model_dump(),
+                            committee_size=2, device="cpu")
+    worker = Worker(MlipAgent(settings, AgentContext()), broker.frontend_address, service_name="surrogate.mlip").start()
+    try:
+        wait_for_service(broker, "surrogate.mlip")
+        with BusClient(broker.frontend_address) as client:
+            client.request("surrogate.mlip", "train", MlipTrainRequest(structures=payload, epochs=3), timeout_s=300)
+            request = MlipPredictRequest(structures=[AtomicStructure.from_atoms(a) for a in labelled[4:]])
+            reply = MlipPrediction.model_validate(client.request("surrogate.mlip", "predict", request, timeout_s=60))
+            assert [len(f) for f in reply.forces_ev_per_ang] == [len(a) for a in labelled[4:]]
+            assert min(reply.max_force_std_ev_per_ang) > 0 and min(reply.energy_std_ev) > 0
+            with pytest.raises(RemoteError, match="stress is served by the NEP architecture"):
+                client.request("surrogate.mlip", "predict", request.model_copy(update={"stress": True}), timeout_s=60)
+    finally:
+        worker.stop()
+    with pytest.raises(ValueError, match="checkpoints hold NEP committees"):
+        MlipSettings(architecture="mace", checkpoint=__file__)
