@@ -28,6 +28,8 @@ class AgentActor:
     def __init__(self, kind: str, settings: Section, context: AgentContext, broker_address: str, service_name: str,
                  capacity: int = 1, curve: CurveKeys | None = None):
         self.service_name = service_name
+        # the agent may consult others on the bus it serves, under its own key
+        context = context.model_copy(update={"bus_address": broker_address, "bus_keys": curve})
         self.service = build_service(kind, settings, context)
         self.worker = Worker(self.service, broker_address, service_name=service_name, capacity=capacity,
                              curve=curve).start()

@@ -18,6 +18,10 @@ Roles are what the campaign loop asks of an agent:
   weigh by P(feasible)), ``recommendation`` (``fit``: the best point by posterior mean) and
   ``truth`` (``evaluate``: noiseless values, for benchmarks).
 * ``instrument``: an instrument driver behind the bus.
+
+Besides what the loop asks, an agent may consult other agents itself (:meth:`AgentKind.consults`):
+the MLIP selector planner asks ``surrogate.mlip`` for uncertainties and training rounds. It calls
+them over the same authenticated bus, granted exactly the calls its kind declares.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from sdl.bus import Service
+from sdl.bus import BusClient, CurveKeys, Service
 from sdl.instruments.limits import ProcessLimits
 from sdl.objective import ObjectiveConfig
 from sdl.settings import NoSettings, Section
@@ -44,6 +48,16 @@ class AgentContext(Section):
     seed: int = 0
     process_limits: ProcessLimits | None = Field(
         default=None, description="the tightest limits of the instruments that run a specimen's route")
+    # Where the agent runs (set by its host, not by a config): the broker it serves, and its own keys on
+    # a bus with keys; an agent that consults others (``AgentKind.consults``) calls them through these.
+    bus_address: str | None = Field(default=None, exclude=True)
+    bus_keys: CurveKeys | None = Field(default=None, exclude=True)
+
+    def bus_client(self, what: str) -> BusClient:
+        """A client of the campaign's bus for ``what`` (it may call only what its kind ``consults``)."""
+        if self.bus_address is None:
+            raise ValueError(f"{what} consults other agents over the bus; run it in a campaign (`sdl run`)")
+        return BusClient(self.bus_address, curve=self.bus_keys)
 
     def require_space(self, what: str, *, composition: bool = False, composition_only: bool = False) -> SearchSpace:
         """The campaign's space, or ValueError saying what ``what`` needs of it."""
@@ -75,6 +89,13 @@ class AgentKind:
     def requires(cls, settings: Section) -> frozenset[Capability]:
         """Capabilities another agent of the campaign must provide for this one to work."""
         return frozenset()
+
+    @classmethod
+    def consults(cls, settings: Section) -> tuple[str, ...]:
+        """``service:method`` this agent calls itself over the bus (e.g. a selector planner asking
+        ``surrogate.mlip:predict``); the broker grants these calls to its key and no others, and the
+        campaign refuses a config that does not start the services named."""
+        return ()
 
     @classmethod
     def build(cls, settings: Section, context: AgentContext) -> Service:

@@ -24,6 +24,7 @@ from sdl.agents.base import AgentContext, AgentKind
 from sdl.agents.registry import agent_class, qualified, validate_settings
 from sdl.bus import Service, ServiceError, method
 from sdl.experiment import DesignPoint, Observation
+from sdl.ledger.documents import ModelTrained
 from sdl.settings import Section
 from sdl.space import SearchSpace
 from sdl.surrogates.phase_classifier import FeasibilityModel
@@ -46,6 +47,8 @@ class Proposal(WireModel):
     planner_seconds: float = Field(ge=0.0)
     predicted: list[dict[str, float]] = Field(
         default_factory=list, description="per point, what the planner expects (e.g. hardness_hv, hardness_hv_std)")
+    trained: list[ModelTrained] = Field(
+        default_factory=list, description="training rounds the planner had models run for this proposal (recorded)")
 
 
 class Planner(AgentKind):
@@ -62,6 +65,8 @@ class Planner(AgentKind):
         # What the planner expects of each point of its last proposal (e.g. objective mean and sd);
         # empty for planners without a model.
         self.predicted: list[dict[str, float]] = []
+        # Training rounds it had models run for its last proposal (the campaign records them).
+        self.trained: list[ModelTrained] = []
 
     @classmethod
     def check(cls, settings: Section, context: AgentContext) -> None:
@@ -150,4 +155,4 @@ class PlannerService(Service):
         except ValueError as e:
             raise ServiceError(str(e), code=ErrorCode.INVALID_PAYLOAD) from e
         return Proposal(points=points, planner=self.planner.name, planner_seconds=time.perf_counter() - started,
-                        predicted=self.planner.predicted)
+                        predicted=self.planner.predicted, trained=self.planner.trained)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from typing import Any, Literal
 
 import numpy as np
@@ -80,21 +81,6 @@ class ProcessStep(WireModel):
         return number if unit == "K" else number + 273.15
 
 
-class DesignPoint(WireModel):
-    """Where in the design space an experiment sits: continuous parameters and/or a composition."""
-
-    parameters: dict[str, float] = Field(default_factory=dict)
-    composition: Composition | None = None
-
-    @field_validator("parameters")
-    @classmethod
-    def _finite(cls, parameters: dict[str, float]) -> dict[str, float]:
-        bad = {k: v for k, v in parameters.items() if not math.isfinite(v)}
-        if bad:
-            raise ValueError(f"parameters must be finite numbers; got {bad}")
-        return parameters
-
-
 class AtomicStructure(WireModel):
     """An atomistic configuration (what a "DFT instrument" is asked to compute): element symbols,
     Cartesian positions and cell vectors (rows) in angstrom, and which cell directions are periodic:
@@ -149,6 +135,47 @@ class AtomicStructure(WireModel):
         from ase import Atoms
 
         return Atoms(symbols=self.symbols, positions=self.positions_ang, cell=self.cell_ang, pbc=self.pbc)
+
+
+class DesignPoint(WireModel):
+    """Where in the design space an experiment sits: continuous parameters and/or a composition, and
+    for atomistic campaigns (an oracle labelling structures) the structure itself, whose composition
+    is then the point's composition."""
+
+    parameters: dict[str, float] = Field(default_factory=dict)
+    composition: Composition | None = None
+    structure: AtomicStructure | None = None
+
+    @field_validator("parameters")
+    @classmethod
+    def _finite(cls, parameters: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in parameters.items() if not math.isfinite(v)}
+        if bad:
+            raise ValueError(f"parameters must be finite numbers; got {bad}")
+        return parameters
+
+    @model_validator(mode="after")
+    def _structure_composition(self) -> DesignPoint:
+        if self.structure is not None:
+            counts = Counter(self.structure.symbols)
+            fractions = {e: n / len(self.structure.symbols) for e, n in counts.items()}
+            if self.composition is not None and any(abs(self.composition.root.get(e, 0.0) - fractions.get(e, 0.0)) > 1e-6
+                                                    for e in {*fractions, *self.composition.root}):
+                raise ValueError(f"the composition {dict(self.composition.root)} is not the structure's {fractions}")
+        return self
+
+    @classmethod
+    def of_structure(cls, structure: AtomicStructure, elements: list[str] | None = None) -> DesignPoint:
+        """The point of an atomistic experiment: the structure, its composition over ``elements``
+        (zeros for those it lacks; default: the elements it has)."""
+        counts = Counter(structure.symbols)
+        names = elements if elements is not None else sorted(counts)
+        missing = sorted(set(counts) - set(names))
+        if missing:
+            raise ValueError(f"the structure holds {missing}, outside the elements {names}")
+        fractions = {e: counts.get(e, 0) / len(structure.symbols) for e in names}
+        fractions[max(fractions, key=fractions.get)] += 1.0 - math.fsum(fractions.values())  # rounding onto the largest
+        return cls(composition=Composition(fractions), structure=structure)
 
 
 def _rank(vectors: list[tuple[float, float, float]]) -> int:
@@ -241,3 +268,5 @@ class Observation(WireModel):
     point: DesignPoint
     status: Literal["done", "failed"]
     measurements: dict[str, float] = Field(default_factory=dict)
+    arrays: dict[str, list[list[float]]] = Field(default_factory=dict, description="e.g. forces_ev_per_ang of a "
+                                                                                  "labelled structure")

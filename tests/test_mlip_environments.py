@@ -129,21 +129,22 @@ def test_the_on_the_fly_trust_check_flags_an_out_of_distribution_frame_and_hands
     committee, _, oracle, _ = committee_and_data
     rng = np.random.default_rng(11)
     calibration = run_trusted_md(make_cell("bulk", FRACTIONS, rng), committee, trust_level_ev_per_ang=1e9,
-                                 temperature_k=300, steps=20, device="cpu", rng=rng)
+                                 temperature_k=300, steps=20, rng=rng, snapshot_interval=5)
     assert calibration.steps == 20 and not calibration.untrusted and len(calibration.worst_spreads_ev_per_ang) == 21
+    assert [f.info["step"] for f in calibration.snapshots] == [5, 10, 15, 20]
     level = 1.5 * max(calibration.worst_spreads_ev_per_ang)
 
     squeezed = make_cell("bulk", FRACTIONS, rng)
     squeezed.set_cell(0.8 * squeezed.cell, scale_atoms=True)  # every bond 20 % short: no training cell came close
     handed = []
-    run = run_trusted_md(squeezed, committee, trust_level_ev_per_ang=level, temperature_k=300, steps=20, device="cpu",
-                         rng=rng, on_untrusted=lambda frame: handed.append(oracle.label(frame)))
+    run = run_trusted_md(squeezed, committee, trust_level_ev_per_ang=level, temperature_k=300, steps=20, rng=rng,
+                         on_untrusted=lambda frame: handed.append(oracle.label(frame)))
     assert run.stopped_early and run.steps < 20
     frame = run.untrusted[0]
     assert frame.info["max_force_spread_ev_per_ang"] > level and frame.info["worst_atom"] in range(len(squeezed))
     assert len(handed) == 1 and handed[0].calc.results["forces"].shape == (len(squeezed), 3)  # labelled by the oracle
 
-    with pytest.raises(ValueError, match="committee of two or more"):
+    with pytest.raises(ValueError, match="one potential has no spread"):
         single = squeezed.copy()
         single.calc = MlipCalculator(committee.members[0], device="cpu")
         TrustMonitor(single, level)

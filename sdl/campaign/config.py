@@ -296,6 +296,10 @@ class CampaignConfig(Section):
                 cls.check(agent.settings, context)
             except ValueError as e:
                 raise ValueError(f"{agent.service_name}: {e}") from None
+            for call in cls.consults(agent.settings):
+                if call.split(":")[0] not in services:
+                    raise ValueError(f"{agent.service_name} consults {call.split(':')[0]}, which this campaign does not "
+                                     f"start (services: {', '.join(sorted(services))})")
             for capability in sorted(cls.requires(agent.settings)):
                 if self.provider(capability) is None:
                     raise ValueError(f"{agent.service_name} needs an agent that provides {capability!r}, and none "

@@ -21,6 +21,7 @@ import zmq
 from sdl.agents.actor import AgentActor
 from sdl.agents.base import AgentContext
 from sdl.agents.instrument_driver import InstrumentDriverSettings
+from sdl.agents.registry import agent_class
 from sdl.bus import Broker, Grant, Trust
 from sdl.campaign.config import CampaignConfig, journal_path
 from sdl.campaign.reaper import Reaper, children_now
@@ -60,7 +61,7 @@ def spawn(kind: str, settings: Section, context: AgentContext, *, broker_address
     best-effort SPREAD applies.
 
     On a bus with keys (``trust``) the agent gets a key pair of its own, made here and trusted by the
-    broker to serve its service and nothing else.
+    broker to serve its service and to call what its kind consults, nothing else.
     """
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -70,7 +71,8 @@ def spawn(kind: str, settings: Section, context: AgentContext, *, broker_address
     curve = None
     if trust is not None:
         public, secret = zmq.curve_keypair()
-        trust.add(f"agent.{service_name}", public, Grant(serve=(service_name,)))
+        consults = agent_class(kind).consults(settings)
+        trust.add(f"agent.{service_name}", public, Grant(serve=(service_name,), call=tuple(consults)))
         curve = trust.client_keys(public, secret)
     return AgentActor.options(max_restarts=max_restarts, num_cpus=num_cpus, num_gpus=num_gpus,
                               scheduling_strategy=strategy).remote(kind, settings, context, broker_address,

@@ -328,7 +328,8 @@ class Campaign:
         predicted = proposal.predicted + [{}] * (len(points) - len(proposal.predicted))
         records = ledger.plan((PlannedExperiment(experiment_id=i, point=p, process=r, planner=proposal.planner,
                                                  idempotency_key=f"{self.campaign_id}:{i}", predicted=e)
-                               for i, p, r, e in zip(ids, points, routes, predicted)), notes=route_notes)
+                               for i, p, r, e in zip(ids, points, routes, predicted)),
+                              notes=[*proposal.trained, *route_notes])  # a training round is recorded with what it chose
         self._next_number += len(records)
         return records
 
@@ -376,7 +377,8 @@ class Campaign:
         record = flight.record
         ledger.mark_dispatched(record.experiment_id, instrument.service_name)
         spec = ExperimentSpec(experiment_id=record.experiment_id, campaign_id=self.campaign_id, point=record.point,
-                              process=list(record.process), station=scheduler.station(flight), specimen=flight.specimen)
+                              structure=record.point.structure, process=list(record.process),
+                              station=scheduler.station(flight), specimen=flight.specimen)
         client.submit(instrument.service_name, "run", RunExperiment(experiment=spec, rerun_attempt=flight.rerun_attempt),
                       timeout_s=instrument.timeout_s, retries=instrument.retries,
                       idempotency_key=scheduler.step_key(flight), tag=record.experiment_id)
@@ -543,7 +545,8 @@ def _next_number(ledger: Ledger) -> int:
 
 def _observation(record: ExperimentRecord) -> Observation:
     if record.status == "done":
-        return Observation(point=record.point, status="done", measurements=record.result.measurements)
+        return Observation(point=record.point, status="done", measurements=record.result.measurements,
+                           arrays=record.result.arrays)
     return Observation(point=record.point, status="failed")
 
 

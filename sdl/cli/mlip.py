@@ -93,7 +93,7 @@ def mlip_md(checkpoint: Path, structure: Path, temperature_k: float, steps: int,
     import ase.io
     import numpy as np
 
-    from sdl.surrogates.mlip import load_committee
+    from sdl.surrogates.mlip import MlipCalculator, load_committee
     from sdl.surrogates.mlip_on_the_fly import run_trusted_md
 
     try:
@@ -122,9 +122,9 @@ def mlip_md(checkpoint: Path, structure: Path, temperature_k: float, steps: int,
             raise click.ClickException(str(e)) from None
     frames = []
     try:
-        run = run_trusted_md(atoms, committee, trust_level_ev_per_ang=level, temperature_k=temperature_k, steps=steps,
-                             timestep_fs=timestep_fs, stop_when_untrusted=not keep_going, device=device,
-                             rng=np.random.default_rng(seed),
+        run = run_trusted_md(atoms, MlipCalculator(committee, device=device), trust_level_ev_per_ang=level,
+                             temperature_k=temperature_k, steps=steps, timestep_fs=timestep_fs,
+                             stop_when_untrusted=not keep_going, rng=np.random.default_rng(seed),
                              on_untrusted=lambda frame: frames.append(labeller.label(frame) if labeller else frame))
     finally:
         if labeller is not None:

@@ -193,6 +193,21 @@ class FeasibilityLearned(Document):
     target: dict[str, Any] = Field(default_factory=dict)
 
 
+class ModelTrained(Document):
+    """A training round of a model served on the bus (e.g. the MLIP committee in active learning): on
+    how many labelled results, how long, where its weights were saved (what a resumed campaign starts
+    from)."""
+
+    kind: Literal["model.trained"] = "model.trained"
+    service: str
+    round: int = Field(ge=0)
+    n_train: int = Field(ge=1)
+    train_s: float = Field(ge=0)
+    final_loss: list[float] = Field(default_factory=list)
+    checkpoint: str | None = None
+    trust_level_ev_per_ang: float | None = None
+
+
 class RouteFallback(Document):
     """The process planner handed out a route that is not its policy's, and why (ledgers before
     ``process.route_planned``; read, no longer written)."""
@@ -218,7 +233,8 @@ class RoutePlanned(Document):
 AnyDocument = Annotated[
     Union[CampaignStarted, CampaignResumed, CampaignStopped, LedgerRecovered, TargetReached, ExperimentPlanned, ExperimentDispatched,
           ExperimentStep, ExperimentDone, ExperimentFailed, ExperimentInterrupted, ExperimentDecided, AgentPlaced,
-          AgentJoined, AgentLost, SecurityRefused, PlannerFailed, FeasibilityLearned, RouteFallback, RoutePlanned],
+          AgentJoined, AgentLost, SecurityRefused, PlannerFailed, FeasibilityLearned, ModelTrained, RouteFallback,
+          RoutePlanned],
     Field(discriminator="kind"),
 ]
 _DOCUMENT = TypeAdapter(AnyDocument)
