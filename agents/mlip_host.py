@@ -2,33 +2,45 @@
 the bus, on a GPU where the cluster has one (``num_gpus: auto``, its default).
 
 Methods: ``predict`` (committee mean energy, forces, optional stress, and the committee spread
-that tells an active learner where the potential is unsure) and ``train`` (on structures an
-oracle labelled, from scratch or warm-started). The model itself is plain torch: the project's
+that tells an active learner where the potential is unsure), ``train`` (on structures an oracle
+labelled, from scratch or warm-started: a round; before it, how unsure the committee was of the new
+frames against how wrong it was sets the learned trust level), ``explore`` (MD with the committee,
+stopped where a trajectory leaves the trust level: the frame an oracle should see) and ``state``
+(which structures it has learned, in how many rounds). With ``rounds_dir`` every round is saved and
+an agent started again continues from the last one. The model itself is plain torch: the project's
 NEP-style potential (:mod:`sdl.surrogates.mlip`) or MACE (:mod:`sdl.surrogates.mace_potential`);
 this module only serves it.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
+from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from pydantic import Field, model_validator
 
 from sdl.agents.base import Agent, AgentContext
-from sdl.bus import ServiceError, method
+from sdl.bus import Empty, ServiceError, method
 from sdl.experiment import AtomicStructure, LabelledStructure
 from sdl.settings import ResolvedPath, Section
 from sdl.surrogates.mace_potential import MaceCommittee, MaceSettings
 from sdl.surrogates.mlip import (
     Committee,
+    MlipCalculator,
     MlipConfig,
     TrainingSettings,
     choose_device,
     load_committee,
     make_batch,
+    save_committee,
     train_committee,
 )
+from sdl.surrogates.mlip_learning import nearest_neighbour_distance_ang
+from sdl.surrogates.mlip_on_the_fly import run_trusted_md, trust_level
 from sdl.wire import WireModel
 
 
@@ -48,6 +60,10 @@ class MlipSettings(Section):
     training: TrainingSettings = TrainingSettings()
     device: str = Field(default="auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
     seed: int = 0
+    rounds_dir: ResolvedPath | None = Field(
+        default=None, description="where each training round's committee and state are saved; an agent started "
+                                  "again (a restarted actor, a resumed campaign) continues from the last (NEP)")
+    target_force_mae_mev_per_ang: float = Field(default=50.0, gt=0, description="sets the learned trust level")
 
     @model_validator(mode="after")
     def _one_source(self) -> MlipSettings:
@@ -71,6 +87,57 @@ class MlipTrainSummary(WireModel):
     train_s: float
     device: str
     final_loss: list[float]
+    round: int = Field(default=1, ge=1, description="training rounds so far, this one included")
+    checkpoint: str | None = None
+    trust_level_ev_per_ang: float | None = None
+
+
+class MlipState(WireModel):
+    """What the committee has learned so far: which structures (their keys), in how many rounds."""
+
+    trained: bool
+    round: int
+    trained_keys: list[str]
+    trust_level_ev_per_ang: float | None
+
+
+class MlipExploreRequest(WireModel):
+    """MD with the committee from each start (at its temperature), checked every step against the
+    learned trust level (or ``max_force_spread_ev_per_ang`` before one is learned)."""
+
+    starts: list[AtomicStructure] = Field(min_length=1, max_length=10000)
+    trajectories: list[str] = Field(description="a name per start")
+    temperatures_k: list[float] = Field(description="a thermostat temperature per start")
+    md_steps: int = Field(default=100, ge=1, le=1_000_000)
+    snapshot_interval: int = Field(default=10, ge=1)
+    timestep_fs: float = Field(default=2.0, gt=0, le=10)
+    min_distance_fraction: float = Field(default=0.75, gt=0, lt=1, description="closer atoms: unphysical, dropped")
+    max_force_spread_ev_per_ang: float = Field(default=1.0, gt=0, description="beyond: a wreck, never labelled")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_each(self) -> MlipExploreRequest:
+        if not len(self.starts) == len(self.trajectories) == len(self.temperatures_k):
+            raise ValueError(f"{len(self.starts)} starts, {len(self.trajectories)} trajectory names and "
+                             f"{len(self.temperatures_k)} temperatures: give one of each per start")
+        if any(not 0 < t <= 10000 for t in self.temperatures_k):
+            raise ValueError("temperatures must lie in (0, 10000] K")
+        return self
+
+
+class ExploredFrame(WireModel):
+    structure: AtomicStructure
+    trajectory: str
+    step: int
+    max_force_spread_ev_per_ang: float
+    untrusted: bool = Field(description="the frame where the trajectory left the trust level (stopped there)")
+
+
+class MlipExploration(WireModel):
+    frames: list[ExploredFrame]
+    md_steps: int
+    md_s: float
+    trust_level_ev_per_ang: float | None
 
 
 class MlipPredictRequest(WireModel):
@@ -111,6 +178,44 @@ class MlipAgent(Agent):
         else:
             self.committee = Committee.new(settings.potential, settings.committee_size, seed=settings.seed)
             self.trained = False
+        self.round = 0
+        self.trained_keys: list[str] = []
+        self.calibration: list[tuple[float, float]] = []  # (spread, true worst-atom error) of each frame before learning it
+        self.trust_level: float | None = None if self.committee is None else self.committee.trust_level_ev_per_ang
+        self._resume_rounds()
+
+    # -- rounds on disk ------------------------------------------------------------------------------
+
+    def _state_path(self) -> Path | None:
+        return None if self.settings.rounds_dir is None else self.settings.rounds_dir / "state.json"
+
+    def _resume_rounds(self) -> None:
+        """Continue from the last round saved in ``rounds_dir`` (NEP), if there is one."""
+        path = self._state_path()
+        if path is None or not path.is_file() or self.mace is not None:
+            return
+        state = json.loads(path.read_text())
+        self.committee = load_committee(state["checkpoint"], device=str(self.device))
+        self.round, self.trained_keys = state["round"], state["trained_keys"]
+        self.calibration = [tuple(pair) for pair in state["calibration"]]
+        self.trust_level = state["trust_level_ev_per_ang"]
+        self.trained = True
+
+    def _save_round(self) -> str | None:
+        """The committee of this round and the state that names it; the state is replaced atomically,
+        so a kill at any moment leaves the previous round or this one, whole."""
+        path = self._state_path()
+        if path is None or self.mace is not None:
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint = path.parent / f"round_{self.round:04d}.pt"
+        self.committee.trust_level_ev_per_ang = self.trust_level
+        save_committee(self.committee, checkpoint)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"round": self.round, "checkpoint": str(checkpoint), "trained_keys": self.trained_keys,
+                                   "calibration": self.calibration, "trust_level_ev_per_ang": self.trust_level}))
+        os.replace(tmp, path)
+        return str(checkpoint)
 
     def details(self) -> dict:
         return {"architecture": self.settings.architecture, "elements": self.settings.potential.elements
@@ -119,12 +224,24 @@ class MlipAgent(Agent):
                 "device": str(self.device), "trained": self.trained,
                 "checkpoint": str(self.checkpoint) if self.checkpoint else None}
 
+    @method(Empty)
+    def state(self, _: Empty) -> MlipState:
+        return MlipState(trained=self.trained, round=self.round, trained_keys=self.trained_keys,
+                         trust_level_ev_per_ang=self.trust_level)
+
     @method(MlipTrainRequest)
     def train(self, request: MlipTrainRequest) -> MlipTrainSummary:
         structures = [item.to_atoms() for item in request.structures]
         if request.warm_start and not self.trained:
             raise ServiceError("warm_start asks to continue training, but this committee has not been trained yet")
         settings = self.training if request.epochs is None else self.training.model_copy(update={"epochs": request.epochs})
+        keys = [item.structure.key() for item in request.structures]
+        if self.trained:  # before learning them: how unsure the committee was of the new frames, and how wrong
+            seen = set(self.trained_keys)
+            new = [a for a, k in zip(structures, keys) if k not in seen]
+            if new:
+                self.calibration += self._calibration(new)
+                self.trust_level = trust_level(self.calibration, self.settings.target_force_mae_mev_per_ang)
         started = time.perf_counter()
         try:
             if self.mace is not None:
@@ -135,8 +252,73 @@ class MlipAgent(Agent):
         except ValueError as e:
             raise ServiceError(str(e)) from e
         self.trained = True
-        return MlipTrainSummary(n_train=len(structures), train_s=time.perf_counter() - started, device=str(self.device),
-                                final_loss=losses)
+        train_s = time.perf_counter() - started
+        self.round += 1
+        self.trained_keys = keys
+        checkpoint = self._save_round()
+        return MlipTrainSummary(n_train=len(structures), train_s=train_s, device=str(self.device), final_loss=losses,
+                                round=self.round, checkpoint=checkpoint, trust_level_ev_per_ang=self.trust_level)
+
+    def _calibration(self, labelled: list) -> list[tuple[float, float]]:
+        """(worst-atom spread, worst-atom true error) of each labelled structure, by the current committee."""
+        forces, spreads = self._forces_and_spreads(labelled)
+        return [(float(spread.max()), float(np.linalg.norm(f - a.get_forces(), axis=1).max()))
+                for f, spread, a in zip(forces, spreads, labelled)]
+
+    def _forces_and_spreads(self, structures: list) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Per structure: committee-mean forces and each atom's force spread (eV/A)."""
+        if self.mace is not None:
+            out = self.mace.predict(structures)
+            return [p["forces"] for p in out], [p["forces_spread"] for p in out]
+        forces, spreads = [], []
+        param = next(self.committee.parameters())
+        for start in range(0, len(structures), 64):
+            part = structures[start:start + 64]
+            batch = make_batch(part, self.committee.config.elements, self.committee.config.radial_cutoff_ang,
+                               device=param.device, dtype=param.dtype)
+            out = self.committee(batch)
+            owner = batch.structure.cpu().numpy()
+            f = out["forces"].cpu().double().numpy()
+            sd = out["forces_std"].norm(dim=1).cpu().double().numpy()
+            forces += [f[owner == k] for k in range(len(part))]
+            spreads += [sd[owner == k] for k in range(len(part))]
+        return forces, spreads
+
+    @method(MlipExploreRequest)
+    def explore(self, request: MlipExploreRequest) -> MlipExploration:
+        """MLIP-driven MD from each start: trusted snapshots every ``snapshot_interval`` steps up to the
+        first frame beyond the trust level, which is returned too (flagged ``untrusted``: the frame the
+        oracle should see) unless it is a wreck (beyond ``max_force_spread_ev_per_ang``) or unphysical."""
+        if not self.trained:
+            raise ServiceError("the MLIP has not been trained; explore needs a committee that knows something")
+        elements = self.settings.potential.elements if self.mace is not None else self.committee.config.elements
+        unknown = sorted({e for s in request.starts for e in s.symbols} - set(elements))
+        if unknown:
+            raise ServiceError(f"the starts hold {unknown}; this committee knows {elements}")
+        level = min(self.trust_level or request.max_force_spread_ev_per_ang, request.max_force_spread_ev_per_ang)
+        calculator = self.mace.calculator() if self.mace is not None else MlipCalculator(self.committee,
+                                                                                          device=str(self.device))
+        frames, steps, started = [], 0, time.perf_counter()
+        for index, (start, name, temperature) in enumerate(zip(request.starts, request.trajectories,
+                                                               request.temperatures_k)):
+            atoms = start.to_atoms()
+            run = run_trusted_md(atoms, calculator, trust_level_ev_per_ang=level, temperature_k=temperature,
+                                 steps=request.md_steps, timestep_fs=request.timestep_fs,
+                                 snapshot_interval=request.snapshot_interval,
+                                 rng=np.random.default_rng([request.seed, index]))
+            steps += run.steps
+            floor = request.min_distance_fraction * nearest_neighbour_distance_ang(atoms)
+            candidates = [(f, False) for f in run.snapshots]
+            candidates += [(f, True) for f in run.untrusted
+                           if f.info["max_force_spread_ev_per_ang"] <= request.max_force_spread_ev_per_ang]
+            for frame, untrusted in candidates:
+                if nearest_neighbour_distance_ang(frame) < floor:
+                    break  # the trajectory has left physical space; later frames are worse
+                frames.append(ExploredFrame(structure=AtomicStructure.from_atoms(frame), trajectory=name,
+                                            step=frame.info["step"], untrusted=untrusted,
+                                            max_force_spread_ev_per_ang=frame.info["max_force_spread_ev_per_ang"]))
+        return MlipExploration(frames=frames, md_steps=steps, md_s=time.perf_counter() - started,
+                               trust_level_ev_per_ang=self.trust_level)
 
     @method(MlipPredictRequest)
     def predict(self, request: MlipPredictRequest) -> MlipPrediction:

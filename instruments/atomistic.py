@@ -15,7 +15,6 @@ so a benchmark can afford thousands of labels. A real DFT code is a config chang
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import time
 from importlib.metadata import entry_points
@@ -119,7 +118,7 @@ class AseCalculatorOracle(Instrument):
         """A copy of ``atoms`` with the oracle's energy, forces and stress attached (ASE's
         SinglePointCalculator), through :meth:`run`: the same structure twice is computed once."""
         structure = AtomicStructure.from_atoms(atoms)
-        key = hashlib.sha256(structure.model_dump_json().encode()).hexdigest()[:32]
+        key = structure.key()
         spec = ExperimentSpec(experiment_id=f"structure-{key[:12]}", campaign_id=campaign_id, structure=structure)
         try:
             result = self.run(spec, idempotency_key=key)

@@ -8,6 +8,7 @@ allowed; code inside the controller trusts the types. Units are in the field nam
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections import Counter
@@ -124,6 +125,10 @@ class AtomicStructure(WireModel):
     def fully_periodic(self) -> bool:
         """Periodic in all three directions: a bulk cell, with a volume and a stress."""
         return all(self.pbc)
+
+    def key(self) -> str:
+        """A fingerprint of the exact structure (the oracle's idempotency key, the learner's "seen it")."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:32]
 
     @classmethod
     def from_atoms(cls, atoms) -> AtomicStructure:

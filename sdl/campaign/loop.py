@@ -407,7 +407,8 @@ class Campaign:
             else:
                 result = flight.combined(last)
                 ledger.record_result(record.experiment_id, result)
-                return Observation(point=record.point, status="done", measurements=result.measurements)
+                return Observation(point=record.point, status="done", measurements=result.measurements,
+                                   arrays=result.arrays)
         station = scheduler.station(flight)
         message = error.message if len(self.config.workflow) == 1 else f"at station {station}: {error.message}"
         ledger.record_failure(record.experiment_id, error.code, message, station=station)
