@@ -82,7 +82,7 @@ class MlipAlPlanner(Planner):
     def __init__(self, settings: MlipAlSettings, context: AgentContext) -> None:
         super().__init__(settings, context)
         self.elements = list(self.space.composition.elements)
-        self.pool: list[tuple[AtomicStructure, str]] = []  # (structure, trajectory) from the last exploration
+        self.pool: list[tuple[AtomicStructure, dict[str, str]]] = []  # (structure, tags) from the last exploration
         self.pool_round = -1
         self._client: BusClient | None = None
 
@@ -116,13 +116,15 @@ class MlipAlPlanner(Planner):
         if not candidates:
             raise ValueError("exploration found no new physical structure to label; widen the mix or the MD")
         chosen = self._select(candidates, request.n, position)
-        return [DesignPoint.of_structure(candidates[i][0], self.elements) for i in chosen]
+        return [DesignPoint.of_structure(candidates[i][0], self.elements, tags={**candidates[i][1], "round": str(state.round)})
+                for i in chosen]
 
     def _initial(self, k: int) -> DesignPoint:
         rng = np.random.default_rng([self.seed, k])
         atoms = random_solid_solution(random_composition(self.elements, rng), rng, repeat=self.settings.repeat,
                                       rattle_ang=self.settings.rattle_ang)
-        return DesignPoint.of_structure(AtomicStructure.from_atoms(atoms), self.elements)
+        return DesignPoint.of_structure(AtomicStructure.from_atoms(atoms), self.elements,
+                                        tags={"cell_kind": "bulk", "trajectory": "initial", "round": "0"})
 
     def _train_if_behind(self, labelled: list[Observation]) -> MlipState:
         """A training round when the surrogate has not learned exactly the ledger's labelled results."""
@@ -147,7 +149,7 @@ class MlipAlPlanner(Planner):
 
     def _explore(self, round_: int, position: int) -> None:
         rng = np.random.default_rng([self.seed, round_, position])
-        starts, names, temperatures = [], [], []
+        starts, names, temperatures, kinds = [], [], [], {}
         for entry in self.settings.mix:
             for temperature in entry.temperatures_k:
                 for s in range(entry.starts):
@@ -155,16 +157,18 @@ class MlipAlPlanner(Planner):
                     starts.append(AtomicStructure.from_atoms(atoms))
                     names.append(f"r{round_}-{entry.kind}-{temperature:g}K-{s}")
                     temperatures.append(temperature)
+                    kinds[names[-1]] = entry.kind
         e = self.settings.exploration
         explored = self._call("explore", MlipExploreRequest(
             starts=starts, trajectories=names, temperatures_k=temperatures, md_steps=e.md_steps,
             snapshot_interval=min(e.snapshot_interval, e.md_steps), timestep_fs=e.timestep_fs,
             min_distance_fraction=e.min_distance_fraction, max_force_spread_ev_per_ang=e.max_force_spread_ev_per_ang,
             seed=int(rng.integers(2**31))), MlipExploration)
-        self.pool = [(f.structure, f.trajectory) for f in explored.frames]
+        self.pool = [(f.structure, {"cell_kind": kinds[f.trajectory], "trajectory": f.trajectory,
+                                    "untrusted": "yes" if f.untrusted else "no"}) for f in explored.frames]
         self.pool_round = round_
 
-    def _select(self, candidates: list[tuple[AtomicStructure, str]], n: int, position: int) -> list[int]:
+    def _select(self, candidates: list[tuple[AtomicStructure, dict[str, str]]], n: int, position: int) -> list[int]:
         k = min(n, len(candidates))
         if self.settings.selection == "random":
             rng = np.random.default_rng([self.seed, position, 7])
@@ -174,7 +178,7 @@ class MlipAlPlanner(Planner):
             part = [s for s, _ in candidates[start:start + 256]]
             scores += self._call("predict", MlipPredictRequest(structures=part), MlipPrediction,
                                  timeout_s=600.0).max_force_std_ev_per_ang
-        tagged = [_Tagged(trajectory) for _, trajectory in candidates]
+        tagged = [_Tagged(tags["trajectory"]) for _, tags in candidates]
         chosen = most_uncertain(tagged, np.asarray(scores), k, self.settings.exploration.max_per_trajectory)
         self.predicted = [{"max_force_spread_ev_per_ang": float(scores[i])} for i in chosen]
         return chosen

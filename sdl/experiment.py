@@ -150,6 +150,8 @@ class DesignPoint(WireModel):
     parameters: dict[str, float] = Field(default_factory=dict)
     composition: Composition | None = None
     structure: AtomicStructure | None = None
+    tags: dict[str, str] = Field(default_factory=dict, description="what the planner says of the point (e.g. a "
+                                                                    "structure's cell kind); not a coordinate")
 
     @field_validator("parameters")
     @classmethod
@@ -170,7 +172,8 @@ class DesignPoint(WireModel):
         return self
 
     @classmethod
-    def of_structure(cls, structure: AtomicStructure, elements: list[str] | None = None) -> DesignPoint:
+    def of_structure(cls, structure: AtomicStructure, elements: list[str] | None = None, *,
+                     tags: dict[str, str] | None = None) -> DesignPoint:
         """The point of an atomistic experiment: the structure, its composition over ``elements``
         (zeros for those it lacks; default: the elements it has)."""
         counts = Counter(structure.symbols)
@@ -180,7 +183,7 @@ class DesignPoint(WireModel):
             raise ValueError(f"the structure holds {missing}, outside the elements {names}")
         fractions = {e: counts.get(e, 0) / len(structure.symbols) for e in names}
         fractions[max(fractions, key=fractions.get)] += 1.0 - math.fsum(fractions.values())  # rounding onto the largest
-        return cls(composition=Composition(fractions), structure=structure)
+        return cls(composition=Composition(fractions), structure=structure, tags=tags or {})
 
 
 def _rank(vectors: list[tuple[float, float, float]]) -> int:

@@ -26,6 +26,7 @@ from sdl.experiment import AtomicStructure, LabelledStructure
 from sdl.instruments.atomistic import AseCalculatorOracle
 from sdl.ledger import Ledger, LedgerError
 from sdl.ledger.documents import ModelTrained
+from sdl.report import write_report
 
 from conftest import done_count, wait_for_service
 
@@ -150,3 +151,10 @@ def test_active_learning_campaign_survives_kill_9(tmp_path):
     structures = [r.point.structure for r in records]
     # past the initial bulk cells, exploration over the mix reached the oracle: slabs or vacancy cells
     assert any(not s.fully_periodic or len(s.symbols) != 4 for s in structures[4:])
+
+    # the report's page: learning curves per held-out set, calibration, kinds per round
+    report = write_report(campaign_dir, held_out_per_set=2)
+    text = report.read_text()
+    assert "## Active learning of the interatomic potential" in text and "| round | labels |" in text
+    for name in ("al_learning_curves.png", "al_calibration.png", "al_selected_kinds.png"):
+        assert (report.parent / name).stat().st_size > 10_000

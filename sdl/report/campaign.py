@@ -18,9 +18,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sdl.ledger import ExperimentRecord, Ledger  # noqa: E402
-from sdl.ledger.documents import AgentLost, RoutePlanned  # noqa: E402
+from sdl.ledger.documents import AgentLost, ModelTrained, RoutePlanned  # noqa: E402
 from sdl.objective import ConstraintConfig  # noqa: E402
-from sdl.report import alloy  # noqa: E402
+from sdl.report import active_learning, alloy  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,10 @@ def summarize(ledger: Ledger) -> str:
     return "\n".join(lines)
 
 
-def write_report(campaign_dir: str | Path, out: str | Path | None = None) -> Path:
+def write_report(campaign_dir: str | Path, out: str | Path | None = None, *, held_out_per_set: int = 6) -> Path:
+    """Plots and summary.md in ``out`` (default: CAMPAIGN_DIR/report). An active-learning campaign of
+    the MLIP gets its page too, with ``held_out_per_set`` structures per held-out set labelled by its
+    oracle (0: no learning curves, for an oracle too costly for a report)."""
     campaign_dir = Path(campaign_dir)
     out = Path(out) if out else campaign_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -94,6 +97,9 @@ def write_report(campaign_dir: str | Path, out: str | Path | None = None) -> Pat
         extra = _constraint_page(config, finished) + _pareto_page(config, finished, out)
         extra += _routes_page(ledger, config, finished, measurement, out)
         extra += _alloy_pages(config, finished, measurement, direction, out)
+        if active_learning.is_active_learning(config):
+            extra += active_learning.page(config, finished, ledger.documents(ModelTrained), out,
+                                          held_out_per_set=held_out_per_set)
         (out / "summary.md").write_text(_markdown(ledger, finished, measurement, direction, recommendation) + extra)
     return out / "summary.md"
 
