@@ -84,6 +84,7 @@ class MlipAlPlanner(Planner):
         self.elements = list(self.space.composition.elements)
         self.pool: list[tuple[AtomicStructure, dict[str, str]]] = []  # (structure, tags) from the last exploration
         self.pool_round = -1
+        self.scores: dict[str, float] = {}  # structure key -> worst-atom spread by the current committee
         self._client: BusClient | None = None
 
     @classmethod
@@ -116,8 +117,8 @@ class MlipAlPlanner(Planner):
         if not candidates:
             raise ValueError("exploration found no new physical structure to label; widen the mix or the MD")
         chosen = self._select(candidates, request.n, position)
-        return [DesignPoint.of_structure(candidates[i][0], self.elements, tags={**candidates[i][1], "round": str(state.round)})
-                for i in chosen]
+        return [DesignPoint.of_structure(structure, self.elements, tags={**tags, "round": str(state.round)})
+                for structure, tags in (candidates[i] for i in chosen)]
 
     def _initial(self, k: int) -> DesignPoint:
         rng = np.random.default_rng([self.seed, k])
@@ -164,6 +165,7 @@ class MlipAlPlanner(Planner):
             snapshot_interval=min(e.snapshot_interval, e.md_steps), timestep_fs=e.timestep_fs,
             min_distance_fraction=e.min_distance_fraction, max_force_spread_ev_per_ang=e.max_force_spread_ev_per_ang,
             seed=int(rng.integers(2**31))), MlipExploration)
+        self.scores = {}
         self.pool = [(f.structure, {"cell_kind": kinds[f.trajectory], "trajectory": f.trajectory,
                                     "untrusted": "yes" if f.untrusted else "no"}) for f in explored.frames]
         self.pool_round = round_
@@ -173,11 +175,15 @@ class MlipAlPlanner(Planner):
         if self.settings.selection == "random":
             rng = np.random.default_rng([self.seed, position, 7])
             return [int(i) for i in rng.choice(len(candidates), size=k, replace=False)]
-        scores = []
-        for start in range(0, len(candidates), 256):
-            part = [s for s, _ in candidates[start:start + 256]]
-            scores += self._call("predict", MlipPredictRequest(structures=part), MlipPrediction,
+        # the committee changes only in a training round, after which the pool is explored anew: a frame's
+        # score holds until then, and a campaign that proposes one structure at a time scores each frame once
+        unscored = [s for s, _ in candidates if s.key() not in self.scores]
+        for start in range(0, len(unscored), 256):
+            part = unscored[start:start + 256]
+            spreads = self._call("predict", MlipPredictRequest(structures=part), MlipPrediction,
                                  timeout_s=600.0).max_force_std_ev_per_ang
+            self.scores.update(zip((s.key() for s in part), spreads))
+        scores = [self.scores[s.key()] for s, _ in candidates]
         tagged = [_Tagged(tags["trajectory"]) for _, tags in candidates]
         chosen = most_uncertain(tagged, np.asarray(scores), k, self.settings.exploration.max_per_trajectory)
         self.predicted = [{"max_force_spread_ev_per_ang": float(scores[i])} for i in chosen]

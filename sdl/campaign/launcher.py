@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -96,6 +97,10 @@ class Launcher:
         if self.ray_address:
             ray.init(address=self.ray_address, include_dashboard=False, log_to_driver=False)
         else:
+            # Ray starts its workers at nice 15, so that a busy actor cannot slow its driver; here the actors
+            # are the work (training, MD), and at nice 15 any other load on the machine starves them (10x
+            # slower MLIP training beside one busy process, measured). A lab's cluster sets its own.
+            os.environ.setdefault("RAY_worker_niceness", "0")
             # Ray's node processes are this driver's children: the reaper ends them if the driver is killed.
             before = children_now()
             self._reaper = Reaper()
