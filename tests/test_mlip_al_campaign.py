@@ -87,6 +87,24 @@ def test_the_mlip_agent_saves_its_rounds_learns_a_trust_level_and_explores(broke
     assert set(again.trained_keys) == set(state.trained_keys)
 
 
+def test_the_selector_is_granted_exactly_its_consultations_and_needs_the_mlip_agent():
+    from sdl.agents.mlip_al_planner import MlipAlSettings
+    from sdl.bus import Trust
+    from sdl.campaign import parse_config
+    from sdl.campaign.launcher import grant_for
+
+    grant = grant_for("planner.mlip_al", MlipAlSettings(), "planner.mlip_al")
+    trust = Trust(public=b"", secret=b"", keys={})
+    trust.add("agent.planner.mlip_al", b"k" * 40, grant)
+    assert trust.may_serve("agent.planner.mlip_al", "planner.mlip_al")
+    assert trust.may_call("agent.planner.mlip_al", "surrogate.mlip", "explore")
+    assert not trust.may_call("agent.planner.mlip_al", "instrument.dft", "run")  # it cannot label on its own
+    assert not trust.may_call("agent.planner.mlip_al", "surrogate.mlip", "describe")
+    without = {k: v for k, v in CAMPAIGN.items() if k != "surrogates"}
+    with pytest.raises(ValueError, match="consults surrogate.mlip, which this campaign does not start"):
+        parse_config(without)
+
+
 CAMPAIGN = {
     "name": "mlip_al_kill",
     "seed": 3,

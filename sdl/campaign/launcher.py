@@ -72,12 +72,16 @@ def spawn(kind: str, settings: Section, context: AgentContext, *, broker_address
     curve = None
     if trust is not None:
         public, secret = zmq.curve_keypair()
-        consults = agent_class(kind).consults(settings)
-        trust.add(f"agent.{service_name}", public, Grant(serve=(service_name,), call=tuple(consults)))
+        trust.add(f"agent.{service_name}", public, grant_for(kind, settings, service_name))
         curve = trust.client_keys(public, secret)
     return AgentActor.options(max_restarts=max_restarts, num_cpus=num_cpus, num_gpus=num_gpus,
                               scheduling_strategy=strategy).remote(kind, settings, context, broker_address,
                                                                    service_name, capacity, curve)
+
+
+def grant_for(kind: str, settings: Section, service_name: str) -> Grant:
+    """What an agent's key may do on the bus: serve its service, call what its kind consults."""
+    return Grant(serve=(service_name,), call=tuple(agent_class(kind).consults(settings)))
 
 
 class Launcher:
