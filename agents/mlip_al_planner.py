@@ -39,7 +39,7 @@ from sdl.agents.mlip_host import (
     MlipTrainSummary,
 )
 from sdl.agents.planner import Planner, ProposeRequest
-from sdl.bus import BusClient
+from sdl.bus import BusClient, Empty
 from sdl.env.atomistic import random_composition, random_solid_solution
 from sdl.env.cell_kinds import make_cell
 from sdl.experiment import AtomicStructure, DesignPoint, LabelledStructure, Observation
@@ -50,6 +50,8 @@ from sdl.surrogates.mlip_learning import most_uncertain
 
 
 class MlipAlExploration(Section):
+    """MLIP-driven Langevin MD from each start of the mix, once per training round."""
+
     md_steps: int = Field(default=100, ge=1)
     snapshot_interval: int = Field(default=10, ge=1)
     timestep_fs: float = Field(default=2.0, gt=0, le=10)
@@ -65,9 +67,11 @@ class MlipAlSettings(Section):
     rattle_ang: float = Field(default=0.05, ge=0, description="of the initial random bulk cells")
     retrain_epochs: int = Field(default=40, ge=1, description="epochs of each warm round after the first")
     labels_per_round: int = Field(default=5, ge=1, description="new labelled results that call for a training round")
-    mix: list[MixEntry] = Field(default_factory=default_mix, min_length=1)
-    exploration: MlipAlExploration = MlipAlExploration()
-    selection: Literal["committee", "random"] = "committee"
+    mix: list[MixEntry] = Field(default_factory=default_mix, min_length=1,
+                                description="cell kinds explored: starts per temperature (what the potential is for)")
+    exploration: MlipAlExploration = Field(default_factory=MlipAlExploration, description="the MD of each round")
+    selection: Literal["committee", "random"] = Field(
+        default="committee", description="committee: the worst atom's spread; random: the baseline, same pool")
     timeout_s: float = Field(default=3600.0, gt=0, description="for one training round or exploration")
 
 
@@ -128,9 +132,7 @@ class MlipAlPlanner(Planner):
                                         tags={"cell_kind": "bulk", "trajectory": "initial", "round": "0"})
 
     def _train_if_behind(self, labelled: list[Observation]) -> MlipState:
-        """A training round when the surrogate has not learned exactly the ledger's labelled results."""
-        from sdl.bus import Empty
-
+        """A training round on every labelled result once ``labels_per_round`` of them are new to the surrogate."""
         state = self._call("state", Empty(), MlipState, timeout_s=60.0)
         keys = {o.point.structure.key() for o in labelled}
         if state.trained and len(keys - set(state.trained_keys)) < self.settings.labels_per_round:
@@ -154,8 +156,9 @@ class MlipAlPlanner(Planner):
         for entry in self.settings.mix:
             for temperature in entry.temperatures_k:
                 for s in range(entry.starts):
-                    atoms = make_cell(entry.kind, random_composition(self.elements, rng), rng, repeat=self.settings.repeat)
-                    starts.append(AtomicStructure.from_atoms(atoms))
+                    fractions = random_composition(self.elements, rng)
+                    starts.append(AtomicStructure.from_atoms(make_cell(entry.kind, fractions, rng,
+                                                                       repeat=self.settings.repeat)))
                     names.append(f"r{round_}-{entry.kind}-{temperature:g}K-{s}")
                     temperatures.append(temperature)
                     kinds[names[-1]] = entry.kind
