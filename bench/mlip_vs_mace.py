@@ -4,7 +4,7 @@
 
 Training data: oracle-labelled frames of every test-set kind (bulk, vacancy, migration images,
 surfaces, strained, hot; ``--train-per-set`` each, drawn with another seed than the held-out sets),
-the same structures for both architectures. Held-out sets: those of ``bench/mlip_environments.py``
+the same structures for both architectures, ``--committee`` models each (default one against one). Held-out sets: those of ``bench/mlip_environments.py``
 (same config, same seed). Prints, per architecture, the force and energy MAE on each held-out set,
 the training time (per committee member, same epochs budget as each is configured with) and the MD
 speed on CPU (Langevin, one model, a bulk cell of ``--md-atoms``-ish atoms, atom-steps per second);
@@ -52,7 +52,8 @@ def main() -> None:
     parser.add_argument("config", help="an environments config (YAML)")
     parser.add_argument("--train-per-set", type=int, default=10, help="training frames per kind")
     parser.add_argument("--mace-epochs", type=int, help="override MACE's epochs")
-    parser.add_argument("--mace-committee", type=int, default=2, help="MACE committee size")
+    parser.add_argument("--committee", type=int, default=1,
+                        help="models per architecture (accuracy is of their mean; 1: one model against one)")
     parser.add_argument("--md-repeat", type=int, default=4, help="bulk cell for MD speed: 4 x repeat^3 atoms")
     parser.add_argument("--md-steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
@@ -87,11 +88,11 @@ def main() -> None:
     say(f"{len(train)} training structures ({', '.join(f'{k} {len(v)}' for k, v in training.items())}); "
         f"held-out: {', '.join(f'{k} {len(v)}' for k, v in tests.items())}")
 
-    nep = Committee.new(config.potential, config.committee_size, seed=config.seed)
+    nep = Committee.new(config.potential, args.committee, seed=config.seed)
     t0 = time.perf_counter()
     train_committee(nep, train, config.training, device="cpu")
-    nep_train_s = (time.perf_counter() - t0) / config.committee_size
-    say(f"NEP: {config.committee_size} members trained, {nep_train_s:.0f} s each")
+    nep_train_s = (time.perf_counter() - t0) / args.committee
+    say(f"NEP: {args.committee} member(s) trained, {nep_train_s:.0f} s each")
     nep_calculator = MlipCalculator(nep, device="cpu")
 
     def nep_predict(structures):
@@ -104,12 +105,12 @@ def main() -> None:
 
     mace_settings = MaceSettings(r_max_ang=config.potential.radial_cutoff_ang,
                                  **({"epochs": args.mace_epochs} if args.mace_epochs else {}))
-    mace = MaceCommittee(config.elements, mace_settings, size=args.mace_committee, seed=config.seed, device="cpu")
+    mace = MaceCommittee(config.elements, mace_settings, size=args.committee, seed=config.seed, device="cpu")
     mace.train(train, progress=lambda done, total: done % max(total // 10, 1) == 0 and say(f"MACE epochs {done}/{total}"))
-    mace_train_s = mace.train_s / args.mace_committee
-    say(f"MACE: {args.mace_committee} members trained, {mace_train_s:.0f} s each")
+    mace_train_s = mace.train_s / args.committee
+    say(f"MACE: {args.committee} member(s) trained, {mace_train_s:.0f} s each")
 
-    result = {"training_structures": {k: len(v) for k, v in training.items()},
+    result = {"models_per_architecture": args.committee, "training_structures": {k: len(v) for k, v in training.items()},
               "test_sets": {k: len(v) for k, v in tests.items()},
               "nep": {"train_s_per_member": nep_train_s, "epochs": config.training.epochs, "errors": {}},
               "mace": {"train_s_per_member": mace_train_s, "epochs": mace_settings.epochs, "errors": {},
