@@ -185,6 +185,21 @@ class MaceCommittee:
         self.train_s = time.perf_counter() - started
         return histories
 
+    def save(self, path) -> None:
+        """The whole committee (mace's own way: the modules pickled) with what rebuilds it."""
+        torch.save({"elements": self.elements, "settings": self.settings.model_dump(), "size": self.size,
+                    "seed": self.seed, "models": [m.cpu() for m in self.models]}, path)
+        for model in self.models:
+            model.to(self.device)
+
+    @classmethod
+    def load(cls, path, *, device: str = "auto") -> MaceCommittee:
+        saved = torch.load(path, map_location="cpu", weights_only=False)  # mace pickles its modules
+        committee = cls(saved["elements"], MaceSettings.model_validate(saved["settings"]), size=saved["size"],
+                        seed=saved["seed"], device=device)
+        committee.models = [m.to(committee.device).eval() for m in saved["models"]]
+        return committee
+
     def calculator(self, device: str | None = None):
         """mace-torch's ASE calculator over the committee (float32)."""
         from mace.calculators import MACECalculator

@@ -94,7 +94,7 @@ def test_a_campaign_starts_every_agent_kind(tmp_path):
         "process_planner": {"kind": "process", "settings": {"policy": None}},
         "surrogates": [
             {"kind": "gp"},
-            {"kind": "mlip", "settings": {"potential": {"elements": ["Ni", "Al"], "hidden_layers": [8],
+            {"kind": "mlip", "settings": {"architecture": "nep", "potential": {"elements": ["Ni", "Al"], "hidden_layers": [8],
                                                         "radial_channels": 2, "angular_channels": 2}}},
             {"kind": "generative", "settings": {"twin_samples": 64, "epochs": 5, "field_size": 16,
                                                 "field_samples": 16, "field_epochs": 1}},

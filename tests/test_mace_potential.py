@@ -52,7 +52,7 @@ def test_mace_refuses_what_it_cannot_learn(labelled):
         MaceCommittee(ELEMENTS, TINY, size=0)
 
 
-def test_the_mlip_agent_hosts_mace_over_the_bus(broker, labelled):
+def test_the_mlip_agent_hosts_mace_over_the_bus(broker, labelled, tmp_path):
     """`surrogate.mlip` with ``architecture: mace``: the same train/predict messages as the NEP committee."""
     from sdl.agents.base import AgentContext
     from sdl.agents.mlip_host import MlipAgent, MlipPrediction, MlipPredictRequest, MlipSettings, MlipTrainRequest
@@ -61,8 +61,8 @@ def test_the_mlip_agent_hosts_mace_over_the_bus(broker, labelled):
 
     payload = [LabelledStructure(structure=AtomicStructure.from_atoms(a), energy_ev=a.get_potential_energy(),
                                  forces_ev_per_ang=a.get_forces().tolist()) for a in labelled[:4]]
-    settings = MlipSettings(architecture="mace", potential={"elements": ELEMENTS}, mace=TINY.model_dump(),
-                            committee_size=2, device="cpu")
+    settings = MlipSettings(potential={"elements": ELEMENTS}, mace=TINY.model_dump(),  # mace: the default
+                            committee_size=2, device="cpu", rounds_dir=tmp_path / "rounds")
     worker = Worker(MlipAgent(settings, AgentContext()), broker.frontend_address, service_name="surrogate.mlip").start()
     try:
         wait_for_service(broker, "surrogate.mlip")
@@ -70,11 +70,15 @@ def test_the_mlip_agent_hosts_mace_over_the_bus(broker, labelled):
             client.request("surrogate.mlip", "train", MlipTrainRequest(structures=payload, epochs=3), timeout_s=300)
             request = MlipPredictRequest(structures=[AtomicStructure.from_atoms(a) for a in labelled[4:]])
             reply = MlipPrediction.model_validate(client.request("surrogate.mlip", "predict", request, timeout_s=60))
+            predictions = [np.array(reply.forces_ev_per_ang[0])]
             assert [len(f) for f in reply.forces_ev_per_ang] == [len(a) for a in labelled[4:]]
             assert min(reply.max_force_std_ev_per_ang) > 0 and min(reply.energy_std_ev) > 0
             with pytest.raises(RemoteError, match="stress is served by the NEP architecture"):
                 client.request("surrogate.mlip", "predict", request.model_copy(update={"stress": True}), timeout_s=60)
     finally:
         worker.stop()
+    again = MlipAgent(settings, AgentContext())  # started again: the saved round, the same predictions
+    assert settings.architecture == "mace" and again.round == 1 and again.trained
+    np.testing.assert_allclose(again.mace.predict(labelled[4:])[0]["forces"], predictions[0], atol=1e-5)
     with pytest.raises(ValueError, match="checkpoints hold NEP committees"):
         MlipSettings(architecture="mace", checkpoint=__file__)

@@ -315,7 +315,8 @@ def test_mlip_agent_trains_and_predicts_over_the_bus(broker, oracle):
     payload = [LabelledStructure(structure=AtomicStructure.from_atoms(a), energy_ev=a.get_potential_energy(),
                                  forces_ev_per_ang=a.get_forces().tolist(),
                                  stress_ev_per_ang3=a.get_stress(voigt=False).tolist()) for a in labelled]
-    settings = MlipSettings(potential=CONFIG, committee_size=2, training={"epochs": 5, "batch_structures": 3},
+    settings = MlipSettings(architecture="nep", potential=CONFIG, committee_size=2,
+                            training={"epochs": 5, "batch_structures": 3},
                             device="cpu")
     worker = Worker(MlipAgent(settings, AgentContext()), broker.frontend_address, service_name="surrogate.mlip").start()
     try:

@@ -47,7 +47,7 @@ def test_the_mlip_agent_saves_its_rounds_learns_a_trust_level_and_explores(broke
     rng = np.random.default_rng(5)
     oracle = AseCalculatorOracle(calculator="emt")
     first, second = labelled_payload(oracle, rng, 4), labelled_payload(oracle, rng, 3)
-    settings = MlipSettings(potential=TINY_POTENTIAL, committee_size=2, training={"epochs": 4, "batch_structures": 2},
+    settings = MlipSettings(architecture="nep", potential=TINY_POTENTIAL, committee_size=2, training={"epochs": 4, "batch_structures": 2},
                             device="cpu", rounds_dir=tmp_path / "rounds")
     worker = Worker(MlipAgent(settings, AgentContext()), broker.frontend_address, service_name="surrogate.mlip").start()
     try:
@@ -117,7 +117,7 @@ CAMPAIGN = {
                 {"kind": "surface_111", "starts": 2, "temperatures_k": [300]}],
         "exploration": {"md_steps": 10, "snapshot_interval": 2}}},
     "surrogates": [{"kind": "mlip", "settings": {
-        "potential": TINY_POTENTIAL, "committee_size": 2, "training": {"epochs": 5, "batch_structures": 2},
+        "architecture": "nep", "potential": TINY_POTENTIAL, "committee_size": 2, "training": {"epochs": 5, "batch_structures": 2},
         "device": "cpu"}}],
     "instruments": [{"name": "dft", "driver": "ase_calculator", "options": {"calculator": "emt"}}],
     "stop": {"max_experiments": 16, "max_in_flight": 2},
