@@ -187,17 +187,10 @@ class MlipAlPlanner(Planner):
                                  timeout_s=600.0).max_force_std_ev_per_ang
             self.scores.update(zip((s.key() for s in part), spreads))
         scores = [self.scores[s.key()] for s, _ in candidates]
-        tagged = [_Tagged(tags["trajectory"]) for _, tags in candidates]
-        chosen = most_uncertain(tagged, np.asarray(scores), k, self.settings.exploration.max_per_trajectory)
+        chosen = most_uncertain([tags["trajectory"] for _, tags in candidates], np.asarray(scores), k,
+                                self.settings.exploration.max_per_trajectory)
         self.predicted = [{"max_force_spread_ev_per_ang": float(scores[i])} for i in chosen]
         return chosen
-
-
-class _Tagged:
-    """What :func:`most_uncertain` reads of a candidate: its trajectory."""
-
-    def __init__(self, trajectory: str) -> None:
-        self.info = {"trajectory": trajectory}
 
 
 def _is_label(observation: Observation) -> bool:

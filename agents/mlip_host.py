@@ -18,7 +18,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -36,6 +36,7 @@ from sdl.surrogates.mlip import (
     choose_device,
     load_committee,
     make_batch,
+    per_structure,
     save_committee,
     train_committee,
 )
@@ -52,10 +53,10 @@ class MlipSettings(Section):
     the project's potential, ``potential`` its settings (14x faster MD on a CPU, 3-5x the force error
     at equal data: bench/mlip_vs_mace.py)."""
 
-    architecture: Literal["nep", "mace"] | None = Field(
-        default=None, description="mace (the default for a new committee: 3-5x lower force error than nep at equal "
-                                  "data, bench/mlip_vs_mace.py) or nep (14x faster MD on a CPU; the default with a "
-                                  "checkpoint, which holds a nep committee)")
+    architecture: Literal["nep", "mace"] = Field(
+        default="mace", description="mace (the default for a new committee: 3-5x lower force error than nep at equal "
+                                    "data, bench/mlip_vs_mace.py) or nep (14x faster MD on a CPU; the default with a "
+                                    "checkpoint, which holds a nep committee)")
     potential: MlipConfig | None = Field(default=None, description="architecture of a new committee")
     mace: MaceSettings = MaceSettings()
     checkpoint: ResolvedPath | None = Field(default=None, description="a committee.pt from `sdl mlip active-learn`")
@@ -76,9 +77,14 @@ class MlipSettings(Section):
             raise ValueError(f"MLIP checkpoint {self.checkpoint} does not exist; train one with `sdl mlip active-learn`")
         if self.architecture == "mace" and self.checkpoint is not None:
             raise ValueError("checkpoints hold NEP committees; a MACE committee is trained by the agent (give `potential`)")
-        if self.architecture is None:
-            object.__setattr__(self, "architecture", "nep" if self.checkpoint is not None else "mace")
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _checkpoints_are_nep(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("architecture") is None and data.get("checkpoint") is not None:
+            return {**data, "architecture": "nep"}
+        return data
 
 
 class MlipTrainRequest(WireModel):
@@ -281,19 +287,8 @@ class MlipAgent(Agent):
         if self.mace is not None:
             out = self.mace.predict(structures)
             return [p["forces"] for p in out], [p["forces_spread"] for p in out]
-        forces, spreads = [], []
-        param = next(self.committee.parameters())
-        for start in range(0, len(structures), 64):
-            part = structures[start:start + 64]
-            batch = make_batch(part, self.committee.config.elements, self.committee.config.radial_cutoff_ang,
-                               device=param.device, dtype=param.dtype)
-            out = self.committee(batch)
-            owner = batch.structure.cpu().numpy()
-            f = out["forces"].cpu().double().numpy()
-            sd = out["forces_std"].norm(dim=1).cpu().double().numpy()
-            forces += [f[owner == k] for k in range(len(part))]
-            spreads += [sd[owner == k] for k in range(len(part))]
-        return forces, spreads
+        forces = per_structure(self.committee, structures, "forces")
+        return forces, [np.linalg.norm(sd, axis=1) for sd in per_structure(self.committee, structures, "forces_std")]
 
     @method(MlipExploreRequest)
     def explore(self, request: MlipExploreRequest) -> MlipExploration:

@@ -36,11 +36,17 @@ from sdl.surrogates.mlip import (
     Committee,
     MlipCalculator,
     labels_of,
-    make_batch,
+    per_structure,
     structure_errors,
     train_committee,
 )
-from sdl.surrogates.mlip_learning import ActiveLearningConfig, most_uncertain, trusted_frames, uncertainty
+from sdl.surrogates.mlip_learning import (
+    ActiveLearningConfig,
+    most_uncertain,
+    trajectories_of,
+    trusted_frames,
+    uncertainty,
+)
 from sdl.surrogates.mlip_on_the_fly import trust_level, worst_atom_errors
 
 TEST_SETS = ("bulk", "vacancy", "migration", "surfaces", "strained", "hot")
@@ -141,23 +147,9 @@ def explore_pool(committee: Committee, config: EnvironmentsConfig, rng: np.rando
     return pool
 
 
-def _per_structure(committee: Committee, structures: list[Atoms], output: str) -> list[np.ndarray]:
-    """The committee's per-atom ``output`` (forces, forces_std), split by structure, 64 structures a batch."""
-    param = next(committee.parameters())
-    out = []
-    for start in range(0, len(structures), 64):
-        part = structures[start:start + 64]
-        batch = make_batch(part, committee.config.elements, committee.config.radial_cutoff_ang, device=param.device,
-                           dtype=param.dtype)
-        values = committee(batch)[output].detach().cpu().numpy()
-        owner = batch.structure.cpu().numpy()
-        out += [values[owner == k] for k in range(len(part))]
-    return out
-
-
 def atom_spreads(committee: Committee, structures: list[Atoms]) -> list[np.ndarray]:
     """Per structure, each atom's committee force spread (eV/A): the norm of the members' sd."""
-    return [np.linalg.norm(sd, axis=1) for sd in _per_structure(committee, structures, "forces_std")]
+    return [np.linalg.norm(sd, axis=1) for sd in per_structure(committee, structures, "forces_std")]
 
 
 def selection_scores(selection: str, committee: Committee, candidates: list[Atoms],
@@ -168,7 +160,7 @@ def selection_scores(selection: str, committee: Committee, candidates: list[Atom
         spreads = atom_spreads(committee, candidates)
         return np.array([s.max() if selection == "committee" else s.mean() for s in spreads])
     if selection == "true_error":
-        predicted = _per_structure(committee, candidates, "forces")
+        predicted = per_structure(committee, candidates, "forces")
         return np.array([np.linalg.norm(p - r, axis=1).max() for p, r in zip(predicted, reference_forces)])
     raise ValueError(f"selection {selection!r}: one of {', '.join(SELECTIONS)}")
 
@@ -180,7 +172,7 @@ def uncertainty_ranking(committee: Committee, tests: dict[str, list[Atoms]]) -> 
 
     pooled = [a for structures in tests.values() for a in structures]
     spreads = atom_spreads(committee, pooled)
-    predicted = _per_structure(committee, pooled, "forces")
+    predicted = per_structure(committee, pooled, "forces")
     truth = [labels_of(a).forces_ev_per_ang for a in pooled]
     worst_error = [np.linalg.norm(p - t, axis=1).max() for p, t in zip(predicted, truth)]
     mae = [np.abs(p - t).mean() for p, t in zip(predicted, truth)]
@@ -223,7 +215,7 @@ def run_pool_arm(config: EnvironmentsConfig, selection: str, oracle, initial: li
             candidates = [pool[i] for i in remaining]
             forces = None if reference_forces is None else [reference_forces[i] for i in remaining]
             scores = selection_scores(selection, committee, candidates, forces)
-            chosen = [remaining[i] for i in most_uncertain(candidates, scores, k,
+            chosen = [remaining[i] for i in most_uncertain(trajectories_of(candidates), scores, k,
                                                            config.exploration.max_per_trajectory)]
         new = [oracle.label(pool[i]) for i in chosen]
         # Before retraining: what the committee was unsure of against what it got wrong (the trust level's data)

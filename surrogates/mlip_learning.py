@@ -267,14 +267,19 @@ def uncertainty(committee: Committee, candidates: list[Atoms], selection: str,
     raise ValueError(f"unknown selection {selection!r}; use committee, grade or random")
 
 
-def most_uncertain(candidates: list[Atoms], scores: np.ndarray, k: int, max_per_trajectory: int) -> list[int]:
-    """The k highest scores, at most ``max_per_trajectory`` from any one trajectory (then refilled
-    from the rest if that leaves fewer than k)."""
+def trajectories_of(candidates: list[Atoms]) -> list:
+    """Each frame's trajectory (``info["trajectory"]``; a frame without one is its own)."""
+    return [atoms.info.get("trajectory", i) for i, atoms in enumerate(candidates)]
+
+
+def most_uncertain(trajectories: list, scores: np.ndarray, k: int, max_per_trajectory: int) -> list[int]:
+    """The k highest scores, at most ``max_per_trajectory`` from any one trajectory (``trajectories``:
+    one name per candidate; then refilled from the rest if that leaves fewer than k)."""
     order = np.argsort(-scores)
     taken: dict[str, int] = {}
     chosen = []
     for i in order:
-        trajectory = candidates[i].info.get("trajectory", i)
+        trajectory = trajectories[i]
         if taken.get(trajectory, 0) < max_per_trajectory:
             chosen.append(int(i))
             taken[trajectory] = taken.get(trajectory, 0) + 1
@@ -323,7 +328,7 @@ def run_arm(config: ActiveLearningConfig, selection: str, oracle, test: list[Ato
                 scores = np.array([c.info["max_force_spread_ev_per_ang"] for c in candidates])
             else:
                 scores = uncertainty(committee, candidates, selection, labelled)
-            chosen = most_uncertain(candidates, scores, k, config.exploration.max_per_trajectory)
+            chosen = most_uncertain(trajectories_of(candidates), scores, k, config.exploration.max_per_trajectory)
         new = [oracle.label(candidates[i]) for i in chosen]
         calibration += zip(uncertainty(committee, new, "committee").tolist(), worst_atom_errors(committee, new).tolist())
         labelled += new

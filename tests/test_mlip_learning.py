@@ -8,7 +8,12 @@ import pytest
 from ase import Atoms
 
 from sdl.settings import ConfigError
-from sdl.surrogates.mlip_learning import ActiveLearningConfig, load_active_learning_config, most_uncertain
+from sdl.surrogates.mlip_learning import (
+    ActiveLearningConfig,
+    load_active_learning_config,
+    most_uncertain,
+    trajectories_of,
+)
 
 TINY = {
     "name": "tiny", "elements": ["Ni", "Cu"], "repeat": 1,
@@ -87,8 +92,8 @@ def test_selection_takes_the_most_uncertain_from_distinct_trajectories():
         atoms.info["trajectory"] = trajectory
         frames.append(atoms)
     scores = np.array([0.9, 0.8, 0.7, 0.2, 0.1])
-    assert most_uncertain(frames, scores, 2, max_per_trajectory=1) == [0, 3]
-    assert most_uncertain(frames, scores, 4, max_per_trajectory=1) == [0, 3, 4, 1]  # refilled when short
+    assert most_uncertain(trajectories_of(frames), scores, 2, max_per_trajectory=1) == [0, 3]
+    assert most_uncertain(trajectories_of(frames), scores, 4, max_per_trajectory=1) == [0, 3, 4, 1]  # refilled when short
 
 
 def test_config_refuses_what_cannot_run(tmp_path):
