@@ -5,7 +5,8 @@ call and every training round and a killed run resumes with nothing lost or labe
 proposal:
 
 1. Until ``initial_structures`` labelled results are in: random bulk solid solutions (what a lab has
-   first), the ``k``-th fixed by the seed.
+   first), the ``k``-th fixed by the seed; no more than that many out at once, and nothing more until
+   they are labelled (the campaign asks again after each result).
 2. Then it consults ``surrogate.mlip`` over the bus (granted exactly these calls): once the ledger
    holds ``labels_per_round`` labelled results the committee has not learned, a training round on all
    of them (warm after the first), recorded as a ``model.trained`` document with this proposal.
@@ -111,7 +112,10 @@ class MlipAlPlanner(Planner):
         labelled = [o for o in request.observations if _is_label(o)]
         position = len(request.observations) + len(request.pending)
         if len(labelled) < self.settings.initial_structures:
-            return [self._initial(position + i) for i in range(request.n)]
+            # no more than the initial design: the rest waits for the first committee (none while it is out)
+            out = sum(p.tags.get("trajectory") == "initial" for p in request.pending)
+            return [self._initial(position + i)
+                    for i in range(min(request.n, self.settings.initial_structures - len(labelled) - out))]
         state = self._train_if_behind(labelled)
         taken = {o.point.structure.key() for o in request.observations if o.point.structure is not None}
         taken |= {p.structure.key() for p in request.pending if p.structure is not None}

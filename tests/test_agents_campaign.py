@@ -31,6 +31,7 @@ PLUGIN = textwrap.dedent('''
 
     class CornerSettings(Section):
         inset: float = Field(default=0.1, ge=0.0, lt=0.5, description="how far inside the bounds")
+        points: int = Field(default=1000, ge=1, description="how many it has to give")
 
     class CornerPlanner(Planner):
         name = "corners"
@@ -39,7 +40,7 @@ PLUGIN = textwrap.dedent('''
         def propose(self, request):
             position = len(request.observations) + len(request.pending)
             points = []
-            for k in range(position, position + request.n):
+            for k in range(position, min(position + request.n, self.settings.points)):
                 u = [0.5, 0.5] if k % 5 == 4 else [(k % 5) & 1, (k % 5) >> 1 & 1]
                 u = [self.settings.inset + x * (1 - 2 * self.settings.inset) for x in u]
                 (point,), _ = self.space.from_unit_cube([u])
@@ -145,6 +146,13 @@ def test_a_third_party_agent_registered_by_entry_point_runs_a_campaign(tmp_path)
     assert {r.planner for r in records} == {"corners"}
     x1 = sorted({round(r.point.parameters["x1"], 6) for r in records})
     assert x1 == [-1.25, 2.5, 6.25]  # corners at 0.25 and 0.75 of [-5, 10], and the centre
+
+
+def test_a_planner_with_nothing_left_to_propose_ends_the_campaign(tmp_path):
+    config = branin_config(planner={"kind": "corners", "settings": {"points": 3}},
+                           stop={"max_experiments": 8, "max_in_flight": 2})
+    summary = Campaign(config, tmp_path / "c", progress=False).run()
+    assert (summary.state, summary.stop_reason, summary.counts["done"]) == ("completed", "planner_exhausted", 3)
 
 
 def test_gpus_are_counted_as_they_are_given_out():

@@ -126,6 +126,21 @@ CAMPAIGN = {
 }
 
 
+def test_the_initial_design_is_no_bigger_than_asked_while_it_is_out():
+    from sdl.agents.mlip_al_planner import MlipAlPlanner, MlipAlSettings
+    from sdl.agents.planner import ProposeRequest
+    from sdl.space import SearchSpace
+
+    context = AgentContext(space=SearchSpace.model_validate(CAMPAIGN["space"]), seed=3)
+    planner = MlipAlPlanner(MlipAlSettings(initial_structures=4, repeat=1), context)
+    first = planner.propose(ProposeRequest(n=3))
+    assert len(first) == 3 and all(p.tags["trajectory"] == "initial" for p in first)
+    last = planner.propose(ProposeRequest(n=3, pending=first))
+    assert len(last) == 1 and last[0].structure.key() not in {p.structure.key() for p in first}
+    # all four out: nothing until they are labelled (the campaign asks again after a result)
+    assert planner.propose(ProposeRequest(n=3, pending=first + last)) == []
+
+
 def rounds_in_ledger(campaign_dir):
     try:
         with Ledger.in_campaign(campaign_dir, readonly=True) as ledger:
@@ -166,6 +181,8 @@ def test_active_learning_campaign_survives_kill_9(tmp_path):
     after = [d for d in documents[resumed_from:] if isinstance(d, ModelTrained)]
     assert after and after[0].round == saved_round + 1  # training went on from the last saved round
     assert rounds == sorted(rounds)
+    # the initial design is initial_structures cells, not more while they are out (max_in_flight 2)
+    assert sum(r.point.tags.get("trajectory") == "initial" for r in records) == 4
     structures = [r.point.structure for r in records]
     # past the initial bulk cells, exploration over the mix reached the oracle: slabs or vacancy cells
     assert any(not s.fully_periodic or len(s.symbols) != 4 for s in structures[4:])

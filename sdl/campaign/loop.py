@@ -229,6 +229,7 @@ class Campaign:
         best = cfg.objective.best(_values(observations, cfg.objective.measurement))
         reason: str | None = None
         planner_failures = 0
+        planner_waits = False  # its last proposal was empty: ask again once a result is in
         started = time.monotonic()
         decisions_checked = 0.0
         bar = tqdm(total=budget, initial=len(observations), desc=cfg.name, unit="exp", disable=not self.progress,
@@ -244,11 +245,16 @@ class Campaign:
                     finished += self._apply_decisions(ledger, scheduler)
                 # Plan just enough to keep max_in_flight specimens moving through the workflow.
                 free_slots = min(cfg.stop.max_in_flight - scheduler.occupied, budget - n_planned)
-                if reason is None and free_slots > 0:
+                if reason is None and free_slots > 0 and not planner_waits:
                     try:
                         planned = self._plan(ledger, client, free_slots, observations,
                                              scheduler.pending_points())
                         planner_failures = 0
+                        # a planner may propose nothing until results come in (e.g. its initial design is
+                        # all out): ask again after the next result, and stop if none is coming
+                        planner_waits = not planned
+                        if not planned and not scheduler.occupied and not scheduler.held:
+                            reason = "planner_exhausted"
                     except BusError as e:
                         planner_failures = self._planner_failed(ledger, e, planner_failures)
                         planned = []
@@ -275,6 +281,7 @@ class Campaign:
                         finished += self._interrupted(ledger, scheduler, flight, outcome.error)
                         continue
                     finished.append(self._record(ledger, scheduler, flight, outcome))
+                planner_waits = planner_waits and not finished
                 for observation in finished:
                     observations.append(observation)
                     if cfg.ledger.backup_every and len(observations) % cfg.ledger.backup_every == 0:
