@@ -36,7 +36,6 @@ from sdl.surrogates.mlip import (
     choose_device,
     load_committee,
     make_batch,
-    per_structure,
     save_committee,
     train_committee,
 )
@@ -284,11 +283,8 @@ class MlipAgent(Agent):
 
     def _forces_and_spreads(self, structures: list) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Per structure: committee-mean forces and each atom's force spread (eV/A)."""
-        if self.mace is not None:
-            out = self.mace.predict(structures)
-            return [p["forces"] for p in out], [p["forces_spread"] for p in out]
-        forces = per_structure(self.committee, structures, "forces")
-        return forces, [np.linalg.norm(sd, axis=1) for sd in per_structure(self.committee, structures, "forces_std")]
+        out = (self.mace if self.mace is not None else self.committee).predict(structures)
+        return [p["forces"] for p in out], [p["forces_spread"] for p in out]
 
     @method(MlipExploreRequest)
     def explore(self, request: MlipExploreRequest) -> MlipExploration:

@@ -1,6 +1,6 @@
 """What running MLIP active learning through the controller costs: time per round, campaign vs in-process.
 
-    python bench/mlip_al_overhead.py configs/mlip_al.yaml --experiments 40 --out runs/mlip/al_overhead
+    python bench/mlip_al_overhead.py configs/mlip_al.yaml --experiments 40 --architecture nep
 
 The same planner (``planner.mlip_al``), MLIP agent and DFT instrument, the same seed and settings, two ways:
 
@@ -85,6 +85,9 @@ def main() -> None:
     parser.add_argument("config", type=Path, help="an active-learning campaign (planner: mlip_al)")
     parser.add_argument("--experiments", type=int, default=40, help="labelled structures per run")
     parser.add_argument("--out", type=Path, default=Path("runs/mlip/al_overhead"))
+    parser.add_argument("--architecture", choices=("nep", "mace"),
+                        help="the MLIP agent's (default: the config's); nep's short rounds show the controller's "
+                             "share, a CPU's MACE rounds are minutes of training")
     args = parser.parse_args()
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -92,6 +95,10 @@ def main() -> None:
     config["stop"] = {**config.get("stop", {}), "max_experiments": args.experiments}
     config["surrogates"][0]["settings"]["rounds_dir"] = str((args.out / "campaign_rounds").resolve())
     config["surrogates"][0]["settings"]["device"] = "cpu"
+    if args.architecture:
+        config["surrogates"][0]["settings"]["architecture"] = args.architecture
+        if args.architecture == "nep":
+            config["surrogates"][0]["settings"].pop("mace", None)
     campaign_config = args.out / "campaign.yaml"
     campaign_config.write_text(yaml.safe_dump(config))
 

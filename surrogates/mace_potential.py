@@ -23,7 +23,7 @@ from ase import Atoms
 from ase.data import atomic_numbers
 from pydantic import BaseModel, ConfigDict, Field
 
-from sdl.surrogates.mlip import choose_device, labels_of
+from sdl.surrogates.mlip import Committee, choose_device, labels_of, load_committee
 
 # Where the labels sit on the copies handed to mace's data pipeline (its own default keys are
 # REF_energy / REF_forces; naming them keeps the oracle's SinglePointCalculator out of it).
@@ -226,3 +226,14 @@ class MaceCommittee:
             out.append({"energy": copy_.get_potential_energy(), "energy_std": energy_sd, "forces": forces,
                         "forces_spread": np.linalg.norm(sd, axis=1)})
         return out
+
+
+def load_any_committee(path, *, device: str = "auto") -> Committee | MaceCommittee:
+    """A committee saved by either architecture the MLIP agent hosts: ours (weights only, read as such)
+    or MACE (mace pickles its modules). Both answer ``predict`` alike."""
+    import pickle
+
+    try:
+        return load_committee(path, device=device)
+    except pickle.UnpicklingError:  # not weights only: a MACE committee (MaceCommittee.save)
+        return MaceCommittee.load(path, device=device)

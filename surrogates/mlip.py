@@ -379,6 +379,25 @@ class Committee(nn.Module):
             result[f"{key}_std"] = stacked.std(0, unbiased=True) if len(outs) > 1 else torch.zeros_like(stacked[0])
         return result
 
+    def predict(self, structures: Sequence[Atoms], *, chunk: int = 64) -> list[dict[str, np.ndarray]]:
+        """Per structure: committee-mean ``energy`` (eV) and ``forces`` (eV/A), the members' energy sd
+        ``energy_std`` (eV) and the per-atom force spread ``forces_spread`` (eV/A, the norm of the members'
+        sd); what :meth:`~sdl.surrogates.mace_potential.MaceCommittee.predict` gives, so code that only
+        reads predictions takes either."""
+        param = next(self.parameters())
+        out = []
+        for start in range(0, len(structures), chunk):
+            part = structures[start:start + chunk]
+            batch = make_batch(part, self.config.elements, self.config.radial_cutoff_ang, device=param.device,
+                               dtype=param.dtype)
+            result = {k: v.detach().cpu().double().numpy() for k, v in self(batch).items()}
+            owner = batch.structure.cpu().numpy()
+            spread = np.linalg.norm(result["forces_std"], axis=1)
+            out += [{"energy": float(result["energy"][k]), "energy_std": float(result["energy_std"][k]),
+                     "forces": result["forces"][owner == k], "forces_spread": spread[owner == k]}
+                    for k in range(len(part))]
+        return out
+
 
 class ExtrapolationGrade:
     """Leverage of an atom's descriptor against the training set's (D-optimality, as in linear

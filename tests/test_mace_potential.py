@@ -80,5 +80,17 @@ def test_the_mlip_agent_hosts_mace_over_the_bus(broker, labelled, tmp_path):
     again = MlipAgent(settings, AgentContext())  # started again: the saved round, the same predictions
     assert settings.architecture == "mace" and again.round == 1 and again.trained
     np.testing.assert_allclose(again.mace.predict(labelled[4:])[0]["forces"], predictions[0], atol=1e-5)
+    # what the campaign's report reads: a round of either architecture, predicting alike
+    from sdl.surrogates.mace_potential import load_any_committee
+    from sdl.surrogates.mlip import Committee, MlipConfig, save_committee
+
+    saved = load_any_committee(tmp_path / "rounds" / "round_0001.pt", device="cpu")
+    assert isinstance(saved, MaceCommittee)
+    np.testing.assert_allclose(saved.predict(labelled[4:])[0]["forces"], predictions[0], atol=1e-5)
+    nep = Committee.new(MlipConfig(elements=ELEMENTS, hidden_layers=[8]), 2)
+    save_committee(nep, tmp_path / "nep.pt")
+    ours = load_any_committee(tmp_path / "nep.pt", device="cpu").predict(labelled[4:])
+    assert isinstance(ours[0]["energy"], float) and ours[0]["forces_spread"].shape == (len(labelled[4]),)
+    np.testing.assert_allclose(ours[0]["forces"], nep.predict(labelled[4:])[0]["forces"], atol=1e-9)
     with pytest.raises(ValueError, match="checkpoints hold NEP committees"):
         MlipSettings(architecture="mace", checkpoint=__file__)

@@ -12,6 +12,10 @@ A command the instrument reports cut off mid-action (``interrupted``: its proces
 is recorded so and handled by the instrument's ``on_interrupted``: failed, rerun once more, or held
 until an operator's ``sdl decide`` lands in the ledger.
 
+The loop stops at the budget, the objective's target, the wall-time limit, or when the planner has
+nothing to propose and nothing is in flight (``planner_exhausted``: a finite design, say); a planner
+that proposes nothing while results are coming is asked again after the next one.
+
 Ray placement lives in :mod:`.launcher`, station scheduling in :mod:`.scheduler`; this module holds
 only the loop. Ctrl-C (or SIGTERM) stops planning and waits for the experiments in flight; a second
 Ctrl-C leaves at once, and the next ``--resume`` reconciles what was in flight.

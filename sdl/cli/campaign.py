@@ -38,7 +38,8 @@ def run(config: Path, campaign_dir: Path | None, resume: bool, ray_address: str 
     click.echo("experiments: " + ", ".join(f"{k} {v}" for k, v in summary.counts.items()))
     if summary.best_value is not None:
         click.echo(f"best {cfg.objective.measurement} = {summary.best_value:.6g} at {_point_text(summary.best_point)}")
-    report = write_report(campaign.campaign_dir)
+    # no held-out labels here: they are oracle calls (DFT in a lab); `sdl report --held-out-per-set N` asks for them
+    report = write_report(campaign.campaign_dir, held_out_per_set=0)
     click.echo(f"report: {report}")
     if summary.state == "interrupted":
         click.echo(f"resume with: sdl run {config} --campaign-dir {campaign.campaign_dir} --resume")

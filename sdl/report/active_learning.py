@@ -46,16 +46,19 @@ def page(config: dict[str, Any], records: list[ExperimentRecord], rounds: list[M
     if errors:
         _plot_learning_curves(errors, rounds, out / "al_learning_curves.png")
         lines += ["![learning curves per held-out set](al_learning_curves.png)", ""]
+    else:
+        lines += ["_Learning curves per held-out set: `sdl report CAMPAIGN_DIR --held-out-per-set N` labels N "
+                  "structures of each set with the campaign's oracle (journalled: once)._", ""]
     lines += ["![cell kinds labelled per round](al_selected_kinds.png)", "",
               "![spread against true error before learning](al_calibration.png)", ""]
     sets = list(next(iter(errors.values()))) if errors else []
-    lines += ["| round | labels | train s | trust level eV/Å | " + " | ".join(f"{s} meV/Å" for s in sets) + " |",
-              "|---|---|---|---|" + "---|" * len(sets)]
+    header = ["round", "labels", "train s", "trust level eV/Å", *(f"{s} meV/Å" for s in sets)]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for doc in rounds:
         cells = [f"{errors[doc.round][s]['force_mae_mev_per_ang']:.0f}" for s in sets] if doc.round in errors else \
             ["" for _ in sets]
         level = "" if doc.trust_level_ev_per_ang is None else f"{doc.trust_level_ev_per_ang:.3f}"
-        lines.append(f"| {doc.round} | {doc.n_train} | {doc.train_s:.0f} | {level} | " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join([str(doc.round), str(doc.n_train), f"{doc.train_s:.0f}", level, *cells]) + " |")
     if calibration:
         from scipy.stats import spearmanr
 
@@ -70,12 +73,12 @@ def page(config: dict[str, Any], records: list[ExperimentRecord], rounds: list[M
 
 def _committees(rounds: list[ModelTrained]) -> dict[int, Any]:
     """The saved committee of each round still on disk."""
-    from sdl.surrogates.mlip import load_committee
+    from sdl.surrogates.mace_potential import load_any_committee
 
     out = {}
     for doc in rounds:
         if doc.checkpoint and Path(doc.checkpoint).is_file():
-            out[doc.round] = load_committee(doc.checkpoint, device="cpu")
+            out[doc.round] = load_any_committee(doc.checkpoint, device="cpu")
         else:
             log.warning("round %d: checkpoint %s not found; its curve point is skipped", doc.round, doc.checkpoint)
     return out
@@ -98,19 +101,16 @@ def _labelled_atoms(record: ExperimentRecord):
 
 def _calibration(labelled: list[ExperimentRecord], committees: dict[int, Any]) -> list[tuple[float, float, str]]:
     """(worst-atom spread, worst-atom true error, cell kind) of each structure by the committee that chose it."""
-    from sdl.surrogates.mlip_learning import uncertainty
-    from sdl.surrogates.mlip_on_the_fly import worst_atom_errors
-
     out = []
     for round_, committee in committees.items():
         chosen = [r for r in labelled if r.point.tags.get("round") == str(round_)
                   and "forces_ev_per_ang" in r.result.arrays]
         if not chosen:
             continue
-        atoms = [_labelled_atoms(r) for r in chosen]
-        spreads = uncertainty(committee, atoms, "committee")
-        errors = worst_atom_errors(committee, atoms)
-        out += [(float(s), float(e), r.point.tags.get("cell_kind", "?")) for s, e, r in zip(spreads, errors, chosen)]
+        predicted = committee.predict([_labelled_atoms(r) for r in chosen])
+        out += [(float(p["forces_spread"].max()),
+                 float(np.linalg.norm(p["forces"] - np.asarray(r.result.arrays["forces_ev_per_ang"]), axis=1).max()),
+                 r.point.tags.get("cell_kind", "?")) for p, r in zip(predicted, chosen)]
     return out
 
 
