@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-ARMS = ("committee", "committee_mean", "random", "true_error")
+ARMS = ("committee", "committee_mean", "grade", "random", "true_error")
 
 
 def one_seed(config, arms: list[str], out: Path) -> dict:

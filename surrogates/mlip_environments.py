@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 
 TEST_SETS = ("bulk", "vacancy", "migration", "surfaces", "strained", "hot")
 OFF_DISTRIBUTION = ("vacancy", "migration", "surfaces", "strained", "hot")
-SELECTIONS = ("committee", "committee_mean", "random", "true_error")
+SELECTIONS = ("committee", "committee_mean", "grade", "random", "true_error")
 
 
 class MixEntry(Section):
@@ -156,12 +156,17 @@ def atom_spreads(committee: Committee, structures: list[Atoms]) -> list[np.ndarr
 
 
 def selection_scores(selection: str, committee: Committee, candidates: list[Atoms],
-                     reference_forces: list[np.ndarray] | None = None) -> np.ndarray:
+                     reference_forces: list[np.ndarray] | None = None,
+                     labelled: list[Atoms] | None = None) -> np.ndarray:
     """Higher is labelled first. ``committee``: the worst atom's spread; ``committee_mean``: the mean
-    spread; ``true_error``: the worst atom's true force error (needs ``reference_forces``)."""
+    spread; ``grade``: the worst atom's extrapolation grade against the ``labelled`` set (how unlike
+    anything learned its environment is, whatever its forces); ``true_error``: the worst atom's true
+    force error (needs ``reference_forces``)."""
     if selection in ("committee", "committee_mean"):
         spreads = atom_spreads(committee, candidates)
         return np.array([s.max() if selection == "committee" else s.mean() for s in spreads])
+    if selection == "grade":
+        return uncertainty(committee, candidates, "grade", labelled)
     if selection == "true_error":
         predicted = per_structure(committee, candidates, "forces")
         return np.array([np.linalg.norm(p - r, axis=1).max() for p, r in zip(predicted, reference_forces)])
@@ -218,7 +223,7 @@ def run_pool_arm(config: EnvironmentsConfig, selection: str, oracle, initial: li
         else:
             candidates = [pool[i] for i in remaining]
             forces = None if reference_forces is None else [reference_forces[i] for i in remaining]
-            scores = selection_scores(selection, committee, candidates, forces)
+            scores = selection_scores(selection, committee, candidates, forces, labelled)
             chosen = [remaining[i] for i in most_uncertain(trajectories_of(candidates), scores, k,
                                                            config.exploration.max_per_trajectory)]
         new = [oracle.label(pool[i]) for i in chosen]

@@ -80,7 +80,7 @@ def committee_and_data():
 
 
 def test_selection_on_the_worst_atom_notices_one_odd_atom(committee_and_data):
-    committee, _, _, rng = committee_and_data
+    committee, labelled, _, rng = committee_and_data
     odd = make_cell("bulk", FRACTIONS, rng)
     odd.positions[5] += [0.45, 0.3, 0.0]  # one atom far off its site, the rest perfect
     rattled = []
@@ -92,6 +92,9 @@ def test_selection_on_the_worst_atom_notices_one_odd_atom(committee_and_data):
     assert int(np.argmax(worst)) == 0
     mean = selection_scores("committee_mean", committee, [odd, *rattled])
     assert mean[0] / mean.max() < worst[0] / worst.max()  # averaging dilutes the one odd atom
+    # the extrapolation grade is measured against what was learned: a learned cell grades below the odd one
+    grade = selection_scores("grade", committee, [labelled[0], odd], labelled=labelled)
+    assert np.isfinite(grade).all() and grade[0] < grade[1]
 
 
 def test_the_pool_loop_labels_from_the_shared_pool_within_budget(committee_and_data, tmp_path):
