@@ -571,22 +571,6 @@ def train_committee(committee: Committee, structures: Sequence[Atoms], settings:
     return histories
 
 
-def per_structure(committee: Committee, structures: Sequence[Atoms], output: str, *, chunk: int = 64
-                  ) -> list[np.ndarray]:
-    """The committee's per-atom ``output`` (``forces``, ``forces_std``), split by structure, ``chunk``
-    structures a batch."""
-    param = next(committee.parameters())
-    out = []
-    for start in range(0, len(structures), chunk):
-        part = structures[start:start + chunk]
-        batch = make_batch(part, committee.config.elements, committee.config.radial_cutoff_ang, device=param.device,
-                           dtype=param.dtype)
-        values = committee(batch)[output].detach().cpu().double().numpy()
-        owner = batch.structure.cpu().numpy()
-        out += [values[owner == k] for k in range(len(part))]
-    return out
-
-
 def save_committee(committee: Committee, path) -> None:
     torch.save({"config": committee.config.model_dump(), "seeds": [m.seed for m in committee.members],
                 "states": [{k: v.cpu() for k, v in m.state_dict().items()} for m in committee.members],

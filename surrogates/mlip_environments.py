@@ -37,7 +37,6 @@ from sdl.surrogates.mlip import (
     Committee,
     MlipCalculator,
     labels_of,
-    per_structure,
     train_committee,
 )
 from sdl.surrogates.mlip_learning import (
@@ -150,11 +149,6 @@ def explore_pool(committee: Committee, config: EnvironmentsConfig, rng: np.rando
     return pool
 
 
-def atom_spreads(committee: Committee, structures: list[Atoms]) -> list[np.ndarray]:
-    """Per structure, each atom's committee force spread (eV/A): the norm of the members' sd."""
-    return [np.linalg.norm(sd, axis=1) for sd in per_structure(committee, structures, "forces_std")]
-
-
 def selection_scores(selection: str, committee: Committee, candidates: list[Atoms],
                      reference_forces: list[np.ndarray] | None = None,
                      labelled: list[Atoms] | None = None) -> np.ndarray:
@@ -163,13 +157,13 @@ def selection_scores(selection: str, committee: Committee, candidates: list[Atom
     anything learned its environment is, whatever its forces); ``true_error``: the worst atom's true
     force error (needs ``reference_forces``)."""
     if selection in ("committee", "committee_mean"):
-        spreads = atom_spreads(committee, candidates)
+        spreads = [p["forces_spread"] for p in committee.predict(candidates)]
         return np.array([s.max() if selection == "committee" else s.mean() for s in spreads])
     if selection == "grade":
         return uncertainty(committee, candidates, "grade", labelled)
     if selection == "true_error":
-        predicted = per_structure(committee, candidates, "forces")
-        return np.array([np.linalg.norm(p - r, axis=1).max() for p, r in zip(predicted, reference_forces)])
+        predicted = committee.predict(candidates)
+        return np.array([np.linalg.norm(p["forces"] - r, axis=1).max() for p, r in zip(predicted, reference_forces)])
     raise ValueError(f"selection {selection!r}: one of {', '.join(SELECTIONS)}")
 
 
