@@ -47,6 +47,7 @@ from sdl.agents.base import AgentContext, Capability
 from sdl.agents.causal_planner import CausalPlanner, CausalSettings
 from sdl.agents.planner import Planner, ProposeRequest, SobolPlanner
 from sdl.env.calphad import DEFAULT_DATABASE
+from sdl.env.strength import StrengthParameters
 from sdl.experiment import Composition, DesignPoint, Observation
 from sdl.objective import ConstraintConfig, ObjectiveConfig
 from sdl.settings import NoSettings, ResolvedPath, Section
@@ -55,6 +56,11 @@ from sdl.surrogates.phase_classifier import classifier_log_probability, update_c
 from sdl.surrogates.projection import project_capped_simplex
 
 DTYPE = torch.double
+# What the objective's model may be told about an alloy: the CALPHAD features of its table
+# (:data:`~sdl.surrogates.calphad_features.FEATURES`), and the peak-aged hardness the textbook strength
+# model gives at its CALPHAD gamma-prime fraction (:mod:`sdl.surrogates.strength_prior`).
+PhysicsFeature = Literal["gamma_prime_at_ageing", "brittle_at_ageing", "solution_margin_k", "ageing_margin_k",
+                         "peak_hardness_hv"]
 
 
 class CalphadPhysicsSettings(Section):
@@ -71,14 +77,15 @@ class CalphadPhysicsSettings(Section):
     offset_sd_k: float = Field(default=40.0, gt=0, description="how far (K) the database's solvus may be off, a priori")
     gradient_sd_k: float = Field(default=0.0, ge=0, description="how much (K) that error may change across each "
                                                                 "input's range (0: one shift everywhere)")
-    objective_inputs: list[Literal["gamma_prime_at_ageing", "brittle_at_ageing", "solution_margin_k",
-                                   "ageing_margin_k"]] = Field(
+    objective_inputs: list[PhysicsFeature] = Field(
         default_factory=list, description="CALPHAD features the objective's GP sees beside the composition (hybrid "
                                           "surrogate); none: the GP sees the composition only")
-    objective_mean: list[Literal["gamma_prime_at_ageing", "brittle_at_ageing", "solution_margin_k",
-                                 "ageing_margin_k"]] = Field(
+    objective_mean: list[PhysicsFeature] = Field(
         default_factory=list, description="CALPHAD features of a prior mean linear in them (weights fitted with the "
                                           "GP); the GP models the residual on the composition (hybrid surrogate)")
+    strength: StrengthParameters = Field(
+        default_factory=StrengthParameters, description="the planner's belief about strengthening (literature values), "
+                                                        "for the peak_hardness_hv feature")
     cache_path: str | None = Field(default=None, description="CALPHAD cache (default: ~/.cache/sdl)")
 
     @model_validator(mode="after")
@@ -212,6 +219,11 @@ class BoPlanner(Planner):
                 if context.space.parameters[name].high >= physics.solution_temperature_k:
                     raise ValueError(f"the space lets {name} reach {context.space.parameters[name].high} K, not below "
                                      f"the solutionising {physics.solution_temperature_k} K")
+            if "peak_hardness_hv" in (*physics.objective_inputs, *physics.objective_mean):
+                unknown = sorted(set(physics.strength.solid_solution_mpa) - set(context.space.composition.elements))
+                if unknown:
+                    raise ValueError(f"calphad.strength has solid-solution coefficients for {unknown}, which are not "
+                                     f"elements of the space ({sorted(context.space.composition.elements)})")
 
     @classmethod
     def requires(cls, settings: BoSettings) -> frozenset[Capability]:
@@ -232,7 +244,7 @@ class BoPlanner(Planner):
             lows += [lo for lo, _ in space.composition.elements.values()]
             highs += [hi for _, hi in space.composition.elements.values()]
         self.bounds = torch.tensor([lows, highs], dtype=DTYPE)
-        self.calphad_feasibility = self.calphad_features = None
+        self.calphad_feasibility = self.calphad_features = self.peak_hardness = None
         if settings.calphad is not None:
             self.calphad_features = self._calphad_features(settings.calphad)
         if settings.feasibility == "calphad":
@@ -338,16 +350,33 @@ class BoPlanner(Planner):
         names = (calphad.objective_inputs or calphad.objective_mean) if physics and calphad is not None else []
         if not names:
             return fit_single_task_gp(x, y, bounds=self.bounds, columns=self.model_columns)
-        table = self.calphad_features
-        chosen = torch.tensor([table.names.index(n) for n in names])
-        values = table.values[chosen].reshape(len(names), -1)
-        feature_bounds = torch.stack([values.min(dim=1).values, values.max(dim=1).values])
-        feature_bounds[1] = torch.maximum(feature_bounds[1], feature_bounds[0] + 1e-6)
-        free_index = self.free_index
-        return fit_single_task_gp(x, y, bounds=self.bounds, columns=self.model_columns,
-                                  features=lambda X: table(X[..., free_index])[..., chosen],
+        features, feature_bounds = self._physics_features(names)
+        return fit_single_task_gp(x, y, bounds=self.bounds, columns=self.model_columns, features=features,
                                   feature_bounds=feature_bounds,
                                   feature_role="mean" if calphad.objective_mean else "kernel")
+
+    def _physics_features(self, names: list[str]):
+        """X -> the named physics features (..., len(names)), and their range over the CALPHAD table's grid
+        (2 x len(names)) to normalise them."""
+        table, free_index = self.calphad_features, self.free_index
+        if self.peak_hardness is None and "peak_hardness_hv" in names:
+            from sdl.surrogates.strength_prior import PeakHardnessEstimate
+
+            self.peak_hardness = PeakHardnessEstimate(table, self.space.composition.balance_element,
+                                                      self.settings.calphad.strength)
+        grid = torch.cartesian_prod(*table.axes).reshape(-1, len(table.axes))
+
+        def features(X: torch.Tensor) -> torch.Tensor:
+            inputs = X[..., free_index]
+            tabulated = table(inputs) if set(names) - {"peak_hardness_hv"} else None
+            return torch.stack([self.peak_hardness(inputs) if n == "peak_hardness_hv"
+                                else tabulated[..., table.names.index(n)] for n in names], dim=-1)
+
+        with torch.no_grad():
+            values = features(torch.zeros(len(grid), len(self.columns), dtype=DTYPE).index_copy_(1, free_index, grid))
+        feature_bounds = torch.stack([values.min(dim=0).values, values.max(dim=0).values])
+        feature_bounds[1] = torch.maximum(feature_bounds[1], feature_bounds[0] + 1e-6)
+        return features, feature_bounds
 
     def _log_feasibility(self, request: ProposeRequest, done: list[Observation]):
         s = self.settings

@@ -351,3 +351,78 @@ def test_a_tilted_feasibility_model_learns_a_database_error_that_varies_with_com
     pinned = CalphadFeasibility(features, gradient_sd_k=1e-6).updated(train, truth(train))
     np.testing.assert_allclose(pinned.mean[:1], single.mean, atol=1e-6)
     np.testing.assert_allclose(pinned.covariance[:1, :1], single.covariance, atol=1e-6)
+
+
+def test_the_peak_hardness_estimate_is_textbook_strengthening_at_the_calphad_fraction(features):
+    """The planner's physics estimate of hardness: Tabor of solid-solution strengthening of the
+    composition plus the strength model's peak over precipitate radius at the CALPHAD gamma-prime
+    fraction; differentiable; coefficients for an element outside the space refused."""
+    from sdl.env.strength import StrengthParameters, precipitation_mpa, solid_solution_mpa, vickers_hardness
+    from sdl.surrogates.strength_prior import PeakHardnessEstimate, peak_precipitation_mpa
+
+    strength = StrengthParameters()
+    fractions = np.array([0.0, 0.05, 0.2, 0.4, 0.6])
+    peak = peak_precipitation_mpa(fractions, strength)
+    radii = np.geomspace(5e-10, 5e-7, 20_000)[:, None]
+    finest = precipitation_mpa(np.broadcast_to(fractions, (len(radii), 5)), radii, strength).max(axis=0)
+    assert peak[0] == 0.0 and np.all(np.diff(peak) > 0)
+    np.testing.assert_allclose(peak, finest, rtol=5e-4)
+    assert np.all(precipitation_mpa(fractions, np.full(5, 3e-9), strength) <= peak + 1e-9)  # under-aged: less
+
+    estimate = PeakHardnessEstimate(features, "Ni", strength)
+    x = torch.tensor([[0.05, 0.05, 0.05], [0.12, 0.02, 0.13]], dtype=torch.double)
+    gamma_prime = features(x)[:, FEATURES.index("gamma_prime_at_ageing")].numpy()
+    composition = {"Al": x[:, 0].numpy(), "Co": x[:, 1].numpy(), "Cr": x[:, 2].numpy()}
+    expected = vickers_hardness(solid_solution_mpa(composition, strength) + peak_precipitation_mpa(gamma_prime, strength))
+    np.testing.assert_allclose(estimate(x).numpy(), expected, rtol=2e-3)  # the curve is interpolated on 0.0025 steps
+    assert expected[1] > expected[0] + 50  # more Al, more gamma-prime: harder by a lot
+    assert torch.autograd.gradcheck(estimate, (torch.tensor([[0.09, 0.05, 0.05]], dtype=torch.double,
+                                                            requires_grad=True),))
+    with pytest.raises(ValueError, match=r"coefficients for \['Fe'\], which are not elements of the space"):
+        PeakHardnessEstimate(features, "Ni", StrengthParameters(solid_solution_mpa={"Fe": 100.0}))
+
+
+def test_a_prior_mean_on_the_physics_estimate_predicts_alloys_far_from_the_data(cache, features):
+    """objective_mean [peak_hardness_hv]: the GP's mean is linear in the planner's own estimate, so with
+    the data in the lean corner of the space it still predicts the rich alloys, where a plain GP
+    reverts to the mean of what it has seen."""
+    from sdl.agents.base import AgentContext
+    from sdl.agents.bo_planner import BoPlanner, BoSettings
+    from sdl.env.strength import StrengthParameters
+    from sdl.objective import ObjectiveConfig
+    from sdl.space import SearchSpace
+    from sdl.surrogates.gp import LinearMeanOf
+    from sdl.surrogates.strength_prior import PeakHardnessEstimate
+
+    space = SearchSpace.model_validate({"composition": {"elements": {"Ni": [0.55, 0.98], **{e: list(b) for e, b in
+                                                                                             BOUNDS.items()}},
+                                                        "balance": "Ni"}})
+    settings = BoSettings.model_validate({
+        "feasibility": "calphad", "initial_points": 4, "constraint": {"measurements": ["processable"], "at_least": 0.5},
+        "calphad": {"solution_temperature_k": SOLUTION_K, "ageing_temperature_k": AGEING_K, "points_per_axis": 3,
+                    "cache_path": str(cache), "objective_mean": ["peak_hardness_hv"]}})
+    planner = BoPlanner(settings, AgentContext(space=space, seed=0, objective=ObjectiveConfig(
+        measurement="hardness_hv", direction="maximize")))
+    estimate = PeakHardnessEstimate(features, "Ni")
+    rng = np.random.default_rng(3)
+
+    def alloys(n, al_range):
+        free = np.column_stack([rng.uniform(*al_range, n), rng.uniform(0, 0.15, n), rng.uniform(0, 0.15, n)])
+        return torch.as_tensor(np.column_stack([1 - free.sum(axis=1), free]))  # columns Ni, Al, Co, Cr
+
+    def hardness(x):  # a "truth" 20 % below the estimate (under-aged), with 5 HV scatter
+        return (0.8 * estimate(x[:, 1:]) + 60 + torch.as_tensor(rng.normal(0, 5, len(x)))).unsqueeze(-1)
+
+    lean, rich = alloys(12, (0.02, 0.06)), alloys(50, (0.11, 0.14))
+    hybrid = planner._gp(lean, hardness(lean), physics=True)
+    plain = planner._gp(lean, hardness(lean))
+    assert isinstance(hybrid.mean_module, LinearMeanOf)
+    truth = (0.8 * estimate(rich[:, 1:]) + 60).detach()
+    with torch.no_grad():
+        hybrid_error = (hybrid.posterior(rich).mean.squeeze(-1) - truth).abs().median()
+        plain_error = (plain.posterior(rich).mean.squeeze(-1) - truth).abs().median()
+    assert hybrid_error < 15.0 and plain_error > 3 * hybrid_error
+    wrong = settings.model_copy(update={"calphad": settings.calphad.model_copy(
+        update={"strength": StrengthParameters(solid_solution_mpa={"Fe": 100.0})})})
+    with pytest.raises(ValueError, match=r"solid-solution coefficients for \['Fe'\], which are not elements"):
+        BoPlanner.check(wrong, AgentContext(space=space, seed=0))

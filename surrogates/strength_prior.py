@@ -1,0 +1,84 @@
+"""The planner's own estimate of an alloy's aged hardness: textbook strengthening at its CALPHAD phase fractions.
+
+A metallurgist designing a gamma/gamma-prime alloy does not treat hardness as a black box: the
+precipitates can give at most their *peak-aged* strength, which grows with the gamma-prime fraction
+thermodynamics allows at the ageing temperature, and the matrix adds solid-solution strengthening
+that follows from the composition alone (the "alloys-by-design" practice: CALPHAD fractions fed
+into strength models). :class:`PeakHardnessEstimate` is that estimate, in HV:
+
+    HV_est = Tabor(sigma_ss(c) + max over r of sigma_p(f_CALPHAD(c, T_ageing), r))
+
+from the planner's *own* database (:class:`~sdl.surrogates.calphad_features.CalphadFeatures`) and its
+own strength parameters (:class:`~sdl.env.strength.StrengthParameters`, literature values by default;
+a lab that believes other values configures them). Friction and Hall-Petch terms are the same for
+every alloy of a campaign and left to the prior mean's fitted offset. It leaves out what a planner
+cannot know before measuring: how far the campaign's ageing hold is from peak, how wrong the
+database is, and the lab's own scatter. The BO planner therefore uses it only as a prior mean
+linear in the estimate (weight and offset fitted with the GP, which models the residual), never as
+the answer.
+
+Plain torch on top of the CALPHAD table: differentiable in the composition (and in a designed ageing
+temperature), so the acquisition optimiser follows it; no CALPHAD call after the table is built.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from sdl.env.strength import StrengthParameters, precipitation_mpa, vickers_hardness
+from sdl.surrogates.calphad_features import FEATURES, CalphadFeatures
+
+DTYPE = torch.double
+GAMMA_PRIME_COLUMN = FEATURES.index("gamma_prime_at_ageing")
+# Precipitate radii scanned for the peak (m): from a nucleus to well past any peak of these alloys.
+PEAK_SEARCH_RADII_M = np.geomspace(5e-10, 5e-7, 4000)  # the peak is a cusp: fine steps
+FRACTION_GRID = np.linspace(0.0, 0.95, 381)
+
+
+def peak_precipitation_mpa(fractions: np.ndarray, strength: StrengthParameters) -> np.ndarray:
+    """The largest precipitation strengthening (MPa) any precipitate radius gives at each fraction:
+    the peak-aged condition of the strength model (the weak/strong-pair crossover, or Orowan)."""
+    f = np.asarray(fractions, dtype=float)
+    r = np.broadcast_to(PEAK_SEARCH_RADII_M[:, None], (len(PEAK_SEARCH_RADII_M), len(f)))
+    return precipitation_mpa(np.broadcast_to(f, r.shape), r, strength).max(axis=0)
+
+
+class PeakHardnessEstimate:
+    """HV of each alloy aged to peak, by the textbook strength model at the CALPHAD gamma-prime
+    fraction: a function of the inputs ``features.inputs`` (free fractions, and the designed ageing
+    temperature where there is one), (..., k) -> (...)."""
+
+    def __init__(self, features: CalphadFeatures, balance: str, strength: StrengthParameters | None = None) -> None:
+        self.features = features
+        self.strength = strength or StrengthParameters()
+        free = features.free_elements
+        unknown = sorted(set(self.strength.solid_solution_mpa) - {*free, balance})
+        if unknown:
+            raise ValueError(f"solid-solution coefficients for {unknown}, which are not elements of the space "
+                             f"({[*free, balance]})")
+        # sigma_ss^2 = sum_i k_i^2 c_i is linear in the free fractions (the balance's c = 1 - sum of them)
+        k2 = {e: k**2 for e, k in self.strength.solid_solution_mpa.items()}
+        self.ss_constant = k2.get(balance, 0.0)
+        self.ss_weights = torch.tensor([k2.get(e, 0.0) - self.ss_constant for e in free], dtype=DTYPE)
+        self.fraction_grid = torch.as_tensor(FRACTION_GRID, dtype=DTYPE)
+        self.peak_grid = torch.as_tensor(peak_precipitation_mpa(FRACTION_GRID, self.strength), dtype=DTYPE)
+        self.hv_per_mpa = float(vickers_hardness(1.0))
+
+    def solid_solution_mpa(self, x_free: torch.Tensor) -> torch.Tensor:
+        squared = self.ss_constant + x_free[..., : len(self.ss_weights)].to(DTYPE) @ self.ss_weights
+        return squared.clamp_min(1e-12).sqrt()
+
+    def precipitation_mpa(self, fraction: torch.Tensor) -> torch.Tensor:
+        """Peak-aged strengthening at these fractions: the tabulated curve, interpolated linearly
+        (differentiable; the curve is smooth on the grid's 0.0025 steps)."""
+        grid, values = self.fraction_grid, self.peak_grid
+        f = fraction.clamp(grid[0], grid[-1])
+        i = torch.searchsorted(grid, f.detach().contiguous(), right=True).sub(1).clamp(0, len(grid) - 2)
+        t = (f - grid[i]) / (grid[i + 1] - grid[i])
+        return values[i] * (1 - t) + values[i + 1] * t
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        gamma_prime = self.features(x)[..., GAMMA_PRIME_COLUMN]
+        return self.hv_per_mpa * (self.solid_solution_mpa(x) + self.precipitation_mpa(gamma_prime))
+
