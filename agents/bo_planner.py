@@ -220,10 +220,12 @@ class BoPlanner(Planner):
                     raise ValueError(f"the space lets {name} reach {context.space.parameters[name].high} K, not below "
                                      f"the solutionising {physics.solution_temperature_k} K")
             if "peak_hardness_hv" in (*physics.objective_inputs, *physics.objective_mean):
-                unknown = sorted(set(physics.strength.solid_solution_mpa) - set(context.space.composition.elements))
-                if unknown:
-                    raise ValueError(f"calphad.strength has solid-solution coefficients for {unknown}, which are not "
-                                     f"elements of the space ({sorted(context.space.composition.elements)})")
+                from sdl.surrogates.strength_prior import check_coefficients
+
+                try:
+                    check_coefficients(physics.strength, context.space.composition.elements)
+                except ValueError as e:
+                    raise ValueError(f"calphad.strength: {e}") from None
 
     @classmethod
     def requires(cls, settings: BoSettings) -> frozenset[Capability]:
@@ -244,7 +246,7 @@ class BoPlanner(Planner):
             lows += [lo for lo, _ in space.composition.elements.values()]
             highs += [hi for _, hi in space.composition.elements.values()]
         self.bounds = torch.tensor([lows, highs], dtype=DTYPE)
-        self.calphad_feasibility = self.calphad_features = self.peak_hardness = None
+        self.calphad_feasibility = self.calphad_features = self.physics_features = None
         if settings.calphad is not None:
             self.calphad_features = self._calphad_features(settings.calphad)
         if settings.feasibility == "calphad":
@@ -357,26 +359,29 @@ class BoPlanner(Planner):
 
     def _physics_features(self, names: list[str]):
         """X -> the named physics features (..., len(names)), and their range over the CALPHAD table's grid
-        (2 x len(names)) to normalise them."""
-        table, free_index = self.calphad_features, self.free_index
-        if self.peak_hardness is None and "peak_hardness_hv" in names:
+        (2 x len(names)) to normalise them; built once (the names are the planner's settings)."""
+        if self.physics_features is not None:
+            return self.physics_features
+        table = self.calphad_features
+        peak_hardness = None
+        if "peak_hardness_hv" in names:
             from sdl.surrogates.strength_prior import PeakHardnessEstimate
 
-            self.peak_hardness = PeakHardnessEstimate(table, self.space.composition.balance_element,
-                                                      self.settings.calphad.strength)
-        grid = torch.cartesian_prod(*table.axes).reshape(-1, len(table.axes))
+            peak_hardness = PeakHardnessEstimate(table, self.space.composition.balance_element,
+                                                 self.settings.calphad.strength)
 
-        def features(X: torch.Tensor) -> torch.Tensor:
-            inputs = X[..., free_index]
+        def of_inputs(inputs: torch.Tensor) -> torch.Tensor:
             tabulated = table(inputs) if set(names) - {"peak_hardness_hv"} else None
-            return torch.stack([self.peak_hardness(inputs) if n == "peak_hardness_hv"
+            return torch.stack([peak_hardness(inputs) if n == "peak_hardness_hv"
                                 else tabulated[..., table.names.index(n)] for n in names], dim=-1)
 
         with torch.no_grad():
-            values = features(torch.zeros(len(grid), len(self.columns), dtype=DTYPE).index_copy_(1, free_index, grid))
+            values = of_inputs(torch.cartesian_prod(*table.axes).reshape(-1, len(table.axes)))
         feature_bounds = torch.stack([values.min(dim=0).values, values.max(dim=0).values])
         feature_bounds[1] = torch.maximum(feature_bounds[1], feature_bounds[0] + 1e-6)
-        return features, feature_bounds
+        free_index = self.free_index
+        self.physics_features = (lambda X: of_inputs(X[..., free_index])), feature_bounds
+        return self.physics_features
 
     def _log_feasibility(self, request: ProposeRequest, done: list[Observation]):
         s = self.settings
