@@ -58,9 +58,10 @@ from sdl.surrogates.projection import project_capped_simplex
 DTYPE = torch.double
 # What the objective's model may be told about an alloy: the CALPHAD features of its table
 # (:data:`~sdl.surrogates.calphad_features.FEATURES`), and the peak-aged hardness the textbook strength
-# model gives at its CALPHAD gamma-prime fraction (:mod:`sdl.surrogates.strength_prior`).
+# model gives at its CALPHAD gamma-prime fraction, and whether solutionising leaves gamma-prime undissolved
+# (:mod:`sdl.surrogates.strength_prior`).
 PhysicsFeature = Literal["gamma_prime_at_ageing", "brittle_at_ageing", "solution_margin_k", "ageing_margin_k",
-                         "peak_hardness_hv"]
+                         "solvus_margin_k", "peak_hardness_hv", "incomplete_solutionising"]
 
 
 class CalphadPhysicsSettings(Section):
@@ -362,18 +363,20 @@ class BoPlanner(Planner):
         (2 x len(names)) to normalise them; built once (the names are the planner's settings)."""
         if self.physics_features is not None:
             return self.physics_features
-        table = self.calphad_features
-        peak_hardness = None
-        if "peak_hardness_hv" in names:
-            from sdl.surrogates.strength_prior import PeakHardnessEstimate
+        from sdl.surrogates.strength_prior import PeakHardnessEstimate, incomplete_solutionising
 
-            peak_hardness = PeakHardnessEstimate(table, self.space.composition.balance_element,
-                                                 self.settings.calphad.strength)
+        table = self.calphad_features
+        derived = {}
+        if "peak_hardness_hv" in names:
+            derived["peak_hardness_hv"] = PeakHardnessEstimate(table, self.space.composition.balance_element,
+                                                               self.settings.calphad.strength)
+        if "incomplete_solutionising" in names:
+            derived["incomplete_solutionising"] = lambda inputs: incomplete_solutionising(table, inputs)
 
         def of_inputs(inputs: torch.Tensor) -> torch.Tensor:
-            tabulated = table(inputs) if set(names) - {"peak_hardness_hv"} else None
-            return torch.stack([peak_hardness(inputs) if n == "peak_hardness_hv"
-                                else tabulated[..., table.names.index(n)] for n in names], dim=-1)
+            tabulated = table(inputs) if set(names) - set(derived) else None
+            return torch.stack([derived[n](inputs) if n in derived else tabulated[..., table.names.index(n)]
+                                for n in names], dim=-1)
 
         with torch.no_grad():
             values = of_inputs(torch.cartesian_prod(*table.axes).reshape(-1, len(table.axes)))

@@ -1,9 +1,10 @@
 """Diagnosis (issue 19): where the best feasible alloys of a twin variant lie, what a planner proposes
 there, and what its feasibility classifier believes about them as experiments come in.
 
-    python bench/twin_variant_trace.py --solution 1350 --ageing 1100 --planner bo_cautious_wide --seeds 0,1
+    python bench/twin_variant_trace.py --problem twin_1325_1075 --planner bo_physics --seeds 0,1
 
-Prints, for the variant (the twin with another target phase state):
+Problem and planner are taken by name from a bench config (configs/bench_physics.yaml by default), so
+the arm traced is the arm benchmarked. Prints, for the problem (the twin or one of its variants):
 - the band of alloys within 95 % of the best feasible hardness (4,000 Sobol' points of the space);
 - each proposal of each seed (composition, noiseless hardness, feasible), and when it first reaches 95 %;
 - P(feasible) of the planner's classifier at the five best feasible alloys after 0, 12, 20 and all
@@ -23,40 +24,32 @@ import numpy as np
 import torch
 from scipy.stats import qmc
 
-PLANNERS = {
-    "bo_cautious_wide": {"kind": "bo", "constrained": True, "settings": {
-        "update_classifier": True, "feasibility_exponent": 2, "num_restarts": 20, "raw_samples": 1024}},
-    "bo_constrained": {"kind": "bo", "constrained": True, "settings": {"update_classifier": True}},
-    # P(feasible) from the planner's own CALPHAD margin, corrected by the verdicts (issue 19)
-    "bo_calphad": {"kind": "bo", "constrained": True, "settings": {
-        "feasibility": "calphad", "feasibility_exponent": 2, "num_restarts": 20, "raw_samples": 1024}},
-    # the same, and the objective's GP also sees the CALPHAD gamma-prime fraction and solution margin
-    "bo_calphad_hybrid": {"kind": "bo", "constrained": True, "settings": {
-        "feasibility": "calphad", "feasibility_exponent": 2, "num_restarts": 20, "raw_samples": 1024,
-        "calphad": {"objective_inputs": ["gamma_prime_at_ageing", "solution_margin_k"]}}},
-    "random": {"kind": "random"},
-}
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--solution", type=float, default=1300.0, help="target solution temperature, K")
-    parser.add_argument("--ageing", type=float, default=1050.0, help="target ageing temperature, K")
-    parser.add_argument("--planner", choices=sorted(PLANNERS), default="bo_cautious_wide")
+    parser.add_argument("--config", type=Path, default=Path("configs/bench_physics.yaml"), help="bench config")
+    parser.add_argument("--problem", default="twin_1325_1075", help="a twin problem of the config, by name")
+    parser.add_argument("--planner", default="bo_physics", help="a planner of the config, by name")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--budget", type=int, default=40)
     parser.add_argument("--out", type=Path, default=Path("runs/twin_variant_trace.json"))
     args = parser.parse_args()
 
     from sdl.agents.planner import ProposeRequest
-    from sdl.bench.config import BenchPlannerSpec, make_bench_planner
-    from sdl.bench.problems import ProblemSpec, make_problem
+    from sdl.bench.config import BenchConfig, make_bench_planner
+    from sdl.bench.problems import make_problem
     from sdl.experiment import Observation
+    from sdl.settings import load_yaml
     from sdl.surrogates.phase_classifier import classifier_log_probability, update_classifier
 
     torch.set_num_threads(2)
-    spec = ProblemSpec.model_validate({"name": "twin", "budget": args.budget, "phase_boundary": {
-        "target": {"solution_temperature_k": args.solution, "ageing_temperature_k": args.ageing}}})
+    config = load_yaml(BenchConfig, args.config, "bench config")  # validated; the planners on first use
+    problems = {p.name: p for p in config.problems}
+    planners = {p.name: p for p in config.planners}
+    if args.problem not in problems or args.planner not in planners:
+        parser.error(f"{args.config} has problems {sorted(problems)} and planners {sorted(planners)}; "
+                     f"got --problem {args.problem} --planner {args.planner}")
+    spec = problems[args.problem].model_copy(update={"budget": args.budget})
     problem = make_problem(spec)
     space = problem.space
     sampler = qmc.Sobol(d=space.dimension, scramble=True, seed=0)
@@ -69,7 +62,7 @@ def main() -> None:
     good = feasible & (hardness >= 0.95 * best)
     free = list(space.composition.free_elements)
     comp = np.array([[p.composition[e] for e in free] for p in points])
-    print(f"variant: solutionise {args.solution:.0f} K, age {args.ageing:.0f} K; feasible share {feasible.mean():.2f}; "
+    print(f"{args.problem}: feasible share {feasible.mean():.2f}; "
           f"best feasible {best:.1f} HV; {good.sum()} of {len(points)} points within 95 %")
     print("  band within 95 %: " + ", ".join(f"{e} {comp[good, j].min():.3f}-{comp[good, j].max():.3f}"
                                               for j, e in enumerate(free)))
@@ -82,8 +75,7 @@ def main() -> None:
     best_rows = [points[i].composition.root for i in top]
     traces = []
     for seed in [int(s) for s in args.seeds.split(",")]:
-        planner = make_bench_planner(BenchPlannerSpec.model_validate({"name": args.planner, **PLANNERS[args.planner]}),
-                                     problem, seed)
+        planner = make_bench_planner(planners[args.planner], problem, seed)
         classifier = problem.feasibility_model(seed) if "feasibility" in planner.requires(planner.settings) else None
         rng = np.random.default_rng([seed, 7])
         observations, rows = [], []
@@ -124,7 +116,7 @@ def main() -> None:
         traces.append({"seed": seed, "reached": reached, "rows": rows})
     problem.close()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"solution_k": args.solution, "ageing_k": args.ageing, "best_hv": best,
+    args.out.write_text(json.dumps({"problem": args.problem, "best_hv": best,
                                     "planner": args.planner, "traces": traces}, indent=2))
     print(f"wrote {args.out}")
 

@@ -9,9 +9,13 @@ Two sources of equilibria, each where it belongs:
   exact``; cached on disk, ~25 ms per new point). A table interpolated across a solvus gets the phase
   state wrong where it matters most: on a quarter of the hardest alloys, which sit on the
   gamma-prime solvus, the interpolated table and the exact equilibrium disagree.
-- the *kinetics* (gamma-prime fraction driving precipitation at each hold) read the grid table
-  (``AlloyTwin.table``), so hardness is smooth, fast for thousands of candidates, and the same
-  function the heat-treatment MDP trains its policy on at thousands of steps per second.
+- the *kinetics* (gamma-prime fraction driving precipitation at each hold) read the same source.
+  They once read the grid table for speed; but interpolated between table temperatures 100 K
+  apart, a solution hold between them left a spurious percent of gamma-prime undissolved in alloys
+  pycalphad calls single gamma, and hardness fell off a cliff at a grid line of the table near the
+  solvus, where the hardest alloys are. ``phase_state: table`` (or ``properties(...,
+  phase_state="table")``) is the fast approximation, for screening thousands of candidates; the
+  heat-treatment MDP reads the table directly, at thousands of steps per second.
 """
 
 from __future__ import annotations
@@ -144,13 +148,23 @@ class AlloyTwin:
         same sequence of operations, each with its own temperatures and times, as a joint composition
         and process design asks for), vectorised over specimens either way."""
         x = self.free_fractions(compositions)
-        return self._process(x, route, _per_specimen(route, len(x)))
+        return self._process(x, route, _per_specimen(route, len(x)), self.config.phase_state)
 
-    def _process(self, x: np.ndarray, route, routes: list[list[ProcessStep]] | None) -> Microstructure:
+    def _equilibrium_source(self, phase_state: Literal["exact", "table"]):
+        return self.table if phase_state == "table" else self.exact_equilibrium
+
+    def _process(self, x: np.ndarray, route, routes: list[list[ProcessStep]] | None,
+                 phase_state: Literal["exact", "table"]) -> Microstructure:
+        # Each hold drives gamma-prime towards the equilibrium fraction at its temperature, from the same
+        # source as the specimen's phases. Interpolated between the table's temperatures (100 K apart
+        # around 1325 K), a solution hold kept a spurious 0.1-5 % of gamma-prime in alloys that are
+        # single gamma there by pycalphad; that coarsened and cost up to 60 HV at a grid line of the
+        # table, a cliff of the interpolation, not of the thermodynamics (issue 19's plateaus).
+        equilibrium = self._equilibrium_source(phase_state)
         if routes is None:
             self._check_route(route)
             return apply_route(Microstructure.initial(len(x), self.config.kinetics), route,
-                               lambda t: self.table(x, t)["gamma_prime"], self.config.kinetics)
+                               lambda t: equilibrium(x, t)["gamma_prime"], self.config.kinetics)
         for r in routes:
             self._check_route(r)
         state = Microstructure.initial(len(x), self.config.kinetics)
@@ -160,7 +174,7 @@ class AlloyTwin:
                 continue
             temperatures = np.array([s.temperature_k for s in steps])
             durations = np.array([s.duration_s for s in steps])
-            state = hold(state, temperatures, durations, self.table(x, temperatures)["gamma_prime"], self.config.kinetics)
+            state = hold(state, temperatures, durations, equilibrium(x, temperatures)["gamma_prime"], self.config.kinetics)
             if steps[0].quench_medium in ("water", "oil"):
                 state = quench(state)
         return state
@@ -171,16 +185,14 @@ class AlloyTwin:
         ``phase_state`` overrides the config's source of its phases (``table`` for bulk screening of
         thousands of candidates)."""
         x = self.free_fractions(compositions)
+        phase_state = phase_state or self.config.phase_state
         routes = _per_specimen(route, len(x))  # validated once, for the kinetics and the last hold alike
-        micro = self._process(x, route, routes)
+        micro = self._process(x, route, routes, phase_state)
         last_t = np.array([next((s.temperature_k for s in reversed(r) if s.operation != "quench"),
                                 self.temperature_range_k[0]) for r in (routes or [route])])
         if routes is None:
             last_t = last_t[0]
-        if (phase_state or self.config.phase_state) == "table":
-            phases = self.table(x, last_t)
-        else:
-            phases = self.exact_equilibrium(x, last_t)
+        phases = self._equilibrium_source(phase_state)(x, last_t)
         brittle = sum(phases[c] for c in BRITTLE)
         strength = self.yield_strength_mpa(x, micro)
         return SpecimenProperties(

@@ -14,7 +14,11 @@ pycalphad, cached on disk like the twin's tables), so a proposal costs no CALPHA
 - ``solution_margin_k``: how far, in kelvin, the solution temperature lies from the nearest
   temperature where the alloy stops being (or starts being) single gamma. It is positive when
   solutionising dissolves everything, and its size is the distance to the gamma-prime solvus;
-- ``ageing_margin_k``: the same for "no brittle phase" at the ageing temperature.
+- ``ageing_margin_k``: the same for "no brittle phase" at the ageing temperature;
+- ``solvus_margin_k``: how far, in kelvin, the solution temperature lies above the gamma-prime
+  solvus itself (where the last gamma-prime dissolves, :data:`SOLVUS_FRACTION`), not above the
+  target state's tolerance. An alloy inside that tolerance may still keep a little gamma-prime
+  through solutionising, which then coarsens at the solution temperature and is lost to hardening.
 
 The margins are signed distances in temperature, not fractions. A fraction is flat (zero) over the
 whole feasible region, so it cannot say *how* safe an alloy is. A margin can. A database that is
@@ -39,7 +43,10 @@ import torch
 from sdl.env.calphad import BRITTLE, DEFAULT_DATABASE, PhaseEquilibria
 from sdl.surrogates.phase_classifier import laplace_logistic_update, log_expected_logistic
 
-FEATURES = ("gamma_prime_at_ageing", "brittle_at_ageing", "solution_margin_k", "ageing_margin_k")
+FEATURES = ("gamma_prime_at_ageing", "brittle_at_ageing", "solution_margin_k", "ageing_margin_k", "solvus_margin_k")
+# The gamma-prime fraction below which the solvus counts as crossed: every particle dissolved (the
+# equilibrium fraction falls to zero there; a small threshold keeps the crossing off solver round-off).
+SOLVUS_FRACTION = 1e-4
 DEFAULT_LADDER_K = tuple(float(t) for t in range(900, 1501, 50))
 # Around the campaign's own temperatures the ladder is refined: a crossing interpolated between
 # ladder temperatures 50 K apart put Ni-12Al-18.5Co-18.5Cr's solution margin 20-28 K off the database's
@@ -122,16 +129,17 @@ class CalphadFeatures:
         not_gamma = 1.0 - flat["gamma"]
         brittle = sum(flat[c] for c in BRITTLE)
 
-        def margin(values: np.ndarray, centre_k: float) -> np.ndarray:
+        def margin(values: np.ndarray, centre_k: float, at_most: float = tolerance) -> np.ndarray:
             rows = np.abs(t[:, None] - np.asarray(ladders[centre_k])[None, :]).argmin(axis=0)
-            return temperature_margin(values[rows], t[rows], centre_k, tolerance)
+            return temperature_margin(values[rows], t[rows], centre_k, at_most)
 
         solution_margin = margin(not_gamma, self.solution_temperature_k)
+        solvus_margin = margin(flat["gamma_prime"], self.solution_temperature_k, SOLVUS_FRACTION)
         per_ageing = []
         for ageing_k in ageing_axis:
             i_age = int(np.argmin(np.abs(t - ageing_k)))
             per_ageing.append(np.stack([flat["gamma_prime"][i_age], brittle[i_age], solution_margin,
-                                        margin(brittle, ageing_k)]))
+                                        margin(brittle, ageing_k), solvus_margin]))
         values = np.stack(per_ageing, axis=-1).reshape(len(FEATURES), *shape[1:], len(ageing_axis))
         self.axes = [torch.as_tensor(a, dtype=DTYPE) for a in table.axes]
         if designed:

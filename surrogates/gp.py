@@ -41,12 +41,17 @@ class AppendComputedFeatures(InputTransform):
 
 class LinearMeanOf(Mean):
     """A prior mean linear in some input columns (the physics features), weights and offset fitted with
-    the GP's hyperparameters by marginal likelihood; the GP then models what the physics leaves."""
+    the GP's hyperparameters by marginal likelihood; the GP then models what the physics leaves.
+    Weights and offset start at zero (gpytorch draws them at random), so a feature the data do not
+    yet inform (no measurement where it varies) keeps no effect instead of a random one."""
 
     def __init__(self, columns: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("columns", torch.as_tensor(columns, dtype=torch.long))
         self.linear = LinearMean(input_size=len(columns))
+        with torch.no_grad():
+            self.linear.weights.zero_()
+            self.linear.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x[..., self.columns])

@@ -33,6 +33,10 @@ from sdl.surrogates.calphad_features import FEATURES, CalphadFeatures
 
 DTYPE = torch.double
 GAMMA_PRIME_COLUMN = FEATURES.index("gamma_prime_at_ageing")
+SOLVUS_COLUMN = FEATURES.index("solvus_margin_k")
+# How blurred the planner's gamma-prime solvus is: the table's interpolation error near the solution
+# temperature is under about 5 K (calphad_features.FINE_STEP_K's ladder).
+SOLVUS_WIDTH_K = 5.0
 # Precipitate radii scanned for the peak (m): from a nucleus to well past any peak of these alloys.
 PEAK_SEARCH_RADII_M = np.geomspace(5e-10, 5e-7, 400)
 FRACTION_GRID = np.linspace(0.0, 0.95, 381)
@@ -95,3 +99,13 @@ class PeakHardnessEstimate:
         gamma_prime = self.features(x)[..., GAMMA_PRIME_COLUMN]
         return self.hv_per_mpa * (self.solid_solution_mpa(x) + self.precipitation_mpa(gamma_prime))
 
+
+def incomplete_solutionising(features: CalphadFeatures, x: torch.Tensor) -> torch.Tensor:
+    """0 where the solution hold dissolves every gamma-prime particle, 1 where some survive it, by the
+    planner's CALPHAD solvus (smoothed over :data:`SOLVUS_WIDTH_K`). Gamma-prime left undissolved
+    coarsens at the solution temperature and adds little to hardening, and the fine precipitates of
+    the ageing hold grow on it; the peak-aged estimate above assumes they all start from a clean
+    solid solution. How much an incomplete solution costs is not the planner's to guess: as a second
+    feature of the linear prior mean, its weight is fitted from the measurements (zero until one is
+    made beyond the solvus)."""
+    return torch.sigmoid(-features(x)[..., SOLVUS_COLUMN] / SOLVUS_WIDTH_K)

@@ -15,6 +15,7 @@ from sdl.env.calphad import BRITTLE, PhaseEquilibria
 from sdl.surrogates.calphad_features import (
     DEFAULT_LADDER_K,
     FEATURES,
+    SOLVUS_FRACTION,
     CalphadFeasibility,
     CalphadFeatures,
     temperature_margin,
@@ -69,12 +70,17 @@ def test_features_interpolate_the_planners_own_table(features, cache):
     brittle = sum(flat[c] for c in BRITTLE)
     grids = [flat["gamma_prime"][i_age], brittle[i_age],
              temperature_margin((1.0 - flat["gamma"])[rows[SOLUTION_K]], ladders[SOLUTION_K], SOLUTION_K, 0.01),
-             temperature_margin(brittle[rows[AGEING_K]], ladders[AGEING_K], AGEING_K, 0.01)]
+             temperature_margin(brittle[rows[AGEING_K]], ladders[AGEING_K], AGEING_K, 0.01),
+             temperature_margin(flat["gamma_prime"][rows[SOLUTION_K]], ladders[SOLUTION_K], SOLUTION_K, SOLVUS_FRACTION)]
     expected = np.column_stack([RegularGridInterpolator(table.axes, g.reshape(3, 3, 3))(x) for g in grids])
     np.testing.assert_allclose(ours, expected, atol=1e-9)
-    # Al raises the gamma-prime solvus: the solution margin shrinks as Al grows (Co, Cr fixed)
-    margins = features(torch.tensor([[al, 0.05, 0.05] for al in (0.03, 0.08, 0.13)], dtype=torch.double))[:, 2]
+    # Al raises the gamma-prime solvus: the solution margin shrinks as Al grows (Co, Cr fixed); the
+    # solvus itself (the last particle dissolved) lies above the state's 1 % tolerance, so less margin
+    probe = features(torch.tensor([[al, 0.05, 0.05] for al in (0.03, 0.08, 0.13)], dtype=torch.double))
+    margins = probe[:, FEATURES.index("solution_margin_k")]
     assert margins[0] > margins[1] > margins[2]
+    solvus = probe[:, FEATURES.index("solvus_margin_k")]
+    assert solvus[0] > solvus[1] > solvus[2] and bool((solvus <= margins + 1e-9).all())
 
 
 def test_features_are_differentiable_and_batch_shaped(features):

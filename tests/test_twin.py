@@ -155,6 +155,22 @@ def test_gamma_prime_free_alloy_does_not_age_harden(twin):
     assert long == pytest.approx(short, rel=0.02)
 
 
+def test_a_hold_between_table_temperatures_follows_the_exact_equilibrium(twin, tmp_path):
+    """Issue 19: the kinetics read the specimen's exact equilibrium, not the table interpolated between
+    its temperatures. Solutionised at 1300 K (between the table's 1100 and 1500 K), an alloy pycalphad
+    calls single gamma there keeps no gamma-prime; the interpolated table would keep about half of
+    its 1100 K fraction, which then coarsens and costs hardness."""
+    alloy = [{"Al": 0.10, "Co": 0.10, "Cr": 0.10, "Ni": 0.70}]
+    solution = [ProcessStep(operation="solutionise", temperature_k=1300.0, duration_s=7200.0, quench_medium="water")]
+    assert twin.exact_equilibrium(alloy, 1300.0)["gamma_prime"][0] == 0.0
+    assert twin.table(twin.free_fractions(alloy), 1300.0)["gamma_prime"][0] > 0.05  # the interpolation's artefact
+    assert twin.process(alloy, solution).precipitate_fraction[0] == 0.0
+    fast = AlloyTwin(twin.config.model_copy(update={"phase_state": "table"}), cache_path=tmp_path / "cache.sqlite")
+    assert fast.process(alloy, solution).precipitate_fraction[0] > 0.05  # the fast approximation keeps it
+    full = solution + [ProcessStep(operation="age", temperature_k=1100.0, duration_s=14400.0, quench_medium="water")]
+    assert twin.properties(alloy, full).hardness_hv[0] > fast.properties(alloy, full).hardness_hv[0] + 20
+
+
 @pytest.mark.slow  # 20-30 s of CALPHAD on a cold cache; .ci/run runs it
 def test_twin_is_deterministic_and_vectorised(twin):
     rng = np.random.default_rng(0)
