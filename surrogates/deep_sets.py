@@ -21,6 +21,10 @@ Four ways to fit data of a new (target) system, :meth:`DeepSetsEnsemble.fit`:
   the body and head trained from the source values at the smaller learning rate;
 - ``finetune``: every weight trained from the source model's values, at a smaller learning rate.
 
+With ``training.source_anchor`` the transfer regimes also pay for the squared distance of their weights
+from the source model's (L2-SP, Li, Grandvalet & Davoine 2018): a few target samples adjust the source
+model rather than let weight decay and noise pull it elsewhere.
+
 Each trains with Adam on the standardised property and stops early on the member's validation split
 (the best validation epoch's weights are kept). Plain torch.
 """
@@ -58,6 +62,10 @@ class TrainingSettings(Section):
     finetune_learning_rate_factor: float = Field(default=0.1, gt=0, le=1,
                                                  description="fine-tuning's learning rate, relative")
     weight_decay: float = Field(default=1e-5, ge=0)
+    source_anchor: float = Field(default=0.0, ge=0, description=(
+        "L2-SP (Li et al. 2018): the transfer regimes add this times the squared distance of the trained "
+        "weights from the source model's to the loss, so a few target samples adjust the source model "
+        "instead of pulling it towards zero (weight_decay's pull); 0: none"))
     max_epochs: int = Field(default=2000, ge=1)
     batch_size: int = Field(default=128, ge=1)
     patience_epochs: int = Field(default=100, ge=1, description="stop after this many epochs without a better "
@@ -158,7 +166,7 @@ class DeepSetsEnsemble:
         for member in model.members:
             for name, p in member.named_parameters():
                 p.requires_grad_(regime not in TRAINED or name.startswith(TRAINED[regime]))
-            _train(member, d, x, target, training, learning_rate, rng)
+            _train(member, d, x, target, training, learning_rate, rng, anchored=regime != "scratch")
             for p in member.parameters():
                 p.requires_grad_(True)
         model.trained_on = self.trained_on + ["-".join(elements)] if regime != "scratch" else ["-".join(elements)]
@@ -197,8 +205,9 @@ class DeepSetsEnsemble:
 
 
 def _train(net: DeepSetsNet, descriptors: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-           training: TrainingSettings, learning_rate: float, rng: np.random.Generator) -> None:
-    """Adam on the mean squared error; early stopping on a validation split of this member's own."""
+           training: TrainingSettings, learning_rate: float, rng: np.random.Generator, *, anchored: bool = False) -> None:
+    """Adam on the mean squared error (plus, ``anchored``, the L2-SP pull towards the weights the member
+    starts from); early stopping on a validation split of this member's own."""
     n = len(y)
     order = rng.permutation(n)
     n_val = max(1, int(round(training.validation_fraction * n)))
@@ -207,6 +216,13 @@ def _train(net: DeepSetsNet, descriptors: torch.Tensor, x: torch.Tensor, y: torc
         fit = val
     parameters = [p for p in net.parameters() if p.requires_grad]
     optimiser = torch.optim.Adam(parameters, lr=learning_rate, weight_decay=training.weight_decay)
+    anchor = [p.detach().clone() for p in parameters] if anchored and training.source_anchor > 0 else None
+
+    def anchor_penalty() -> torch.Tensor | float:
+        if anchor is None:
+            return 0.0
+        return training.source_anchor * sum(((p - p0) ** 2).sum() for p, p0 in zip(parameters, anchor))
+
     best_loss, best_state, since_best = float("inf"), copy.deepcopy(net.state_dict()), 0
     with torch.no_grad():
         best_loss = float(torch.mean((net(descriptors, x[val]) - y[val]) ** 2))
@@ -215,7 +231,7 @@ def _train(net: DeepSetsNet, descriptors: torch.Tensor, x: torch.Tensor, y: torc
         for start in range(0, len(shuffled), training.batch_size):
             batch = torch.as_tensor(shuffled[start:start + training.batch_size])
             optimiser.zero_grad()
-            loss = torch.mean((net(descriptors, x[batch]) - y[batch]) ** 2)
+            loss = torch.mean((net(descriptors, x[batch]) - y[batch]) ** 2) + anchor_penalty()
             loss.backward()
             optimiser.step()
         with torch.no_grad():

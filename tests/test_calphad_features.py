@@ -239,6 +239,43 @@ def test_a_physics_prior_mean_carries_the_gp_where_it_has_no_data():
         assert abs(float(plain.posterior(far).mean) - truth) > 20.0
 
 
+def test_a_prior_mean_feature_the_data_do_not_inform_has_no_effect():
+    """The linear prior mean's weights start at zero: a feature that is zero at every measured point
+    (incomplete solutionising before any alloy beyond the solvus was made) keeps weight zero, so the
+    prediction beyond it is the one without that feature, not a random offset (gpytorch's default)."""
+    from sdl.surrogates.gp import fit_single_task_gp
+
+    def physics(X):
+        return torch.sin(6.0 * X[..., :1])
+
+    def with_step(X):  # the second feature switches on only beyond x = 0.7, where nothing was measured
+        return torch.cat([physics(X), (X[..., :1] > 0.7).to(X)], dim=-1)
+
+    x = torch.linspace(0.0, 0.5, 12, dtype=torch.double).unsqueeze(-1)
+    y = 40.0 * physics(x) + 100.0
+    bounds = torch.tensor([[0.0], [1.0]], dtype=torch.double)
+    one = fit_single_task_gp(x, y, bounds=bounds, features=physics, feature_bounds=torch.tensor(
+        [[-1.0], [1.0]], dtype=torch.double), feature_role="mean")
+    two = fit_single_task_gp(x, y, bounds=bounds, features=with_step, feature_bounds=torch.tensor(
+        [[-1.0, 0.0], [1.0, 1.0]], dtype=torch.double), feature_role="mean")
+    assert float(two.mean_module.linear.weights[1]) == 0.0
+    far = torch.tensor([[0.9]], dtype=torch.double)
+    with torch.no_grad():
+        assert float(two.posterior(far).mean) == pytest.approx(float(one.posterior(far).mean), abs=0.5)
+
+
+def test_incomplete_solutionising_follows_the_planners_gamma_prime_solvus(features):
+    """0 where the planner's CALPHAD dissolves every gamma-prime particle at the solution temperature, 1
+    where some survive, smoothed over SOLVUS_WIDTH_K around its solvus; more Al, a higher solvus."""
+    from sdl.surrogates.strength_prior import SOLVUS_WIDTH_K, incomplete_solutionising
+
+    x = torch.tensor([[al, 0.05, 0.05] for al in np.linspace(0.02, 0.14, 13)], dtype=torch.double)
+    margin = features(x)[:, FEATURES.index("solvus_margin_k")]
+    share = incomplete_solutionising(features, x)
+    torch.testing.assert_close(share, torch.sigmoid(-margin / SOLVUS_WIDTH_K))
+    assert float(share[0]) < 1e-3 and bool((share.diff() >= 0).all())
+
+
 def test_a_verdict_that_contradicts_a_steep_prior_moves_it_to_the_true_mode():
     """The Laplace update finds the posterior's mode (as scipy does) even when one verdict contradicts
     a steep prior: an alloy the database called safe by 68 K fails. Undamped Newton overshot there and

@@ -38,7 +38,7 @@ def test_transitions_are_the_furnace_kinetics(env):
     route = [ProcessStep(operation="solutionise", temperature_k=1300, duration_s=3600, quench_medium="water"),
              ProcessStep(operation="age", temperature_k=1100, duration_s=14400, quench_medium="water")]
     composition = {**ALLOY, "Ni": 1 - sum(ALLOY.values())}
-    furnace = env.twin.properties([composition], route)
+    furnace = env.twin.properties([composition], route, phase_state="table")  # the MDP runs on the twin's table
     assert info["hardness_hv"] == pytest.approx(float(furnace.hardness_hv[0]), rel=1e-9)
 
 

@@ -159,6 +159,26 @@ def test_each_regime_trains_and_transfer_keeps_frozen_what_it_should(source_mode
     assert all(torch.equal(a, b) for a, b in zip(source_weights, after))  # the source model is left as it was
 
 
+def test_the_source_anchor_keeps_fine_tuned_weights_near_the_source_models(source_model):
+    """L2-SP (training.source_anchor): fine-tuning on a few target alloys moves the weights less far from
+    the source model's than without it, and training from scratch ignores it (no source to stay near)."""
+    target = ["Cu", "Ni", "Pd", "Pt"]
+    x = np.random.default_rng(1).dirichlet(np.ones(4), size=12)
+    y = 0.05 * x[:, 3] * (1 - x[:, 3])
+
+    def distance(model):
+        return sum(float(((a - b) ** 2).sum()) for m, n in zip(source_model.members, model.members)
+                   for a, b in zip(m.parameters(), n.parameters()))
+
+    free = source_model.fit(target, x, y, regime="finetune", training=QUICK, seed=1)
+    held = source_model.fit(target, x, y, regime="finetune", seed=1,
+                            training=QUICK.model_copy(update={"source_anchor": 10.0}))
+    assert 0 < distance(held) < 0.5 * distance(free)
+    scratch = [source_model.fit(target, x, y, regime="scratch", seed=1, training=t)
+               for t in (QUICK, QUICK.model_copy(update={"source_anchor": 10.0}))]
+    assert all(torch.equal(a, b) for a, b in zip(*(list(m.members[0].parameters()) for m in scratch)))
+
+
 def test_fitting_refuses_mismatched_or_too_little_data(source_model):
     with pytest.raises(ValueError, match="do not match"):
         source_model.fit(["Cu", "Ni"], np.ones((3, 3)) / 3, np.zeros(3))
