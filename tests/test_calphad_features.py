@@ -258,7 +258,7 @@ def test_a_prior_mean_feature_the_data_do_not_inform_has_no_effect():
         [[-1.0], [1.0]], dtype=torch.double), feature_role="mean")
     two = fit_single_task_gp(x, y, bounds=bounds, features=with_step, feature_bounds=torch.tensor(
         [[-1.0, 0.0], [1.0, 1.0]], dtype=torch.double), feature_role="mean")
-    assert float(two.mean_module.linear.weights[1]) == 0.0
+    assert two.mean_module.linear.weights[1].item() == 0.0
     far = torch.tensor([[0.9]], dtype=torch.double)
     with torch.no_grad():
         assert float(two.posterior(far).mean) == pytest.approx(float(one.posterior(far).mean), abs=0.5)
