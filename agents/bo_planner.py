@@ -371,12 +371,13 @@ class BoPlanner(Planner):
             derived["peak_hardness_hv"] = PeakHardnessEstimate(table, self.space.composition.balance_element,
                                                                self.settings.calphad.strength)
         if "incomplete_solutionising" in names:
-            derived["incomplete_solutionising"] = lambda inputs: incomplete_solutionising(table, inputs)
+            derived["incomplete_solutionising"] = lambda inputs, tabulated: incomplete_solutionising(
+                table, inputs, tabulated)
 
         def of_inputs(inputs: torch.Tensor) -> torch.Tensor:
-            tabulated = table(inputs) if set(names) - set(derived) else None
-            return torch.stack([derived[n](inputs) if n in derived else tabulated[..., table.names.index(n)]
-                                for n in names], dim=-1)
+            tabulated = table(inputs)  # interpolated once per call (the acquisition's hot path), shared by all
+            return torch.stack([derived[n](inputs, tabulated) if n in derived
+                                else tabulated[..., table.names.index(n)] for n in names], dim=-1)
 
         with torch.no_grad():
             values = of_inputs(torch.cartesian_prod(*table.axes).reshape(-1, len(table.axes)))

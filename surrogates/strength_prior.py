@@ -95,12 +95,14 @@ class PeakHardnessEstimate:
         t = (f - grid[i]) / (grid[i + 1] - grid[i])
         return values[i] * (1 - t) + values[i + 1] * t
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        gamma_prime = self.features(x)[..., GAMMA_PRIME_COLUMN]
+    def __call__(self, x: torch.Tensor, tabulated: torch.Tensor | None = None) -> torch.Tensor:
+        """``tabulated``: ``self.features(x)`` where the caller has it already (one interpolation, not two)."""
+        gamma_prime = (self.features(x) if tabulated is None else tabulated)[..., GAMMA_PRIME_COLUMN]
         return self.hv_per_mpa * (self.solid_solution_mpa(x) + self.precipitation_mpa(gamma_prime))
 
 
-def incomplete_solutionising(features: CalphadFeatures, x: torch.Tensor) -> torch.Tensor:
+def incomplete_solutionising(features: CalphadFeatures, x: torch.Tensor,
+                             tabulated: torch.Tensor | None = None) -> torch.Tensor:
     """0 where the solution hold dissolves every gamma-prime particle, 1 where some survive it, by the
     planner's CALPHAD solvus (smoothed over :data:`SOLVUS_WIDTH_K`). Gamma-prime left undissolved
     coarsens at the solution temperature and adds little to hardening, and the fine precipitates of
@@ -108,4 +110,5 @@ def incomplete_solutionising(features: CalphadFeatures, x: torch.Tensor) -> torc
     solid solution. How much an incomplete solution costs is not the planner's to guess: as a second
     feature of the linear prior mean, its weight is fitted from the measurements (zero until one is
     made beyond the solvus)."""
-    return torch.sigmoid(-features(x)[..., SOLVUS_COLUMN] / SOLVUS_WIDTH_K)
+    tabulated = features(x) if tabulated is None else tabulated
+    return torch.sigmoid(-tabulated[..., SOLVUS_COLUMN] / SOLVUS_WIDTH_K)
