@@ -124,11 +124,12 @@ class AlloyTwin:
             rows.append([c[e] for e in self.free_elements])
         return np.asarray(rows, dtype=float)
 
-    def equilibrium(self, compositions, temperature_k: float | np.ndarray) -> dict[str, np.ndarray]:
+    def equilibrium(self, compositions, temperature_k: float | np.ndarray,
+                    phase_state: Literal["exact", "table"] | None = None) -> dict[str, np.ndarray]:
         """Equilibrium constituent fractions of each specimen at ``temperature_k`` (scalar or one per row),
-        from the source ``config.phase_state`` names."""
+        from the source ``phase_state`` (default ``config.phase_state``) names."""
         x = self.free_fractions(compositions)
-        if self.config.phase_state == "table":
+        if (phase_state or self.config.phase_state) == "table":
             return self.table(x, temperature_k)
         return self.exact_equilibrium(x, temperature_k)
 
@@ -150,9 +151,6 @@ class AlloyTwin:
         x = self.free_fractions(compositions)
         return self._process(x, route, _per_specimen(route, len(x)), self.config.phase_state)
 
-    def _equilibrium_source(self, phase_state: Literal["exact", "table"]):
-        return self.table if phase_state == "table" else self.exact_equilibrium
-
     def _process(self, x: np.ndarray, route, routes: list[list[ProcessStep]] | None,
                  phase_state: Literal["exact", "table"]) -> Microstructure:
         # Each hold drives gamma-prime towards the equilibrium fraction at its temperature, from the same
@@ -160,11 +158,10 @@ class AlloyTwin:
         # around 1325 K), a solution hold kept a spurious 0.1-5 % of gamma-prime in alloys that are
         # single gamma there by pycalphad; that coarsened and cost up to 60 HV at a grid line of the
         # table, a cliff of the interpolation, not of the thermodynamics (issue 19's plateaus).
-        equilibrium = self._equilibrium_source(phase_state)
         if routes is None:
             self._check_route(route)
             return apply_route(Microstructure.initial(len(x), self.config.kinetics), route,
-                               lambda t: equilibrium(x, t)["gamma_prime"], self.config.kinetics)
+                               lambda t: self.equilibrium(x, t, phase_state)["gamma_prime"], self.config.kinetics)
         for r in routes:
             self._check_route(r)
         state = Microstructure.initial(len(x), self.config.kinetics)
@@ -174,7 +171,8 @@ class AlloyTwin:
                 continue
             temperatures = np.array([s.temperature_k for s in steps])
             durations = np.array([s.duration_s for s in steps])
-            state = hold(state, temperatures, durations, equilibrium(x, temperatures)["gamma_prime"], self.config.kinetics)
+            state = hold(state, temperatures, durations, self.equilibrium(x, temperatures, phase_state)["gamma_prime"],
+                         self.config.kinetics)
             if steps[0].quench_medium in ("water", "oil"):
                 state = quench(state)
         return state
@@ -192,7 +190,7 @@ class AlloyTwin:
                                 self.temperature_range_k[0]) for r in (routes or [route])])
         if routes is None:
             last_t = last_t[0]
-        phases = self._equilibrium_source(phase_state)(x, last_t)
+        phases = self.equilibrium(x, last_t, phase_state)
         brittle = sum(phases[c] for c in BRITTLE)
         strength = self.yield_strength_mpa(x, micro)
         return SpecimenProperties(
