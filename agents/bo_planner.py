@@ -78,6 +78,8 @@ class CalphadPhysicsSettings(Section):
     offset_sd_k: float = Field(default=40.0, gt=0, description="how far (K) the database's solvus may be off, a priori")
     gradient_sd_k: float = Field(default=0.0, ge=0, description="how much (K) that error may change across each "
                                                                 "input's range (0: one shift everywhere)")
+    boundary_width_k: float = Field(default=12.5, gt=0, description="how blurred (K of margin) the boundary between "
+                                                                  "feasible and not is, for a known shift")
     objective_inputs: list[PhysicsFeature] = Field(
         default_factory=list, description="CALPHAD features the objective's GP sees beside the composition (hybrid "
                                           "surrogate); none: the GP sees the composition only")
@@ -253,7 +255,8 @@ class BoPlanner(Planner):
         if settings.feasibility == "calphad":
             from sdl.surrogates.calphad_features import CalphadFeasibility
 
-            self.calphad_feasibility = CalphadFeasibility(self.calphad_features, offset_sd_k=settings.calphad.offset_sd_k,
+            self.calphad_feasibility = CalphadFeasibility(self.calphad_features, width_k=settings.calphad.boundary_width_k,
+                                                          offset_sd_k=settings.calphad.offset_sd_k,
                                                           gradient_sd_k=settings.calphad.gradient_sd_k)
         self.transfer_model = self._transfer_model(settings.prior, context) if settings.prior is not None else None
         self.transfer_bounds: torch.Tensor | None = None

@@ -83,13 +83,24 @@ def main() -> None:
             started = time.perf_counter()
             point = planner.propose(ProposeRequest(n=1, observations=observations, feasibility=classifier))[0]
             seconds = time.perf_counter() - started
+            belief = ""
+            calphad = getattr(planner, "calphad_feasibility", None)
+            if calphad is not None:  # what the planner believed of the alloy it proposed
+                free_index = [columns.index(e) for e in free]
+                model = calphad.updated(as_tensor(rows)[:, free_index],
+                                        torch.tensor([float(r["feasible"]) for r in rows], dtype=torch.double)) \
+                    if rows else calphad
+                x_new = as_tensor([point.composition.root])[:, free_index]
+                with torch.no_grad():
+                    belief = (f"  P(feasible) {float(model.log_probability(x_new).exp()):.2f}"
+                              f" margin {float(calphad.features.margin_k(x_new)):+6.1f} K")
             measured = problem.measure([point], rng)[0]
             observations.append(Observation(point=point, status="done", measurements=measured))
             value, ok = problem.truth([point])
             rows.append({**point.composition.root, "hardness_hv": float(value[0]), "feasible": bool(ok[0]),
                          "planner_s": seconds})
             print(f"seed {seed} {k:2d} " + " ".join(f"{e} {point.composition[e]:.4f}" for e in free)
-                  + f"  {value[0]:6.1f} HV  {'feasible' if ok[0] else 'INFEASIBLE'}  {seconds:4.1f} s", flush=True)
+                  + f"  {value[0]:6.1f} HV  {'feasible' if ok[0] else 'INFEASIBLE'}  {seconds:4.1f} s{belief}", flush=True)
         reached = next((k + 1 for k, r in enumerate(rows) if r["feasible"] and r["hardness_hv"] >= 0.95 * best), None)
         print(f"seed {seed}: 95 % of the best reached after {reached or 'more than ' + str(args.budget)} experiments; "
               f"{sum(not r['feasible'] for r in rows)} infeasible")

@@ -201,33 +201,36 @@ class CalphadFeasibility:
     with the database and moves nothing, where a polynomial classifier on composition would bend its
     whole boundary (the cause of issue 19's plateaus).
 
-    The slope, how sharp the boundary is, is fixed: the truth's phase state is a deterministic function
+    The width, how blurred the boundary is, is fixed: the truth's phase state is a deterministic function
     of composition, so what a lab does not know is *where* the boundary lies, not how blurred it is
-    (the slope's width, ``scale_k / slope`` K, covers the table's interpolation error). A learned slope
+    (``width_k`` covers the table's interpolation error). Too wide a width is not the cautious choice:
+    it expects failures just inside the boundary, so every success there pushes the boundary outwards
+    and the planner believes alloys beyond it feasible (on twin_1325_1075, P = 0.6-0.7 at margins of
+    -6 to -15 K, all of them infeasible, with a width of 12.5 K; against exact equilibria the twin's
+    boundary is 1.7 K wide, twin_1325_1075's 8 K, measured by maximum likelihood). A learned slope
     also put a floor under P(feasible): its uncertainty grows the logit's variance with the margin
     squared, so an alloy 390 K beyond the boundary, measured infeasible, kept P = 0.04, and on
     twin_1350_1100 the planner re-proposed that alloy eleven times in one run."""
 
-    def __init__(self, features: CalphadFeatures, *, scale_k: float = 25.0, slope: float = 2.0,
-                 offset_sd_k: float = 40.0, gradient_sd_k: float = 0.0) -> None:
+    def __init__(self, features: CalphadFeatures, *, width_k: float = 12.5, offset_sd_k: float = 40.0,
+                 gradient_sd_k: float = 0.0) -> None:
         self.features = features
-        self.scale_k = scale_k
-        self.slope = slope
+        self.width_k = width_k
         # gradient_sd_k > 0: the database's error may also vary linearly across the space, by about that
         # many kelvin from one end of each input's range to the other (a perturbed phase's Gibbs energy
         # shifts a solvus more where there is more of that phase), so verdicts can tilt the boundary.
         self.gradient = gradient_sd_k > 0
         self.low = torch.stack([a[0] for a in features.axes])
         self.span = torch.stack([(a[-1] - a[0]).clamp_min(1e-12) for a in features.axes])
-        variances = [(slope * offset_sd_k / scale_k) ** 2]
+        variances = [(offset_sd_k / width_k) ** 2]  # the logit is in units of the width
         if self.gradient:
-            variances += [(slope * gradient_sd_k / scale_k) ** 2] * len(features.axes)
+            variances += [(gradient_sd_k / width_k) ** 2] * len(features.axes)
         self.mean = torch.zeros(len(variances), dtype=DTYPE)
         self.covariance = torch.diag(torch.tensor(variances, dtype=DTYPE))
 
     def _known(self, x_free: torch.Tensor) -> torch.Tensor:
         """The logit's fixed part: the database's margin, in units of the boundary's width."""
-        return self.slope * self.features.margin_k(x_free) / self.scale_k
+        return self.features.margin_k(x_free) / self.width_k
 
     def _phi(self, x_free: torch.Tensor) -> torch.Tensor:
         """The features of the learned part: the offset, and the centred inputs where the error may tilt."""
@@ -255,4 +258,4 @@ class CalphadFeasibility:
     def boundary_shift_k(self) -> float:
         """Where the posterior puts the boundary relative to the database's (K; positive: the truth
         needs more margin than the database says), in the middle of the space."""
-        return -float(self.mean[0]) / self.slope * self.scale_k
+        return -float(self.mean[0]) * self.width_k
