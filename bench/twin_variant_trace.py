@@ -6,7 +6,9 @@ there, and what its feasibility classifier believes about them as experiments co
 Problem and planner are taken by name from a bench config (configs/bench_physics.yaml by default), so
 the arm traced is the arm benchmarked. Prints, for the problem (the twin or one of its variants):
 - the band of alloys within 95 % of the best feasible hardness (4,000 Sobol' points of the space);
-- each proposal of each seed (composition, noiseless hardness, feasible), and when it first reaches 95 %;
+- each proposal of each seed (composition, noiseless hardness, feasible; for a planner with its own CALPHAD
+  feasibility, the P(feasible) it believed after the verdicts so far and its CALPHAD margin), and when it
+  first reaches 95 %;
 - P(feasible) of the planner's classifier at the five best feasible alloys after 0, 12, 20 and all
   experiments (the CALPHAD-trained classifier, Laplace-updated with each measured verdict as the
   planner does with ``update_classifier``).
@@ -68,6 +70,7 @@ def main() -> None:
                                               for j, e in enumerate(free)))
     top = np.argsort(-np.where(feasible, hardness, -np.inf))[:5]
     columns = list(space.composition.elements)
+    free_index = [columns.index(e) for e in free]
 
     def as_tensor(rows: list[dict]) -> torch.Tensor:
         return torch.tensor([[r[e] for e in columns] for r in rows], dtype=torch.double)
@@ -86,7 +89,6 @@ def main() -> None:
             belief = ""
             calphad = getattr(planner, "calphad_feasibility", None)
             if calphad is not None:  # what the planner believed of the alloy it proposed
-                free_index = [columns.index(e) for e in free]
                 model = calphad.updated(as_tensor(rows)[:, free_index],
                                         torch.tensor([float(r["feasible"]) for r in rows], dtype=torch.double)) \
                     if rows else calphad

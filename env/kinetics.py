@@ -136,10 +136,9 @@ def hold(state: Microstructure, temperature_k: np.ndarray | float, duration_s: n
     # of +55 HV in a 2 K sliver at the solvus, which the twin's best alloys sat on (issue 19).
     k_c = coarsening_rate_m3_per_s(t_k, p)
     safe_f0 = np.where(f0 > 0, f0, 1.0)
-    old_number = np.where((f0 > 0) & (r0 > 0), f0 / np.where(r0 > 0, r0, 1.0) ** 3, 0.0)
-    new_number = np.clip(fraction - f0, 0.0, None) / p.nucleus_radius_m**3
-    number = old_number + new_number
-    r3_grown = np.where(number > 0, fraction / np.where(number > 0, number, 1.0), 0.0)
+    number = (np.where(r0 > 0, f0 / np.where(r0 > 0, r0, 1.0) ** 3, 0.0)  # the old particles (r0 = 0: none)
+              + np.clip(fraction - f0, 0.0, None) / p.nucleus_radius_m**3)  # and the new ones
+    r3_grown = fraction / np.where(number > 0, number, 1.0)  # number = 0 only where fraction = f0 = 0
     r3_dissolved = r0**3 * np.clip(fraction / safe_f0, 0.0, 1.0)
     r3 = np.where(growing, r3_grown, r3_dissolved) + k_c * dt
     present = fraction > 1e-6

@@ -190,7 +190,7 @@ class CalphadFeatures:
 
 
 class CalphadFeasibility:
-    """P(target phase state | composition) = logistic(slope x margin / scale + offset), with the margin
+    """P(target phase state | composition) = logistic(margin / width_k + offset), with the margin
     from the planner's own CALPHAD (:meth:`CalphadFeatures.margin_k`) and a Gaussian posterior over the
     offset, updated by Laplace with each experiment's measured verdict.
 

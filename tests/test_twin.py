@@ -1,6 +1,8 @@
 """The alloy twin's physics: qualitative metallurgy from CALPHAD (Al-Co-Cr-Ni), kinetics limits,
 strength, determinism. One small CALPHAD grid per module, cached on disk."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -113,9 +115,8 @@ def test_coarse_gamma_prime_left_by_a_solution_hold_does_not_coarsen_what_ageing
     """Issue 19: 0.1 % of coarse gamma-prime (700 nm) left undissolved, then ageing precipitates 20 %
     as new particles. The mean radius is volume over particle count, so the few coarse particles hardly
     move it (mixing r^3 by volume made it ~120 nm, and the alloys at the solvus 55 HV harder)."""
-    undissolved = Microstructure.initial(2, P)
-    undissolved = Microstructure(**{**vars(undissolved), "precipitate_fraction": np.array([0.0, 0.001]),
-                                    "precipitate_radius_m": np.array([0.0, 700e-9])})
+    undissolved = replace(Microstructure.initial(2, P), precipitate_fraction=np.array([0.0, 0.001]),
+                          precipitate_radius_m=np.array([0.0, 700e-9]))
     aged_both = hold(undissolved, 1075.0, 600.0, np.array([0.2, 0.2]), P)
     clean, with_coarse = aged_both.precipitate_radius_m
     assert aged_both.precipitate_fraction[1] > aged_both.precipitate_fraction[0] > 0.05
