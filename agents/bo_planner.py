@@ -136,10 +136,15 @@ class BoSettings(Section):
         description="feasibility 'classifier': also learn from each experiment's `constraint` verdict (Laplace update)")
     feasibility_exponent: float = Field(
         default=1.0, ge=0.0, le=10.0, description="EI x P(feasible)^exponent; above 1 avoids failed specimens harder")
+    feasibility_floor: float = Field(
+        default=0.0, ge=0.0, lt=1.0, description="a chance constraint: propose only alloys with P(feasible) at least "
+                                                 "this (the acquisition is maximised inside that region); 0: none")
     penalty_weight: float = Field(default=10.0, ge=0, description="objective standard deviations per unit violation")
     initial_points: int = Field(default=8, ge=2, description="Sobol' points before the first model")
-    initial_design: Literal["sobol", "causal"] = Field(
-        default="sobol", description="the first points: Sobol', or the causal planner's best guesses from a past ledger")
+    initial_design: Literal["sobol", "causal", "physics"] = Field(
+        default="sobol", description="the first points: Sobol', or the causal planner's best guesses from a past ledger, "
+                                     "or (physics) first the alloy the planner's own peak-hardness estimate ranks "
+                                     "highest (inside the chance constraint), then Sobol'")
     causal: CausalSettings | None = Field(default=None, description="initial_design 'causal': the causal planner's settings")
     prior: TransferPriorSettings | None = Field(
         default=None, description="the objective's prior mean from a model of another alloy system ({kind: transfer, "
@@ -167,6 +172,12 @@ class BoSettings(Section):
                 raise ValueError("constraint_handling 'penalty' applies to a single objective")
         if self.initial_design == "causal" and self.causal is None:
             raise ValueError("initial_design 'causal' needs the `causal` settings (at least `history`)")
+        if self.initial_design == "physics" and self.calphad is None:
+            raise ValueError("initial_design 'physics' needs the `calphad` settings (the planner's own thermodynamics "
+                             "and strength belief give its estimate)")
+        if self.feasibility_floor > 0 and (self.feasibility == "none" or self.constraint_handling != "probability"):
+            raise ValueError("feasibility_floor needs a P(feasible): feasibility classifier, measured or calphad, "
+                             "with constraint_handling 'probability'")
         if self.prior is not None and self.extra_objectives:
             raise ValueError("a transfer prior models one objective; it cannot be given with extra_objectives")
         if self.prior is not None and (self.calphad is not None and (self.calphad.objective_inputs
@@ -197,6 +208,37 @@ class FeasibilityWeighted(AcquisitionFunction):
         self.acquisition.set_X_pending(X_pending)
 
 
+class ChanceConstrained(AcquisitionFunction):
+    """An acquisition restricted to log P(feasible) >= log floor by an exact penalty (weight x violation, in
+    log units): above the acquisition's largest slope, its constrained maximiser is a maximiser of the
+    penalised one. Why not SLSQP's nonlinear constraints: BoTorch then optimises the restarts one by one,
+    three to four times slower here."""
+
+    def __init__(self, acquisition: AcquisitionFunction, log_feasibility, log_floor: float, weight: float = 1e3) -> None:
+        super().__init__(model=acquisition.model)
+        self.acquisition = acquisition
+        self.log_feasibility = log_feasibility
+        self.log_floor = log_floor
+        self.weight = weight
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        violation = (self.log_floor - self.log_feasibility(X)).clamp_min(0.0).sum(dim=-1)
+        return self.acquisition(X) - self.weight * violation
+
+
+class PhysicsGuess(AcquisitionFunction):
+    """The planner's own estimate of the objective (no model, no data) as an acquisition, so that the first
+    experiment is searched like every other: on the simplex, inside the chance constraint."""
+
+    def __init__(self, estimate, columns: torch.Tensor) -> None:
+        super().__init__(model=None)
+        self.estimate = estimate
+        self.columns = columns
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        return self.estimate(X[..., self.columns]).sum(dim=-1)
+
+
 class BoPlanner(Planner):
     name = "bo"
     Settings = BoSettings
@@ -208,6 +250,9 @@ class BoPlanner(Planner):
             context.require_space("candidate_generator 'cvae'", composition_only=True)
         if settings.initial_design == "causal":
             CausalPlanner.check(settings.causal, context)
+        if settings.initial_design == "physics" and context.objective.direction != "maximize":
+            raise ValueError(f"initial_design 'physics' starts from the hardest alloy the planner's estimate knows, "
+                             f"but the objective {context.objective.measurement!r} is minimised")
         if settings.prior is not None:
             context.require_space("a transfer prior", composition=True)
             cls._transfer_model(settings.prior, context)
@@ -470,7 +515,8 @@ class BoPlanner(Planner):
             acquisition = self._acquisition(model, x, y, x_pending, feasible, seed=position + i)
             if log_feasibility is not None:
                 acquisition = FeasibilityWeighted(acquisition, log_feasibility, self.settings.feasibility_exponent)
-            chosen.append(self._optimize(acquisition, seed=position + i, generated=generated))
+            chosen.append(self._optimize(acquisition, sobol_seed=self.seed * 7919 + position + i, generated=generated,
+                                         log_feasibility=log_feasibility))
         return [self.to_point(c[0]) for c in chosen]
 
     def _observed_feasible(self, x: torch.Tensor, done: list[Observation], log_feasibility) -> torch.Tensor:
@@ -488,30 +534,58 @@ class BoPlanner(Planner):
 
     def _initial_design(self, request: ProposeRequest) -> list[DesignPoint]:
         """The Sobol' sequence; with a feasibility classifier, only its points with P(feasible) >= 0.5
-        (an alloy CALPHAD says cannot be processed is not worth a first experiment either). With
-        ``initial_design: causal``, the causal planner's best guesses from the past ledger instead."""
+        (an alloy CALPHAD says cannot be processed is not worth a first experiment either), or >= the
+        chance constraint's floor where that is higher. With ``initial_design: causal``, the causal
+        planner's best guesses from the past ledger instead; with ``physics``, the first experiment is
+        the alloy the planner's own peak-hardness estimate ranks highest."""
         if self.warm_start is not None:
             points = self.warm_start.propose(request)
             self.predicted = self.warm_start.predicted
             return points
+        position = len(request.observations) + len(request.pending)
+        points = self._feasible_sobol(request, position)
+        if self.settings.initial_design == "physics" and position == 0:
+            points[0] = self._physics_guess(request)
+        return points
+
+    def _feasible_sobol(self, request: ProposeRequest, position: int) -> list[DesignPoint]:
         if self.settings.feasibility == "calphad":
             log_probability = self._log_feasibility(request, [])
         elif self.settings.feasibility == "classifier" and request.feasibility is not None:
             log_probability = classifier_log_probability(request.feasibility, self.columns)
         else:
             return self.initial.propose(request)
-        position = len(request.observations) + len(request.pending)
+        log_floor = math.log(max(0.5, self.settings.feasibility_floor))
         kept: list[DesignPoint] = []
         scanned = 0
         while len(kept) < position + request.n:
             chunk = self.initial.points(scanned, 256)
             scanned += len(chunk)
             with torch.no_grad():
-                ok = log_probability(self.to_tensor(chunk)) >= math.log(0.5)
+                ok = log_probability(self.to_tensor(chunk)) >= log_floor
             kept.extend(p for p, good in zip(chunk, ok.tolist()) if good)
             if scanned > 64 * (position + request.n) and not kept:
                 return self.initial.propose(request)  # the classifier rules out (almost) everything: ignore it
         return kept[position: position + request.n]
+
+    def _physics_guess(self, request: ProposeRequest) -> DesignPoint:
+        """What a metallurgist makes first: the alloy of highest estimated peak-aged hardness (the planner's
+        own CALPHAD gamma-prime fraction and strength belief, :mod:`sdl.surrogates.strength_prior`) among
+        those it believes processable (P(feasible) at least the floor, and at least 0.5)."""
+        from sdl.surrogates.strength_prior import PeakHardnessEstimate
+
+        estimate = PeakHardnessEstimate(self.calphad_features, self.space.composition.balance_element,
+                                        self.settings.calphad.strength)
+        log_feasibility = None
+        if self.settings.feasibility == "calphad" or (self.settings.feasibility == "classifier"
+                                                      and request.feasibility is not None):
+            log_feasibility = self._log_feasibility(request, [])
+        floor = max(0.5, self.settings.feasibility_floor)
+        with torch.random.fork_rng():  # the same guess for every seed: it is the physics', not the campaign's
+            torch.manual_seed(0)
+            best = self._optimize(PhysicsGuess(estimate, self.free_index), sobol_seed=0,
+                                  log_feasibility=log_feasibility, floor=floor)
+        return self.to_point(best[0])
 
     def _acquisition(self, model, x, y, x_pending, feasible, *, seed: int) -> AcquisitionFunction:
         sampler = SobolQMCNormalSampler(sample_shape=torch.Size([self.settings.mc_samples]), seed=self.seed + seed)
@@ -565,14 +639,18 @@ class BoPlanner(Planner):
         out[:, index] = fractions
         return out
 
-    def _optimize(self, acquisition: AcquisitionFunction, *, seed: int, generated: torch.Tensor | None = None
-                  ) -> torch.Tensor:
+    def _optimize(self, acquisition: AcquisitionFunction, *, sobol_seed: int, generated: torch.Tensor | None = None,
+                  log_feasibility=None, floor: float | None = None) -> torch.Tensor:
+        """The acquisition's maximiser (1 x d); with a chance constraint (``floor``, default the settings'
+        ``feasibility_floor``) only over points whose P(feasible) reaches it, or, where none of the
+        starting points does, the most probably feasible of them."""
         s = self.settings
+        floor = s.feasibility_floor if floor is None else floor
         # Starting points: Sobol' points of the space itself (on the simplex, inside the bounds),
         # and the generator's where one is used; BoTorch's initialize_q_batch keeps a good, diverse
         # subset as restarts.
         sobol_n = s.raw_samples - (0 if generated is None else len(generated))
-        sampler = qmc.Sobol(d=self.space.dimension, scramble=True, seed=self.seed * 7919 + seed)
+        sampler = qmc.Sobol(d=self.space.dimension, scramble=True, seed=sobol_seed)
         raw: list[DesignPoint] = []
         while len(raw) < sobol_n:
             accepted, _ = self.space.from_unit_cube(sampler.random(s.raw_samples))
@@ -581,6 +659,15 @@ class BoPlanner(Planner):
         if generated is not None:
             raw_x = torch.cat([raw_x, generated])
         raw_x = raw_x.unsqueeze(1)
+        constrained = floor > 0 and log_feasibility is not None
+        if constrained:
+            log_floor = math.log(floor)
+            with torch.no_grad():
+                log_p = torch.cat([log_feasibility(chunk).squeeze(-1) for chunk in raw_x.split(512)])
+            if not (log_p >= log_floor).any():
+                return raw_x[int(log_p.argmax())]  # nothing believed safe enough: the safest start teaches most
+            raw_x = raw_x[log_p >= log_floor]
+            acquisition = ChanceConstrained(acquisition, log_feasibility, log_floor)
         with torch.no_grad():
             values = torch.cat([acquisition(chunk) for chunk in raw_x.split(128)])
         starts, _ = initialize_q_batch(raw_x, values, n=min(s.num_restarts, len(raw_x)))
@@ -590,4 +677,9 @@ class BoPlanner(Planner):
                                          batch_initial_conditions=starts,
                                          equality_constraints=self.equality_constraints or None,
                                          options={"maxiter": 200})
-        return candidate.detach()
+        candidate = candidate.detach()
+        if constrained:
+            with torch.no_grad():
+                if float(log_feasibility(candidate).squeeze()) < log_floor - 1e-3:  # outside by > 0.1 %: the best start
+                    return starts[int(acquisition(starts).argmax())]
+        return candidate

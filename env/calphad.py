@@ -11,6 +11,11 @@ Phases are reported as microstructural constituents a metallurgist names, not as
 labels: the ordered and disordered FCC share the ``L12_FCC`` model in an order-disorder database,
 so composition sets are told apart by their site fractions (``gamma`` disordered, ``gamma_prime``
 ordered L1_2); likewise B2 (NiAl-type, brittle) from disordered BCC.
+
+A grid is checked against thermodynamics before it is cached: the equilibrium Gibbs energy is convex in
+composition, so a point above the chord of its neighbours is a metastable state, solved again a nudge
+away. Points inside a region where pycalphad misses the equilibrium throughout cannot be told this
+way (only the region's edge is above a chord); they are counted, not hidden.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import os
 import re
 import sqlite3
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +50,16 @@ TRACE_FRACTION = 1e-6
 # temperatures per call keep progress visible without paying the compile often.
 TEMPERATURES_PER_CALL = 4
 TEMPERATURE_DECIMALS = 1
+# The equilibrium molar Gibbs energy is convex in composition, so a grid point whose Gibbs energy lies
+# above the chord of its neighbours along an axis is not an equilibrium but a minimisation pycalphad left
+# in a metastable single phase (seen: gamma-prime 1.0 at Al 0.1294, Co 0.1156, Cr 0.0231, 1050 K, 138 J/mol
+# above the chord, where the neighbours hold 5-50 % and the true state about 27 %). Correct points lie on
+# or below the chord to round-off (0 J/mol on a 9^3 grid); such a point is solved again a nudge away.
+CONVEXITY_TOLERANCE_J_PER_MOL = 0.5
+REPAIR_NUDGE = 2e-4  # mole fraction: 0.02 at.% moves a phase fraction by ~0.1 %, far below the grid's spacing
+# The cache's entries are keyed by this revision too: a change in how equilibria are computed (revision 2:
+# the convexity repair above) must not be served values of the old one.
+SOLVER_REVISION = 2
 
 
 def default_cache_path() -> Path:
@@ -159,6 +175,7 @@ class PhaseEquilibria:
 
         self.database_path = resolve_database(database)
         self.database_sha = hashlib.sha256(self.database_path.read_bytes()).hexdigest()[:16]
+        self._cache_key = f"{self.database_sha}:r{SOLVER_REVISION}"
         self.db = Database(str(self.database_path))
         known = {e.capitalize() for e in self.db.elements if e not in ("/-", "VA")}
         unknown = sorted(set(elements) - known)
@@ -176,6 +193,8 @@ class PhaseEquilibria:
         )
         self._cache.commit()
         self.computed_points = 0  # equilibria computed by pycalphad (not served from the cache)
+        self.repaired_points = 0  # of those, grid points solved again off a metastable state onto the hull
+        self.metastable_points = 0  # and those no nudge brought onto it (pycalphad misses a region there)
         self._workspace = None  # pycalphad.Workspace, built on first use
         # One caller at a time: an instrument with capacity > 1 calls from several threads, and both
         # the SQLite connection (one transaction at a time) and the Workspace (its conditions are
@@ -210,7 +229,7 @@ class PhaseEquilibria:
 
     def _key(self, free: dict[str, float], temperature_k: float) -> tuple[str, str, float]:
         composition = json.dumps({k: round(v, COMPOSITION_DECIMALS) for k, v in sorted(free.items())})
-        return self.database_sha, composition, round(float(temperature_k), TEMPERATURE_DECIMALS)
+        return self._cache_key, composition, round(float(temperature_k), TEMPERATURE_DECIMALS)
 
     def _cached(self, keys: list[tuple[str, str, float]]) -> dict[tuple[str, str, float], dict[str, float]]:
         if len(keys) <= 64:  # a point or two: look each up by primary key, not by scanning the table
@@ -223,7 +242,7 @@ class PhaseEquilibria:
             return found
         rows = self._cache.execute(
             "SELECT database, composition, temperature_k, fractions FROM equilibria WHERE database=?",
-            (self.database_sha,),
+            (self._cache_key,),
         )
         wanted = set(keys)
         return {k: json.loads(r[3]) for r in rows if (k := (r[0], r[1], r[2])) in wanted}
@@ -233,8 +252,8 @@ class PhaseEquilibria:
             self._cache.executemany("INSERT OR REPLACE INTO equilibria VALUES (?, ?, ?, ?)",
                                     [(*k, json.dumps(f)) for k, f in computed.items()])
 
-    def _compute(self, axes: dict[str, np.ndarray], temperatures_k: Sequence[float]) -> dict[tuple, dict[str, float]]:
-        """One pycalphad call over the full grid of ``axes`` x ``temperatures_k``."""
+    def _solve(self, axes: dict[str, np.ndarray], temperatures_k: Sequence[float]):
+        """One pycalphad call over the full grid of ``axes`` x ``temperatures_k`` (its xarray dataset)."""
         from pycalphad import Workspace
         from pycalphad import variables as v
 
@@ -248,12 +267,26 @@ class PhaseEquilibria:
             self._workspace = Workspace(self.db, self._components, self._phases, conditions)
         else:
             self._workspace.conditions = conditions
-        result = self._workspace.eq.get_dataset()
+        return self._workspace.eq.get_dataset()
+
+    def _fractions(self, phases, amounts, sites) -> dict[str, float]:
+        fractions = dict.fromkeys(CONSTITUENTS, 0.0)
+        for label, np_, y in zip(phases, amounts, sites):
+            if label and np.isfinite(np_):
+                fractions[self._constituent(str(label), y)] += float(np_)
+        return fractions
+
+    def _compute(self, axes: dict[str, np.ndarray], temperatures_k: Sequence[float]) -> dict[tuple, dict[str, float]]:
+        """Equilibria on the grid of ``axes`` x ``temperatures_k``: one pycalphad call, then the points that
+        break the convexity of the Gibbs energy solved again (:meth:`_repaired`)."""
+        result = self._solve(axes, temperatures_k)
         names = list(axes)
         order = ["T"] + [f"X_{n.upper()}" for n in names] + ["vertex"]
         phase = result.Phase.squeeze(["N", "P"]).transpose(*order).values
         amount = result.NP.squeeze(["N", "P"]).transpose(*order).values
         sites = result.Y.squeeze(["N", "P"]).transpose(*order, "internal_dof").values
+        gibbs = result.GM.squeeze(["N", "P"]).transpose(*order[:-1]).values
+        excess = _above_chord(gibbs, [np.maximum(np.asarray(axes[n], dtype=float), TRACE_FRACTION) for n in names])
         out = {}
         for ti, temperature in enumerate(result.T.values):
             for index in itertools.product(*(range(len(axes[n])) for n in names)):
@@ -261,12 +294,49 @@ class PhaseEquilibria:
                 fractions = dict.fromkeys(CONSTITUENTS, 0.0)
                 if sum(free.values()) <= 1.0 + 1e-12:
                     at = (ti, *index)
-                    for label, np_, y in zip(phase[at], amount[at], sites[at]):
-                        if label and np.isfinite(np_):
-                            fractions[self._constituent(str(label), y)] += float(np_)
+                    fractions = self._fractions(phase[at], amount[at], sites[at])
+                    if excess[at] > CONVEXITY_TOLERANCE_J_PER_MOL:
+                        fractions = self._repaired(free, float(temperature), gibbs[at], gibbs[at] - excess[at]) \
+                            or fractions
                 out[self._key(free, temperature)] = fractions
         self.computed_points += len(out)
         return out
+
+    def _repaired(self, free: dict[str, float], temperature_k: float, gibbs_j_per_mol: float,
+                  chord_j_per_mol: float) -> dict[str, float] | None:
+        """The constituents at a point pycalphad left above the chord of its neighbours, solved again at
+        compositions a nudge away (every free element up, then down, then each one alone): the first whose
+        tangent plane, extended back to the point, reaches the chord, else the most stable state found. None
+        where no nudge finds a state more stable than the first solution: pycalphad misses the equilibrium
+        over a region there, not at a point (counted in ``metastable_points``)."""
+        elements = list(free)
+        directions = [dict.fromkeys(elements, 1.0), dict.fromkeys(elements, -1.0)]
+        directions += [{e: sign if e == one else 0.0 for e in elements} for one in elements for sign in (1.0, -1.0)]
+        at_point = {e.upper(): max(x, TRACE_FRACTION) for e, x in free.items()}
+        balance = next(c for c in self._components if c != "VA" and c not in at_point)
+        at_point[balance] = 1.0 - sum(at_point.values())
+        best = None
+        for direction in directions:
+            nudged = {e: x + direction[e] * REPAIR_NUDGE for e, x in free.items()}
+            if min(nudged.values()) < 0 or sum(nudged.values()) > 1:
+                continue
+            result = self._solve({e: np.array([x]) for e, x in nudged.items()}, [temperature_k])
+            mu = dict(zip(result.component.values.tolist(), result.MU.values.reshape(-1).tolist()))
+            gibbs = sum(mu[c] * x for c, x in at_point.items())  # G(x) = sum mu_i x_i on the tangent plane
+            phases = result.Phase.values.reshape(-1)
+            if best is None or gibbs < best[0]:
+                best = (gibbs, self._fractions(phases, result.NP.values.reshape(-1),
+                                               result.Y.values.reshape(len(phases), -1)))
+            if gibbs <= chord_j_per_mol + CONVEXITY_TOLERANCE_J_PER_MOL:
+                break
+        if best is None or best[0] >= gibbs_j_per_mol - CONVEXITY_TOLERANCE_J_PER_MOL:
+            self.metastable_points += 1
+            return None
+        if best[0] <= chord_j_per_mol + CONVEXITY_TOLERANCE_J_PER_MOL:
+            self.repaired_points += 1
+        else:
+            self.metastable_points += 1  # more stable than the first solution, still above the chord
+        return best[1]
 
     def point(self, free: dict[str, float], temperatures_k: Sequence[float]) -> dict[float, dict[str, float]]:
         """Constituent fractions at one composition (free element -> mole fraction) and temperatures.
@@ -311,6 +381,7 @@ class PhaseEquilibria:
         with self._lock:
             values = self._cached(list(keys.values()))
             missing = sorted({ti for (ti, _), key in keys.items() if key not in values})
+            metastable_before = self.metastable_points
             for start in range(0, len(missing), TEMPERATURES_PER_CALL):
                 chunk = [float(temperatures[ti]) for ti in missing[start:start + TEMPERATURES_PER_CALL]]
                 computed = self._compute(arrays, chunk)
@@ -318,9 +389,31 @@ class PhaseEquilibria:
                 values.update(computed)
                 if progress is not None:
                     progress(min(start + TEMPERATURES_PER_CALL, len(missing)), len(missing))
+            if self.metastable_points > metastable_before:
+                warnings.warn(f"{self.metastable_points - metastable_before} of {len(keys)} equilibria of this grid "
+                              f"({self.database_path.name}) stay above the convex hull of their neighbours after "
+                              f"solving them again: pycalphad misses the equilibrium there", RuntimeWarning,
+                              stacklevel=2)
         tables = {c: np.full(shape, np.nan) for c in CONSTITUENTS}
         for (ti, index), key in keys.items():
             if sum(arrays[e][i] for e, i in zip(free_elements, index)) <= 1.0 + 1e-12:
                 for c in CONSTITUENTS:
                     tables[c][(ti, *index)] = values[key][c]
         return PhaseTable(free_elements, balance[0], tuple(arrays.values()), temperatures, tables)
+
+
+def _above_chord(gibbs: np.ndarray, axes: Sequence[np.ndarray]) -> np.ndarray:
+    """How far (J/mol) each grid point's Gibbs energy lies above the chord of its two neighbours, the most
+    along any composition axis (``gibbs``: temperature x one axis per free element); 0 on the grid's edges
+    and where a neighbour lies outside the composition simplex (NaN)."""
+    excess = np.zeros_like(gibbs)
+    for k, values in enumerate(axes):
+        if len(values) < 3:
+            continue
+        g = np.moveaxis(gibbs, k + 1, 0)
+        weight = ((values[1:-1] - values[:-2]) / (values[2:] - values[:-2])).reshape(-1, *([1] * (g.ndim - 1)))
+        above = g[1:-1] - ((1 - weight) * g[:-2] + weight * g[2:])
+        along = np.zeros_like(g)
+        along[1:-1] = np.nan_to_num(above, nan=0.0)
+        excess = np.maximum(excess, np.moveaxis(along, 0, k + 1))
+    return excess

@@ -119,6 +119,35 @@ def test_classifier_feasibility_keeps_proposals_out_of_a_known_infeasible_region
     assert max(chosen["plain"]) > 0.8, chosen  # without the classifier the planner walks into the region
 
 
+def test_a_chance_constraint_keeps_every_proposal_where_feasibility_is_believed_likely():
+    """feasibility_floor: the acquisition is maximised only where P(feasible) >= the floor, and where no
+    point is believed that safe, the planner proposes the most probably feasible one it found."""
+    rng = np.random.default_rng(0)
+    x = rng.random((300, 2))
+    classifier = BayesianLogisticClassifier(degree=1, num_steps=1500).fit(x, (x[:, 0] <= 0.6).astype(float))
+    model = _feasibility_model(classifier, ["a", "b"])
+
+    def f(point):
+        return point.parameters["a"] + point.parameters["b"]
+
+    history = observe(start(SQUARE, 6), f)
+    planner = bo(SQUARE, seed=0, feasibility="classifier", feasibility_floor=0.9)
+    believed = []
+    for _ in range(5):
+        point = planner.propose(ProposeRequest(n=1, observations=history, feasibility=model))[0]
+        believed.append(float(feasibility_probability(model, [point])[0]))
+        history += observe([point], f)
+    assert min(believed) >= 0.9 * math.exp(-1e-3) - 1e-9, believed  # the constraint's tolerance: 0.1 % of P
+    assert max(believed) < 0.99, believed  # at the edge of the constraint, not timidly inside it
+    # a classifier that believes nothing feasible: the most probably feasible start, not an error
+    hopeless = BayesianLogisticClassifier(degree=1, num_steps=1500).fit(x, (x[:, 0] <= -0.5).astype(float))
+    bleak = _feasibility_model(hopeless, ["a", "b"])
+    point = planner.propose(ProposeRequest(n=1, observations=history, feasibility=bleak))[0]
+    assert point.parameters["a"] < 0.1
+    with pytest.raises(ValueError, match="feasibility_floor needs a P\\(feasible\\)"):
+        bo(SQUARE, feasibility_floor=0.9)
+
+
 def test_measured_constraint_and_penalty_steer_away_from_the_infeasible_corner():
     def f(point):
         return point.parameters["a"] + point.parameters["b"]

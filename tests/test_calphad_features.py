@@ -469,3 +469,48 @@ def test_a_prior_mean_on_the_physics_estimate_predicts_alloys_far_from_the_data(
         update={"strength": StrengthParameters(solid_solution_mpa={"Fe": 100.0})})})
     with pytest.raises(ValueError, match=r"solid-solution coefficients for \['Fe'\], which are not elements"):
         BoPlanner.check(wrong, AgentContext(space=space, seed=0))
+
+
+def test_the_physics_start_is_the_hardest_alloy_the_planner_believes_processable(cache, features):
+    """initial_design physics: the first experiment maximises the planner's own peak-hardness estimate inside
+    the chance constraint (no Sobol' alloy it believes as processable is estimated harder), the rest of the
+    initial design is the feasible Sobol' sequence, and a minimised objective is refused."""
+    from sdl.agents.base import AgentContext
+    from sdl.agents.bo_planner import BoPlanner, BoSettings
+    from sdl.agents.planner import ProposeRequest
+    from sdl.objective import ObjectiveConfig
+    from sdl.space import SearchSpace
+    from sdl.surrogates.strength_prior import PeakHardnessEstimate
+
+    space = SearchSpace.model_validate({"composition": {"elements": {"Ni": [0.55, 0.98], **{e: list(b) for e, b in
+                                                                                             BOUNDS.items()}},
+                                                        "balance": "Ni"}})
+    settings = {"feasibility": "calphad", "initial_points": 4, "initial_design": "physics", "feasibility_floor": 0.9,
+                "num_restarts": 4, "raw_samples": 256, "constraint": {"measurements": ["processable"], "at_least": 0.5},
+                "calphad": {"solution_temperature_k": SOLUTION_K, "ageing_temperature_k": AGEING_K,
+                            "points_per_axis": 3, "cache_path": str(cache), "objective_mean": ["peak_hardness_hv"]}}
+    hardness = ObjectiveConfig(measurement="hardness_hv", direction="maximize")
+    planner = BoPlanner(BoSettings.model_validate(settings), AgentContext(space=space, seed=0, objective=hardness))
+    first = planner.propose(ProposeRequest(n=3))
+    estimate = PeakHardnessEstimate(features, "Ni")
+    feasibility = planner.calphad_feasibility
+    x = planner.to_tensor(first)[:, planner.free_index]
+    sobol = planner.to_tensor(planner.initial.points(0, 2048))[:, planner.free_index]
+    with torch.no_grad():
+        believed = feasibility.log_probability(x).exp()
+        safe = feasibility.log_probability(sobol).exp() >= 0.9
+        best_sobol = float(estimate(sobol[safe]).max())
+        guess = float(estimate(x[:1]))
+    assert believed[0] >= 0.9 * math.exp(-1e-3) and bool((believed[1:] >= 0.9).all())
+    assert guess >= best_sobol - 0.5, (guess, best_sobol)
+    assert float(estimate(x[1:]).max()) < guess  # the others are the Sobol' sequence, not more guesses
+    for seed in (1, 2):  # what a metallurgist would make first does not depend on the seed
+        again = BoPlanner(BoSettings.model_validate(settings), AgentContext(space=space, seed=seed, objective=hardness))
+        x_again = again.to_tensor(again.propose(ProposeRequest(n=1)))[:, planner.free_index]
+        with torch.no_grad():
+            assert abs(float(estimate(x_again)) - guess) < 0.5
+    softness = ObjectiveConfig(measurement="hardness_hv", direction="minimize")
+    with pytest.raises(ValueError, match="initial_design 'physics' starts from the hardest alloy"):
+        BoPlanner(BoSettings.model_validate(settings), AgentContext(space=space, seed=0, objective=softness))
+    with pytest.raises(ValueError, match="initial_design 'physics' needs the `calphad` settings"):
+        BoSettings.model_validate({"initial_design": "physics"})

@@ -58,6 +58,32 @@ def test_cache_makes_the_second_grid_free(phases, tmp_path):
     assert equilibria.computed_points == before  # every point came from the cache
 
 
+def test_a_grid_point_left_in_a_metastable_state_is_solved_again_onto_the_convex_hull(tmp_path):
+    """pycalphad leaves Al 0.1294 Co 0.1156 Cr 0.0231 at 1050 K all gamma-prime (138 J/mol above the chord of
+    its neighbours; the neighbours hold 6-50 %). The equilibrium Gibbs energy is convex in composition, so the
+    grid notices, solves that point again a nudge away, and the spike is gone; every other point is kept."""
+    from sdl.env.calphad import _above_chord
+
+    equilibria = PhaseEquilibria(cache_path=tmp_path / "cache.sqlite")
+    try:
+        axes = {"Al": [0.1138, 0.1294, 0.145], "Co": [0.0925, 0.1156, 0.1387], "Cr": [0.0, 0.0231, 0.0462]}
+        table = equilibria.grid(axes, [1050.0])
+        assert equilibria.repaired_points >= 1
+        gamma_prime = table.fractions["gamma_prime"][0]
+        centre = gamma_prime[1, 1, 1]
+        assert 0.15 < centre < 0.4, gamma_prime  # between its neighbours (0.07 ... 0.49), not 1.0
+        assert gamma_prime[0, 1, 1] < centre < gamma_prime[2, 1, 1]
+        alone = equilibria.point({"Al": 0.1294, "Co": 0.1156, "Cr": 0.0231}, [1050.0])[1050.0]
+        assert alone["gamma_prime"] == pytest.approx(centre)  # the cache serves the repaired point
+    finally:
+        equilibria.close()
+    # the check itself: a point above the chord of its neighbours, on a non-uniform axis
+    gibbs = np.array([[[0.0], [10.0], [0.0]]]).reshape(1, 3, 1) + np.array([0.0, 0.0, 0.0]).reshape(1, 3, 1)
+    assert _above_chord(gibbs, [np.array([0.0, 0.1, 0.3]), np.array([0.5])])[0, 1, 0] == pytest.approx(10.0)
+    convex = np.array([0.0, -5.0, -6.0]).reshape(1, 3, 1)
+    assert _above_chord(convex, [np.array([0.0, 0.1, 0.3]), np.array([0.5])]).max() == 0.0
+
+
 def test_database_and_element_errors_say_what_is_available():
     with pytest.raises(CalphadError, match="ships no database 'nope.tdb'; available: .*alcocrni.tdb"):
         resolve_database("pycalphad:nope.tdb")

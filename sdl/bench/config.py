@@ -93,6 +93,8 @@ def planner_settings(spec: BenchPlannerSpec, problem: BenchProblem) -> Section:
         settings["feasibility"] = "none"  # an unconstrained problem: nothing to be feasible about
     if problem.heat_treatment_k is None:
         settings.pop("calphad", None)  # CALPHAD features need the campaign's heat treatment: alloy problems only
+        if settings.get("initial_design") == "physics":
+            settings["initial_design"] = "sobol"  # and so does the physics guess
     elif settings.get("feasibility") == "calphad" or "calphad" in settings:
         # The planner's own CALPHAD at the campaign's heat treatment (the route, not the truth's database).
         solution_k, ageing_k = problem.heat_treatment_k
@@ -101,6 +103,8 @@ def planner_settings(spec: BenchPlannerSpec, problem: BenchProblem) -> Section:
         settings["calphad"] = {"solution_temperature_k": solution_k, **ageing, **settings.get("calphad", {})}
     if spec.agent_kind == "planner.bo" and settings.get("feasibility") != "classifier":
         settings.pop("update_classifier", None)  # it refines a classifier only where the problem has one
+    if spec.agent_kind == "planner.bo" and settings.get("feasibility", "none") == "none":
+        settings.pop("feasibility_floor", None)  # a chance constraint only where there is a P(feasible)
     return validate_settings(agent_class(spec.agent_kind), settings, name=spec.name)
 
 
