@@ -15,7 +15,9 @@ ordered L1_2); likewise B2 (NiAl-type, brittle) from disordered BCC.
 A grid is checked against thermodynamics before it is cached: the equilibrium Gibbs energy is convex in
 composition, so a point above the chord of its neighbours is a metastable state, solved again a nudge
 away. Points inside a region where pycalphad misses the equilibrium throughout cannot be told this
-way (only the region's edge is above a chord); they are counted, not hidden.
+way (only the region's edge is above a chord), nor can points on the grid's edges or next to the
+simplex's face (one neighbour only); the region's edges are counted and reported, not hidden. A point
+solved alone has no neighbours and is not checked.
 """
 
 from __future__ import annotations
@@ -191,6 +193,9 @@ class PhaseEquilibria:
             "CREATE TABLE IF NOT EXISTS equilibria (database TEXT, composition TEXT, temperature_k REAL,"
             " fractions TEXT NOT NULL, PRIMARY KEY (database, composition, temperature_k))"
         )
+        # rows of earlier solver revisions are never read again (the first revision keyed by the hash alone)
+        self._cache.execute("DELETE FROM equilibria WHERE database=? OR (database LIKE ? AND database NOT LIKE ?)",
+                            (self.database_sha, f"{self.database_sha}:r%", f"{self._cache_key}%"))
         self._cache.commit()
         self.computed_points = 0  # equilibria computed by pycalphad (not served from the cache)
         self.repaired_points = 0  # of those, grid points solved again off a metastable state onto the hull
@@ -227,9 +232,12 @@ class PhaseEquilibria:
 
     # -- computing -----------------------------------------------------------------------------
 
-    def _key(self, free: dict[str, float], temperature_k: float) -> tuple[str, str, float]:
+    def _key(self, free: dict[str, float], temperature_k: float, *, alone: bool = False) -> tuple[str, str, float]:
+        # A point solved alone has no neighbours to check it against, so it is cached apart from grid points:
+        # what it returns never depends on which grid happened to run first.
         composition = json.dumps({k: round(v, COMPOSITION_DECIMALS) for k, v in sorted(free.items())})
-        return self._cache_key, composition, round(float(temperature_k), TEMPERATURE_DECIMALS)
+        return (f"{self._cache_key}:point" if alone else self._cache_key, composition,
+                round(float(temperature_k), TEMPERATURE_DECIMALS))
 
     def _cached(self, keys: list[tuple[str, str, float]]) -> dict[tuple[str, str, float], dict[str, float]]:
         if len(keys) <= 64:  # a point or two: look each up by primary key, not by scanning the table
@@ -242,7 +250,7 @@ class PhaseEquilibria:
             return found
         rows = self._cache.execute(
             "SELECT database, composition, temperature_k, fractions FROM equilibria WHERE database=?",
-            (self._cache_key,),
+            (keys[0][0],),  # one kind of key per call: grid points or points solved alone
         )
         wanted = set(keys)
         return {k: json.loads(r[3]) for r in rows if (k := (r[0], r[1], r[2])) in wanted}
@@ -276,9 +284,11 @@ class PhaseEquilibria:
                 fractions[self._constituent(str(label), y)] += float(np_)
         return fractions
 
-    def _compute(self, axes: dict[str, np.ndarray], temperatures_k: Sequence[float]) -> dict[tuple, dict[str, float]]:
+    def _compute(self, axes: dict[str, np.ndarray], temperatures_k: Sequence[float], *,
+                 alone: bool = False) -> dict[tuple, dict[str, float]]:
         """Equilibria on the grid of ``axes`` x ``temperatures_k``: one pycalphad call, then the points that
-        break the convexity of the Gibbs energy solved again (:meth:`_repaired`)."""
+        break the convexity of the Gibbs energy solved again (:meth:`_repaired`); keyed as points solved
+        ``alone`` where the grid is one composition."""
         result = self._solve(axes, temperatures_k)
         names = list(axes)
         order = ["T"] + [f"X_{n.upper()}" for n in names] + ["vertex"]
@@ -298,7 +308,7 @@ class PhaseEquilibria:
                     if excess[at] > CONVEXITY_TOLERANCE_J_PER_MOL:
                         fractions = self._repaired(free, float(temperature), gibbs[at], gibbs[at] - excess[at]) \
                             or fractions
-                out[self._key(free, temperature)] = fractions
+                out[self._key(free, temperature, alone=alone)] = fractions
         self.computed_points += len(out)
         return out
 
@@ -323,6 +333,8 @@ class PhaseEquilibria:
             result = self._solve({e: np.array([x]) for e, x in nudged.items()}, [temperature_k])
             mu = dict(zip(result.component.values.tolist(), result.MU.values.reshape(-1).tolist()))
             gibbs = sum(mu[c] * x for c, x in at_point.items())  # G(x) = sum mu_i x_i on the tangent plane
+            if not np.isfinite(gibbs):
+                continue  # pycalphad found no equilibrium at this nudge
             phases = result.Phase.values.reshape(-1)
             if best is None or gibbs < best[0]:
                 best = (gibbs, self._fractions(phases, result.NP.values.reshape(-1),
@@ -349,12 +361,12 @@ class PhaseEquilibria:
         rounded = {e: round(float(x), COMPOSITION_DECIMALS) for e, x in free.items()}
         if min(rounded.values()) < 0 or sum(rounded.values()) > 1.0:
             raise CalphadError(f"mole fractions must be >= 0 and sum to at most 1, got {rounded}")
-        keys = {float(t): self._key(rounded, t) for t in temperatures_k}
+        keys = {float(t): self._key(rounded, t, alone=True) for t in temperatures_k}
         with self._lock:
             values = self._cached(list(keys.values()))
             missing = [t for t, k in keys.items() if k not in values]
             if missing:
-                computed = self._compute({e: np.array([x]) for e, x in rounded.items()}, missing)
+                computed = self._compute({e: np.array([x]) for e, x in rounded.items()}, missing, alone=True)
                 self._store(computed)
                 values.update(computed)
         return {t: values[k] for t, k in keys.items()}

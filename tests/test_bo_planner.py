@@ -139,11 +139,12 @@ def test_a_chance_constraint_keeps_every_proposal_where_feasibility_is_believed_
         history += observe([point], f)
     assert min(believed) >= 0.9 * math.exp(-1e-3) - 1e-9, believed  # the constraint's tolerance: 0.1 % of P
     assert max(believed) < 0.99, believed  # at the edge of the constraint, not timidly inside it
+    assert planner.chance_fallbacks == 0  # each was the optimiser's own answer, not a fallback
     # a classifier that believes nothing feasible: the most probably feasible start, not an error
     hopeless = BayesianLogisticClassifier(degree=1, num_steps=1500).fit(x, (x[:, 0] <= -0.5).astype(float))
     bleak = _feasibility_model(hopeless, ["a", "b"])
     point = planner.propose(ProposeRequest(n=1, observations=history, feasibility=bleak))[0]
-    assert point.parameters["a"] < 0.1
+    assert point.parameters["a"] < 0.1 and planner.chance_fallbacks == 1
     with pytest.raises(ValueError, match="feasibility_floor needs a P\\(feasible\\)"):
         bo(SQUARE, feasibility_floor=0.9)
 

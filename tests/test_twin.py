@@ -73,15 +73,20 @@ def test_a_grid_point_left_in_a_metastable_state_is_solved_again_onto_the_convex
         centre = gamma_prime[1, 1, 1]
         assert 0.15 < centre < 0.4, gamma_prime  # between its neighbours (0.07 ... 0.49), not 1.0
         assert gamma_prime[0, 1, 1] < centre < gamma_prime[2, 1, 1]
-        alone = equilibria.point({"Al": 0.1294, "Co": 0.1156, "Cr": 0.0231}, [1050.0])[1050.0]
-        assert alone["gamma_prime"] == pytest.approx(centre)  # the cache serves the repaired point
+        before = equilibria.computed_points
+        again = equilibria.grid(axes, [1050.0])
+        assert equilibria.computed_points == before  # the repaired grid comes back from the cache
+        assert again.fractions["gamma_prime"][0][1, 1, 1] == pytest.approx(centre)
+        # a point solved alone has no neighbours to be checked against: cached apart, never served the grid's
+        equilibria.point({"Al": 0.1294, "Co": 0.1156, "Cr": 0.0231}, [1050.0])
+        assert equilibria.computed_points == before + 1
     finally:
         equilibria.close()
-    # the check itself: a point above the chord of its neighbours, on a non-uniform axis
-    gibbs = np.array([[[0.0], [10.0], [0.0]]]).reshape(1, 3, 1) + np.array([0.0, 0.0, 0.0]).reshape(1, 3, 1)
-    assert _above_chord(gibbs, [np.array([0.0, 0.1, 0.3]), np.array([0.5])])[0, 1, 0] == pytest.approx(10.0)
-    convex = np.array([0.0, -5.0, -6.0]).reshape(1, 3, 1)
-    assert _above_chord(convex, [np.array([0.0, 0.1, 0.3]), np.array([0.5])]).max() == 0.0
+    # the check itself: the excess over the chord of the neighbours on a non-uniform axis (x 0, 0.1, 0.3:
+    # the chord at 0.1 is a third of the way from G(0) to G(0.3))
+    axes = [np.array([0.0, 0.1, 0.3]), np.array([0.5])]
+    assert _above_chord(np.array([0.0, 12.0, 30.0]).reshape(1, 3, 1), axes)[0, 1, 0] == pytest.approx(2.0)
+    assert _above_chord(np.array([0.0, -5.0, -6.0]).reshape(1, 3, 1), axes).max() == 0.0  # convex: nothing
 
 
 def test_database_and_element_errors_say_what_is_available():
