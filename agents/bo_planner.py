@@ -594,8 +594,11 @@ class BoPlanner(Planner):
         floor = max(0.5, self.settings.feasibility_floor)
         with torch.random.fork_rng():  # the same guess for every seed: it is the physics', not the campaign's
             torch.manual_seed(0)
+            # the estimate has several local maxima, and costs a table lookup: search it more widely than EI
             best = self._optimize(PhysicsGuess(estimate, self.free_index, scale), sobol_seed=0,
-                                  log_feasibility=log_feasibility, floor=floor)
+                                  log_feasibility=log_feasibility, floor=floor,
+                                  raw_samples=max(4096, self.settings.raw_samples),
+                                  num_restarts=max(32, self.settings.num_restarts))
         return self.to_point(best[0])
 
     def _acquisition(self, model, x, y, x_pending, feasible, *, seed: int) -> AcquisitionFunction:
@@ -651,20 +654,23 @@ class BoPlanner(Planner):
         return out
 
     def _optimize(self, acquisition: AcquisitionFunction, *, sobol_seed: int, generated: torch.Tensor | None = None,
-                  log_feasibility=None, floor: float | None = None) -> torch.Tensor:
+                  log_feasibility=None, floor: float | None = None, raw_samples: int | None = None,
+                  num_restarts: int | None = None) -> torch.Tensor:
         """The acquisition's maximiser (1 x d); with a chance constraint (``floor``, default the settings'
         ``feasibility_floor``) only over points whose P(feasible) reaches it, or, where none of the
         starting points does, the most probably feasible of them."""
         s = self.settings
         floor = s.feasibility_floor if floor is None else floor
+        raw_samples = raw_samples or s.raw_samples
+        num_restarts = num_restarts or s.num_restarts
         # Starting points: Sobol' points of the space itself (on the simplex, inside the bounds),
         # and the generator's where one is used; BoTorch's initialize_q_batch keeps a good, diverse
         # subset as restarts.
-        sobol_n = s.raw_samples - (0 if generated is None else len(generated))
+        sobol_n = raw_samples - (0 if generated is None else len(generated))
         sampler = qmc.Sobol(d=self.space.dimension, scramble=True, seed=sobol_seed)
         raw: list[DesignPoint] = []
         while len(raw) < sobol_n:
-            accepted, _ = self.space.from_unit_cube(sampler.random(s.raw_samples))
+            accepted, _ = self.space.from_unit_cube(sampler.random(raw_samples))
             raw.extend(accepted)
         raw_x = self.to_tensor(raw[:sobol_n])
         if generated is not None:
@@ -682,7 +688,7 @@ class BoPlanner(Planner):
             acquisition = ChanceConstrained(acquisition, log_feasibility, log_floor)
         with torch.no_grad():
             values = torch.cat([acquisition(chunk) for chunk in raw_x.split(128)])
-        starts, _ = initialize_q_batch(raw_x, values, n=min(s.num_restarts, len(raw_x)))
+        starts, _ = initialize_q_batch(raw_x, values, n=min(num_restarts, len(raw_x)))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # optimizer warnings are retried inside optimize_acqf
             candidates, values = optimize_acqf(acquisition, bounds=self.bounds, q=1, num_restarts=len(starts),
