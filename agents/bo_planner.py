@@ -556,12 +556,17 @@ class BoPlanner(Planner):
             points[0] = self._physics_guess(request)
         return points
 
-    def _feasible_sobol(self, request: ProposeRequest, position: int) -> list[DesignPoint]:
+    def _prior_log_feasibility(self, request: ProposeRequest):
+        """log P(feasible) before any verdict (the planner's CALPHAD or the request's classifier), or None."""
         if self.settings.feasibility == "calphad":
-            log_probability = self._log_feasibility(request, [])
-        elif self.settings.feasibility == "classifier" and request.feasibility is not None:
-            log_probability = classifier_log_probability(request.feasibility, self.columns)
-        else:
+            return self._log_feasibility(request, [])
+        if self.settings.feasibility == "classifier" and request.feasibility is not None:
+            return classifier_log_probability(request.feasibility, self.columns)
+        return None
+
+    def _feasible_sobol(self, request: ProposeRequest, position: int) -> list[DesignPoint]:
+        log_probability = self._prior_log_feasibility(request)
+        if log_probability is None:
             return self.initial.propose(request)
         log_floor = math.log(max(0.5, self.settings.feasibility_floor))
         kept: list[DesignPoint] = []
@@ -587,10 +592,7 @@ class BoPlanner(Planner):
         with torch.no_grad():
             on_grid = estimate(torch.cartesian_prod(*table.axes).reshape(-1, len(table.axes)))
         scale = max(float(on_grid.max() - on_grid.min()), 1e-6)
-        log_feasibility = None
-        if self.settings.feasibility == "calphad" or (self.settings.feasibility == "classifier"
-                                                      and request.feasibility is not None):
-            log_feasibility = self._log_feasibility(request, [])
+        log_feasibility = self._prior_log_feasibility(request)
         floor = max(0.5, self.settings.feasibility_floor)
         with torch.random.fork_rng():  # the same guess for every seed: it is the physics', not the campaign's
             torch.manual_seed(0)
