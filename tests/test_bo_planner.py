@@ -242,3 +242,62 @@ def test_a_candidate_just_past_a_bound_comes_back_inside_the_space():
     point = planner.to_point(torch.tensor([0.5999999924007068, 0.135, 0.14, 0.1250000076], dtype=torch.double))
     space.check(point)
     assert sum(point.composition.root.values()) == pytest.approx(1.0, abs=1e-12)
+
+
+# The same alloy space, but Ni's bounds cannot bind: whatever Al, Co and Cr are, Ni = 1 - their sum lies in [0.4, 0.98].
+ALLOY_BOX = SearchSpace.model_validate({
+    "parameters": {"age_temperature_k": {"low": 950, "high": 1150}},
+    "composition": {"elements": {"Ni": [0.4, 0.98], "Al": [0.02, 0.2], "Co": [0.0, 0.2], "Cr": [0.0, 0.2]},
+                    "balance": "Ni"},
+})
+
+
+class _Closeness(torch.nn.Module):
+    """A known acquisition: minus the squared distance (in units of each column's range) to a target row."""
+
+    def __init__(self, target, bounds):
+        super().__init__()
+        self.target, self.span = torch.tensor(target, dtype=torch.double), bounds[1] - bounds[0]
+        self.model = None
+
+    def forward(self, X):
+        return -(((X - self.target) / self.span) ** 2).sum(dim=-1).sum(dim=-1)
+
+
+def test_where_the_balance_element_cannot_bind_the_search_runs_in_a_box_and_finds_the_same_optimum():
+    assert bo(ALLOY).box is None  # Ni >= 0.5 can bind (Al + Co + Cr may reach 0.6): the equality-constrained search
+    planner = bo(ALLOY_BOX, num_restarts=4, raw_samples=256)
+    assert planner.box is not None
+    for target in ([1000.0, 0.7, 0.1, 0.1, 0.1],  # inside: the maximiser is the target
+                   [1100.0, 0.5, 0.3, 0.15, 0.05]):  # Al beyond its bound: the maximiser sits on Al = 0.2
+        found = {}
+        for search in ("box", "simplex"):
+            planner.box = planner._box_after_balance() if search == "box" else None
+            found[search] = planner._optimize(_Closeness(target, planner.bounds), sobol_seed=0)[0]
+            point = planner.to_point(found[search])
+            ALLOY_BOX.check(point)
+            assert math.isclose(sum(point.composition.root.values()), 1.0, abs_tol=1e-12)
+        span = planner.bounds[1] - planner.bounds[0]  # both stop where the value changes by < ~1e-6 of itself
+        assert torch.allclose(found["box"] / span, found["simplex"] / span, atol=2e-3), found
+    assert found["box"][2] == pytest.approx(0.2, abs=1e-6)
+    # and whole proposals from the box search stay on the simplex and in bounds
+    observations = observe(start(ALLOY_BOX, 10), alloy_value)
+    for p in planner.propose(ProposeRequest(n=3, observations=observations)):
+        ALLOY_BOX.check(p)
+        assert math.isclose(sum(p.composition.root.values()), 1.0, abs_tol=1e-12)
+
+
+def test_noisy_ei_keeps_only_the_incumbents_most_likely_to_be_the_best():
+    planner = bo(SQUARE, baseline_limit=4)
+    points = start(SQUARE, 60)
+    observations = observe(points, lambda p: -(p.parameters["a"] - 0.3) ** 2 - (p.parameters["b"] - 0.6) ** 2)
+    done, y = planner._training_data(observations)
+    x = planner.to_tensor([o.point for o in done])
+    model = planner._gp(x, y)
+    torch.manual_seed(0)
+    acquisition = planner._acquisition(model, x, y, None, torch.ones(len(x), dtype=torch.bool), seed=0)
+    assert 1 <= len(acquisition.X_baseline) <= 4
+    with torch.no_grad():
+        best = x[int(model.posterior(x).mean.argmax())]
+    assert (acquisition.X_baseline == best).all(dim=-1).any()  # the likeliest best is among them
+    assert planner.propose(ProposeRequest(n=1, observations=observations))  # and the search runs on them
