@@ -150,7 +150,8 @@ class BoSettings(Section):
     initial_design: Literal["sobol", "causal", "physics"] = Field(
         default="sobol", description="the first points: Sobol', or the causal planner's best guesses from a past ledger, "
                                      "or (physics) first the alloy the planner's own peak-hardness estimate ranks "
-                                     "highest (inside the chance constraint), then Sobol'")
+                                     "highest (inside the chance constraint; again, with the boundary corrected, "
+                                     "while every alloy so far failed), then Sobol'")
     causal: CausalSettings | None = Field(default=None, description="initial_design 'causal': the causal planner's settings")
     prior: TransferPriorSettings | None = Field(
         default=None, description="the objective's prior mean from a model of another alloy system ({kind: transfer, "
@@ -453,7 +454,11 @@ class BoPlanner(Planner):
             return model.member_predictions(elements, X[..., n:]).mean(dim=0).unsqueeze(-1)
 
         return fit_single_task_gp(x, y, bounds=self.bounds, columns=self.model_columns, features=prediction,
-                                  feature_bounds=self.transfer_bounds, feature_role="mean")
+                                  feature_bounds=self.transfer_bounds, feature_role="mean", **self._subset(x))
+
+    def _subset(self, x: torch.Tensor) -> dict:
+        """How the GP's hyperparameters are fitted at scale: on a subset drawn by the seed and the data's size."""
+        return {"hyperparameter_subset": self.settings.hyperparameter_subset, "seed": self.seed * 1_000_003 + len(x)}
 
     def _gp(self, x: torch.Tensor, y: torch.Tensor, *, physics: bool = False):
         # Fitted from scratch each time: a planner is a pure function of its request, so a restarted
@@ -462,7 +467,7 @@ class BoPlanner(Planner):
             return self._transfer_prior_gp(x, y)
         calphad = self.settings.calphad
         names = (calphad.objective_inputs or calphad.objective_mean) if physics and calphad is not None else []
-        subset = {"hyperparameter_subset": self.settings.hyperparameter_subset, "seed": self.seed * 1_000_003 + len(x)}
+        subset = self._subset(x)
         if not names:
             return fit_single_task_gp(x, y, bounds=self.bounds, columns=self.model_columns, **subset)
         features, feature_bounds = self._physics_features(names)
@@ -601,16 +606,27 @@ class BoPlanner(Planner):
         (an alloy CALPHAD says cannot be processed is not worth a first experiment either), or >= the
         chance constraint's floor where that is higher. With ``initial_design: causal``, the causal
         planner's best guesses from the past ledger instead; with ``physics``, the first experiment is
-        the alloy the planner's own peak-hardness estimate ranks highest."""
+        the alloy the planner's own peak-hardness estimate ranks highest (again after each that failed)."""
         if self.warm_start is not None:
             points = self.warm_start.propose(request)
             self.predicted = self.warm_start.predicted
             return points
         position = len(request.observations) + len(request.pending)
         points = self._feasible_sobol(request, position)
-        if self.settings.initial_design == "physics" and position == 0:
+        if self.settings.initial_design == "physics" and (position == 0 or self._guess_failed(request)):
             points[0] = self._physics_guess(request)
         return points
+
+    def _guess_failed(self, request: ProposeRequest) -> bool:
+        """Every alloy made so far came out infeasible, and none is in flight: what a metallurgist whose first
+        alloy missed the target phase state does next is the same reasoning with the boundary moved by that
+        verdict (the planner's CALPHAD feasibility updated), not a space-filling point. So the physics guess is
+        made again, under the updated belief, until one alloy is feasible or the initial design is used up."""
+        constraint = self.settings.constraint
+        if request.pending or constraint is None or self.settings.feasibility != "calphad":
+            return False
+        verdicts = [constraint.satisfied(o.measurements) for o in request.observations if o.status == "done"]
+        return bool(verdicts) and all(v is False for v in verdicts)
 
     def _prior_log_feasibility(self, request: ProposeRequest):
         """log P(feasible) before any verdict (the planner's CALPHAD or the request's classifier), or None."""
@@ -648,7 +664,9 @@ class BoPlanner(Planner):
         with torch.no_grad():
             on_grid = estimate(torch.cartesian_prod(*table.axes).reshape(-1, len(table.axes)))
         scale = max(float(on_grid.max() - on_grid.min()), 1e-6)
-        log_feasibility = self._prior_log_feasibility(request)
+        done = [o for o in request.observations if o.status == "done"]
+        # after failed guesses (_guess_failed), the belief their verdicts leave
+        log_feasibility = self._log_feasibility(request, done) if done else self._prior_log_feasibility(request)
         floor = max(0.5, self.settings.feasibility_floor)
         with torch.random.fork_rng():  # the same guess for every seed: it is the physics', not the campaign's
             torch.manual_seed(0)

@@ -510,6 +510,25 @@ def test_the_physics_start_is_the_hardest_alloy_the_planner_believes_processable
         x_again = again.to_tensor(again.propose(ProposeRequest(n=1)))[:, planner.free_index]
         with torch.no_grad():
             assert abs(float(estimate(x_again)) - guess) < 0.5
+    # The guess came out infeasible (the truth's boundary lies further in than the database's): the next alloy
+    # is the guess again under the boundary that verdict moved, with more margin, not the next Sobol' point;
+    # while a guess is in flight, or once one succeeded, the Sobol' sequence goes on.
+    from sdl.experiment import Observation
+
+    def made(point, processable):
+        return Observation(point=point, status="done", measurements={"hardness_hv": 300.0, "processable": processable})
+
+    failed = [made(first[0], 0.0)]
+    second = planner.propose(ProposeRequest(n=1, observations=failed))[0]
+    sobol_next = planner._feasible_sobol(ProposeRequest(n=1, observations=failed), 1)[0]
+    assert second != sobol_next
+    with torch.no_grad():
+        margins = features.margin_k(planner.to_tensor([first[0], second])[:, planner.free_index])
+    assert float(margins[1]) > float(margins[0]) + 1.0, margins
+    assert planner.propose(ProposeRequest(n=1, pending=[second]))[0] != second  # in flight: no second copy
+    succeeded = failed + [made(second, 1.0)]
+    assert planner.propose(ProposeRequest(n=1, observations=succeeded))[0] == \
+        planner._feasible_sobol(ProposeRequest(n=1, observations=succeeded), 2)[0]
     softness = ObjectiveConfig(measurement="hardness_hv", direction="minimize")
     with pytest.raises(ValueError, match="initial_design 'physics' starts from the hardest alloy"):
         BoPlanner(BoSettings.model_validate(settings), AgentContext(space=space, seed=0, objective=softness))
