@@ -33,6 +33,7 @@ elements' bounds imply the balance element's, the search runs over the other coo
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import Literal
@@ -504,28 +505,30 @@ class BoPlanner(Planner):
         self.physics_features = (lambda X: of_inputs(X[..., free_index])), feature_bounds
         return self.physics_features
 
+    def _verdicts(self, done: list[Observation]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The observations with a measured verdict on the constraint: their inputs (n x d) and the verdicts
+        (1 feasible, 0 not); None where none has one."""
+        labelled = [(o, ok) for o in done if (ok := self.settings.constraint.satisfied(o.measurements)) is not None]
+        if not labelled:
+            return None
+        return (self.to_tensor([o.point for o, _ in labelled]),
+                torch.tensor([float(ok) for _, ok in labelled], dtype=DTYPE))
+
     def _log_feasibility(self, request: ProposeRequest, done: list[Observation]):
         s = self.settings
         if s.constraint_handling == "penalty" or s.feasibility == "none":
             return None
         if s.feasibility == "calphad":
-            labelled = [(o, s.constraint.satisfied(o.measurements)) for o in done]
-            labelled = [(o, ok) for o, ok in labelled if ok is not None]
             model = self.calphad_feasibility
-            if labelled:
-                x = self.to_tensor([o.point for o, _ in labelled])[:, self.free_index]
-                model = model.updated(x, torch.tensor([float(ok) for _, ok in labelled], dtype=DTYPE))
+            if (verdicts := self._verdicts(done)) is not None:
+                model = model.updated(verdicts[0][:, self.free_index], verdicts[1])
             return lambda X: model.log_probability(X[..., self.free_index])
         if s.feasibility == "classifier":
             if request.feasibility is None:
                 raise ValueError("this planner weighs by a feasibility classifier, but the request carries none")
             model = request.feasibility
-            if s.update_classifier and s.constraint is not None:
-                labelled = [(o, s.constraint.satisfied(o.measurements)) for o in done]
-                labelled = [(o, ok) for o, ok in labelled if ok is not None]
-                if labelled:
-                    model = update_classifier(model, self.columns, self.to_tensor([o.point for o, _ in labelled]),
-                                              torch.tensor([float(ok) for _, ok in labelled], dtype=DTYPE))
+            if s.update_classifier and s.constraint is not None and (verdicts := self._verdicts(done)) is not None:
+                model = update_classifier(model, self.columns, *verdicts)
             return classifier_log_probability(model, self.columns)
         rows = [(o, s.constraint.value(o.measurements)) for o in done]
         rows = [(o, v) for o, v in rows if v is not None]
@@ -653,17 +656,23 @@ class BoPlanner(Planner):
                 return self.initial.propose(request)  # the classifier rules out (almost) everything: ignore it
         return kept[position: position + request.n]
 
-    def _physics_guess(self, request: ProposeRequest) -> DesignPoint:
-        """What a metallurgist makes first: the alloy of highest estimated peak-aged hardness (the planner's
-        own CALPHAD gamma-prime fraction and strength belief, :mod:`sdl.surrogates.strength_prior`) among
-        those it believes processable (P(feasible) at least the floor, and at least 0.5)."""
+    @functools.cached_property
+    def _hardness_estimate(self):
+        """The planner's peak-hardness estimate and its range over the CALPHAD table (the physics guess's
+        scale): tabulated once, though a failed guess is guessed again."""
         from sdl.surrogates.strength_prior import PeakHardnessEstimate
 
         table = self.calphad_features
         estimate = PeakHardnessEstimate(table, self.space.composition.balance_element, self.settings.calphad.strength)
         with torch.no_grad():
             on_grid = estimate(torch.cartesian_prod(*table.axes).reshape(-1, len(table.axes)))
-        scale = max(float(on_grid.max() - on_grid.min()), 1e-6)
+        return estimate, max(float(on_grid.max() - on_grid.min()), 1e-6)
+
+    def _physics_guess(self, request: ProposeRequest) -> DesignPoint:
+        """What a metallurgist makes first: the alloy of highest estimated peak-aged hardness (the planner's
+        own CALPHAD gamma-prime fraction and strength belief, :mod:`sdl.surrogates.strength_prior`) among
+        those it believes processable (P(feasible) at least the floor, and at least 0.5)."""
+        estimate, scale = self._hardness_estimate
         done = [o for o in request.observations if o.status == "done"]
         # after failed guesses (_guess_failed), the belief their verdicts leave
         log_feasibility = self._log_feasibility(request, done) if done else self._prior_log_feasibility(request)
