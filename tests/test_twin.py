@@ -77,9 +77,17 @@ def test_a_grid_point_left_in_a_metastable_state_is_solved_again_onto_the_convex
         again = equilibria.grid(axes, [1050.0])
         assert equilibria.computed_points == before  # the repaired grid comes back from the cache
         assert again.fractions["gamma_prime"][0][1, 1, 1] == pytest.approx(centre)
-        # a point solved alone has no neighbours to be checked against: cached apart, never served the grid's
-        equilibria.point({"Al": 0.1294, "Co": 0.1156, "Cr": 0.0231}, [1050.0])
+        # a point asked for alone is cached apart from the grid (never served the grid's value) and checked
+        # against neighbours of its own, 0.001 either side: the same spike is repaired there too
+        repaired = equilibria.repaired_points
+        alone = equilibria.point({"Al": 0.1294, "Co": 0.1156, "Cr": 0.0231}, [1050.0])[1050.0]
         assert equilibria.computed_points == before + 1
+        assert equilibria.repaired_points == repaired + 1
+        assert alone["gamma_prime"] == pytest.approx(centre, abs=0.02)
+        # and one no grid had seen (issue 19's twin_1350_1100 reference best): gamma-prime alone, 190 J/mol
+        # above the chord, where gamma + gamma-prime is stable
+        ageing = equilibria.point({"Al": 0.108, "Co": 0.0579, "Cr": 0.1817}, [1100.0])[1100.0]
+        assert 0.3 < ageing["gamma_prime"] < 0.6 and ageing["gamma"] > 0.4, ageing
     finally:
         equilibria.close()
     # the check itself: the excess over the chord of the neighbours on a non-uniform axis (x 0, 0.1, 0.3:
