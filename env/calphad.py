@@ -208,7 +208,7 @@ class PhaseEquilibria:
                              f"{self._cache_key}:point%", self._point_key))
         self._cache.commit()
         self.computed_points = 0  # equilibria computed by pycalphad (not served from the cache)
-        self.repaired_points = 0  # of those, grid points solved again off a metastable state onto the hull
+        self.repaired_points = 0  # of those, points solved again off a metastable state onto the hull
         self.metastable_points = 0  # and those no nudge brought onto it (pycalphad misses a region there)
         self._workspace = None  # pycalphad.Workspace, built on first use
         # One caller at a time: an instrument with capacity > 1 calls from several threads, and both
@@ -243,8 +243,8 @@ class PhaseEquilibria:
     # -- computing -----------------------------------------------------------------------------
 
     def _key(self, free: dict[str, float], temperature_k: float, *, alone: bool = False) -> tuple[str, str, float]:
-        # A point solved alone has no neighbours to check it against, so it is cached apart from grid points:
-        # what it returns never depends on which grid happened to run first.
+        # A point asked for alone is checked against neighbours of its own, not a grid's, so it is cached apart
+        # from grid points: what it returns never depends on which grid happened to run first.
         composition = json.dumps({k: round(v, COMPOSITION_DECIMALS) for k, v in sorted(free.items())})
         return (self._point_key if alone else self._cache_key, composition,
                 round(float(temperature_k), TEMPERATURE_DECIMALS))
