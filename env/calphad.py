@@ -333,19 +333,17 @@ class PhaseEquilibria:
         names = list(free)
         step = STENCIL_STEP if sum(free.values()) + STENCIL_STEP <= 1.0 else 0.0
         lines = [e for e in names if step and free[e] - step >= 0.0] or [None]  # None: the point alone
-        centre = None
+        centre, excesses = None, []
         for along in lines:
             axes = {n: np.array([x - step, x, x + step] if n == along else [x]) for n, x in free.items()}
             result = self._solve(axes, temperatures_k)
-            parsed = self._parsed(result, names)
-            at = tuple(1 if n == along else 0 for n in names)
-            excess = _above_chord(parsed[3], [np.maximum(axes[n], TRACE_FRACTION) for n in names])[(slice(None), *at)]
-            if centre is None:
+            phase, amount, sites, gibbs = self._parsed(result, names)
+            at = (slice(None), *(1 if n == along else 0 for n in names))  # every temperature, the middle point
+            excesses.append(_above_chord(gibbs, [np.maximum(axes[n], TRACE_FRACTION) for n in names])[at])
+            if centre is None:  # every line solves the point itself; the first one's solution is kept
                 temperatures = [float(t) for t in result.T.values]
-                centre = [p[(slice(None), *at)] for p in parsed]
-                worst = excess
-            else:
-                worst = np.maximum(worst, excess)
+                centre = phase[at], amount[at], sites[at], gibbs[at]
+        worst = np.max(excesses, axis=0)
         phase, amount, sites, gibbs = centre
         out = {}
         for ti, temperature in enumerate(temperatures):
