@@ -254,6 +254,11 @@ class CalphadFeasibility:
         return log_expected_logistic(self._known(x_free) + phi @ self.mean,
                                      ((phi @ self.covariance) * phi).sum(dim=-1).clamp_min(0.0))
 
+    def log_probability_known_shift(self, x_free: torch.Tensor) -> torch.Tensor:
+        """log P(feasible) were the database's error known to be its posterior mean: what is left is the
+        boundary's blur (``width_k``), which no further verdict narrows."""
+        return torch.nn.functional.logsigmoid(self._known(x_free) + self._phi(x_free) @ self.mean)
+
     @property
     def boundary_shift_k(self) -> float:
         """Where the posterior puts the boundary relative to the database's (K; positive: the truth

@@ -534,3 +534,63 @@ def test_the_physics_start_is_the_hardest_alloy_the_planner_believes_processable
         BoPlanner(BoSettings.model_validate(settings), AgentContext(space=space, seed=0, objective=softness))
     with pytest.raises(ValueError, match="initial_design 'physics' needs the `calphad` settings"):
         BoSettings.model_validate({"initial_design": "physics"})
+
+
+def test_a_second_floor_risks_failures_to_learn_the_boundary_not_its_blur(cache, features):
+    """feasibility_floor_known_shift: where the database's error is still unknown, the floor on P(feasible)
+    (0.75) decides how far a proposal may go towards the boundary; once verdicts have pinned the error, the
+    floor on P with the error known (0.9) keeps it a blur's width inside, where the single floor of 0.75
+    would go on risking one failure in four."""
+    from sdl.agents.base import AgentContext
+    from sdl.agents.bo_planner import BoPlanner, BoSettings
+    from sdl.agents.planner import ProposeRequest
+    from sdl.experiment import Observation
+    from sdl.objective import ObjectiveConfig
+    from sdl.space import SearchSpace
+    from sdl.surrogates.strength_prior import PeakHardnessEstimate
+
+    prior = CalphadFeasibility(features)
+    rng = np.random.default_rng(4)
+    x = torch.as_tensor(np.column_stack([rng.uniform(lo, hi, 400) for lo, hi in BOUNDS.values()]))
+    margin = features.margin_k(x)
+    with torch.no_grad():  # known error (0): the blur alone; unknown (sd 40 K): flattened towards 1/2
+        np.testing.assert_allclose(prior.log_probability_known_shift(x), torch.nn.functional.logsigmoid(margin / 12.5))
+        inside = margin > 20
+        assert bool((prior.log_probability(x[inside]) < prior.log_probability_known_shift(x[inside])).all())
+
+    space = SearchSpace.model_validate({"composition": {"elements": {"Ni": [0.55, 0.98], **{e: list(b) for e, b in
+                                                                                             BOUNDS.items()}},
+                                                        "balance": "Ni"}})
+    settings = {"feasibility": "calphad", "initial_points": 4, "feasibility_floor": 0.75, "num_restarts": 4,
+                "raw_samples": 256, "constraint": {"measurements": ["processable"], "at_least": 0.5},
+                "calphad": {"solution_temperature_k": SOLUTION_K, "ageing_temperature_k": AGEING_K,
+                            "points_per_axis": 3, "cache_path": str(cache), "objective_mean": ["peak_hardness_hv"]}}
+    hardness = ObjectiveConfig(measurement="hardness_hv", direction="maximize")
+    # 30 alloys made, the database right (feasible exactly where its margin is positive), hardness its estimate
+    estimate = PeakHardnessEstimate(features, "Ni")
+    made_x = x[:30]
+    with torch.no_grad():
+        values = estimate(made_x)
+    columns = torch.cat([1 - made_x.sum(dim=1, keepdim=True), made_x], dim=1)  # Ni, Al, Co, Cr
+    to_point = BoPlanner(BoSettings.model_validate(settings), AgentContext(space=space, seed=0)).to_point
+    observations = [Observation(point=to_point(row), status="done", measurements={
+        "hardness_hv": float(v), "processable": float(m > 0)}) for row, v, m in zip(columns, values, margin[:30])]
+    margins = {}
+    for known_floor in (0.0, 0.9):
+        planner = BoPlanner(BoSettings.model_validate({**settings, "feasibility_floor_known_shift": known_floor}),
+                            AgentContext(space=space, seed=0, objective=hardness))
+        chosen = planner.to_tensor(planner.propose(ProposeRequest(n=1, observations=observations)))
+        belief = planner._calphad_belief(observations)
+        free = chosen[:, planner.free_index]
+        with torch.no_grad():
+            assert float(belief.log_probability(free).exp()) >= 0.75 * math.exp(-1e-3)
+            known_p = float(belief.log_probability_known_shift(free).exp())
+            margins[known_floor] = float(features.margin_k(free))
+        if known_floor:
+            assert known_p >= 0.9 * math.exp(-1e-3) and planner.chance_fallbacks == 0
+        else:
+            assert known_p < 0.9  # the single floor goes nearer the boundary than the blur allows
+    assert margins[0.9] > margins[0.0] + 5.0, margins
+    with pytest.raises(ValueError, match="feasibility_floor_known_shift needs feasibility 'calphad'"):
+        BoSettings.model_validate({"feasibility": "classifier", "feasibility_floor": 0.75,
+                                   "feasibility_floor_known_shift": 0.9})

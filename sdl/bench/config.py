@@ -105,6 +105,8 @@ def planner_settings(spec: BenchPlannerSpec, problem: BenchProblem) -> Section:
         settings.pop("update_classifier", None)  # it refines a classifier only where the problem has one
     if spec.agent_kind == "planner.bo" and settings.get("feasibility", "none") == "none":
         settings.pop("feasibility_floor", None)  # a chance constraint only where there is a P(feasible)
+    if spec.agent_kind == "planner.bo" and settings.get("feasibility") != "calphad":
+        settings.pop("feasibility_floor_known_shift", None)  # it speaks of the planner's own database's error
     return validate_settings(agent_class(spec.agent_kind), settings, name=spec.name)
 
 
