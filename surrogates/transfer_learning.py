@@ -5,7 +5,9 @@ measure what it is worth on a data-poor target system with an element the source
 - :func:`evaluate`: learning curves on the target: for each number N of target samples and each seed,
   N alloys drawn from a labelled target pool, the regimes of :mod:`sdl.surrogates.deep_sets`
   fitted, their MAE on a held-out target test set recorded; medians and quartiles over the seeds, the
-  reduction against training from scratch, and a plot.
+  reduction against training from scratch, and a plot. Beside them, two Gaussian processes on the
+  composition: ``gp`` from scratch, the model a BO campaign starts with, and ``gp_prior`` with the
+  source model's prediction as its prior mean (weight and offset fitted), the BO planner's transfer prior.
 
 Configured by one YAML file (:class:`TransferConfig`), read by ``sdl transfer pretrain|evaluate``.
 """
@@ -16,16 +18,20 @@ import builtins
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
+import torch
 from pydantic import Field, model_validator
 
 from sdl.env.solid_solutions import EMT_ELEMENTS, PROPERTIES, AlloyDataset, label_random_alloys
 from sdl.settings import Section, load_yaml
 from sdl.surrogates.deep_sets import REGIMES, DeepSetsArchitecture, DeepSetsEnsemble, Regime, TrainingSettings
+from sdl.surrogates.gp import fit_single_task_gp
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
+GpRegime = Literal["gp", "gp_prior"]
+GP_REGIMES: tuple[GpRegime, ...] = ("gp", "gp_prior")
 
 
 class SystemSettings(Section):
@@ -43,7 +49,9 @@ class EvaluationSettings(Section):
     sizes: list[Annotated[int, Field(ge=2)]] = Field(default_factory=lambda: [10, 25, 50, 100], min_length=1,
                              description="numbers of target samples")
     seeds: int = Field(default=10, ge=1, description="draws of the target samples per size")
-    regimes: list[Regime] = Field(default_factory=lambda: list(REGIMES), min_length=1)
+    regimes: list[Regime | GpRegime] = Field(default_factory=lambda: [*REGIMES, *GP_REGIMES], min_length=1,
+                                             description="Deep Sets regimes, and GPs on the composition (gp: "
+                                                         "from scratch; gp_prior: the source model as prior mean)")
 
 
 class TransferConfig(Section):
@@ -144,9 +152,13 @@ def evaluate(config: TransferConfig, *, progress: Progress | None = None) -> dic
         for seed in range(evaluation.seeds):
             chosen = np.random.default_rng([config.seed, n, seed]).choice(pool, size=n, replace=False)
             for regime in evaluation.regimes:
-                model = source.fit(data.elements, data.fractions[chosen], y[chosen], regime=regime,
-                                   training=config.training, seed=seed)
-                mean, _ = model.predict(data.elements, data.fractions[test])
+                if regime in GP_REGIMES:
+                    mean = gp_mean(data.elements, data.fractions[chosen], y[chosen], data.fractions[test],
+                                   prior=source if regime == "gp_prior" else None, pool=data.fractions[pool])
+                else:
+                    model = source.fit(data.elements, data.fractions[chosen], y[chosen], regime=regime,
+                                       training=config.training, seed=seed)
+                    mean, _ = model.predict(data.elements, data.fractions[test])
                 errors[regime][n].append(float(np.abs(mean - y[test]).mean()))
                 done += 1
                 if progress is not None:
@@ -168,9 +180,35 @@ def evaluate(config: TransferConfig, *, progress: Progress | None = None) -> dic
     return summary
 
 
+def gp_mean(elements: list[str], fractions: np.ndarray, y: np.ndarray, test_fractions: np.ndarray, *,
+            prior: DeepSetsEnsemble | None, pool: np.ndarray) -> np.ndarray:
+    """A GP's posterior mean at ``test_fractions`` after (fractions, y), inputs normalised over the unlabelled
+    ``pool``'s range; with ``prior``, its prior mean is linear in that model's prediction (the BO planner's
+    transfer prior), else constant. The last element is left out of the kernel: the fractions sum to 1."""
+    x = torch.as_tensor(fractions, dtype=torch.double)
+    pool_x = torch.as_tensor(pool, dtype=torch.double)
+    bounds = torch.stack([pool_x.min(dim=0).values, pool_x.max(dim=0).values])
+    options: dict = {}
+    if prior is not None:
+        def prediction(X: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():  # a fixed prior: only the GP's hyperparameters are fitted
+                flat = prior.member_predictions(elements, X.reshape(-1, X.shape[-1])).mean(dim=0)
+            return flat.to(X).reshape(*X.shape[:-1], 1)
+
+        values = prediction(pool_x)
+        options = {"features": prediction, "feature_role": "mean",
+                   "feature_bounds": torch.stack([values.min(), values.max() + 1e-12]).reshape(2, 1)}
+    model = fit_single_task_gp(x, torch.as_tensor(y, dtype=torch.double).reshape(-1, 1), bounds=bounds,
+                               columns=torch.arange(len(elements) - 1), **options)
+    with torch.no_grad():
+        return model.posterior(torch.as_tensor(test_fractions, dtype=torch.double)).mean.reshape(-1).numpy()
+
+
 LABELS = {"scratch": ("C7", "from scratch"), "feature": ("C0", "feature transfer (frozen encoder, new head)"),
           "partial": ("C1", "partial fine-tuning (frozen encoder; body and head, smaller learning rate)"),
-          "finetune": ("C3", "fine-tuning (all weights, smaller learning rate)")}
+          "finetune": ("C3", "fine-tuning (all weights, smaller learning rate)"),
+          "gp": ("C2", "GP on the composition, from scratch"),
+          "gp_prior": ("C4", "GP with the source model as prior mean (BO's transfer prior)")}
 # property -> (what it is, scale to the plotted unit, the unit)
 PLOTTED = {"mixing_energy_ev_per_atom": ("mixing energy", 1000.0, "meV/atom"),
            "bulk_modulus_gpa": ("bulk modulus", 1.0, "GPa"), "lattice_parameter_ang": ("lattice parameter", 1000.0, "mÅ")}

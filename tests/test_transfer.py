@@ -179,6 +179,23 @@ def test_the_source_anchor_keeps_fine_tuned_weights_near_the_source_models(sourc
     assert all(torch.equal(a, b) for a, b in zip(*(list(m.members[0].parameters()) for m in scratch)))
 
 
+def test_a_gp_with_the_source_model_as_prior_mean_predicts_where_it_has_no_data(source_model):
+    """The ``gp_prior`` curve: where the target property is (up to scale and offset) what the source model
+    predicts plus a little, 6 target alloys suffice for the GP with that prior mean, and a GP from scratch
+    on the same 6 is far off."""
+    from sdl.surrogates.transfer_learning import gp_mean
+
+    target = ["Cu", "Ni", "Pd", "Pt"]
+    rng = np.random.default_rng(5)
+    pool = random_fractions(target, 200, rng)
+    predicted, _ = source_model.predict(target, pool)
+    y = 2.0 * predicted + 0.05 + 0.002 * pool[:, 0]
+    train, test = np.arange(6), np.arange(100, 200)
+    errors = {name: np.abs(gp_mean(target, pool[train], y[train], pool[test], prior=prior, pool=pool) - y[test]).mean()
+              for name, prior in (("gp", None), ("gp_prior", source_model))}
+    assert errors["gp_prior"] < 0.2 * errors["gp"], errors
+
+
 def test_fitting_refuses_mismatched_or_too_little_data(source_model):
     with pytest.raises(ValueError, match="do not match"):
         source_model.fit(["Cu", "Ni"], np.ones((3, 3)) / 3, np.zeros(3))
@@ -227,7 +244,7 @@ def test_pretrain_and_evaluate_write_a_model_and_learning_curves(tmp_path):
     result = runner.invoke(main, ["transfer", "evaluate", config, "--no-progress"])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "run" / "learning_curves.json").read_text())
-    assert set(summary["mae"]) == {"scratch", "feature", "partial", "finetune"}
+    assert set(summary["mae"]) == {"scratch", "feature", "partial", "finetune", "gp", "gp_prior"}
     assert all(len(summary["mae"][r][n]["all"]) == 2 for r in summary["mae"] for n in ("4", "8"))
     assert all(math.isfinite(v) for r in summary["reduction_vs_scratch"].values() for v in r.values())
     assert (tmp_path / "run" / "learning_curves.png").stat().st_size > 10_000
