@@ -456,11 +456,11 @@ class BoPlanner(Planner):
         if self.transfer_bounds is None:  # the prediction's range over the space, to normalise it
             probe = self.to_tensor(self.initial.propose(ProposeRequest(n=256)))
             with torch.no_grad():
-                values = model.member_predictions(elements, probe[:, n:]).mean(dim=0)
+                values = model.mean_feature(elements, probe[:, n:]).squeeze(-1)
             self.transfer_bounds = torch.stack([values.min(), values.max() + 1e-9]).reshape(2, 1)
 
         def prediction(X: torch.Tensor) -> torch.Tensor:
-            return model.member_predictions(elements, X[..., n:]).mean(dim=0).unsqueeze(-1)
+            return model.mean_feature(elements, X[..., n:])
 
         return fit_single_task_gp(x, y, bounds=self.bounds, columns=self.model_columns, features=prediction,
                                   feature_bounds=self.transfer_bounds, feature_role="mean", **self._subset(x))

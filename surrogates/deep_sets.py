@@ -127,6 +127,11 @@ class DeepSetsEnsemble:
         out = torch.stack([m(d, fractions.to(DTYPE)) for m in self.members])
         return out * self.y_sd + self.y_mean
 
+    def mean_feature(self, elements: Sequence[str], fractions: torch.Tensor) -> torch.Tensor:
+        """The ensemble's mean prediction as one input feature, (... x 1), differentiable in ``fractions``:
+        what a GP's prior mean is made linear in (the BO planner's transfer prior, ``gp_prior`` curves)."""
+        return self.member_predictions(elements, fractions).mean(dim=0).unsqueeze(-1)
+
     def predict(self, elements: Sequence[str], fractions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mean and ensemble standard deviation for rows of ``fractions`` (n x len(elements))."""
         fractions = np.atleast_2d(np.asarray(fractions, dtype=float))

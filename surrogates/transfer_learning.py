@@ -192,8 +192,7 @@ def gp_mean(elements: list[str], fractions: np.ndarray, y: np.ndarray, test_frac
     if prior is not None:
         def prediction(X: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():  # a fixed prior: only the GP's hyperparameters are fitted
-                flat = prior.member_predictions(elements, X.reshape(-1, X.shape[-1])).mean(dim=0)
-            return flat.to(X).reshape(*X.shape[:-1], 1)
+                return prior.mean_feature(elements, X).to(X)
 
         values = prediction(pool_x)
         options = {"features": prediction, "feature_role": "mean",
