@@ -186,6 +186,29 @@ def test_demo_workflow_campaign_records_results_and_faults(tmp_path, cache):
     assert "_Phase map not drawn: temperatures 2200.0-2200.0 K outside the tabulated" in hot
     assert "best specimen microstructure" in hot
 
+    # Hardness against cost: only alloys that met the constraint make the Pareto front (here the constraint
+    # is set so that the softer half is infeasible; a soft, cheap alloy must not sit on the front).
+    shutil.copytree(tmp_path / "c", tmp_path / "pareto", ignore=shutil.ignore_patterns("report"))
+    hardness = {r.experiment_id: r.result.measurements["hardness_hv"] for r in done}
+    cost = {r.experiment_id: r.result.measurements["raw_material_cost_usd_per_kg"] for r in done}
+    floor_hv = float(np.median(list(hardness.values())))
+    with Ledger.in_campaign(tmp_path / "pareto") as ledger:
+        config = ledger.get_meta("config")
+        config["planner"]["settings"]["extra_objectives"] = [{"measurement": "raw_material_cost_usd_per_kg",
+                                                             "direction": "minimize"}]
+        config["planner"]["settings"]["constraint"] = {"measurements": ["hardness_hv"], "at_least": floor_hv}
+        ledger.set_meta(config=config)
+    pareto = write_report(tmp_path / "pareto").read_text()
+    feasible = [e for e in hardness if hardness[e] >= floor_hv]
+    front = [e for e in feasible if not any(hardness[o] >= hardness[e] and cost[o] <= cost[e]
+                                            and (hardness[o], cost[o]) != (hardness[e], cost[e]) for o in feasible)]
+    assert (f"{len(front)} non-dominated of {len(feasible)} feasible experiments "
+            f"({len(done) - len(feasible)} infeasible left out)") in pareto
+    table = pareto.split("## Pareto front")[1].split("![Pareto front]")[0]
+    assert sorted(float(line.split("|")[1]) for line in table.splitlines() if line.startswith("| ") and
+                  not line.startswith("| hardness")) == pytest.approx(sorted(hardness[e] for e in front), abs=0.06)
+    assert (tmp_path / "pareto" / "report" / "pareto.png").stat().st_size > 10_000
+
 
 def test_demo_config_is_valid_and_inside_the_twin():
     from pathlib import Path

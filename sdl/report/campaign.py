@@ -185,8 +185,11 @@ def _plot_routes(records, planned: dict, measurement: str, path: Path) -> None:
 
 
 def _pareto_page(config: dict, records, out: Path) -> str:
-    """Pareto front of the first two objectives when the planner optimised several."""
-    extra = ((config.get("planner") or {}).get("settings") or {}).get("extra_objectives") or []
+    """Pareto front of the first two objectives when the planner optimised several. Only experiments that
+    met the planner's constraint can be on it: a brittle alloy that is hard and cheap is no option for the
+    lab, so it is drawn apart and dominates nothing."""
+    settings = (config.get("planner") or {}).get("settings") or {}
+    extra = settings.get("extra_objectives") or []
     if not extra:
         return ""
     objectives = [config.get("objective", {}), extra[0]]
@@ -195,14 +198,23 @@ def _pareto_page(config: dict, records, out: Path) -> str:
     rows = [r for r in records if r.status == "done" and r.result and all(n in r.result.measurements for n in names)]
     if not rows:
         return ""
+    constraint = ConstraintConfig.model_validate(settings["constraint"]) if settings.get("constraint") else None
+    feasible = np.array([constraint is None or constraint.satisfied(r.result.measurements) is not False for r in rows])
+    if not feasible.any():
+        return ""
     y = np.array([[r.result.measurements[n] for n in names] for r in rows])
     import torch
     from botorch.utils.multi_objective.pareto import is_non_dominated
 
-    front = is_non_dominated(torch.as_tensor(y * signs)).numpy()
+    front = np.zeros(len(rows), dtype=bool)
+    front[feasible] = is_non_dominated(torch.as_tensor(y[feasible] * signs)).numpy()
     fig, ax = plt.subplots(figsize=(6.0, 4.6))
     order = np.arange(len(rows))
-    scatter = ax.scatter(y[:, 0], y[:, 1], c=order, cmap="viridis", s=22, label="experiments (colour: order)")
+    scatter = ax.scatter(y[feasible, 0], y[feasible, 1], c=order[feasible], cmap="viridis", vmin=0,
+                         vmax=max(len(rows) - 1, 1), s=22, label="experiments (colour: order)")
+    if not feasible.all():
+        ax.scatter(y[~feasible, 0], y[~feasible, 1], marker="x", color="0.4", s=28,
+                   label=f"infeasible ({(~feasible).sum()})")
     best = y[front][np.argsort(y[front][:, 0])]
     ax.step(best[:, 0], best[:, 1], where="post", color="crimson", lw=1.5)
     ax.scatter(best[:, 0], best[:, 1], facecolors="none", edgecolors="crimson", s=70, label=f"Pareto front ({front.sum()})")
@@ -214,7 +226,13 @@ def _pareto_page(config: dict, records, out: Path) -> str:
     fig.tight_layout()
     fig.savefig(out / "pareto.png", dpi=110)
     plt.close(fig)
-    return f"\n## Pareto front\n\n{front.sum()} non-dominated of {len(rows)} experiments.\n\n![Pareto front](pareto.png)\n"
+    lines = [f"\n## Pareto front\n\n{front.sum()} non-dominated of {feasible.sum()} feasible experiments"
+             f"{f' ({(~feasible).sum()} infeasible left out)' if not feasible.all() else ''}.\n",
+             f"| {names[0]} | {names[1]} | composition |", "|---|---|---|"]
+    for i in np.flatnonzero(front)[np.argsort(y[front][:, 0])]:
+        comp = rows[i].point.composition.root if rows[i].point.composition is not None else {}
+        lines.append(f"| {y[i, 0]:.4g} | {y[i, 1]:.4g} | {' '.join(f'{e}{100 * x:.1f}' for e, x in comp.items())} |")
+    return "\n".join(lines) + "\n\n![Pareto front](pareto.png)\n"
 
 
 def _alloy_pages(config, records, measurement, direction, out: Path) -> str:
