@@ -104,12 +104,23 @@ def write_report(campaign_dir: str | Path, out: str | Path | None = None, *, hel
     return out / "summary.md"
 
 
+def _planner_constraint(config: dict) -> ConstraintConfig | None:
+    """The measured constraint the campaign's planner was given, if any."""
+    constraint = ((config.get("planner") or {}).get("settings") or {}).get("constraint")
+    return ConstraintConfig.model_validate(constraint) if constraint else None
+
+
+def _composition_label(record: ExperimentRecord) -> str:
+    """``Ni69.1 Al12.4 ...``: the design point's mole fractions in per cent, for report tables."""
+    composition = record.point.composition.root if record.point.composition is not None else {}
+    return " ".join(f"{e}{100 * x:.1f}" for e, x in composition.items())
+
+
 def _constraint_page(config: dict, records) -> str:
     """Share of finished experiments that broke the planner's measured constraint."""
-    constraint = ((config.get("planner") or {}).get("settings") or {}).get("constraint")
-    if not constraint:
+    c = _planner_constraint(config)
+    if c is None:
         return ""
-    c = ConstraintConfig.model_validate(constraint)
     verdicts = [c.satisfied(r.result.measurements) for r in records if r.status == "done" and r.result]
     known = [v for v in verdicts if v is not None]
     if not known:
@@ -151,10 +162,8 @@ def _routes_page(ledger: Ledger, config: dict, records, measurement: str, out: P
               "|---|---|---|---|---|---|---|"]
     for r in done:
         doc = planned.get(r.experiment_id)
-        comp = r.point.composition.root if r.point.composition is not None else {}
-        composition = " ".join(f"{e}{100 * x:.1f}" for e, x in comp.items())
         expected = f"{doc.expected_hardness_hv:.0f}" if doc and doc.expected_hardness_hv is not None else "–"
-        lines.append(f"| {r.experiment_id} | {composition} | {holds(r)} | {doc.source if doc else '–'} | {expected} | "
+        lines.append(f"| {r.experiment_id} | {_composition_label(r)} | {holds(r)} | {doc.source if doc else '–'} | {expected} | "
                      f"{r.result.measurements.get(measurement, float('nan')):.4g} | "
                      f"{(doc.note.split(';')[0] if doc else '')} |")
     if sources:
@@ -198,7 +207,7 @@ def _pareto_page(config: dict, records, out: Path) -> str:
     rows = [r for r in records if r.status == "done" and r.result and all(n in r.result.measurements for n in names)]
     if not rows:
         return ""
-    constraint = ConstraintConfig.model_validate(settings["constraint"]) if settings.get("constraint") else None
+    constraint = _planner_constraint(config)
     feasible = np.array([constraint is None or constraint.satisfied(r.result.measurements) is not False for r in rows])
     if not feasible.any():
         return ""
@@ -230,8 +239,7 @@ def _pareto_page(config: dict, records, out: Path) -> str:
              f"{f' ({(~feasible).sum()} infeasible left out)' if not feasible.all() else ''}.\n",
              f"| {names[0]} | {names[1]} | composition |", "|---|---|---|"]
     for i in np.flatnonzero(front)[np.argsort(y[front][:, 0])]:
-        comp = rows[i].point.composition.root if rows[i].point.composition is not None else {}
-        lines.append(f"| {y[i, 0]:.4g} | {y[i, 1]:.4g} | {' '.join(f'{e}{100 * x:.1f}' for e, x in comp.items())} |")
+        lines.append(f"| {y[i, 0]:.4g} | {y[i, 1]:.4g} | {_composition_label(rows[i])} |")
     return "\n".join(lines) + "\n\n![Pareto front](pareto.png)\n"
 
 
