@@ -224,6 +224,41 @@ def test_bench_runs_end_to_end_as_ray_tasks(tmp_path):
     assert again.values == pytest.approx(random_runs[0]["values"])
     assert (out / "regret.png").stat().st_size > 10_000
     assert "experiments to 95 %" in (out / "table.md").read_text()
+    # each run journalled as it ended, and logged (no progress bar)
+    assert len((out / "runs.jsonl").read_text().splitlines()) == 12
+    assert "bench tiny: 12/12 " in done.stderr
+
+
+def test_the_journal_keeps_finished_runs_defined_as_now_for_a_resumed_bench(tmp_path):
+    """A resumed bench reuses a journalled run only where its problem and planner are defined as now, its
+    seed is among the bench's and it did not fail; a line cut short by a kill is skipped; without
+    --resume an unfinished bench's journal is not overwritten, a finished one's is."""
+    from sdl.bench import RunJournal, RunResult
+    from sdl.bench.config import BenchConfig
+
+    def config(budget: int) -> BenchConfig:
+        return BenchConfig(name="t", seeds=2, problems=[{"name": "branin", "budget": budget}],
+                           planners=[{"name": "random", "kind": "random"}, {"name": "bo", "kind": "bo"}])
+
+    now, before = config(4), config(6)
+    journal = RunJournal(now, tmp_path, resume=False)
+    branin, random_planner, bo = now.problems[0], *now.planners
+    run = RunResult("branin", "random", 0, values=[3.0, 2.0, 1.0, 0.5], feasible=[True] * 4)
+    journal.record(run, branin, random_planner)
+    journal.record(RunResult("branin", "bo", 0, error="ValueError: boom"), branin, bo)
+    journal.record(RunResult("branin", "bo", 1, values=[1.0] * 6, feasible=[True] * 6), before.problems[0], bo)
+    journal.record(RunResult("branin", "random", 5, values=[1.0] * 4, feasible=[True] * 4), branin, random_planner)
+    journal.close()
+    with (tmp_path / "runs.jsonl").open("a") as f:
+        f.write('{"definition": {"problem": {"na')  # the kill came mid-line
+    with pytest.raises(ConfigError, match="holds 4 finished runs of a bench that did not finish.*--resume"):
+        RunJournal(now, tmp_path, resume=False)
+    resumed = RunJournal(now, tmp_path, resume=True)
+    assert resumed.finished == [run] and resumed.unreadable_lines == 1
+    resumed.close()
+    (tmp_path / "results.json").write_text("{}")  # the bench got to its results: a new one may start afresh
+    RunJournal(now, tmp_path, resume=False).close()
+    assert (tmp_path / "runs.jsonl").read_text() == ""
 
 
 def test_paired_comparison_counts_seed_by_seed_and_bounds_the_median_difference():
@@ -265,6 +300,42 @@ def test_paired_comparison_counts_seed_by_seed_and_bounds_the_median_difference(
     assert "other" not in table and "failed" not in table
     with pytest.raises(ValueError, match="baseline 'peer' is not one of the planners"):
         BenchConfig(name="t", problems=[{"name": "branin"}], planners=[{"name": "bo", "kind": "bo"}], baseline="peer")
+
+
+@pytest.mark.slow  # a bench killed and resumed (~60 s); .ci/run runs it
+def test_a_killed_bench_resumes_with_the_runs_it_had_finished(tmp_path):
+    """kill -9 of the whole bench (driver, Ray and its workers) mid-run; the same command refuses to
+    overwrite its journal, and with --resume runs only what was missing."""
+    import os
+    import signal
+    import time
+
+    config = tmp_path / "bench.yaml"
+    config.write_text(yaml.safe_dump({"name": "tiny", "seeds": 6, "problems": [{"name": "branin", "budget": 12}],
+                                      "planners": [{"name": "bo", "kind": "bo", "settings": {
+                                          "initial_points": 3, "raw_samples": 32, "num_restarts": 2}}]}))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "sdl.cli", "bench", str(config), "--out", str(out), "--no-progress"]
+    bench = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    journal = out / "runs.jsonl"
+    deadline = time.monotonic() + 240
+    while not (journal.exists() and len(journal.read_text().splitlines()) >= 2) and time.monotonic() < deadline:
+        assert bench.poll() is None, "the bench ended before it could be killed"
+        time.sleep(0.2)
+    os.killpg(bench.pid, signal.SIGKILL)
+    bench.wait()
+    journalled = {json.loads(line)["run"]["seed"]: json.loads(line)["run"] for line in journal.read_text().splitlines()
+                  if line.endswith("}")}
+    assert 2 <= len(journalled) < 6 and not (out / "results.json").exists()
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode != 0 and "add --resume" in again.stderr
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"/{6 - len(journalled)} " in resumed.stderr  # only the missing runs ran
+    runs = {r["seed"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
+    assert sorted(runs) == list(range(6)) and all(r["error"] is None for r in runs.values())
+    for seed, run in journalled.items():  # kept as journalled (a rerun would have other timings)
+        assert runs[seed] == run
 
 
 @pytest.mark.slow  # two bench runs and a merge, each starting Ray (~40 s); .ci/run runs it

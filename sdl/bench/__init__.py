@@ -1,7 +1,8 @@
 """``sdl bench CONFIG``: planners x problems x seeds, closed loop, in parallel as Ray tasks.
 
-Problems are in :mod:`.problems`, the YAML in :mod:`.config`, the runs in :mod:`.runner` and what
-they are turned into (``results.json``, ``table.md``, ``regret.png``) in :mod:`.outputs`.
+Problems are in :mod:`.problems`, the YAML in :mod:`.config`, the runs in :mod:`.runner`, their
+journal (what a killed bench resumes from) in :mod:`.journal`, and what they are turned into
+(``results.json``, ``table.md``, ``regret.png``) in :mod:`.outputs`.
 Benchmarks print figures; tests check correctness.
 """
 
@@ -11,25 +12,31 @@ from pathlib import Path
 from typing import Any
 
 from sdl.bench.config import BenchConfig, BenchPlannerSpec, load_bench_config, make_bench_planner
+from sdl.bench.journal import RunJournal
 from sdl.bench.outputs import merge_results, write_outputs
 from sdl.bench.problems import BenchProblem, FormulaProblem, ProblemSpec, TestFunctionProblem, TwinProblem, make_problem
 from sdl.bench.runner import RunResult, reference, run_one, run_tasks
 
 
-def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
-    """Run the whole bench and write its outputs in ``config.out`` (default runs/bench/<name>)."""
+def run_bench(config: BenchConfig, *, progress: bool = True, resume: bool = False) -> dict[str, Any]:
+    """Run the whole bench and write its outputs in ``config.out`` (default runs/bench/<name>), each run
+    journalled there as it ends; ``resume`` keeps the runs an earlier, unfinished bench journalled."""
     out = config.out or Path("runs") / "bench" / config.name
-    out.mkdir(parents=True, exist_ok=True)
+    journal = RunJournal(config, out, resume=resume)
+    problem_specs = {p.name: p for p in config.problems}
+    planner_specs = {p.name: p for p in config.planners}
     problems = {spec.name: make_problem(spec) for spec in config.problems}  # built once: the twin tabulates
     try:
         references = {name: reference(problem) for name, problem in problems.items()}
-        results = run_tasks(config, progress=progress)
+        results = run_tasks(config, progress=progress, finished=journal.finished,
+                            on_result=lambda r: journal.record(r, problem_specs[r.problem], planner_specs[r.planner]))
         return write_outputs(config, problems, results, references, out)
     finally:
+        journal.close()
         for problem in problems.values():
             problem.close()
 
 
-__all__ = ["BenchConfig", "BenchPlannerSpec", "BenchProblem", "FormulaProblem", "ProblemSpec", "RunResult",
+__all__ = ["BenchConfig", "BenchPlannerSpec", "BenchProblem", "FormulaProblem", "ProblemSpec", "RunJournal", "RunResult",
            "TestFunctionProblem", "TwinProblem", "load_bench_config", "make_bench_planner", "make_problem",
            "merge_results", "reference", "run_bench", "run_one", "run_tasks", "write_outputs"]

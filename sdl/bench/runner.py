@@ -4,7 +4,9 @@ the noiseless truth beside it; the problems' references (best feasible value) co
 
 from __future__ import annotations
 
+import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -107,8 +109,11 @@ def _polish(problem: BenchProblem, points, values, feasible, best: float) -> flo
 # -- the whole bench -----------------------------------------------------------------------------
 
 
-def run_tasks(config: BenchConfig, *, progress: bool = True) -> list[RunResult]:
-    """Every (problem, planner, seed) of the config, one Ray task per CPU."""
+def run_tasks(config: BenchConfig, *, progress: bool = True, finished: Sequence[RunResult] = (),
+              on_result: Callable[[RunResult], None] | None = None) -> list[RunResult]:
+    """Every (problem, planner, seed) of the config not among ``finished``, one Ray task per CPU; each
+    result handed to ``on_result`` as it ends. Without the progress bar, one line per run on stderr. A
+    task Ray could not finish (its worker killed) is a run with that error, not the end of the bench."""
     import ray
     from tqdm import tqdm
 
@@ -121,14 +126,28 @@ def run_tasks(config: BenchConfig, *, progress: bool = True) -> list[RunResult]:
     try:
         task = ray.remote(num_cpus=1, max_retries=1)(run_one)
         seeds = range(config.first_seed, config.first_seed + config.seeds)
-        refs = [task.remote(p, q, seed) for p in config.problems for q in config.planners for seed in seeds]
-        results: list[RunResult] = []
-        with tqdm(total=len(refs), desc=f"bench {config.name}", unit="run", disable=not progress) as bar:
-            pending = list(refs)
-            while pending:
+        skip = {(r.problem, r.planner, r.seed) for r in finished}
+        jobs = {task.remote(p, q, seed): (p.name, q.name, seed) for p in config.problems for q in config.planners
+                for seed in seeds if (p.name, q.name, seed) not in skip}
+        results: list[RunResult] = list(finished)
+        started = time.perf_counter()
+        with tqdm(total=len(jobs), desc=f"bench {config.name}", unit="run", disable=not progress) as bar:
+            pending = list(jobs)
+            for count in range(1, len(jobs) + 1):
                 done, pending = ray.wait(pending, num_returns=1)
-                results.append(ray.get(done[0]))
+                try:
+                    result = ray.get(done[0])
+                except Exception as e:  # noqa: BLE001 - a lost worker (killed, out of memory) fails its run only
+                    result = RunResult(*jobs[done[0]], error=f"the task failed: {type(e).__name__}: "
+                                                            f"{str(e).splitlines()[0] if str(e) else ''}")
+                results.append(result)
+                if on_result is not None:
+                    on_result(result)
                 bar.update(1)
+                if not progress:
+                    outcome = "failed" if result.error else "done"
+                    print(f"bench {config.name}: {count}/{len(jobs)} {result.problem} {result.planner} seed "
+                          f"{result.seed} {outcome} ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
         return results
     finally:
         if started_ray:

@@ -20,10 +20,17 @@ from sdl.cli import main
 @click.option("--baseline", help="Compare every planner seed by seed with this one (default: the config's baseline).")
 @click.option("--problems", help="Comma-separated subset of the config's problems.")
 @click.option("--ray-address", help="Run the tasks on an existing Ray cluster ('auto' or HOST:PORT).")
-@click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
+@click.option("--no-progress", is_flag=True, help="No progress bar: one line per finished run (for logs).")
+@click.option("--resume", is_flag=True,
+              help="Keep the runs an earlier, unfinished bench journalled in the output folder (runs.jsonl) and run "
+                   "only the rest.")
 def bench(config: Path, seeds: int | None, first_seed: int | None, out: Path | None, planners: str | None,
-          baseline: str | None, problems: str | None, ray_address: str | None, no_progress: bool) -> None:
-    """Benchmark planners x problems x seeds (CONFIG, YAML) in parallel Ray tasks; write a table and regret curves."""
+          baseline: str | None, problems: str | None, ray_address: str | None, no_progress: bool,
+          resume: bool) -> None:
+    """Benchmark planners x problems x seeds (CONFIG, YAML) in parallel Ray tasks; write a table and regret curves.
+
+    Each run is journalled in the output folder as it ends (runs.jsonl): a bench that was killed continues
+    with the same command and --resume."""
     from sdl.bench import load_bench_config, run_bench
     from sdl.settings import ConfigError, validate
 
@@ -52,9 +59,9 @@ def bench(config: Path, seeds: int | None, first_seed: int | None, out: Path | N
             update["baseline"] = None  # the config's baseline is not run this time: no seed-by-seed table
         if update:  # validated again: a baseline must be among the planners run
             cfg = validate(type(cfg), {**cfg.model_dump(), **update}, source="the options")
+        result = run_bench(cfg, progress=not no_progress, resume=resume)
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
-    result = run_bench(cfg, progress=not no_progress)
     click.echo((Path(result["out"]) / "table.md").read_text())
     click.echo(f"wrote {result['out']}/table.md, regret.png, results.json")
 
