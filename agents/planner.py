@@ -7,8 +7,8 @@ for a given seed, where ``k`` counts observations plus pending experiments.
 
 This module holds the planner contract (:class:`Planner`, the ``propose`` messages and the bus
 service that hosts any planner) and the model-free planners (``random``, ``sobol``); each
-model-based planner is its own module beside it (``bo_planner``, ``causal_planner``,
-``generative_planner``, ``peer_planners``).
+model-based planner is its own module beside it (``bo_planner``, with its ``bo_settings`` and
+``bo_acquisition``; ``causal_planner``, ``generative_planner``, ``peer_planners``).
 """
 
 from __future__ import annotations

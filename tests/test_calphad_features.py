@@ -208,7 +208,7 @@ def test_a_designed_ageing_temperature_is_one_more_axis(features, cache):
     np.testing.assert_allclose(at_1050, features(x), atol=1e-9)
     point = torch.tensor([[0.09, 0.05, 0.05, 1033.0]], dtype=torch.double, requires_grad=True)
     assert torch.autograd.gradcheck(designed, (point,))
-    from sdl.agents.bo_planner import CalphadPhysicsSettings
+    from sdl.agents.bo_settings import CalphadPhysicsSettings
 
     with pytest.raises(ValueError, match="either ageing_temperature_k .* or ageing_temperature_parameter"):
         CalphadPhysicsSettings(solution_temperature_k=SOLUTION_K)
