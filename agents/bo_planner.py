@@ -503,12 +503,14 @@ class BoPlanner(Planner):
             # plug-in form below re-proposed one alloy up to 20 times on the twin).
             # Only the incumbents that may be the best matter (BoTorch's pruning), and of those at most
             # baseline_limit: with 1,000 observations pruning kept 68, and the search took 11 s instead of 5.
+            # The incumbents' posterior root is cached (cache_root): the same proposals (to 1e-6 in the
+            # fractions) in half the time at 100 observations on the twin; no faster at 1,000.
             incumbents = x[feasible]
             if len(incumbents) > self.settings.baseline_limit:
                 incumbents = prune_inferior_points(model, incumbents,
                                                    max_frac=self.settings.baseline_limit / len(incumbents))
             return qLogNoisyExpectedImprovement(model, X_baseline=incumbents, sampler=sampler, X_pending=x_pending,
-                                                prune_baseline=False, cache_root=False)
+                                                prune_baseline=False, cache_root=True)
         if y.shape[-1] == 1:
             with torch.no_grad():
                 mean = model.posterior(x).mean.squeeze(-1)
