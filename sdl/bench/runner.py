@@ -127,8 +127,10 @@ def run_tasks(config: BenchConfig, *, progress: bool = True, finished: Sequence[
         task = ray.remote(num_cpus=1, max_retries=1)(run_one)
         seeds = range(config.first_seed, config.first_seed + config.seeds)
         skip = {(r.problem, r.planner, r.seed) for r in finished}
-        jobs = {task.remote(p, q, seed): (p.name, q.name, seed) for p in config.problems for q in config.planners
-                for seed in seeds if (p.name, q.name, seed) not in skip}
+        # Seed by seed, every planner on a seed before the next seed: a bench stopped early has whole pairs
+        # for the seed-by-seed comparison.
+        jobs = {task.remote(p, q, seed): (p.name, q.name, seed) for p in config.problems for seed in seeds
+                for q in config.planners if (p.name, q.name, seed) not in skip}
         results: list[RunResult] = list(finished)
         started = time.perf_counter()
         with tqdm(total=len(jobs), desc=f"bench {config.name}", unit="run", disable=not progress) as bar:
