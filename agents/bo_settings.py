@@ -1,7 +1,8 @@
 """The BO planner's settings (``planner: {kind: bo, settings: ...}``): the model, the acquisition, how
 P(feasible) is had, the chance constraint, the initial design, and the planner's own CALPHAD physics
-(:class:`CalphadPhysicsSettings`) and transfer prior (:class:`TransferPriorSettings`). Validated here, once;
-:mod:`sdl.agents.bo_planner` trusts them."""
+(:class:`CalphadPhysicsSettings`) and transfer prior (:class:`TransferPriorSettings`). Validated here when a
+config is loaded; what depends on the campaign (its space, its objective) :meth:`BoPlanner.check
+<sdl.agents.bo_planner.BoPlanner.check>` adds."""
 
 from __future__ import annotations
 

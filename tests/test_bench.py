@@ -230,34 +230,53 @@ def test_bench_runs_end_to_end_as_ray_tasks(tmp_path):
 
 
 def test_the_journal_keeps_finished_runs_defined_as_now_for_a_resumed_bench(tmp_path):
-    """A resumed bench reuses a journalled run only where its problem and planner are defined as now, its
-    seed is among the bench's and it did not fail; a line cut short by a kill is skipped; without
-    --resume an unfinished bench's journal is not overwritten, a finished one's is."""
+    """A resumed bench reuses a journalled run only where its problem and planner are defined as now and
+    its seed is among the bench's; a planner's failure is kept (a result), a lost worker's run is not; a
+    line cut short by a kill is skipped and does not swallow the next run; without --resume a journal
+    holding runs the folder's results do not is refused, one whose runs all made it into them restarts."""
     from sdl.bench import RunJournal, RunResult
     from sdl.bench.config import BenchConfig
+    from sdl.bench.runner import LOST_RUN
 
     def config(budget: int) -> BenchConfig:
         return BenchConfig(name="t", seeds=2, problems=[{"name": "branin", "budget": budget}],
                            planners=[{"name": "random", "kind": "random"}, {"name": "bo", "kind": "bo"}])
 
+    def results(*runs: RunResult) -> None:
+        (tmp_path / "results.json").write_text(json.dumps({"runs": [vars(r) for r in runs]}))
+
     now, before = config(4), config(6)
     journal = RunJournal(now, tmp_path, resume=False)
+    journal.open()
     branin, random_planner, bo = now.problems[0], *now.planners
     run = RunResult("branin", "random", 0, values=[3.0, 2.0, 1.0, 0.5], feasible=[True] * 4)
+    failed = RunResult("branin", "bo", 0, error="ValueError: boom")
     journal.record(run, branin, random_planner)
-    journal.record(RunResult("branin", "bo", 0, error="ValueError: boom"), branin, bo)
+    journal.record(failed, branin, bo)
     journal.record(RunResult("branin", "bo", 1, values=[1.0] * 6, feasible=[True] * 6), before.problems[0], bo)
     journal.record(RunResult("branin", "random", 5, values=[1.0] * 4, feasible=[True] * 4), branin, random_planner)
+    journal.record(RunResult("branin", "random", 1, error=f"{LOST_RUN}WorkerCrashedError"), branin, random_planner)
     journal.close()
     with (tmp_path / "runs.jsonl").open("a") as f:
         f.write('{"definition": {"problem": {"na')  # the kill came mid-line
-    with pytest.raises(ConfigError, match="holds 4 finished runs of a bench that did not finish.*--resume"):
+    with pytest.raises(ConfigError, match="holds 5 journalled runs that its results.json does not.*--resume"):
         RunJournal(now, tmp_path, resume=False)
     resumed = RunJournal(now, tmp_path, resume=True)
-    assert resumed.finished == [run] and resumed.unreadable_lines == 1
+    assert resumed.finished == [run, failed] and resumed.unreadable_lines == 1
+    rerun = RunResult("branin", "random", 1, values=[2.0] * 4, feasible=[True] * 4)
+    resumed.open()
+    resumed.record(rerun, branin, random_planner)
     resumed.close()
-    (tmp_path / "results.json").write_text("{}")  # the bench got to its results: a new one may start afresh
-    RunJournal(now, tmp_path, resume=False).close()
+    again = RunJournal(now, tmp_path, resume=True)
+    assert again.finished == [run, failed, rerun] and again.unreadable_lines == 1
+    results(run, failed)  # a narrower bench finished here: the other runs are still only in the journal
+    with pytest.raises(ConfigError, match="holds 3 journalled runs"):
+        RunJournal(now, tmp_path, resume=False)
+    results(*[RunResult(**json.loads(line)["run"]) for line in (tmp_path / "runs.jsonl").read_text().splitlines()
+              if line.endswith("}")])
+    fresh = RunJournal(now, tmp_path, resume=False)  # every run made it into the results: a new bench may start
+    fresh.open()
+    fresh.close()
     assert (tmp_path / "runs.jsonl").read_text() == ""
 
 
@@ -303,6 +322,7 @@ def test_paired_comparison_counts_seed_by_seed_and_bounds_the_median_difference(
 
 
 @pytest.mark.slow  # a bench killed and resumed (~60 s); .ci/run runs it
+@pytest.mark.timeout(900)  # three bench starts, on cores that may be busy
 def test_a_killed_bench_resumes_with_the_runs_it_had_finished(tmp_path):
     """kill -9 of the whole bench (driver, Ray and its workers) mid-run; the same command refuses to
     overwrite its journal, and with --resume runs only what was missing."""
@@ -319,11 +339,13 @@ def test_a_killed_bench_resumes_with_the_runs_it_had_finished(tmp_path):
     bench = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     journal = out / "runs.jsonl"
     deadline = time.monotonic() + 240
-    while not (journal.exists() and len(journal.read_text().splitlines()) >= 2) and time.monotonic() < deadline:
-        assert bench.poll() is None, "the bench ended before it could be killed"
-        time.sleep(0.2)
-    os.killpg(bench.pid, signal.SIGKILL)
-    bench.wait()
+    try:
+        while not (journal.exists() and len(journal.read_text().splitlines()) >= 2) and time.monotonic() < deadline:
+            assert bench.poll() is None, "the bench ended before it could be killed"
+            time.sleep(0.2)
+    finally:  # the whole bench, Ray included, whatever happened above
+        os.killpg(bench.pid, signal.SIGKILL)
+        bench.wait()
     journalled = {json.loads(line)["run"]["seed"]: json.loads(line)["run"] for line in journal.read_text().splitlines()
                   if line.endswith("}")}
     assert 2 <= len(journalled) < 6 and not (out / "results.json").exists()
@@ -331,6 +353,7 @@ def test_a_killed_bench_resumes_with_the_runs_it_had_finished(tmp_path):
     assert again.returncode != 0 and "add --resume" in again.stderr
     resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"{len(journalled)} finished runs kept" in resumed.stderr
     assert f"/{6 - len(journalled)} " in resumed.stderr  # only the missing runs ran
     runs = {r["seed"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
     assert sorted(runs) == list(range(6)) and all(r["error"] is None for r in runs.values())

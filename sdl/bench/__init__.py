@@ -8,6 +8,7 @@ Benchmarks print figures; tests check correctness.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,19 @@ def run_bench(config: BenchConfig, *, progress: bool = True, resume: bool = Fals
     """Run the whole bench and write its outputs in ``config.out`` (default runs/bench/<name>), each run
     journalled there as it ends; ``resume`` keeps the runs an earlier, unfinished bench journalled."""
     out = config.out or Path("runs") / "bench" / config.name
-    journal = RunJournal(config, out, resume=resume)
+    journal = RunJournal(config, out, resume=resume)  # refuses to drop an unfinished bench's runs: before any work
+    if resume:
+        skipped = f", {journal.unreadable_lines} unreadable lines skipped" if journal.unreadable_lines else ""
+        print(f"bench {config.name}: {len(journal.finished)} finished runs kept from {journal.path}{skipped}",
+              file=sys.stderr, flush=True)
     problem_specs = {p.name: p for p in config.problems}
     planner_specs = {p.name: p for p in config.planners}
-    problems = {spec.name: make_problem(spec) for spec in config.problems}  # built once: the twin tabulates
+    problems: dict[str, BenchProblem] = {}
     try:
+        for spec in config.problems:
+            problems[spec.name] = make_problem(spec)  # built once: the twin tabulates
         references = {name: reference(problem) for name, problem in problems.items()}
+        journal.open()
         results = run_tasks(config, progress=progress, finished=journal.finished,
                             on_result=lambda r: journal.record(r, problem_specs[r.problem], planner_specs[r.planner]))
         return write_outputs(config, problems, results, references, out)

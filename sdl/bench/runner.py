@@ -17,6 +17,8 @@ from sdl.bench.problems import BenchProblem, ProblemSpec, make_problem, reached
 from sdl.experiment import DesignPoint, Observation
 from sdl.settings import NoSettings
 
+LOST_RUN = "the run's Ray worker was lost: "  # the error of a run that did not end by itself
+
 # -- one run -------------------------------------------------------------------------------------
 
 
@@ -113,8 +115,10 @@ def run_tasks(config: BenchConfig, *, progress: bool = True, finished: Sequence[
               on_result: Callable[[RunResult], None] | None = None) -> list[RunResult]:
     """Every (problem, planner, seed) of the config not among ``finished``, one Ray task per CPU; each
     result handed to ``on_result`` as it ends. Without the progress bar, one line per run on stderr. A
-    task Ray could not finish (its worker killed) is a run with that error, not the end of the bench."""
+    task whose Ray worker was lost (killed, out of memory) is a run with that error (:data:`LOST_RUN`), not
+    the end of the bench."""
     import ray
+    from ray.exceptions import RayError, RayTaskError
     from tqdm import tqdm
 
     started_ray = not ray.is_initialized()
@@ -127,8 +131,8 @@ def run_tasks(config: BenchConfig, *, progress: bool = True, finished: Sequence[
         task = ray.remote(num_cpus=1, max_retries=1)(run_one)
         seeds = range(config.first_seed, config.first_seed + config.seeds)
         skip = {(r.problem, r.planner, r.seed) for r in finished}
-        # Seed by seed, every planner on a seed before the next seed: a bench stopped early has whole pairs
-        # for the seed-by-seed comparison.
+        # Seed by seed, every planner on a seed before the next seed: a bench stopped early leaves whole pairs
+        # in its journal for the seed-by-seed comparison.
         jobs = {task.remote(p, q, seed): (p.name, q.name, seed) for p in config.problems for seed in seeds
                 for q in config.planners if (p.name, q.name, seed) not in skip}
         results: list[RunResult] = list(finished)
@@ -139,9 +143,10 @@ def run_tasks(config: BenchConfig, *, progress: bool = True, finished: Sequence[
                 done, pending = ray.wait(pending, num_returns=1)
                 try:
                     result = ray.get(done[0])
-                except Exception as e:  # noqa: BLE001 - a lost worker (killed, out of memory) fails its run only
-                    result = RunResult(*jobs[done[0]], error=f"the task failed: {type(e).__name__}: "
-                                                            f"{str(e).splitlines()[0] if str(e) else ''}")
+                except RayTaskError:
+                    raise  # run_one keeps a planner's failure as its result: this is the bench's own bug
+                except RayError as e:  # a lost worker (killed, out of memory, its node gone) fails its run only
+                    result = RunResult(*jobs[done[0]], error=f"{LOST_RUN}{type(e).__name__}")
                 results.append(result)
                 if on_result is not None:
                     on_result(result)
