@@ -18,6 +18,13 @@ Stop 39 (issue 19's scale target: <= 2 s at 100 observations, <= 5 s at 1,000), 
     bo_physics_start  1.33 s at 100, 4.82 s at 1,000   (stop 38: 5.9 s and 74.6 s)
     bo_calphad_floor  0.84 s at 100, 2.06 s at 1,000
     hartmann6         0.49 s at 100, 1.02 s at 1,000
+
+Stop 43, noisy EI caching its incumbents' posterior root (cache_root), --planners bo_physics_start_f75k90
+bo_calphad_floor (three runs of the first on an idle machine; the spread is the machine's and the data's):
+
+    bo_physics_start_f75k90  1.25-1.36 s at 100, 4.50-5.15 s at 1,000   (without the cache: 1.79 and 4.73 s)
+    bo_calphad_floor         0.94 s at 100, 2.13 s at 1,000
+    hartmann6                0.41 s at 100, 1.01 s at 1,000
 """
 
 from __future__ import annotations
