@@ -9,7 +9,18 @@ import torch
 from botorch.acquisition import AcquisitionFunction
 
 
-class FeasibilityWeighted(AcquisitionFunction):
+class _Wrapping(AcquisitionFunction):
+    """An acquisition built on another one (``self.acquisition``), to which pending points are handed on."""
+
+    def __init__(self, acquisition: AcquisitionFunction) -> None:
+        super().__init__(model=acquisition.model)
+        self.acquisition = acquisition
+
+    def set_X_pending(self, X_pending: torch.Tensor | None = None) -> None:
+        self.acquisition.set_X_pending(X_pending)
+
+
+class FeasibilityWeighted(_Wrapping):
     """log acquisition + exponent x sum over the q points of log P(feasible): the hybrid EI x P(feasible)^exponent.
 
     An exponent above 1 is risk aversion: a failed specimen costs a furnace cycle, so a point at
@@ -17,19 +28,15 @@ class FeasibilityWeighted(AcquisitionFunction):
     """
 
     def __init__(self, acquisition: AcquisitionFunction, log_feasibility, exponent: float = 1.0) -> None:
-        super().__init__(model=acquisition.model)
-        self.acquisition = acquisition
+        super().__init__(acquisition)
         self.log_feasibility = log_feasibility
         self.exponent = exponent
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         return self.acquisition(X) + self.exponent * self.log_feasibility(X).sum(dim=-1)
 
-    def set_X_pending(self, X_pending: torch.Tensor | None = None) -> None:
-        self.acquisition.set_X_pending(X_pending)
 
-
-class ChanceConstrained(AcquisitionFunction):
+class ChanceConstrained(_Wrapping):
     """An acquisition restricted to a chance constraint's region, slack >= 0 (log P(feasible) - log floor, the
     smallest over the constraints), by an exact penalty (weight x violation, in log units): above the
     acquisition's largest slope, its constrained maximiser is a maximiser of the penalised one. Why not
@@ -37,17 +44,13 @@ class ChanceConstrained(AcquisitionFunction):
     proposal against 4-8 s)."""
 
     def __init__(self, acquisition: AcquisitionFunction, slack, weight: float = 1e3) -> None:
-        super().__init__(model=acquisition.model)
-        self.acquisition = acquisition
+        super().__init__(acquisition)
         self.slack = slack
         self.weight = weight
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         violation = (-self.slack(X)).clamp_min(0.0).sum(dim=-1)
         return self.acquisition(X) - self.weight * violation
-
-    def set_X_pending(self, X_pending: torch.Tensor | None = None) -> None:
-        self.acquisition.set_X_pending(X_pending)
 
 
 class PhysicsGuess(AcquisitionFunction):
@@ -66,7 +69,7 @@ class PhysicsGuess(AcquisitionFunction):
         return self.estimate(X[..., self.columns]).sum(dim=-1) / self.scale
 
 
-class BalanceCompleted(AcquisitionFunction):
+class BalanceCompleted(_Wrapping):
     """An acquisition of the free coordinates only: the balance element's fraction is filled in as 1 - the
     others' sum. Where the free elements' bounds already keep the balance inside its own, the simplex is then
     a box, and the restarts run under L-BFGS-B instead of SLSQP with an equality constraint (on the twin
@@ -74,8 +77,7 @@ class BalanceCompleted(AcquisitionFunction):
 
     def __init__(self, acquisition: AcquisitionFunction, kept: torch.Tensor, balance: int,
                  composition: torch.Tensor) -> None:
-        super().__init__(model=acquisition.model)
-        self.acquisition = acquisition
+        super().__init__(acquisition)
         self.kept = kept  # the columns optimised, in order: all but the balance element's
         self.balance = balance  # the balance element's column
         self.composition = composition  # positions, within kept, of the free elements' fractions
@@ -88,6 +90,3 @@ class BalanceCompleted(AcquisitionFunction):
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         return self.acquisition(self.complete(X))
-
-    def set_X_pending(self, X_pending: torch.Tensor | None = None) -> None:
-        self.acquisition.set_X_pending(X_pending)
