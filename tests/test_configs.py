@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from sdl.agents.process_policy import load_policy_config
-from sdl.bench.config import BenchConfig, planner_settings
-from sdl.bench.problems import make_problem
+from sdl.bench.config import BenchConfig, load_bench_config
 from sdl.campaign import load_config
 from sdl.settings import load_yaml
 from sdl.surrogates.causal import load_causal_config
@@ -22,17 +21,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def _bench(path: Path) -> BenchConfig:
-    config = load_yaml(BenchConfig, path, "bench config")
-    for spec in config.problems:
-        if spec.name == "twin" or spec.twin is not None or spec.solid_solution is not None:
-            continue
-        problem = make_problem(spec)
-        try:
-            for planner in config.planners:
-                planner_settings(planner, problem)
-        finally:
-            problem.close()
-    return config
+    return load_bench_config(path, check_on=lambda spec: spec.kind not in ("twin", "solid_solution"))
 
 
 READERS = {

@@ -6,7 +6,7 @@ the twin's CALPHAD classifier, else a GP on the measured constraint)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import Field, model_validator
 
@@ -57,12 +57,13 @@ class BenchConfig(Section):
         return self
 
 
-def load_bench_config(path: str | Path) -> BenchConfig:
-    """The bench config, every planner's settings validated on every problem now, not in a Ray task.
-    (A planner that cannot work on a problem, such as a composition generator on Branin, is a row of
-    the results that says why, not a refused config.)"""
+def load_bench_config(path: str | Path, *,
+                      check_on: Callable[[ProblemSpec], bool] = lambda spec: True) -> BenchConfig:
+    """The bench config, every planner's settings validated on every problem (those ``check_on`` accepts)
+    now, not in a Ray task. (A planner that cannot work on a problem, such as a composition generator on
+    Branin, is a row of the results that says why, not a refused config.)"""
     config = load_yaml(BenchConfig, path, "bench config")
-    for problem_spec in config.problems:
+    for problem_spec in filter(check_on, config.problems):
         problem = make_problem(problem_spec)
         try:
             for spec in config.planners:

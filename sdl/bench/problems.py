@@ -370,15 +370,27 @@ class ProblemSpec(Section):
                 raise ValueError(f"solid_solution: {describe_validation_error(e)}") from None
         return self
 
+    @property
+    def kind(self) -> Literal["formula", "solid_solution", "twin", "named"]:
+        """What builds it: a formula, EMT labels of solid solutions, the CALPHAD twin (each costs minutes on
+        a cold cache), or a built-in / entry-point problem by name."""
+        if self.objective is not None:
+            return "formula"
+        if self.solid_solution is not None:
+            return "solid_solution"
+        if self.name == "twin" or self.twin is not None:
+            return "twin"
+        return "named"
+
 
 def make_problem(spec: ProblemSpec) -> BenchProblem:
-    if spec.objective is not None:
+    if spec.kind == "formula":
         return FormulaProblem(spec)
-    if spec.solid_solution is not None:
+    if spec.kind == "solid_solution":
         from sdl.bench.solid_solution_problem import SolidSolutionProblem, SolidSolutionSpec
 
         return SolidSolutionProblem(SolidSolutionSpec.model_validate(spec.solid_solution), name=spec.name)
-    if spec.name == "twin" or spec.twin is not None:
+    if spec.kind == "twin":
         return TwinProblem(spec.phase_boundary, variant=spec.twin, name=spec.name)
     if spec.name in BUILTIN_PROBLEMS:
         return TestFunctionProblem(spec.name)
