@@ -18,7 +18,8 @@ elements' bounds imply the balance element's, the search runs over the other coo
   measured constraint, or (``feasibility: calphad``) from the planner's own CALPHAD margin corrected
   by the measured verdicts (:class:`~sdl.surrogates.calphad_features.CalphadFeasibility`); the
   objective's GP may also see CALPHAD features (``calphad.objective_inputs``) or model the residual
-  of a prior mean linear in them (``calphad.objective_mean``). Alternatively
+  of a prior mean linear in them (``calphad.objective_mean``). A measured constraint's GP may instead be
+  sampled jointly with the objective's inside noisy EI (``feasibility_acquisition: joint``, as Ax). Alternatively
   (``constraint_handling: penalty``) the objective itself is penalised by how far a measured
   constraint is violated.
 - Batches: greedy sequential; each new point is chosen with the in-flight experiments and the
@@ -45,7 +46,9 @@ import torch
 from botorch.acquisition import AcquisitionFunction
 from botorch.acquisition.logei import qLogExpectedImprovement, qLogNoisyExpectedImprovement
 from botorch.acquisition.multi_objective.logei import qLogNoisyExpectedHypervolumeImprovement
+from botorch.acquisition.objective import GenericMCObjective
 from botorch.acquisition.utils import prune_inferior_points
+from botorch.models import ModelListGP
 from botorch.optim import optimize_acqf
 from botorch.optim.initializers import initialize_q_batch
 from botorch.sampling import SobolQMCNormalSampler
@@ -307,12 +310,9 @@ class BoPlanner(Planner):
             if s.update_classifier and s.constraint is not None and (verdicts := self._verdicts(done)) is not None:
                 model = update_classifier(model, self.columns, *verdicts)
             return classifier_log_probability(model, self.columns)
-        rows = [(o, s.constraint.value(o.measurements)) for o in done]
-        rows = [(o, v) for o, v in rows if v is not None]
-        if len(rows) < 2:
+        model = self._constraint_gp(done)
+        if model is None:
             return None
-        model = self._gp(self.to_tensor([o.point for o, _ in rows]),
-                         torch.tensor([[v] for _, v in rows], dtype=DTYPE))
         c = s.constraint
 
         def log_probability(X: torch.Tensor) -> torch.Tensor:
@@ -327,6 +327,14 @@ class BoPlanner(Planner):
             return out
 
         return log_probability
+
+    def _constraint_gp(self, done: list[Observation]):
+        """A GP on the measured constraint's value (feasibility 'measured'), or None with fewer than 2 values."""
+        rows = [(o, self.settings.constraint.value(o.measurements)) for o in done]
+        rows = [(o, v) for o, v in rows if v is not None]
+        if len(rows) < 2:
+            return None
+        return self._gp(self.to_tensor([o.point for o, _ in rows]), torch.tensor([[v] for _, v in rows], dtype=DTYPE))
 
     def _calphad_belief(self, done: list[Observation]):
         """The planner's CALPHAD feasibility with the database's error updated by the verdicts so far."""
@@ -390,11 +398,15 @@ class BoPlanner(Planner):
         constraint = self._chance_constraint(log_feasibility, done, self.settings.feasibility_floor)
         generated = self._generated_candidates(x, y, feasible, seed=position) \
             if self.settings.candidate_generator == "cvae" else None
+        constraint_model = self._constraint_gp(done) if self.settings.feasibility_acquisition == "joint" else None
         for i in range(request.n):
             x_pending = torch.cat([t for t in ([pending] if pending is not None else []) + chosen], dim=0) \
                 if (pending is not None or chosen) else None
-            acquisition = self._acquisition(model, x, y, x_pending, feasible, seed=position + i)
-            if log_feasibility is not None:
+            if constraint_model is not None:
+                acquisition = self._joint_acquisition(model, constraint_model, x, x_pending, seed=position + i)
+            else:
+                acquisition = self._acquisition(model, x, y, x_pending, feasible, seed=position + i)
+            if log_feasibility is not None and constraint_model is None:
                 acquisition = FeasibilityWeighted(acquisition, log_feasibility, self.settings.feasibility_exponent)
             chosen.append(self._optimize(acquisition, sobol_seed=self.seed * 7919 + position + i, generated=generated,
                                          constraint=constraint))
@@ -521,6 +533,25 @@ class BoPlanner(Planner):
         return qLogNoisyExpectedHypervolumeImprovement(model, ref_point=self.reference_point(y), X_baseline=x,
                                                        sampler=sampler, X_pending=x_pending, prune_baseline=True,
                                                        cache_root=False)
+
+    def _joint_acquisition(self, model, constraint_model, x, x_pending, *, seed: int) -> AcquisitionFunction:
+        """Noisy log-EI over the objective's and the measured constraint's GPs sampled together (``feasibility_
+        acquisition: joint``, Ax's way): each sample's improvement over the best incumbent feasible in that same
+        sample, weighted by the candidate's feasibility in it (BoTorch's smoothed indicator). Every observation
+        is an incumbent: whether it was feasible is itself sampled, not the measured verdict."""
+        sampler = SobolQMCNormalSampler(sample_shape=torch.Size([self.settings.mc_samples]), seed=self.seed + seed)
+        joint = ModelListGP(model, constraint_model)
+        objective = GenericMCObjective(lambda samples, X=None: samples[..., 0])
+        c = self.settings.constraint
+        constraints = ([lambda samples: c.at_least - samples[..., 1]] if c.at_least is not None else []) + \
+                      ([lambda samples: samples[..., 1] - c.at_most] if c.at_most is not None else [])
+        incumbents = x
+        if len(incumbents) > self.settings.baseline_limit:
+            incumbents = prune_inferior_points(joint, incumbents, objective=objective, constraints=constraints,
+                                               max_frac=self.settings.baseline_limit / len(incumbents))
+        return qLogNoisyExpectedImprovement(joint, X_baseline=incumbents, sampler=sampler, objective=objective,
+                                            constraints=constraints, X_pending=x_pending, prune_baseline=False,
+                                            cache_root=True)
 
     def reference_point(self, y: torch.Tensor) -> list[float]:
         """The configured worst values (sign-flipped to maximisation), else the observed worst minus 10 % of the range."""

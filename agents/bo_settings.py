@@ -94,6 +94,11 @@ class BoSettings(Section):
     update_classifier: bool = Field(
         default=False,
         description="feasibility 'classifier': also learn from each experiment's `constraint` verdict (Laplace update)")
+    feasibility_acquisition: Literal["weighted", "joint"] = Field(
+        default="weighted",
+        description="how P(feasible) enters one objective's noisy EI: weighted, log EI + exponent x log P(feasible) "
+                    "of its own model; joint (feasibility 'measured' only), the constraint's GP sampled jointly with "
+                    "the objective's inside noisy EI (BoTorch's constraints=, as Ax does; the exponent is 1)")
     feasibility_exponent: float = Field(
         default=1.0, ge=0.0, le=10.0, description="EI x P(feasible)^exponent; above 1 avoids failed specimens harder")
     feasibility_floor: float = Field(
@@ -153,6 +158,14 @@ class BoSettings(Section):
         if self.feasibility_floor_known_shift > 0 and (self.feasibility != "calphad" or self.feasibility_floor == 0):
             raise ValueError("feasibility_floor_known_shift needs feasibility 'calphad' (the database's error it "
                              "speaks of) and a feasibility_floor")
+        if self.feasibility_acquisition == "joint" and (self.feasibility != "measured" or self.extra_objectives
+                                                        or self.acquisition != "nei"):
+            raise ValueError("feasibility_acquisition 'joint' samples a measured constraint's GP with one objective's "
+                             "inside noisy EI: it needs feasibility 'measured', acquisition 'nei' and no "
+                             "extra_objectives")
+        if self.feasibility_acquisition == "joint" and self.feasibility_exponent != 1.0:
+            raise ValueError("feasibility_acquisition 'joint' weighs each sample by its feasibility once: leave "
+                             "feasibility_exponent at 1")
         if self.prior is not None and self.extra_objectives:
             raise ValueError("a transfer prior models one objective; it cannot be given with extra_objectives")
         if self.prior is not None and (self.calphad is not None and (self.calphad.objective_inputs

@@ -101,12 +101,15 @@ def test_a_calphad_planner_gets_each_twins_heat_treatment_and_falls_back_elsewhe
     elsewhere = planner_settings(spec, make_problem(ProblemSpec(name="hartmann6_constrained")))
     assert elsewhere.feasibility == "measured" and elsewhere.calphad is None
     # the physics guess needs the heat treatment too, the chance constraint a P(feasible)
+    # (and sampling the constraint jointly with the objective, a measured constraint's GP)
     physics = spec.model_copy(update={"settings": {**spec.settings, "initial_design": "physics",
-                                                   "feasibility_floor": 0.9}})
+                                                   "feasibility_floor": 0.9, "feasibility_acquisition": "joint"}})
     constrained = planner_settings(physics, make_problem(ProblemSpec(name="hartmann6_constrained")))
     assert constrained.initial_design == "sobol" and constrained.feasibility_floor == 0.9
+    assert constrained.feasibility_acquisition == "joint"
     unconstrained = planner_settings(physics, make_problem(ProblemSpec(name="hartmann6")))
     assert unconstrained.feasibility == "none" and unconstrained.feasibility_floor == 0.0
+    assert unconstrained.feasibility_acquisition == "weighted"
 
 
 @pytest.mark.slow  # about 45 s of CALPHAD for two databases; .ci/run runs it

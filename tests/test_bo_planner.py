@@ -157,7 +157,8 @@ def test_measured_constraint_and_penalty_steer_away_from_the_infeasible_corner()
         return 0.8 - point.parameters["a"] ** 2 - point.parameters["b"] ** 2
 
     constraint = {"measurements": ["c"], "at_least": 0.0}
-    for extra in ({"feasibility": "measured"}, {"constraint_handling": "penalty"}):
+    for extra in ({"feasibility": "measured"}, {"feasibility": "measured", "feasibility_acquisition": "joint"},
+                  {"constraint_handling": "penalty"}):
         planner = bo(SQUARE, seed=3, constraint=constraint, **extra)
         history = observe(start(SQUARE, 8, seed=3), f, c=slack)
         proposed = []
@@ -196,6 +197,11 @@ def test_bad_settings_are_refused_with_the_reason():
         bo(SQUARE, feasibility="measured")
     with pytest.raises(ValueError, match="penalty"):
         bo(SQUARE, constraint_handling="penalty")
+    with pytest.raises(ValueError, match="joint.*needs feasibility 'measured'"):
+        bo(SQUARE, feasibility="classifier", feasibility_acquisition="joint")
+    with pytest.raises(ValueError, match="feasibility_exponent at 1"):
+        bo(SQUARE, constraint={"measurements": ["c"], "at_least": 0.0}, feasibility="measured",
+           feasibility_acquisition="joint", feasibility_exponent=2)
     planner = bo(SQUARE, feasibility="classifier")
     with pytest.raises(ValueError, match="carries none"):
         planner.propose(ProposeRequest(n=1, observations=observe(start(SQUARE, 6), lambda p: 1.0)))
