@@ -329,12 +329,19 @@ class BoPlanner(Planner):
         return log_probability
 
     def _constraint_gp(self, done: list[Observation]):
-        """A GP on the measured constraint's value (feasibility 'measured'), or None with fewer than 2 values."""
-        rows = [(o, self.settings.constraint.value(o.measurements)) for o in done]
+        """A GP on the measured constraint's value (feasibility 'measured'), or None with fewer than 2 values.
+        With ``constraint_scale: bilog`` on the bilog of the value about the bound, which keeps the bound and
+        which side of it a value lies, so P(feasible) and the joint acquisition compare with the bound as measured."""
+        c = self.settings.constraint
+        rows = [(o, c.value(o.measurements)) for o in done]
         rows = [(o, v) for o, v in rows if v is not None]
         if len(rows) < 2:
             return None
-        return self._gp(self.to_tensor([o.point for o, _ in rows]), torch.tensor([[v] for _, v in rows], dtype=DTYPE))
+        values = torch.tensor([[v] for _, v in rows], dtype=DTYPE)
+        if self.settings.constraint_scale == "bilog":
+            bound = c.at_least if c.at_least is not None else c.at_most
+            values = bound + torch.sign(values - bound) * torch.log1p((values - bound).abs())
+        return self._gp(self.to_tensor([o.point for o, _ in rows]), values)
 
     def _calphad_belief(self, done: list[Observation]):
         """The planner's CALPHAD feasibility with the database's error updated by the verdicts so far."""
@@ -399,6 +406,9 @@ class BoPlanner(Planner):
         generated = self._generated_candidates(x, y, feasible, seed=position) \
             if self.settings.candidate_generator == "cvae" else None
         constraint_model = self._constraint_gp(done) if self.settings.feasibility_acquisition == "joint" else None
+        restarts = None  # the settings' num_restarts
+        if self.settings.num_restarts_at_scale is not None and len(x) > self.settings.hyperparameter_subset:
+            restarts = min(self.settings.num_restarts, self.settings.num_restarts_at_scale)
         for i in range(request.n):
             x_pending = torch.cat([t for t in ([pending] if pending is not None else []) + chosen], dim=0) \
                 if (pending is not None or chosen) else None
@@ -409,7 +419,7 @@ class BoPlanner(Planner):
             if log_feasibility is not None and constraint_model is None:
                 acquisition = FeasibilityWeighted(acquisition, log_feasibility, self.settings.feasibility_exponent)
             chosen.append(self._optimize(acquisition, sobol_seed=self.seed * 7919 + position + i, generated=generated,
-                                         constraint=constraint))
+                                         constraint=constraint, num_restarts=restarts))
         return [self.to_point(c[0]) for c in chosen]
 
     def _observed_feasible(self, x: torch.Tensor, done: list[Observation], log_feasibility) -> torch.Tensor:

@@ -158,7 +158,7 @@ def test_measured_constraint_and_penalty_steer_away_from_the_infeasible_corner()
 
     constraint = {"measurements": ["c"], "at_least": 0.0}
     for extra in ({"feasibility": "measured"}, {"feasibility": "measured", "feasibility_acquisition": "joint"},
-                  {"constraint_handling": "penalty"}):
+                  {"feasibility": "measured", "constraint_scale": "bilog"}, {"constraint_handling": "penalty"}):
         planner = bo(SQUARE, seed=3, constraint=constraint, **extra)
         history = observe(start(SQUARE, 8, seed=3), f, c=slack)
         proposed = []
@@ -199,6 +199,9 @@ def test_bad_settings_are_refused_with_the_reason():
         bo(SQUARE, constraint_handling="penalty")
     with pytest.raises(ValueError, match="joint.*needs feasibility 'measured'"):
         bo(SQUARE, feasibility="classifier", feasibility_acquisition="joint")
+    with pytest.raises(ValueError, match="bilog.*not both"):
+        bo(SQUARE, constraint={"measurements": ["c"], "at_least": 0.0, "at_most": 1.0}, feasibility="measured",
+           constraint_scale="bilog")
     with pytest.raises(ValueError, match="feasibility_exponent at 1"):
         bo(SQUARE, constraint={"measurements": ["c"], "at_least": 0.0}, feasibility="measured",
            feasibility_acquisition="joint", feasibility_exponent=2)
@@ -307,3 +310,21 @@ def test_noisy_ei_keeps_only_the_incumbents_most_likely_to_be_the_best():
         best = x[int(model.posterior(x).mean.argmax())]
     assert (acquisition.X_baseline == best).all(dim=-1).any()  # the likeliest best is among them
     assert planner.propose(ProposeRequest(n=1, observations=observations))  # and the search runs on them
+
+
+def test_past_the_hyperparameter_subset_the_search_uses_the_restarts_at_scale(monkeypatch):
+    import sdl.agents.bo_planner as bo_module
+
+    used = []
+    search = bo_module.optimize_acqf
+
+    def counting(*args, **kwargs):
+        used.append(kwargs["num_restarts"])
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(bo_module, "optimize_acqf", counting)
+    planner = bo(SQUARE, num_restarts=3, num_restarts_at_scale=1, hyperparameter_subset=16)
+    for n in (12, 20):  # below and past the subset
+        observations = observe(start(SQUARE, n), lambda p: p.parameters["a"] * p.parameters["b"])
+        assert planner.propose(ProposeRequest(n=1, observations=observations))
+    assert used == [3, 1]

@@ -110,6 +110,7 @@ def planner_settings(spec: BenchPlannerSpec, problem: BenchProblem) -> Section:
         settings.pop("feasibility_floor_known_shift", None)  # it speaks of the planner's own database's error
     if spec.agent_kind == "planner.bo" and settings.get("feasibility") != "measured":
         settings.pop("feasibility_acquisition", None)  # it samples a measured constraint's GP: where one is modelled
+        settings.pop("constraint_scale", None)  # and this is how that GP sees the values
     return validate_settings(agent_class(spec.agent_kind), settings, name=spec.name)
 
 
