@@ -27,7 +27,8 @@ elements' bounds imply the balance element's, the search runs over the other coo
   twice for the same region.
 - Scale: with more than ``hyperparameter_subset`` observations the GP's hyperparameters are fitted
   on a random subset (the GP conditions on all), and noisy EI keeps at most ``baseline_limit``
-  incumbents; at 1,000 observations one proposal takes about 2-5 s on 2 cores (bench/planner_time.py).
+  incumbents, and the acquisition search restarts at most ``num_restarts_at_scale`` times; at 1,000
+  observations one proposal takes about 2-4 s on 2 cores (bench/planner_time.py).
 - Layout: the settings are validated in :mod:`sdl.agents.bo_settings`; the acquisition wrappers (P(feasible)
   weighting, chance constraint, physics guess, balance completion) are in :mod:`sdl.agents.bo_acquisition`;
   the GP builder in :mod:`sdl.surrogates.gp`.

@@ -25,6 +25,12 @@ bo_calphad_floor (three runs of the first on an idle machine; the spread is the 
     bo_physics_start_f75k90  1.25-1.36 s at 100, 4.50-5.15 s at 1,000   (without the cache: 1.79 and 4.73 s)
     bo_calphad_floor         0.94 s at 100, 2.13 s at 1,000
     hartmann6                0.41 s at 100, 1.01 s at 1,000
+
+Stop 45, at most 10 restarts of the acquisition search past 256 observations (``num_restarts_at_scale``; the
+same acquisition value to 1e-4 on four twin data sets of 1,000), --planners bo_physics_start_f75k90 --repeats 2:
+
+    bo_physics_start_f75k90  1.17 s at 100, 3.79 s at 1,000
+    hartmann6                0.52 s at 100, 1.11 s at 1,000
 """
 
 from __future__ import annotations
