@@ -297,7 +297,9 @@ class BoPlanner(Planner):
         return (self.to_tensor([o.point for o, _ in labelled]),
                 torch.tensor([float(ok) for _, ok in labelled], dtype=DTYPE))
 
-    def _log_feasibility(self, request: ProposeRequest, done: list[Observation]):
+    def _log_feasibility(self, request: ProposeRequest, done: list[Observation], constraint_gp=None):
+        """log P(feasible) of inputs X, or None; ``constraint_gp``: the measured constraint's GP where the caller
+        has fitted it already (:meth:`_constraint_gp` of the same ``done``)."""
         s = self.settings
         if s.constraint_handling == "penalty" or s.feasibility == "none":
             return None
@@ -311,7 +313,7 @@ class BoPlanner(Planner):
             if s.update_classifier and s.constraint is not None and (verdicts := self._verdicts(done)) is not None:
                 model = update_classifier(model, self.columns, *verdicts)
             return classifier_log_probability(model, self.columns)
-        model = self._constraint_gp(done)
+        model = constraint_gp or self._constraint_gp(done)
         if model is None:
             return None
         c = s.constraint
@@ -399,14 +401,17 @@ class BoPlanner(Planner):
         torch.manual_seed(self.seed * 1_000_003 + position)
         x = self.to_tensor([o.point for o in done])
         model = self._gp(x, y, physics=True)
-        log_feasibility = self._log_feasibility(request, done)
+        # the measured constraint's GP, fitted once: for P(feasible) and, with feasibility_acquisition joint, for noisy EI
+        measured = self.settings.feasibility == "measured" and self.settings.constraint_handling == "probability"
+        constraint_gp = self._constraint_gp(done) if measured else None
+        log_feasibility = self._log_feasibility(request, done, constraint_gp)
         pending = self.to_tensor(request.pending) if request.pending else None
         chosen: list[torch.Tensor] = []
         feasible = self._observed_feasible(x, done, log_feasibility)
         constraint = self._chance_constraint(log_feasibility, done, self.settings.feasibility_floor)
         generated = self._generated_candidates(x, y, feasible, seed=position) \
             if self.settings.candidate_generator == "cvae" else None
-        constraint_model = self._constraint_gp(done) if self.settings.feasibility_acquisition == "joint" else None
+        constraint_model = constraint_gp if self.settings.feasibility_acquisition == "joint" else None
         restarts = None  # the settings' num_restarts
         if self.settings.num_restarts_at_scale is not None and len(x) > self.settings.hyperparameter_subset:
             restarts = min(self.settings.num_restarts, self.settings.num_restarts_at_scale)
