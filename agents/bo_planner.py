@@ -455,6 +455,10 @@ class BoPlanner(Planner):
         points = self._feasible_sobol(request, position)
         if self.settings.initial_design == "physics" and (position == 0 or self._guess_failed(request)):
             points[0] = self._physics_guess(request)
+        if self.settings.initial_design == "center" and position == 0:
+            # the centre of the unit cube; of a composition, where its balance element falls inside its bounds
+            center, _ = self.space.from_unit_cube(np.full((1, self.space.dimension), 0.5))
+            points[:len(center)] = center
         return points
 
     def _guess_failed(self, request: ProposeRequest) -> bool:

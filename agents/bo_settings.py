@@ -116,8 +116,9 @@ class BoSettings(Section):
                     "alloys to learn where the boundary lies, but not to test how blurred it is; 0: none")
     penalty_weight: float = Field(default=10.0, ge=0, description="objective standard deviations per unit violation")
     initial_points: int = Field(default=8, ge=2, description="Sobol' points before the first model")
-    initial_design: Literal["sobol", "causal", "physics"] = Field(
-        default="sobol", description="the first points: Sobol', or the causal planner's best guesses from a past ledger, "
+    initial_design: Literal["sobol", "center", "causal", "physics"] = Field(
+        default="sobol", description="the first points: Sobol', or (center) first the centre of the space then Sobol' "
+                                     "(as Ax starts), or the causal planner's best guesses from a past ledger, "
                                      "or (physics) first the alloy the planner's own peak-hardness estimate ranks "
                                      "highest (inside the chance constraint; again, with the boundary corrected, "
                                      "while every alloy so far failed), then Sobol'")

@@ -85,6 +85,16 @@ def test_initial_design_is_sobol_until_enough_results():
     assert planner.propose(request) == make_planner("sobol", AgentContext(space=ALLOY, seed=2)).propose(request)
 
 
+def test_a_center_start_makes_the_spaces_centre_first_then_follows_sobol():
+    sobol = make_planner("sobol", AgentContext(space=ALLOY, seed=3)).propose(ProposeRequest(n=3))
+    first = bo(ALLOY, seed=3, initial_design="center").propose(ProposeRequest(n=3))
+    # Ni is the balance: Al 0.11, Co 0.1, Cr 0.1 leave it 0.69, inside [0.5, 0.95]
+    assert first[0].composition.root == pytest.approx({"Ni": 0.69, "Al": 0.11, "Co": 0.1, "Cr": 0.1})
+    assert first[0].parameters == {"age_temperature_k": 1050.0} and first[1:] == sobol[1:]
+    later = ProposeRequest(n=2, observations=observe(first[:1], alloy_value))
+    assert bo(ALLOY, seed=3, initial_design="center").propose(later) == sobol[1:]
+
+
 def _feasibility_model(classifier: BayesianLogisticClassifier, inputs) -> FeasibilityModel:
     return FeasibilityModel.from_classifier(classifier, inputs=inputs, calphad_calls=0, target={})
 
