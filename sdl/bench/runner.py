@@ -113,7 +113,7 @@ def _polish(problem: BenchProblem, points, values, feasible, best: float) -> flo
 
 def _local_search(problem: BenchProblem, points, values, feasible, best: float, seed: int,
                   *, starts: int = 3, batch: int = 24) -> float:
-    """The best feasible value a batched (1+24) evolution strategy finds from the sample's best ``starts``
+    """The best feasible value a batched (1 + ``batch``) evolution strategy finds from the sample's best ``starts``
     points, in the unit cube, its step halved after each batch without improvement. Written here because the
     truth it serves (the twin's) has a yes/no feasibility and kinks where phases appear, which SLSQP's gradients
     cannot follow, and scipy's derivative-free methods neither take the composition's balance constraint nor
