@@ -313,7 +313,7 @@ class BoPlanner(Planner):
             if s.update_classifier and s.constraint is not None and (verdicts := self._verdicts(done)) is not None:
                 model = update_classifier(model, self.columns, *verdicts)
             return classifier_log_probability(model, self.columns)
-        model = constraint_gp or self._constraint_gp(done)
+        model = constraint_gp if constraint_gp is not None else self._constraint_gp(done)
         if model is None:
             return None
         c = s.constraint

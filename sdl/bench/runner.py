@@ -126,7 +126,8 @@ def _local_search(problem: BenchProblem, points, values, feasible, best: float, 
             break
         x, fx, step = problem.space.to_unit_cube([points[i]])[0], sign * float(values[i]), 0.05
         for _ in range(rounds):
-            candidates, _ = problem.space.from_unit_cube(np.clip(x + step * rng.standard_normal((batch, len(x))), 0, 1))
+            u = np.clip(x + step * rng.standard_normal((batch, len(x))), 0, 1)
+            candidates, accepted = problem.space.from_unit_cube(u)
             if not candidates:  # every row's balance element out of bounds
                 step /= 2
                 continue
@@ -134,7 +135,7 @@ def _local_search(problem: BenchProblem, points, values, feasible, best: float, 
             gains = np.where(ok, sign * v, -np.inf)
             if gains.max() > fx:
                 j = int(np.argmax(gains))
-                x, fx = problem.space.to_unit_cube([candidates[j]])[0], float(gains[j])
+                x, fx = u[accepted][j], float(gains[j])
             else:
                 step /= 2
         best = sign * max(sign * best, fx)
