@@ -2,7 +2,7 @@
 system (``sdl transfer pretrain``), adapted to this campaign's results and served on the bus.
 
 Methods: ``fit`` (adapts the source model to the campaign's finished observations by the configured
-regime, feature transfer or fine-tuning, and returns the observed point with the best predicted value)
+regime, new-element embedding, feature transfer or fine-tuning, and returns the observed point with the best predicted value)
 and ``predict`` (ensemble mean and standard deviation of compositions, before any fit the source
 model's own). It provides the ``recommendation`` capability, like the GP surrogate.
 """
@@ -24,9 +24,10 @@ from sdl.surrogates.deep_sets import DeepSetsEnsemble, TrainingSettings
 
 class TransferSurrogateSettings(Section):
     source: ResolvedPath = Field(description="the Deep Sets checkpoint (source_model.pt of `sdl transfer pretrain`)")
-    regime: Literal["feature", "partial", "finetune"] = Field(
-        default="finetune", description="how the campaign's results adapt it: retrain the head on the frozen "
-                                        "encoder, fine-tune body and head, or fine-tune every weight")
+    regime: Literal["embedding", "feature", "partial", "finetune"] = Field(
+        default="finetune", description="how the campaign's results adapt it: learn the embeddings of the "
+                                        "elements the source never saw, retrain the head on the frozen encoder, "
+                                        "fine-tune body and head, or fine-tune every weight")
     training: TrainingSettings = TrainingSettings()
 
 
@@ -39,7 +40,11 @@ class TransferSurrogate(Agent):
     @classmethod
     def check(cls, settings: TransferSurrogateSettings, context: AgentContext) -> None:
         space = context.require_space("the transfer surrogate", composition_only=True)
-        DeepSetsEnsemble.load(settings.source).descriptors(list(space.composition.elements))
+        source = DeepSetsEnsemble.load(settings.source)
+        source.descriptors(list(space.composition.elements))
+        if settings.regime == "embedding" and set(space.composition.elements) <= source.seen_elements:
+            raise ValueError(f"regime 'embedding' learns the elements {settings.source.name} never saw, and it saw "
+                             f"every one of {', '.join(space.composition.elements)}; use feature, partial or finetune")
 
     def __init__(self, settings: TransferSurrogateSettings, context: AgentContext) -> None:
         super().__init__(settings, context)

@@ -12,16 +12,23 @@ the model never saw enters through its descriptors alone.
 Uncertainty: a deep ensemble (members from different initialisations, each with its own validation
 split); the prediction is the members' mean, the uncertainty their standard deviation.
 
-Four ways to fit data of a new (target) system, :meth:`DeepSetsEnsemble.fit`:
+Five ways to fit data of a new (target) system, :meth:`DeepSetsEnsemble.fit`:
 
 - ``scratch``: new members, trained on the target data only;
+- ``embedding`` (new-element embedding): every network weight frozen; each element the model never saw
+  gets a learned correction added to its embedding phi(d) (embedding_size weights per new element and
+  member). What the source system taught (how embeddings combine into the property, and the known
+  elements' embeddings) is kept whole, and the target data spend themselves on the one thing the source
+  could not know: the new element, of which the descriptors give only a first guess. The analogue of
+  adding new tokens to a pretrained language model and training only their embeddings. Best with few
+  samples; with many, fine-tuning (which also moves these corrections) catches up and passes it;
 - ``feature`` (feature transfer): the source model's encoder and body frozen, the head retrained from
   the source head; hidden_size + 1 weights learned (65 by default), the safer choice with very little data;
 - ``partial`` (partial fine-tuning): the encoder frozen (what an element is, learned on the source system),
   the body and head trained from the source values at the smaller learning rate;
 - ``finetune``: every weight trained from the source model's values, at a smaller learning rate.
 
-With ``training.source_anchor`` the transfer regimes also pay for the squared distance of their weights
+With ``training.source_anchor`` the regimes that start from source weights also pay for the squared distance of their weights
 from the source model's (L2-SP, Li, Grandvalet & Davoine 2018): a few target samples adjust the source
 model rather than let weight decay and noise pull it elsewhere.
 
@@ -45,9 +52,10 @@ from sdl.settings import Section
 from sdl.surrogates.element_descriptors import DESCRIPTORS, raw_descriptors, standardisation
 
 DTYPE = torch.double
-Regime = Literal["scratch", "feature", "partial", "finetune"]
-REGIMES: tuple[Regime, ...] = ("scratch", "feature", "partial", "finetune")
-TRAINED = {"feature": ("head.",), "partial": ("body.", "head.")}  # parameters a transfer regime trains (else all)
+Regime = Literal["scratch", "embedding", "feature", "partial", "finetune"]
+REGIMES: tuple[Regime, ...] = ("scratch", "embedding", "feature", "partial", "finetune")
+# parameters a transfer regime trains (else all)
+TRAINED = {"embedding": ("corrections.",), "feature": ("head.",), "partial": ("body.", "head.")}
 
 
 class DeepSetsArchitecture(Section):
@@ -61,6 +69,9 @@ class TrainingSettings(Section):
     learning_rate: float = Field(default=3e-3, gt=0)
     finetune_learning_rate_factor: float = Field(default=0.1, gt=0, le=1,
                                                  description="fine-tuning's learning rate, relative")
+    embedding_learning_rate: float = Field(default=1e-2, gt=0, description=(
+        "the embedding regime's: a few dozen new weights, each far from its zero start, take larger steps "
+        "than a trained network's"))
     weight_decay: float = Field(default=1e-5, ge=0)
     source_anchor: float = Field(default=0.0, ge=0, description=(
         "L2-SP (Li et al. 2018): the transfer regimes add this times the squared distance of the trained "
@@ -87,11 +98,23 @@ class DeepSetsNet(nn.Module):
         self.encoder = nn.Sequential(*_mlp([descriptor_size] + [h] * n), nn.Linear(h, e))
         self.body = _mlp([e] + [h] * n)
         self.head = nn.Linear(h, 1)
+        self.corrections = nn.ParameterDict()  # element symbol -> learned correction of its embedding
 
-    def forward(self, descriptors: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:
-        """descriptors (k x D) of the k elements, fractions (... x k) -> the property (...)."""
-        pooled = fractions @ self.encoder(descriptors)
-        return self.head(self.body(pooled)).squeeze(-1)
+    def add_corrections(self, elements: Sequence[str]) -> None:
+        """A zero correction (a trainable parameter) for each of ``elements`` that has none yet."""
+        reference = self.head.weight
+        for element in elements:
+            if element not in self.corrections:
+                self.corrections[element] = nn.Parameter(reference.new_zeros(self.encoder[-1].out_features))
+
+    def forward(self, descriptors: torch.Tensor, fractions: torch.Tensor, elements: Sequence[str]) -> torch.Tensor:
+        """descriptors (k x D) of the k ``elements``, fractions (... x k) -> the property (...)."""
+        embeddings = self.encoder(descriptors)
+        if any(e in self.corrections for e in elements):
+            zero = embeddings.new_zeros(embeddings.shape[-1])
+            embeddings = embeddings + torch.stack([self.corrections[e] if e in self.corrections else zero
+                                                   for e in elements])
+        return self.head(self.body(fractions @ embeddings)).squeeze(-1)
 
 
 class DeepSetsEnsemble:
@@ -124,7 +147,7 @@ class DeepSetsEnsemble:
     def member_predictions(self, elements: Sequence[str], fractions: torch.Tensor) -> torch.Tensor:
         """(members x ...) predictions in the property's units; differentiable in ``fractions``."""
         d = self.descriptors(elements)
-        out = torch.stack([m(d, fractions.to(DTYPE)) for m in self.members])
+        out = torch.stack([m(d, fractions.to(DTYPE), elements) for m in self.members])
         return out * self.y_sd + self.y_mean
 
     def mean_feature(self, elements: Sequence[str], fractions: torch.Tensor) -> torch.Tensor:
@@ -157,6 +180,10 @@ class DeepSetsEnsemble:
             raise ValueError(f"need at least 2 finite labelled alloys, got {len(y)}")
         if regime not in REGIMES:
             raise ValueError(f"regime {regime!r}: one of {', '.join(REGIMES)}")
+        unseen = [e for e in elements if e not in self.seen_elements]
+        if regime == "embedding" and not unseen:
+            raise ValueError(f"regime 'embedding' learns the embeddings of elements the model never saw, and it "
+                             f"was trained on every one of {', '.join(elements)}; use feature, partial or finetune")
         model = copy.deepcopy(self)
         if regime == "scratch":
             model.members = model._new_members(seed)
@@ -164,18 +191,30 @@ class DeepSetsEnsemble:
             model.trained_on = []
         small = regime in ("partial", "finetune")
         learning_rate = training.learning_rate * (training.finetune_learning_rate_factor if small else 1)
+        if regime == "embedding":
+            learning_rate = training.embedding_learning_rate
         d = model.descriptors(elements)
         x = torch.as_tensor(fractions, dtype=DTYPE)
         target = torch.as_tensor((y - model.y_mean) / model.y_sd, dtype=DTYPE)
         rng = np.random.default_rng(seed)
         for member in model.members:
+            if regime == "embedding":
+                member.add_corrections(unseen)
             for name, p in member.named_parameters():
                 p.requires_grad_(regime not in TRAINED or name.startswith(TRAINED[regime]))
-            _train(member, d, x, target, training, learning_rate, rng, anchored=regime != "scratch")
+            # L2-SP holds source weights near their values; the new corrections start at zero, not at
+            # anything the source learned, so the embedding regime has nothing to hold them to
+            _train(member, d, x, elements, target, training, learning_rate, rng,
+                   anchored=regime not in ("scratch", "embedding"))
             for p in member.parameters():
                 p.requires_grad_(True)
         model.trained_on = self.trained_on + ["-".join(elements)] if regime != "scratch" else ["-".join(elements)]
         return model
+
+    @property
+    def seen_elements(self) -> set[str]:
+        """The elements of every system this model was fitted to."""
+        return {e for system in self.trained_on for e in system.split("-")}
 
     # ---- persistence ---------------------------------------------------------------------------------
 
@@ -205,11 +244,12 @@ class DeepSetsEnsemble:
         model.descriptor_mean, model.descriptor_sd = state["descriptor_mean"], state["descriptor_sd"]
         model.y_mean, model.y_sd, model.trained_on = state["y_mean"], state["y_sd"], list(state["trained_on"])
         for member, weights in zip(model.members, state["members"]):
+            member.add_corrections([k.removeprefix("corrections.") for k in weights if k.startswith("corrections.")])
             member.load_state_dict(weights)
         return model
 
 
-def _train(net: DeepSetsNet, descriptors: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+def _train(net: DeepSetsNet, descriptors: torch.Tensor, x: torch.Tensor, elements: Sequence[str], y: torch.Tensor,
            training: TrainingSettings, learning_rate: float, rng: np.random.Generator, *, anchored: bool = False) -> None:
     """Adam on the mean squared error (plus, ``anchored``, the L2-SP pull towards the weights the member
     starts from); early stopping on a validation split of this member's own."""
@@ -230,17 +270,17 @@ def _train(net: DeepSetsNet, descriptors: torch.Tensor, x: torch.Tensor, y: torc
 
     best_loss, best_state, since_best = float("inf"), copy.deepcopy(net.state_dict()), 0
     with torch.no_grad():
-        best_loss = float(torch.mean((net(descriptors, x[val]) - y[val]) ** 2))
+        best_loss = float(torch.mean((net(descriptors, x[val], elements) - y[val]) ** 2))
     for _ in range(training.max_epochs):
         shuffled = fit[rng.permutation(len(fit))]
         for start in range(0, len(shuffled), training.batch_size):
             batch = torch.as_tensor(shuffled[start:start + training.batch_size])
             optimiser.zero_grad()
-            loss = torch.mean((net(descriptors, x[batch]) - y[batch]) ** 2) + anchor_penalty()
+            loss = torch.mean((net(descriptors, x[batch], elements) - y[batch]) ** 2) + anchor_penalty()
             loss.backward()
             optimiser.step()
         with torch.no_grad():
-            val_loss = float(torch.mean((net(descriptors, x[val]) - y[val]) ** 2))
+            val_loss = float(torch.mean((net(descriptors, x[val], elements) - y[val]) ** 2))
         if val_loss < best_loss:
             best_loss, best_state, since_best = val_loss, copy.deepcopy(net.state_dict()), 0
         else:

@@ -74,6 +74,9 @@ class TransferConfig(Section):
             if unknown:
                 raise ValueError(f"the EMT oracle has no parameters for {', '.join(unknown)}; it models "
                                  f"{', '.join(EMT_ELEMENTS)}")
+        if "embedding" in self.evaluation.regimes and set(self.target.elements) <= set(self.source.elements):
+            raise ValueError("evaluation regime 'embedding' learns the target's elements that the source system "
+                             "lacks, and the target has none; leave it out of evaluation.regimes")
         if max(self.evaluation.sizes) > self.target.alloys:
             raise ValueError(f"evaluation size {max(self.evaluation.sizes)} exceeds the target pool "
                              f"({self.target.alloys} alloys)")
@@ -203,7 +206,9 @@ def gp_mean(elements: list[str], fractions: np.ndarray, y: np.ndarray, test_frac
         return model.posterior(torch.as_tensor(test_fractions, dtype=torch.double)).mean.reshape(-1).numpy()
 
 
-LABELS = {"scratch": ("C7", "from scratch"), "feature": ("C0", "feature transfer (frozen encoder, new head)"),
+LABELS = {"scratch": ("C7", "from scratch"),
+          "embedding": ("C5", "new-element embedding (Pt's embedding learned, every weight frozen)"),
+          "feature": ("C0", "feature transfer (frozen encoder, new head)"),
           "partial": ("C1", "partial fine-tuning (frozen encoder; body and head, smaller learning rate)"),
           "finetune": ("C3", "fine-tuning (all weights, smaller learning rate)"),
           "gp": ("C2", "GP on the composition, from scratch"),

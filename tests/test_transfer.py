@@ -138,7 +138,7 @@ def _weights(model, part):
     return [p.detach().clone() for m in model.members for p in getattr(m, part).parameters()]
 
 
-@pytest.mark.parametrize("regime", ["scratch", "feature", "partial", "finetune"])
+@pytest.mark.parametrize("regime", ["scratch", "embedding", "feature", "partial", "finetune"])
 def test_each_regime_trains_and_transfer_keeps_frozen_what_it_should(source_model, regime):
     target = ["Cu", "Ni", "Pd", "Pt"]
     x = np.random.default_rng(1).dirichlet(np.ones(4), size=12)
@@ -147,16 +147,47 @@ def test_each_regime_trains_and_transfer_keeps_frozen_what_it_should(source_mode
     fitted = source_model.fit(target, x, y, regime=regime, training=QUICK, seed=1)
     changed = {part: any(not torch.equal(a, b) for a, b in zip(_weights(source_model, part), _weights(fitted, part)))
                for part in ("encoder", "body", "head")}
+    corrections = [{e: c.detach() for e, c in m.corrections.items()} for m in fitted.members]
+    if regime == "embedding":  # every network weight kept; only Pt, the element the source never saw, learned
+        assert changed == {"encoder": False, "body": False, "head": False}
+        assert all(set(c) == {"Pt"} and c["Pt"].abs().max() > 0 for c in corrections)
+    else:
+        assert all(not c for c in corrections)
     if regime == "feature":
         assert changed == {"encoder": False, "body": False, "head": True}
     elif regime == "partial":
         assert changed == {"encoder": False, "body": True, "head": True}
-    else:
+    elif regime != "embedding":
         assert all(changed.values())
     assert fitted.trained_on[-1] == "Cu-Ni-Pd-Pt"
     assert all(p.requires_grad for m in fitted.members for p in m.parameters())  # nothing left frozen by accident
     after = [p for m in source_model.members for p in m.parameters()]
     assert all(torch.equal(a, b) for a, b in zip(source_weights, after))  # the source model is left as it was
+
+
+def test_the_embedding_regime_moves_the_new_elements_alloys_and_refuses_a_system_without_one(source_model, tmp_path):
+    """Learning Pt's embedding changes what the model predicts for alloys with Pt and nothing else: a Cu-Ni-Pd
+    alloy (Pt at zero fraction, or Pt not named) is predicted as before. It survives a checkpoint, is
+    invariant to the order of the elements, and a system without an unseen element has nothing to learn."""
+    target = ["Cu", "Ni", "Pd", "Pt"]
+    x = np.random.default_rng(1).dirichlet(np.ones(4), size=12)
+    y = 0.05 * x[:, 3] * (1 - x[:, 3])
+    fitted = source_model.fit(target, x, y, regime="embedding", training=QUICK, seed=1)
+    assert fitted.trained_on == ["Cu-Ni-Pd", "Cu-Ni-Pd-Pt"] and "Pt" in fitted.seen_elements
+    with_pt = np.random.default_rng(2).dirichlet(np.ones(4), size=5)
+    assert not np.allclose(fitted.predict(target, with_pt)[0], source_model.predict(target, with_pt)[0])
+    ternary = np.random.default_rng(3).dirichlet(np.ones(3), size=5)
+    padded = np.hstack([ternary, np.zeros((5, 1))])
+    assert np.allclose(fitted.predict(target, padded)[0], source_model.predict(target[:3], ternary)[0], atol=1e-12)
+    order = [3, 1, 0, 2]
+    assert np.allclose(fitted.predict(target, with_pt)[0], fitted.predict([target[i] for i in order],
+                                                                          with_pt[:, order])[0], atol=1e-6, rtol=0)
+    fitted.save(tmp_path / "adapted.pt")
+    assert np.array_equal(DeepSetsEnsemble.load(tmp_path / "adapted.pt").predict(target, with_pt)[0],
+                          fitted.predict(target, with_pt)[0])
+    with pytest.raises(ValueError, match="regime 'embedding' learns the embeddings of elements the model never "
+                                         "saw, and it was trained on every one of Cu, Ni, Pd; use feature"):
+        source_model.fit(target[:3], x[:, :3] / x[:, :3].sum(axis=1, keepdims=True), y, regime="embedding")
 
 
 def test_the_source_anchor_keeps_fine_tuned_weights_near_the_source_models(source_model):
@@ -167,7 +198,7 @@ def test_the_source_anchor_keeps_fine_tuned_weights_near_the_source_models(sourc
     y = 0.05 * x[:, 3] * (1 - x[:, 3])
 
     def distance(model):
-        return sum(float(((a - b) ** 2).sum()) for m, n in zip(source_model.members, model.members)
+        return sum(float(((a - b) ** 2).sum().detach()) for m, n in zip(source_model.members, model.members)
                    for a, b in zip(m.parameters(), n.parameters()))
 
     free = source_model.fit(target, x, y, regime="finetune", training=QUICK, seed=1)
@@ -244,7 +275,7 @@ def test_pretrain_and_evaluate_write_a_model_and_learning_curves(tmp_path):
     result = runner.invoke(main, ["transfer", "evaluate", config, "--no-progress"])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "run" / "learning_curves.json").read_text())
-    assert set(summary["mae"]) == {"scratch", "feature", "partial", "finetune", "gp", "gp_prior"}
+    assert set(summary["mae"]) == {"scratch", "embedding", "feature", "partial", "finetune", "gp", "gp_prior"}
     assert all(len(summary["mae"][r][n]["all"]) == 2 for r in summary["mae"] for n in ("4", "8"))
     assert all(math.isfinite(v) for r in summary["reduction_vs_scratch"].values() for v in r.values())
     assert (tmp_path / "run" / "learning_curves.png").stat().st_size > 10_000
@@ -260,6 +291,10 @@ def test_a_bad_transfer_config_is_one_clear_line(tmp_path):
     bad.write_text(yaml.safe_dump({"source": {"elements": ["Cu", "Fe"]}}))
     result = CliRunner().invoke(main, ["transfer", "pretrain", str(bad)])
     assert result.exit_code != 0 and "EMT oracle has no parameters for Fe" in result.output
+    assert "Traceback" not in result.output
+    bad.write_text(yaml.safe_dump({"target": {"elements": ["Cu", "Ni", "Pd"]}}))  # nothing new for 'embedding'
+    result = CliRunner().invoke(main, ["transfer", "evaluate", str(bad)])
+    assert result.exit_code != 0 and "regime 'embedding' learns the target's elements that the source" in result.output
     assert "Traceback" not in result.output
 
 
@@ -355,7 +390,8 @@ def test_the_transfer_surrogate_adapts_and_predicts_over_the_bus(broker, source_
     assert np.abs(np.array(after.mean) - truth).mean() < np.abs(np.array(before.mean) - truth).mean()
 
 
-def test_the_transfer_surrogate_is_refused_without_a_composition_space(tmp_path, source_model):
+def test_the_transfer_surrogate_is_refused_without_a_composition_space_or_a_new_element_to_learn(tmp_path,
+                                                                                                  source_model):
     from sdl.agents.transfer_host import TransferSurrogate, TransferSurrogateSettings
 
     checkpoint = tmp_path / "source.pt"
@@ -363,6 +399,13 @@ def test_the_transfer_surrogate_is_refused_without_a_composition_space(tmp_path,
     square = SearchSpace.model_validate({"parameters": {"a": {"low": 0, "high": 1}}})
     with pytest.raises(ValueError, match="works on compositions"):
         TransferSurrogate.check(TransferSurrogateSettings(source=checkpoint), AgentContext(space=square))
+    embedding = TransferSurrogateSettings(source=checkpoint, regime="embedding")
+    TransferSurrogate.check(embedding, AgentContext(space=TERNARY))  # Pt: new to the Cu-Ni-Pd source
+    seen = SearchSpace.model_validate({"composition": {"elements": {"Cu": [0.0, 1.0], "Ni": [0.0, 1.0],
+                                                                    "Pd": [0.0, 1.0]}, "balance": "Cu"}})
+    with pytest.raises(ValueError, match="regime 'embedding' learns the elements source.pt never saw, and it saw "
+                                         "every one of Cu, Ni, Pd; use feature, partial or finetune"):
+        TransferSurrogate.check(embedding, AgentContext(space=seen))
 
 
 # ---- the campaign as a bench problem -----------------------------------------------------------------
