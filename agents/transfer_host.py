@@ -24,10 +24,11 @@ from sdl.surrogates.deep_sets import DeepSetsEnsemble, TrainingSettings
 
 class TransferSurrogateSettings(Section):
     source: ResolvedPath = Field(description="the Deep Sets checkpoint (source_model.pt of `sdl transfer pretrain`)")
-    regime: Literal["embedding", "feature", "partial", "finetune"] = Field(
-        default="finetune", description="how the campaign's results adapt it: learn the embeddings of the "
-                                        "elements the source never saw, retrain the head on the frozen encoder, "
-                                        "fine-tune body and head, or fine-tune every weight")
+    regime: Literal["embedding", "feature", "partial", "finetune", "embedding_finetune"] = Field(
+        default="embedding_finetune", description=(
+            "how the campaign's results adapt it: learn the embeddings of the elements the source never saw, "
+            "retrain the head on the frozen encoder, fine-tune body and head, fine-tune every weight, or learn "
+            "the new elements' embeddings and then fine-tune every weight (the best of the learning curves)"))
     training: TrainingSettings = TrainingSettings()
 
 

@@ -211,6 +211,7 @@ LABELS = {"scratch": ("C7", "from scratch"),
           "feature": ("C0", "feature transfer (frozen encoder, new head)"),
           "partial": ("C1", "partial fine-tuning (frozen encoder; body and head, smaller learning rate)"),
           "finetune": ("C3", "fine-tuning (all weights, smaller learning rate)"),
+          "embedding_finetune": ("C6", "new-element embedding, then fine-tuning"),
           "gp": ("C2", "GP on the composition, from scratch"),
           "gp_prior": ("C4", "GP with the source model as prior mean (BO's transfer prior)")}
 # property -> (what it is, scale to the plotted unit, the unit)

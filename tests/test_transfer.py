@@ -138,7 +138,7 @@ def _weights(model, part):
     return [p.detach().clone() for m in model.members for p in getattr(m, part).parameters()]
 
 
-@pytest.mark.parametrize("regime", ["scratch", "embedding", "feature", "partial", "finetune"])
+@pytest.mark.parametrize("regime", ["scratch", "embedding", "feature", "partial", "finetune", "embedding_finetune"])
 def test_each_regime_trains_and_transfer_keeps_frozen_what_it_should(source_model, regime):
     target = ["Cu", "Ni", "Pd", "Pt"]
     x = np.random.default_rng(1).dirichlet(np.ones(4), size=12)
@@ -148,18 +148,19 @@ def test_each_regime_trains_and_transfer_keeps_frozen_what_it_should(source_mode
     changed = {part: any(not torch.equal(a, b) for a, b in zip(_weights(source_model, part), _weights(fitted, part)))
                for part in ("encoder", "body", "head")}
     corrections = [{e: c.detach() for e, c in m.corrections.items()} for m in fitted.members]
-    if regime == "embedding":  # every network weight kept; only Pt, the element the source never saw, learned
-        assert changed == {"encoder": False, "body": False, "head": False}
+    if regime.startswith("embedding"):  # Pt, the element the source never saw, gets an embedding of its own
         assert all(set(c) == {"Pt"} and c["Pt"].abs().max() > 0 for c in corrections)
     else:
         assert all(not c for c in corrections)
-    if regime == "feature":
+    if regime == "embedding":  # and every network weight is kept
+        assert changed == {"encoder": False, "body": False, "head": False}
+    elif regime == "feature":
         assert changed == {"encoder": False, "body": False, "head": True}
     elif regime == "partial":
         assert changed == {"encoder": False, "body": True, "head": True}
-    elif regime != "embedding":
+    else:
         assert all(changed.values())
-    assert fitted.trained_on[-1] == "Cu-Ni-Pd-Pt"
+    assert fitted.trained_on == (["Cu-Ni-Pd-Pt"] if regime == "scratch" else ["Cu-Ni-Pd", "Cu-Ni-Pd-Pt"])
     assert all(p.requires_grad for m in fitted.members for p in m.parameters())  # nothing left frozen by accident
     after = [p for m in source_model.members for p in m.parameters()]
     assert all(torch.equal(a, b) for a, b in zip(source_weights, after))  # the source model is left as it was
@@ -275,7 +276,8 @@ def test_pretrain_and_evaluate_write_a_model_and_learning_curves(tmp_path):
     result = runner.invoke(main, ["transfer", "evaluate", config, "--no-progress"])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "run" / "learning_curves.json").read_text())
-    assert set(summary["mae"]) == {"scratch", "embedding", "feature", "partial", "finetune", "gp", "gp_prior"}
+    assert set(summary["mae"]) == {"scratch", "embedding", "feature", "partial", "finetune", "embedding_finetune",
+                                   "gp", "gp_prior"}
     assert all(len(summary["mae"][r][n]["all"]) == 2 for r in summary["mae"] for n in ("4", "8"))
     assert all(math.isfinite(v) for r in summary["reduction_vs_scratch"].values() for v in r.values())
     assert (tmp_path / "run" / "learning_curves.png").stat().st_size > 10_000
