@@ -207,7 +207,7 @@ def gp_mean(elements: list[str], fractions: np.ndarray, y: np.ndarray, test_frac
 
 
 LABELS = {"scratch": ("C7", "from scratch"),
-          "embedding": ("C5", "new-element embedding (Pt's embedding learned, every weight frozen)"),
+          "embedding": ("C5", "new-element embedding (unseen elements' embeddings learned, weights frozen)"),
           "feature": ("C0", "feature transfer (frozen encoder, new head)"),
           "partial": ("C1", "partial fine-tuning (frozen encoder; body and head, smaller learning rate)"),
           "finetune": ("C3", "fine-tuning (all weights, smaller learning rate)"),

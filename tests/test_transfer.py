@@ -412,7 +412,8 @@ def test_the_transfer_surrogate_is_refused_without_a_composition_space_or_a_new_
 
 # ---- the campaign as a bench problem -----------------------------------------------------------------
 
-TINY_PROBLEM = {"elements": ["Cu", "Ni", "Pd", "Pt"], "low": 0.1, "high": 0.6, "repeat": 1, "reference_alloys": 30}
+TINY_PROBLEM = {"elements": ["Cu", "Ni", "Pd", "Pt"], "low": 0.1, "high": 0.6, "repeat": 1, "reference_alloys": 30,
+                "reference_search_evaluations": 72}
 
 
 def test_the_transfer_campaign_runs_end_to_end_on_a_tiny_budget(source_model, tmp_path):
@@ -425,6 +426,9 @@ def test_the_transfer_campaign_runs_end_to_end_on_a_tiny_budget(source_model, tm
     problem = make_problem(spec)
     ref = reference(problem)
     assert ref["feasible_share"] == 1.0 and ref["best"] < ref["median"]  # the lowest mixing energy
+    sample_only = reference(make_problem(ProblemSpec(name="quaternary_pt", budget=5, solid_solution={
+        **TINY_PROBLEM, "reference_search_evaluations": 0})))
+    assert ref["best"] < sample_only["best"] and ref["median"] == sample_only["median"]  # searched beyond the sample
     twice = make_planner("random", AgentContext(space=problem.space, seed=0)).propose(ProposeRequest(n=1)) * 2
     values, _ = problem.truth(twice)
     assert values[0] == values[1]  # the same composition is the same material
