@@ -91,7 +91,8 @@ class SolidSolutionProblem(BenchProblem):
     def truth_in_bulk(self, points: list[DesignPoint]) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`truth`, cached on disk: the reference's thousands of EMT cells are computed once."""
         x = np.round([[p.composition[e] for e in self.spec.elements] for p in points], COMPOSITION_DECIMALS)
-        key = hashlib.sha256(x.tobytes() + self.spec.model_dump_json().encode()
+        spec = self.spec.model_dump_json(exclude={"reference_search_evaluations"})  # the sample's labels only
+        key = hashlib.sha256(x.tobytes() + spec.encode()
                              + f"labels {LABEL_VERSION}".encode()).hexdigest()[:16]
         path = cache_dir() / f"reference_{key}.npy"
         try:
