@@ -2,9 +2,9 @@
 system (``sdl transfer pretrain``), adapted to this campaign's results and served on the bus.
 
 Methods: ``fit`` (adapts the source model to the campaign's finished observations by the configured
-regime, new-element embedding, feature transfer or fine-tuning, and returns the observed point with the best predicted value)
-and ``predict`` (ensemble mean and standard deviation of compositions, before any fit the source
-model's own). It provides the ``recommendation`` capability, like the GP surrogate.
+regime, by default the new elements' embeddings and then every weight, and returns the observed point
+with the best predicted value) and ``predict`` (ensemble mean and standard deviation of compositions,
+before any fit the source model's own). It provides the ``recommendation`` capability, like the GP surrogate.
 """
 
 from __future__ import annotations

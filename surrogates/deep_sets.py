@@ -12,7 +12,7 @@ the model never saw enters through its descriptors alone.
 Uncertainty: a deep ensemble (members from different initialisations, each with its own validation
 split); the prediction is the members' mean, the uncertainty their standard deviation.
 
-Five ways to fit data of a new (target) system, :meth:`DeepSetsEnsemble.fit`:
+Six ways to fit data of a new (target) system, :meth:`DeepSetsEnsemble.fit`:
 
 - ``scratch``: new members, trained on the target data only;
 - ``embedding`` (new-element embedding): every network weight frozen; each element the model never saw
@@ -33,9 +33,9 @@ Five ways to fit data of a new (target) system, :meth:`DeepSetsEnsemble.fit`:
   the order is that of linear probing then fine-tuning (LP-FT, Kumar et al. 2022). The best regime of the
   learning curves at every number of target samples.
 
-With ``training.source_anchor`` the regimes that start from source weights also pay for the squared distance of their weights
-from the source model's (L2-SP, Li, Grandvalet & Davoine 2018): a few target samples adjust the source
-model rather than let weight decay and noise pull it elsewhere.
+With ``training.source_anchor`` the regimes that train source weights also pay for the squared distance
+of those weights from the source model's (L2-SP, Li, Grandvalet & Davoine 2018): a few target samples
+adjust the source model rather than let weight decay and noise pull it elsewhere.
 
 Each trains with Adam on the standardised property and stops early on the member's validation split
 (the best validation epoch's weights are kept). Plain torch.
@@ -79,9 +79,9 @@ class TrainingSettings(Section):
         "than a trained network's"))
     weight_decay: float = Field(default=1e-5, ge=0)
     source_anchor: float = Field(default=0.0, ge=0, description=(
-        "L2-SP (Li et al. 2018): the transfer regimes add this times the squared distance of the trained "
-        "weights from the source model's to the loss, so a few target samples adjust the source model "
-        "instead of pulling it towards zero (weight_decay's pull); 0: none"))
+        "L2-SP (Li et al. 2018): the regimes that train source weights add this times the squared distance "
+        "of those weights from the source model's to the loss, so a few target samples adjust the source "
+        "model instead of pulling it towards zero (weight_decay's pull); 0: none"))
     max_epochs: int = Field(default=2000, ge=1)
     batch_size: int = Field(default=128, ge=1)
     patience_epochs: int = Field(default=100, ge=1, description="stop after this many epochs without a better "
@@ -190,7 +190,8 @@ class DeepSetsEnsemble:
             raise ValueError(f"regime 'embedding' learns the embeddings of elements the model never saw, and it "
                              f"was trained on every one of {', '.join(elements)}; use feature, partial or finetune")
         if regime == "embedding_finetune":
-            placed = self.fit(elements, fractions, y, regime="embedding", training=training, seed=seed) if unseen else self
+            placed = (self.fit(elements, fractions, y, regime="embedding", training=training, seed=seed)
+                      if unseen else self)
             model = placed.fit(elements, fractions, y, regime="finetune", training=training, seed=seed)
             model.trained_on = self.trained_on + ["-".join(elements)]
             return model
@@ -260,7 +261,8 @@ class DeepSetsEnsemble:
 
 
 def _train(net: DeepSetsNet, descriptors: torch.Tensor, x: torch.Tensor, elements: Sequence[str], y: torch.Tensor,
-           training: TrainingSettings, learning_rate: float, rng: np.random.Generator, *, anchored: bool = False) -> None:
+           training: TrainingSettings, learning_rate: float, rng: np.random.Generator, *,
+           anchored: bool = False) -> None:
     """Adam on the mean squared error (plus, ``anchored``, the L2-SP pull towards the weights the member
     starts from); early stopping on a validation split of this member's own."""
     n = len(y)
