@@ -85,7 +85,15 @@ class BoPlanner(Planner):
                              f"but the objective {context.objective.measurement!r} is minimised")
         if settings.prior is not None:
             context.require_space("a transfer prior", composition=True)
-            cls._transfer_model(settings.prior, context)
+            model = cls._transfer_model(settings.prior, context)
+            if settings.prior.adapt != "none" and model.property_name != context.objective.measurement:
+                raise ValueError(f"prior.adapt fits {settings.prior.source.name} to the campaign's results, but it "
+                                 f"predicts {model.property_name!r} and the objective is "
+                                 f"{context.objective.measurement!r}; use adapt: none (a prior linear in it)")
+            if settings.prior.adapt == "embedding" and set(context.space.composition.elements) <= model.seen_elements:
+                raise ValueError(f"prior.adapt 'embedding' learns the elements {settings.prior.source.name} never "
+                                 f"saw, and it saw every one of {', '.join(context.space.composition.elements)}; "
+                                 f"use finetune")
         physics = settings.calphad
         if physics is not None:
             context.require_space("the `calphad` settings", composition=True)
@@ -136,7 +144,6 @@ class BoPlanner(Planner):
                                                           offset_sd_k=settings.calphad.offset_sd_k,
                                                           gradient_sd_k=settings.calphad.gradient_sd_k)
         self.transfer_model = self._transfer_model(settings.prior, context) if settings.prior is not None else None
-        self.transfer_bounds: torch.Tensor | None = None
         self.equality_constraints = []
         # Columns the GP sees: everything but the balance element (see the module docstring).
         self.model_columns = torch.arange(len(self.columns))
@@ -225,20 +232,41 @@ class BoPlanner(Planner):
         return model
 
     def _transfer_prior_gp(self, x: torch.Tensor, y: torch.Tensor):
-        """A GP whose prior mean is linear in the transferred model's prediction for the composition."""
-        model, n = self.transfer_model, len(self.space.parameters)
-        elements = list(self.space.composition.elements)
-        if self.transfer_bounds is None:  # the prediction's range over the space, to normalise it
-            probe = self.to_tensor(self.initial.propose(ProposeRequest(n=256)))
-            with torch.no_grad():
-                values = model.mean_feature(elements, probe[:, n:]).squeeze(-1)
-            self.transfer_bounds = torch.stack([values.min(), values.max() + 1e-9]).reshape(2, 1)
+        """A GP whose prior mean is linear in the transferred model's prediction for the composition (the
+        model adapted to the campaign's results first, with ``prior.adapt``)."""
+        n, elements = len(self.space.parameters), list(self.space.composition.elements)
+        model = self._adapted_transfer_model(x[:, n:], y[:, 0])
+        # the prediction's range over the space, to normalise it
+        probe = self.to_tensor(self.initial.propose(ProposeRequest(n=256)))
+        with torch.no_grad():
+            values = model.mean_feature(elements, probe[:, n:]).squeeze(-1)
+        feature_bounds = torch.stack([values.min(), values.max() + 1e-9]).reshape(2, 1)
 
         def prediction(X: torch.Tensor) -> torch.Tensor:
             return model.mean_feature(elements, X[..., n:])
 
         return fit_single_task_gp(x, y, bounds=self.bounds, columns=self.model_columns, features=prediction,
-                                  feature_bounds=self.transfer_bounds, feature_role="mean", **self._subset(x))
+                                  feature_bounds=feature_bounds, feature_role="mean", **self._subset(x))
+
+    def _adapted_transfer_model(self, fractions: torch.Tensor, y: torch.Tensor):
+        """The source model, or (``prior.adapt``, from ``adapt_from`` results on) a copy adapted to the campaign's
+        results: y is the objective as BoTorch maximises it, turned back into the model's property. Trained
+        afresh from the source each time, seeded by the campaign position, so a proposal stays a function of
+        its request. The GP then models what the adapted model leaves, on the same data: the adaptation's
+        few parameters (a 32-number embedding per new element, or early-stopped small steps) keep it from
+        interpolating the results, which would leave the GP nothing to be uncertain about."""
+        prior, model = self.settings.prior, self.transfer_model
+        if prior.adapt == "none" or len(y) < prior.adapt_from:
+            return model
+        regime = prior.adapt
+        if regime == "embedding_finetune" and set(self.space.composition.elements) <= model.seen_elements:
+            regime = "finetune"
+        sign = 1.0 if self.context.objective.direction == "maximize" else -1.0
+        adapted = model.fit(list(self.space.composition.elements), fractions.numpy(), (sign * y).numpy(),
+                            regime=regime, training=prior.training, seed=self.seed * 1_000_003 + len(y))
+        for member in adapted.members:
+            member.requires_grad_(False)
+        return adapted
 
     def _subset(self, x: torch.Tensor) -> dict:
         """How the GP's hyperparameters are fitted at scale: on a subset drawn by the seed and the data's size."""
@@ -446,7 +474,8 @@ class BoPlanner(Planner):
         (an alloy CALPHAD says cannot be processed is not worth a first experiment either), or >= the
         chance constraint's floor where that is higher. With ``initial_design: causal``, the causal
         planner's best guesses from the past ledger instead; with ``physics``, the first experiment is
-        the alloy the planner's own peak-hardness estimate ranks highest (again after each that failed)."""
+        the alloy the planner's own peak-hardness estimate ranks highest (again after each that failed); with
+        ``prior``, the alloy the transferred model predicts best."""
         if self.warm_start is not None:
             points = self.warm_start.propose(request)
             self.predicted = self.warm_start.predicted
@@ -455,6 +484,8 @@ class BoPlanner(Planner):
         points = self._feasible_sobol(request, position)
         if self.settings.initial_design == "physics" and (position == 0 or self._guess_failed(request)):
             points[0] = self._physics_guess(request)
+        if self.settings.initial_design == "prior" and position == 0:
+            points[0] = self._prior_guess(request)
         if self.settings.initial_design == "center" and position == 0:
             # the centre of the unit cube; of a composition, where its balance element falls inside its bounds
             center, _ = self.space.from_unit_cube(np.full((1, self.space.dimension), 0.5))
@@ -514,15 +545,34 @@ class BoPlanner(Planner):
         own CALPHAD gamma-prime fraction and strength belief, :mod:`sdl.surrogates.strength_prior`) among
         those it believes processable (P(feasible) at least the floor, and at least 0.5)."""
         estimate, scale = self._hardness_estimate
+        return self._best_guess(request, PhysicsGuess(estimate, self.free_index, scale))
+
+    def _prior_guess(self, request: ProposeRequest) -> DesignPoint:
+        """The alloy the transferred model (the other system's knowledge, before any result of this one)
+        predicts best: what a lab that knows the neighbouring system makes first."""
+        n, elements = len(self.space.parameters), list(self.space.composition.elements)
+        sign = 1.0 if self.context.objective.direction == "maximize" else -1.0
+
+        def estimate(fractions: torch.Tensor) -> torch.Tensor:
+            return sign * self.transfer_model.mean_feature(elements, fractions).squeeze(-1)
+
+        probe = self.to_tensor(self.initial.propose(ProposeRequest(n=256)))
+        with torch.no_grad():
+            values = estimate(probe[:, n:])
+        scale = max(float(values.max() - values.min()), 1e-12)
+        return self._best_guess(request, PhysicsGuess(estimate, torch.arange(n, len(self.columns)), scale))
+
+    def _best_guess(self, request: ProposeRequest, guess: PhysicsGuess) -> DesignPoint:
+        """The maximum of a model-free estimate among the alloys believed processable (P(feasible) at least
+        the floor, and at least 0.5)."""
         done = [o for o in request.observations if o.status == "done"]
         # after failed guesses (_guess_failed), the belief their verdicts leave
         log_feasibility = self._log_feasibility(request, done) if done else self._prior_log_feasibility(request)
         constraint = self._chance_constraint(log_feasibility, done, max(0.5, self.settings.feasibility_floor))
-        with torch.random.fork_rng():  # the same guess for every seed: it is the physics', not the campaign's
+        with torch.random.fork_rng():  # the same guess for every seed: it is the prior's, not the campaign's
             torch.manual_seed(0)
-            # the estimate has several local maxima, and costs a table lookup: search it more widely than EI
-            best = self._optimize(PhysicsGuess(estimate, self.free_index, scale), sobol_seed=0,
-                                  constraint=constraint,
+            # an estimate has several local maxima and is cheap next to a GP: search it more widely than EI
+            best = self._optimize(guess, sobol_seed=0, constraint=constraint,
                                   raw_samples=max(4096, self.settings.raw_samples),
                                   num_restarts=max(32, self.settings.num_restarts))
         return self.to_point(best[0])

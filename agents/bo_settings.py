@@ -15,6 +15,7 @@ from sdl.env.calphad import DEFAULT_DATABASE
 from sdl.env.strength import StrengthParameters
 from sdl.objective import ConstraintConfig, ObjectiveConfig
 from sdl.settings import ResolvedPath, Section
+from sdl.surrogates.deep_sets import TrainingSettings
 
 # What the objective's model may be told about an alloy: the CALPHAD features of its table
 # (:data:`~sdl.surrogates.calphad_features.FEATURES`), and the peak-aged hardness the textbook strength
@@ -72,6 +73,13 @@ class TransferPriorSettings(Section):
 
     kind: Literal["transfer"] = "transfer"
     source: ResolvedPath = Field(description="the Deep Sets checkpoint (source_model.pt of `sdl transfer pretrain`)")
+    adapt: Literal["none", "embedding", "finetune", "embedding_finetune"] = Field(default="none", description=(
+        "before each proposal, adapt the source model to the campaign's results by this regime (the objective "
+        "must be the model's property): learn the embeddings of the elements the source never saw, fine-tune "
+        "every weight, or both in turn; none: the source model as it is"))
+    adapt_from: int = Field(default=4, ge=2, description="finished observations before the first adaptation")
+    training: TrainingSettings = Field(default_factory=TrainingSettings,
+                                       description="how an adaptation trains (learning rates, early stopping)")
 
 
 class BoSettings(Section):
@@ -116,12 +124,13 @@ class BoSettings(Section):
                     "alloys to learn where the boundary lies, but not to test how blurred it is; 0: none")
     penalty_weight: float = Field(default=10.0, ge=0, description="objective standard deviations per unit violation")
     initial_points: int = Field(default=8, ge=2, description="Sobol' points before the first model")
-    initial_design: Literal["sobol", "center", "causal", "physics"] = Field(
+    initial_design: Literal["sobol", "center", "causal", "physics", "prior"] = Field(
         default="sobol", description="the first points: Sobol', or (center) first the centre of the space then Sobol' "
                                      "(as Ax starts), or the causal planner's best guesses from a past ledger, "
                                      "or (physics) first the alloy the planner's own peak-hardness estimate ranks "
                                      "highest (inside the chance constraint; again, with the boundary corrected, "
-                                     "while every alloy so far failed), then Sobol'")
+                                     "while every alloy so far failed), or (prior) first the alloy the transfer "
+                                     "prior's model predicts best, then Sobol'")
     causal: CausalSettings | None = Field(default=None, description="initial_design 'causal': the causal planner's settings")
     prior: TransferPriorSettings | None = Field(
         default=None, description="the objective's prior mean from a model of another alloy system ({kind: transfer, "
@@ -164,6 +173,9 @@ class BoSettings(Section):
         if self.initial_design == "physics" and self.calphad is None:
             raise ValueError("initial_design 'physics' needs the `calphad` settings (the planner's own thermodynamics "
                              "and strength belief give its estimate)")
+        if self.initial_design == "prior" and self.prior is None:
+            raise ValueError("initial_design 'prior' starts from the alloy the transfer prior's model predicts best: "
+                             "it needs `prior` ({kind: transfer, source: CHECKPOINT})")
         if self.feasibility_floor > 0 and (self.feasibility == "none" or self.constraint_handling != "probability"):
             raise ValueError("feasibility_floor needs a P(feasible): feasibility classifier, measured or calphad, "
                              "with constraint_handling 'probability'")

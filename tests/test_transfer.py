@@ -12,7 +12,7 @@ import yaml
 from sdl.agents.base import AgentContext
 from sdl.agents.planner import ProposeRequest, make_planner
 from sdl.env.solid_solutions import label_random_alloys, random_fractions, solid_solution_properties
-from sdl.experiment import Observation
+from sdl.experiment import Composition, DesignPoint, Observation
 from sdl.objective import ObjectiveConfig
 from sdl.space import SearchSpace
 from sdl.surrogates.deep_sets import DeepSetsArchitecture, DeepSetsEnsemble, TrainingSettings
@@ -330,6 +330,68 @@ def test_the_transfer_prior_changes_what_bo_proposes(source_model, tmp_path):
         predicted = gp.posterior(x).mean.squeeze(-1).numpy()
     truth, _ = source_model.predict(["Cu", "Ni", "Pt"], probe)
     assert np.corrcoef(predicted, truth)[0, 1] > 0.9
+
+
+def test_the_adapted_prior_learns_the_new_element_from_the_campaigns_results(source_model, tmp_path):
+    """``prior.adapt``: before a proposal the source model is adapted to the results so far (Pt's embedding
+    learned); where the truth differs from the source model by a term in Pt, the adapted prior mean is the
+    closer one, and the planner's source model is left as it was."""
+    checkpoint = tmp_path / "source.pt"
+    source_model.save(checkpoint)
+    elements = ["Cu", "Ni", "Pt"]
+    objective = ObjectiveConfig(measurement="mixing_energy_ev_per_atom", direction="minimize")
+    planner = make_planner("bo", AgentContext(space=TERNARY, seed=0, objective=objective), {
+        "initial_points": 3, "num_restarts": 2, "raw_samples": 64, "mc_samples": 64,
+        "prior": {"kind": "transfer", "source": str(checkpoint), "adapt": "embedding", "adapt_from": 4,
+                  "training": {"max_epochs": 300, "patience_epochs": 60}}})
+
+    def truth(fractions: np.ndarray) -> np.ndarray:
+        return source_model.predict(elements, fractions)[0] - 0.05 * fractions[:, 2] * (1 - fractions[:, 2])
+
+    rng = np.random.default_rng(5)
+    train, probe = rng.dirichlet(np.ones(3), size=12), rng.dirichlet(np.ones(3), size=40)
+    x, y = torch.as_tensor(train), -torch.as_tensor(truth(train))  # BoTorch maximises: y is -energy
+    assert planner._adapted_transfer_model(x[:3], y[:3]) is planner.transfer_model  # fewer than adapt_from
+    adapted = planner._adapted_transfer_model(x, y)
+    errors = {name: np.abs(model.predict(elements, probe)[0] - truth(probe)).mean()
+              for name, model in (("source", planner.transfer_model), ("adapted", adapted))}
+    assert errors["adapted"] < 0.7 * errors["source"], errors
+    assert np.allclose(planner.transfer_model.predict(elements, probe)[0], source_model.predict(elements, probe)[0])
+    observations = [Observation(point=DesignPoint(parameters={}, composition=Composition(dict(zip(elements, row)))),
+                                status="done", measurements={"mixing_energy_ev_per_atom": float(value)})
+                    for row, value in zip(train[:5], truth(train[:5]))]
+    TERNARY.check(planner.propose(ProposeRequest(n=1, observations=observations))[0])  # through the adapted prior
+
+
+def test_the_prior_initial_design_starts_where_the_source_model_predicts_best(source_model, tmp_path):
+    checkpoint = tmp_path / "source.pt"
+    source_model.save(checkpoint)
+    elements = ["Cu", "Ni", "Pt"]
+    context = AgentContext(space=TERNARY, seed=3, objective=ObjectiveConfig(measurement="e", direction="minimize"))
+    planner = make_planner("bo", context, {"initial_points": 3, "initial_design": "prior", "num_restarts": 2,
+                                           "raw_samples": 64, "prior": {"kind": "transfer", "source": str(checkpoint)}})
+    first = planner.propose(ProposeRequest(n=1))[0]
+    TERNARY.check(first)
+    predicted_first = source_model.predict(elements, np.array([[first.composition[e] for e in elements]]))[0][0]
+    random_alloys = np.random.default_rng(0).dirichlet(np.ones(3), size=500)
+    assert predicted_first <= source_model.predict(elements, random_alloys)[0].min() + 1e-4
+    second = planner.propose(ProposeRequest(n=1, pending=[first]))[0]  # then the Sobol' sequence
+    assert second != first
+
+
+def test_an_adapted_prior_or_prior_design_is_refused_where_it_cannot_work(source_model, tmp_path):
+    checkpoint = tmp_path / "source.pt"
+    source_model.save(checkpoint)
+    context = AgentContext(space=TERNARY, seed=0, objective=ObjectiveConfig(measurement="e", direction="minimize"))
+    with pytest.raises(ValueError, match="predicts 'mixing_energy_ev_per_atom' and the objective is 'e'"):
+        make_planner("bo", context, {"prior": {"kind": "transfer", "source": str(checkpoint), "adapt": "embedding"}})
+    with pytest.raises(ValueError, match="initial_design 'prior' .* needs `prior`"):
+        make_planner("bo", context, {"initial_design": "prior"})
+    seen = SearchSpace.model_validate({"composition": {"elements": {"Cu": [0, 1], "Ni": [0, 1]}, "balance": "Cu"}})
+    objective = ObjectiveConfig(measurement="mixing_energy_ev_per_atom", direction="minimize")
+    with pytest.raises(ValueError, match="prior.adapt 'embedding' learns the elements .* never saw"):
+        make_planner("bo", AgentContext(space=seen, objective=objective),
+                     {"prior": {"kind": "transfer", "source": str(checkpoint), "adapt": "embedding"}})
 
 
 def test_a_transfer_prior_needs_a_checkpoint_descriptors_for_every_element_and_one_objective(tmp_path, source_model):
