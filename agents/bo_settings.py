@@ -76,7 +76,8 @@ class TransferPriorSettings(Section):
     adapt: Literal["none", "embedding", "finetune", "embedding_finetune"] = Field(default="none", description=(
         "before each proposal, adapt the source model to the campaign's results by this regime (the objective "
         "must be the model's property): learn the embeddings of the elements the source never saw, fine-tune "
-        "every weight, or both in turn; none: the source model as it is"))
+        "every weight, or both in turn (embedding: the best in the six-component campaign; fine-tuning overfits "
+        "the first few results); none: the source model as it is"))
     adapt_from: int = Field(default=4, ge=2, description="finished observations before the first adaptation")
     training: TrainingSettings = Field(default_factory=TrainingSettings,
                                        description="how an adaptation trains (learning rates, early stopping)")

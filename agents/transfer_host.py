@@ -43,9 +43,10 @@ class TransferSurrogate(Agent):
         space = context.require_space("the transfer surrogate", composition_only=True)
         source = DeepSetsEnsemble.load(settings.source)
         source.descriptors(list(space.composition.elements))
-        if settings.regime == "embedding" and set(space.composition.elements) <= source.seen_elements:
-            raise ValueError(f"regime 'embedding' learns the elements {settings.source.name} never saw, and it saw "
-                             f"every one of {', '.join(space.composition.elements)}; use feature, partial or finetune")
+        try:
+            source.check_regime(settings.regime, list(space.composition.elements))
+        except ValueError as e:
+            raise ValueError(f"{settings.source.name}: {e}") from None
 
     def __init__(self, settings: TransferSurrogateSettings, context: AgentContext) -> None:
         super().__init__(settings, context)

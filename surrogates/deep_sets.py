@@ -183,12 +183,8 @@ class DeepSetsEnsemble:
             raise ValueError(f"fractions {fractions.shape} do not match {len(y)} values of {len(elements)} elements")
         if len(y) < 2 or not (np.isfinite(fractions).all() and np.isfinite(y).all()):
             raise ValueError(f"need at least 2 finite labelled alloys, got {len(y)}")
-        if regime not in REGIMES:
-            raise ValueError(f"regime {regime!r}: one of {', '.join(REGIMES)}")
+        self.check_regime(regime, elements)
         unseen = [e for e in elements if e not in self.seen_elements]
-        if regime == "embedding" and not unseen:
-            raise ValueError(f"regime 'embedding' learns the embeddings of elements the model never saw, and it "
-                             f"was trained on every one of {', '.join(elements)}; use feature, partial or finetune")
         if regime == "embedding_finetune":
             placed = (self.fit(elements, fractions, y, regime="embedding", training=training, seed=seed)
                       if unseen else self)
@@ -221,6 +217,15 @@ class DeepSetsEnsemble:
                 p.requires_grad_(True)
         model.trained_on = self.trained_on + ["-".join(elements)] if regime != "scratch" else ["-".join(elements)]
         return model
+
+    def check_regime(self, regime: str, elements: Sequence[str]) -> None:
+        """Refuse (ValueError) a regime that cannot adapt this model to the system ``elements``: an unknown
+        one, or ``embedding`` where the model saw every element (it learns only the new ones')."""
+        if regime not in REGIMES:
+            raise ValueError(f"regime {regime!r}: one of {', '.join(REGIMES)}")
+        if regime == "embedding" and set(elements) <= self.seen_elements:
+            raise ValueError(f"regime 'embedding' learns the embeddings of elements the model never saw, and it "
+                             f"was trained on every one of {', '.join(elements)}; use feature, partial or finetune")
 
     @property
     def seen_elements(self) -> set[str]:

@@ -389,7 +389,7 @@ def test_an_adapted_prior_or_prior_design_is_refused_where_it_cannot_work(source
         make_planner("bo", context, {"initial_design": "prior"})
     seen = SearchSpace.model_validate({"composition": {"elements": {"Cu": [0, 1], "Ni": [0, 1]}, "balance": "Cu"}})
     objective = ObjectiveConfig(measurement="mixing_energy_ev_per_atom", direction="minimize")
-    with pytest.raises(ValueError, match="prior.adapt 'embedding' learns the elements .* never saw"):
+    with pytest.raises(ValueError, match="prior.adapt, source.pt: regime .embedding. learns the embeddings of elements"):
         make_planner("bo", AgentContext(space=seen, objective=objective),
                      {"prior": {"kind": "transfer", "source": str(checkpoint), "adapt": "embedding"}})
 
@@ -467,8 +467,9 @@ def test_the_transfer_surrogate_is_refused_without_a_composition_space_or_a_new_
     TransferSurrogate.check(embedding, AgentContext(space=TERNARY))  # Pt: new to the Cu-Ni-Pd source
     seen = SearchSpace.model_validate({"composition": {"elements": {"Cu": [0.0, 1.0], "Ni": [0.0, 1.0],
                                                                     "Pd": [0.0, 1.0]}, "balance": "Cu"}})
-    with pytest.raises(ValueError, match="regime 'embedding' learns the elements source.pt never saw, and it saw "
-                                         "every one of Cu, Ni, Pd; use feature, partial or finetune"):
+    with pytest.raises(ValueError, match="source.pt: regime 'embedding' learns the embeddings of elements the model "
+                                         "never saw, and it was trained on every one of Cu, Ni, Pd; use feature, "
+                                         "partial or finetune"):
         TransferSurrogate.check(embedding, AgentContext(space=seen))
 
 
