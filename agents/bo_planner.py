@@ -237,10 +237,8 @@ class BoPlanner(Planner):
         model adapted to the campaign's results first, with ``prior.adapt``)."""
         n, elements = len(self.space.parameters), list(self.space.composition.elements)
         model = self._adapted_transfer_model(x[:, n:], y[:, 0])
-        # the prediction's range over the space, to normalise it
-        probe = self.to_tensor(self.initial.propose(ProposeRequest(n=256)))
-        with torch.no_grad():
-            values = model.mean_feature(elements, probe[:, n:]).squeeze(-1)
+        with torch.no_grad():  # the prediction's range over the space, to normalise it
+            values = model.mean_feature(elements, self._composition_probe).squeeze(-1)
         feature_bounds = torch.stack([values.min(), values.max() + 1e-9]).reshape(2, 1)
 
         def prediction(X: torch.Tensor) -> torch.Tensor:
@@ -248,6 +246,17 @@ class BoPlanner(Planner):
 
         return fit_single_task_gp(x, y, bounds=self.bounds, columns=self.model_columns, features=prediction,
                                   feature_bounds=feature_bounds, feature_role="mean", **self._subset(x))
+
+    @functools.cached_property
+    def _composition_probe(self) -> torch.Tensor:
+        """256 Sobol' compositions of the space (256 x elements): where a model's range over it is read."""
+        n = len(self.space.parameters)
+        return self.to_tensor(self.initial.propose(ProposeRequest(n=256)))[:, n:]
+
+    @property
+    def _objective_sign(self) -> float:
+        """+1 where the campaign's objective is maximised, -1 where minimised (BoTorch maximises)."""
+        return 1.0 if self.context.objective.direction == "maximize" else -1.0
 
     def _adapted_transfer_model(self, fractions: torch.Tensor, y: torch.Tensor):
         """The source model, or (``prior.adapt``, from ``adapt_from`` results on) a copy adapted to the campaign's
@@ -260,12 +269,10 @@ class BoPlanner(Planner):
         prior, model = self.settings.prior, self.transfer_model
         if prior.adapt == "none" or len(y) < prior.adapt_from:
             return model
-        regime = prior.adapt
-        if regime == "embedding_finetune" and set(self.space.composition.elements) <= model.seen_elements:
-            regime = "finetune"
-        sign = 1.0 if self.context.objective.direction == "maximize" else -1.0
-        adapted = model.fit(list(self.space.composition.elements), fractions.numpy(), (sign * y).numpy(),
-                            regime=regime, training=prior.training, seed=self.seed * 1_000_003 + len(y))
+        # (embedding_finetune is finetune where no element is new: the model's fit says so, not this planner)
+        adapted = model.fit(list(self.space.composition.elements), fractions.numpy(),
+                            (self._objective_sign * y).numpy(), regime=prior.adapt, training=prior.training,
+                            seed=self.seed * 1_000_003 + len(y))
         for member in adapted.members:
             member.requires_grad_(False)
         return adapted
@@ -553,14 +560,13 @@ class BoPlanner(Planner):
         """The alloy the transferred model (the other system's knowledge, before any result of this one)
         predicts best: what a lab that knows the neighbouring system makes first."""
         n, elements = len(self.space.parameters), list(self.space.composition.elements)
-        sign = 1.0 if self.context.objective.direction == "maximize" else -1.0
+        sign = self._objective_sign
 
         def estimate(fractions: torch.Tensor) -> torch.Tensor:
             return sign * self.transfer_model.mean_feature(elements, fractions).squeeze(-1)
 
-        probe = self.to_tensor(self.initial.propose(ProposeRequest(n=256)))
         with torch.no_grad():
-            values = estimate(probe[:, n:])
+            values = estimate(self._composition_probe)
         scale = max(float(values.max() - values.min()), 1e-12)
         return self._best_guess(request, PhysicsGuess(estimate, torch.arange(n, len(self.columns)), scale))
 
