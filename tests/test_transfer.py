@@ -492,6 +492,9 @@ def test_the_transfer_campaign_runs_end_to_end_on_a_tiny_budget(source_model, tm
     sample_only = reference(make_problem(ProblemSpec(name="quaternary_pt", budget=5, solid_solution={
         **TINY_PROBLEM, "reference_search_evaluations": 0})))
     assert ref["best"] < sample_only["best"] and ref["median"] == sample_only["median"]  # searched beyond the sample
+    again = make_problem(spec)  # another bench of the same problem: the reference from disk, no EMT cell computed
+    again.evaluate = lambda points: pytest.fail(f"{len(points)} EMT cells computed again for a cached reference")
+    assert reference(again) == ref
     twice = make_planner("random", AgentContext(space=problem.space, seed=0)).propose(ProposeRequest(n=1)) * 2
     values, _ = problem.truth(twice)
     assert values[0] == values[1]  # the same composition is the same material

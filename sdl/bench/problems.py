@@ -7,6 +7,7 @@ entry-point group (a callable returning a :class:`BenchProblem`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any, Literal
 
@@ -77,6 +78,11 @@ class BenchProblem:
     def feasibility_model(self, seed: int) -> FeasibilityModel | None:
         """A feasibility classifier learned before any experiment (the twin's, from CALPHAD); None if none."""
         return None
+
+    def cached_reference(self, key: str, compute: Callable[[], dict[str, float]]) -> dict[str, float]:
+        """The reference summary (:func:`sdl.bench.runner.reference`) that ``key`` (its sample and search)
+        names: ``compute()`` here; a problem whose truth is slow keeps it between benches."""
+        return compute()
 
     def close(self) -> None:
         pass

@@ -70,6 +70,11 @@ def reference(problem: BenchProblem, *, n: int | None = None, seed: int = 12345)
     ``n``; the best polished by SLSQP for parameter spaces, or by a local search where the problem asks for
     one), and the share of the space that is feasible."""
     n = problem.reference_points if n is None else n
+    key = f"points {n} seed {seed} search {problem.reference_search_evaluations}"
+    return problem.cached_reference(key, lambda: _reference(problem, n, seed))
+
+
+def _reference(problem: BenchProblem, n: int, seed: int) -> dict[str, float]:
     points = RandomPlanner(NoSettings(), problem_context(problem, seed)).propose(ProposeRequest(n=n))
     values, feasible = problem.truth_in_bulk(points)
     sign = 1.0 if problem.objective.direction == "maximize" else -1.0
