@@ -222,3 +222,45 @@ def test_demo_config_is_valid_and_inside_the_twin():
         if element in grid:  # the design space sits inside the CALPHAD grid, with room for melt scatter
             assert grid[element].low <= low and high <= grid[element].high - 0.015
     assert config.objective.measurement == "hardness_hv" and config.workflow == ["melt", "heat_treat", "hardness", "xrd"]
+
+
+def test_a_designed_ageing_hold_is_each_experiments_own_and_inside_every_furnaces_limits():
+    """configs/demo_joint.yaml: the ageing hold's temperature and time are parameters of the space; each
+    experiment's route carries its own, and a range a furnace cannot run is refused when the file loads."""
+    from pathlib import Path
+
+    import yaml
+
+    from sdl.campaign import load_config
+    from sdl.settings import ConfigError
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "demo_joint.yaml"
+    config = load_config(path)
+    point = DesignPoint(parameters={"ageing_temperature_k": 1080.0, "ageing_duration_h": 2.5},
+                        composition={"Ni": 0.7, "Al": 0.1, "Co": 0.1, "Cr": 0.1})
+    solution, age = config.route_for(point)
+    assert solution == config.process[0]  # the solution hold stays as written
+    assert (age.operation, age.temperature_k, age.duration_s, age.quench_medium) == ("age", 1080.0, 9000.0, "water")
+    raw = yaml.safe_load(path.read_text())
+
+    def refused(change, match):
+        broken = yaml.safe_load(yaml.safe_dump(raw))
+        change(broken)
+        with pytest.raises(ConfigError, match=match) as refusal:
+            parse_config(broken)
+        assert "\n" not in str(refusal.value)  # one line, naming what is wrong
+
+    def too_hot(c):
+        c["space"]["parameters"]["ageing_temperature_k"]["high"] = 1600
+
+    refused(too_hot, r"process \(at the ends of the designed ranges\): step 2 \(age\) at 1600.0 K is above "
+                     r"instrument.furnace-1's maximum 1500.0 K")
+    refused(lambda c: c["process_design"][0].update(temperature_k="age_k"),
+            r"process_design step 2: 'age_k' is not a parameter of the space \(parameters: ageing_")
+    refused(lambda c: c["process_design"][0].update(duration="ageing_time"), r"must end in its unit: _s, _min, _h")
+    refused(lambda c: c["process_design"][0].update(step=3), r"the process route has 2 steps")
+    refused(lambda c: c.pop("process"), r"process_design sets holds of the `process` route")
+    # and the campaign's identity includes the design of its holds (a resume cannot change it)
+    other = yaml.safe_load(yaml.safe_dump(raw))
+    other["process_design"][0].pop("duration")
+    assert parse_config(other).design_fingerprint() != config.design_fingerprint()

@@ -27,7 +27,8 @@ def _bench(path: Path) -> BenchConfig:
 READERS = {
     "bench.yaml": _bench, "bench_physics.yaml": _bench, "bench_transfer.yaml": _bench,
     "causal.yaml": load_causal_config,
-    "causal_demo.yaml": load_config, "demo.yaml": load_config, "demo_pareto.yaml": load_config,
+    "causal_demo.yaml": load_config, "demo.yaml": load_config, "demo_joint.yaml": load_config,
+    "demo_pareto.yaml": load_config,
     "layered_bar.yaml": load_config, "mlip_al.yaml": load_config, "quickstart.yaml": load_config,
     "mlip.yaml": load_active_learning_config,
     "mlip_environments.yaml": lambda p: load_yaml(EnvironmentsConfig, p),

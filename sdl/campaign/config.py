@@ -10,6 +10,7 @@ raises :class:`~sdl.settings.ConfigError` naming the field, what was wrong, and 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 from pathlib import Path
@@ -22,7 +23,7 @@ from sdl.agents.instrument_driver import instrument_service
 from sdl.agents.registry import agent_class, qualified, validate_settings
 from sdl.bus import KeyRing
 from sdl.bus.broker import loopback
-from sdl.experiment import ProcessStep
+from sdl.experiment import DesignPoint, ProcessStep
 from sdl.instruments.base import driver_parameters
 from sdl.instruments.limits import ProcessLimits
 from sdl.objective import ObjectiveConfig
@@ -211,6 +212,33 @@ class InstrumentConfig(Section):
         return self
 
 
+DURATION_UNITS_S = {"_s": 1.0, "_min": 60.0, "_h": 3600.0}  # a duration parameter's name ends in its unit
+
+
+class DesignedHold(Section):
+    """A hold of the campaign's ``process`` route that each experiment's design point sets: its temperature
+    and/or its duration are parameters of the space, designed by the planner beside the composition (joint
+    composition and process design). The route's own values for that hold are then not used."""
+
+    step: int = Field(ge=1, description="which step of `process` (1: the first)")
+    temperature_k: str | None = Field(default=None, description="the space parameter (kelvin) that sets its temperature")
+    duration: str | None = Field(default=None, description="the space parameter that sets its duration; its name "
+                                                           "ends in its unit: _s, _min or _h (e.g. ageing_duration_h)")
+
+    @model_validator(mode="after")
+    def _something_designed(self) -> DesignedHold:
+        if self.temperature_k is None and self.duration is None:
+            raise ValueError(f"process_design step {self.step}: name the parameter for temperature_k, duration or both")
+        if self.duration is not None and not self.duration.endswith(tuple(DURATION_UNITS_S)):
+            raise ValueError(f"process_design step {self.step}: duration parameter {self.duration!r} must end in its "
+                             f"unit: {', '.join(DURATION_UNITS_S)}")
+        return self
+
+    def seconds(self, value: float) -> float:
+        """The designed duration parameter's value in seconds."""
+        return value * next(f for suffix, f in DURATION_UNITS_S.items() if self.duration.endswith(suffix))
+
+
 class StopConfig(Section):
     max_experiments: int = Field(default=40, ge=1, description="budget: experiments finished, done or failed")
     max_in_flight: int = Field(default=4, ge=1, description="experiments dispatched and not yet finished")
@@ -226,6 +254,8 @@ class CampaignConfig(Section):
     planner: PlannerSpec = Field(default_factory=lambda: PlannerSpec(kind="sobol"))
     process_planner: ProcessPlannerSpec | None = Field(
         default=None, description="ask planner.process for each experiment's route (instead of `process`)")
+    process_design: list[DesignedHold] = Field(
+        default_factory=list, description="holds of `process` whose temperature or duration each design point sets")
     surrogates: list[SurrogateSpec] = Field(default_factory=list, description="surrogate agents (gp, mlip, generative)")
     simulators: list[SimulatorSpec] = Field(
         default_factory=list, description="simulator agents (phase_boundary: P(feasible) from CALPHAD; test_function)")
@@ -274,17 +304,20 @@ class CampaignConfig(Section):
             raise ValueError(f"instruments serve stations {unused} that are not in the workflow {self.workflow}")
         if self.process_planner is not None and self.process:
             raise ValueError("give either a fixed `process` route or a `process_planner`, not both")
+        self._check_process_design()
         runs_routes = [i.name for i in self.instruments if i.process_limits is not None]
         if runs_routes and not self.process and self.process_planner is None:
             raise ValueError(f"instruments {runs_routes} run heat-treatment routes, and the campaign gives none: set "
                              "`process` (a fixed route) or `process_planner` (e.g. {kind: process})")
-        for instrument in self.instruments:  # a fixed route is checked against every instrument that runs routes
+        for instrument in self.instruments:  # a route is checked against every instrument that runs routes
             limits = instrument.process_limits
             if limits is not None and self.process:
-                try:
-                    limits.check(self.process, instrument=instrument.service_name)
-                except ValueError as e:
-                    raise ValueError(f"process: {e}") from None
+                for route in self._extreme_routes():
+                    try:
+                        limits.check(route, instrument=instrument.service_name)
+                    except ValueError as e:
+                        designed = " (at the ends of the designed ranges)" if self.process_design else ""
+                        raise ValueError(f"process{designed}: {e}") from None
         for instrument in self.instruments:
             declared = instrument.composition_range
             if declared is not None and self.space.composition is not None:
@@ -306,6 +339,42 @@ class CampaignConfig(Section):
                                      "does (e.g. simulators: [{kind: phase_boundary}] for feasibility)")
         return self
 
+    def route_for(self, point: DesignPoint) -> tuple[ProcessStep, ...]:
+        """The fixed ``process`` route with each designed hold set from ``point``'s parameters."""
+        steps = list(self.process)
+        for hold in self.process_design:
+            update = {}
+            if hold.temperature_k is not None:
+                update["temperature_k"] = float(point.parameters[hold.temperature_k])
+            if hold.duration is not None:
+                update["duration_s"] = hold.seconds(float(point.parameters[hold.duration]))
+            steps[hold.step - 1] = steps[hold.step - 1].model_copy(update=update)
+        return tuple(steps)
+
+    def _check_process_design(self) -> None:
+        if not self.process_design:
+            return
+        if not self.process:
+            raise ValueError("process_design sets holds of the `process` route: give that route (with a "
+                             "process_planner, the planner decides every route)")
+        steps = [h.step for h in self.process_design]
+        if len(set(steps)) != len(steps):
+            raise ValueError(f"process_design names a step more than once: {steps}")
+        for hold in self.process_design:
+            if hold.step > len(self.process):
+                raise ValueError(f"process_design step {hold.step}: the process route has {len(self.process)} steps")
+            for name in (hold.temperature_k, hold.duration):
+                if name is not None and name not in self.space.parameters:
+                    raise ValueError(f"process_design step {hold.step}: {name!r} is not a parameter of the space "
+                                     f"(parameters: {', '.join(self.space.parameters) or 'none'})")
+
+    def _extreme_routes(self) -> list[tuple[ProcessStep, ...]]:
+        """The route at every corner of the designed parameters' ranges (the fixed route where none is
+        designed): the hottest, coldest, longest and shortest a campaign can ask a furnace for."""
+        names = sorted({n for h in self.process_design for n in (h.temperature_k, h.duration) if n is not None})
+        corners = itertools.product(*[(self.space.parameters[n].low, self.space.parameters[n].high) for n in names])
+        return [self.route_for(DesignPoint(parameters=dict(zip(names, corner)))) for corner in corners]
+
     def _check_composition_range(self, name: str, balance: str, free: dict[str, tuple[float, float]]) -> None:
         comp = self.space.composition
         if comp.balance_element != balance or set(comp.free_elements) != set(free):
@@ -324,6 +393,8 @@ class CampaignConfig(Section):
         design = self.model_dump(mode="json", include={"seed", "space", "objective", "process", "process_planner",
                                                        "planner", "simulators", "instruments", "workflow"})
         design["objective"].pop("target", None)
+        if self.process_design:  # only where given, so the fingerprints of campaigns without one stay as they were
+            design["process_design"] = [h.model_dump(mode="json") for h in self.process_design]
         for agent in [design["planner"], design.get("process_planner"), *design["simulators"]]:
             for key in ("timeout_s", "num_cpus", "num_gpus"):
                 (agent or {}).pop(key, None)

@@ -346,11 +346,11 @@ class Campaign:
 
     def _routes(self, client: BusClient, points: list[DesignPoint],
                 ids: list[str]) -> tuple[list[tuple[ProcessStep, ...]], list[RoutePlanned]]:
-        """The configured fixed route for each point, or the process planner's, asked for the batch at once;
+        """The configured route for each point (fixed, or with holds the point designs), or the process planner's, asked for the batch at once;
         and, for the planner's, a document per route saying how it was chosen."""
         spec = self.config.process_planner
         if spec is None:
-            return [tuple(self.config.process)] * len(points), []
+            return [self.config.route_for(p) for p in points], []
         answer = Routes.model_validate(client.request(
             spec.service_name, "route", RouteRequest(compositions=[p.composition for p in points]),
             timeout_s=spec.request_timeout_s, retries=2))
