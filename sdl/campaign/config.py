@@ -221,7 +221,8 @@ class DesignedHold(Section):
     composition and process design). The route's own values for that hold are then not used."""
 
     step: int = Field(ge=1, description="which step of `process` (1: the first)")
-    temperature_k: str | None = Field(default=None, description="the space parameter (kelvin) that sets its temperature")
+    temperature_k: str | None = Field(default=None,
+                                      description="the space parameter (kelvin) that sets its temperature")
     duration: str | None = Field(default=None, description="the space parameter that sets its duration; its name "
                                                            "ends in its unit: _s, _min or _h (e.g. ageing_duration_h)")
 

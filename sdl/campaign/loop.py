@@ -346,8 +346,9 @@ class Campaign:
 
     def _routes(self, client: BusClient, points: list[DesignPoint],
                 ids: list[str]) -> tuple[list[tuple[ProcessStep, ...]], list[RoutePlanned]]:
-        """The configured route for each point (fixed, or with holds the point designs), or the process planner's, asked for the batch at once;
-        and, for the planner's, a document per route saying how it was chosen."""
+        """The configured route for each point (fixed, or with holds the point designs), or the process
+        planner's, asked for the batch at once; and, for the planner's, a document per route saying how it
+        was chosen."""
         spec = self.config.process_planner
         if spec is None:
             return [self.config.route_for(p) for p in points], []
