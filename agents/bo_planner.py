@@ -245,7 +245,8 @@ class BoPlanner(Planner):
             return model.mean_feature(elements, X[..., n:])
 
         return fit_single_task_gp(x, y, bounds=self.bounds, columns=self.model_columns, features=prediction,
-                                  feature_bounds=feature_bounds, feature_role="mean", **self._subset(x))
+                                  feature_bounds=feature_bounds, feature_role="mean",
+                                  lengthscale_prior=self.settings.lengthscale_prior, **self._subset(x))
 
     @functools.cached_property
     def _composition_probe(self) -> torch.Tensor:
@@ -290,11 +291,13 @@ class BoPlanner(Planner):
         names = (calphad.objective_inputs or calphad.objective_mean) if physics and calphad is not None else []
         subset = self._subset(x)
         if not names:
-            return fit_single_task_gp(x, y, bounds=self.bounds, columns=self.model_columns, **subset)
+            return fit_single_task_gp(x, y, bounds=self.bounds, columns=self.model_columns,
+                                      lengthscale_prior=self.settings.lengthscale_prior, **subset)
         features, feature_bounds = self._physics_features(names)
         return fit_single_task_gp(x, y, bounds=self.bounds, columns=self.model_columns, features=features,
                                   feature_bounds=feature_bounds,
-                                  feature_role="mean" if calphad.objective_mean else "kernel", **subset)
+                                  feature_role="mean" if calphad.objective_mean else "kernel",
+                                  lengthscale_prior=self.settings.lengthscale_prior, **subset)
 
     def _physics_features(self, names: list[str]):
         """X -> the named physics features (..., len(names)), and their range over the CALPHAD table's grid

@@ -17,8 +17,10 @@ from botorch.models import SingleTaskGP
 from botorch.models.transforms.input import ChainedInputTransform, FilterFeatures, InputTransform, Normalize
 from botorch.models.transforms.outcome import Standardize
 from botorch.models.utils.gpytorch_modules import get_covar_module_with_dim_scaled_prior
+from gpytorch.kernels import MaternKernel, ScaleKernel
 from gpytorch.means import LinearMean, Mean
 from gpytorch.mlls import ExactMarginalLogLikelihood
+from gpytorch.priors import GammaPrior
 
 
 class AppendComputedFeatures(InputTransform):
@@ -61,6 +63,7 @@ def fit_single_task_gp(x: torch.Tensor, y: torch.Tensor, *, bounds: torch.Tensor
                        columns: torch.Tensor | None = None, features=None,
                        feature_bounds: torch.Tensor | None = None,
                        feature_role: Literal["kernel", "mean"] = "kernel",
+                       lengthscale_prior: Literal["dim_scaled", "gamma"] = "dim_scaled",
                        hyperparameter_subset: int | None = None, seed: int = 0) -> SingleTaskGP:
     """A GP on ``x`` (n x d) -> ``y`` (n x m), noise inferred, outcomes standardised, inputs normalised
     over ``bounds`` (2 x d); only ``columns`` of x enter the kernel (all by default), so a coordinate
@@ -70,12 +73,17 @@ def fit_single_task_gp(x: torch.Tensor, y: torch.Tensor, *, bounds: torch.Tensor
     (a hybrid of physics-derived and raw inputs); "mean" puts them in a linear prior mean and keeps
     the kernel on the inputs (a GP on the residual of a fitted physics model).
 
+    ``lengthscale_prior``: "dim_scaled" is BoTorch's default (RBF, log-normal prior scaled with the
+    dimension, Hvarfner et al. 2024), which lets a few points make an input look irrelevant; "gamma" is
+    BoTorch's earlier default (Matern-5/2, Gamma(3, 6) lengthscales, Gamma(2, 0.15) outputscale), which keeps
+    the lengthscales short and the model uncertain away from its data.
+
     With more than ``hyperparameter_subset`` observations, the hyperparameters are fitted by marginal
     likelihood on that many of them, drawn at random (``seed``), and the returned GP conditions on all of
     them with those values ("subset of data" for the hyperparameters only: a few hundred points pin down
     a handful of lengthscales, and each likelihood step costs n^3; at 1,000 observations 7 s -> 0.5 s)."""
     options = {"bounds": bounds, "columns": columns, "features": features, "feature_bounds": feature_bounds,
-               "feature_role": feature_role}
+               "feature_role": feature_role, "lengthscale_prior": lengthscale_prior}
     if hyperparameter_subset is None or len(x) <= hyperparameter_subset:
         return _fitted(_single_task_gp(x, y, **options))
     rows = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:hyperparameter_subset]
@@ -90,6 +98,12 @@ def fit_single_task_gp(x: torch.Tensor, y: torch.Tensor, *, bounds: torch.Tensor
     return model.eval()
 
 
+def _gamma_prior_kernel(n: int, active_dims: list[int] | None = None) -> ScaleKernel:
+    """BoTorch's kernel before 0.12 (``get_matern_kernel_with_gamma_prior``), here with ``active_dims``."""
+    return ScaleKernel(MaternKernel(nu=2.5, ard_num_dims=n, active_dims=active_dims,
+                                    lengthscale_prior=GammaPrior(3.0, 6.0)), outputscale_prior=GammaPrior(2.0, 0.15))
+
+
 def _fitted(model: SingleTaskGP) -> SingleTaskGP:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # input-scaling and fit-restart warnings on small data sets
@@ -98,10 +112,12 @@ def _fitted(model: SingleTaskGP) -> SingleTaskGP:
 
 
 def _single_task_gp(x: torch.Tensor, y: torch.Tensor, *, bounds: torch.Tensor, columns: torch.Tensor | None,
-                    features, feature_bounds: torch.Tensor | None, feature_role: str,
+                    features, feature_bounds: torch.Tensor | None, feature_role: str, lengthscale_prior: str,
                     outcome_transform: Standardize | None = None) -> SingleTaskGP:
     columns = torch.arange(x.shape[-1]) if columns is None else columns
-    covar_module = mean_module = None
+    mean_module = None
+    kernel_inputs = len(columns) if features is None else len(columns) + feature_bounds.shape[-1]
+    covar_module = None if lengthscale_prior == "dim_scaled" else _gamma_prior_kernel(kernel_inputs)
     if features is None:
         inputs = ChainedInputTransform(free=FilterFeatures(feature_indices=columns),
                                        normalize=Normalize(d=len(columns), bounds=bounds[:, columns]))
@@ -112,8 +128,9 @@ def _single_task_gp(x: torch.Tensor, y: torch.Tensor, *, bounds: torch.Tensor, c
             physics=AppendComputedFeatures(features), free=FilterFeatures(feature_indices=kept),
             normalize=Normalize(d=len(kept), bounds=torch.cat([bounds[:, columns], feature_bounds.to(bounds)], dim=-1)))
         if feature_role == "mean":
-            covar_module = get_covar_module_with_dim_scaled_prior(ard_num_dims=len(columns),
-                                                                  active_dims=list(range(len(columns))))
+            active = list(range(len(columns)))
+            covar_module = (get_covar_module_with_dim_scaled_prior(ard_num_dims=len(columns), active_dims=active)
+                            if lengthscale_prior == "dim_scaled" else _gamma_prior_kernel(len(columns), active))
             mean_module = LinearMeanOf(len(columns) + torch.arange(m))
     return SingleTaskGP(x, y, input_transform=inputs, outcome_transform=outcome_transform or Standardize(m=y.shape[-1]),
                         covar_module=covar_module, mean_module=mean_module)
