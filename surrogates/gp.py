@@ -116,8 +116,11 @@ def _single_task_gp(x: torch.Tensor, y: torch.Tensor, *, bounds: torch.Tensor, c
                     outcome_transform: Standardize | None = None) -> SingleTaskGP:
     columns = torch.arange(x.shape[-1]) if columns is None else columns
     mean_module = None
-    kernel_inputs = len(columns) if features is None else len(columns) + feature_bounds.shape[-1]
-    covar_module = None if lengthscale_prior == "dim_scaled" else _gamma_prior_kernel(kernel_inputs)
+    residual = features is not None and feature_role == "mean"  # the kernel sees the inputs, not the features
+    kernel_inputs = len(columns) if features is None or residual else len(columns) + feature_bounds.shape[-1]
+    active = list(range(len(columns))) if residual else None
+    covar_module = _gamma_prior_kernel(kernel_inputs, active) if lengthscale_prior == "gamma" else (
+        get_covar_module_with_dim_scaled_prior(ard_num_dims=kernel_inputs, active_dims=active) if residual else None)
     if features is None:
         inputs = ChainedInputTransform(free=FilterFeatures(feature_indices=columns),
                                        normalize=Normalize(d=len(columns), bounds=bounds[:, columns]))
@@ -127,10 +130,7 @@ def _single_task_gp(x: torch.Tensor, y: torch.Tensor, *, bounds: torch.Tensor, c
         inputs = ChainedInputTransform(
             physics=AppendComputedFeatures(features), free=FilterFeatures(feature_indices=kept),
             normalize=Normalize(d=len(kept), bounds=torch.cat([bounds[:, columns], feature_bounds.to(bounds)], dim=-1)))
-        if feature_role == "mean":
-            active = list(range(len(columns)))
-            covar_module = (get_covar_module_with_dim_scaled_prior(ard_num_dims=len(columns), active_dims=active)
-                            if lengthscale_prior == "dim_scaled" else _gamma_prior_kernel(len(columns), active))
+        if residual:
             mean_module = LinearMeanOf(len(columns) + torch.arange(m))
     return SingleTaskGP(x, y, input_transform=inputs, outcome_transform=outcome_transform or Standardize(m=y.shape[-1]),
                         covar_module=covar_module, mean_module=mean_module)
