@@ -310,10 +310,11 @@ class CampaignConfig(Section):
         if runs_routes and not self.process and self.process_planner is None:
             raise ValueError(f"instruments {runs_routes} run heat-treatment routes, and the campaign gives none: set "
                              "`process` (a fixed route) or `process_planner` (e.g. {kind: process})")
+        extremes = self._extreme_routes() if self.process else []
         for instrument in self.instruments:  # a route is checked against every instrument that runs routes
             limits = instrument.process_limits
-            if limits is not None and self.process:
-                for route in self._extreme_routes():
+            if limits is not None:
+                for route in extremes:
                     try:
                         limits.check(route, instrument=instrument.service_name)
                     except ValueError as e:
