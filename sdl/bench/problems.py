@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from importlib.metadata import entry_points
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -18,13 +18,13 @@ from sdl.agents.phase_boundary_host import PhaseBoundarySettings
 from sdl.experiment import DesignPoint, ProcessStep
 from sdl.instruments.limits import ProcessLimits
 from sdl.objective import ConstraintConfig, ObjectiveConfig
+from sdl.process_design import DesignedHold, corner_routes, designed_route
 from sdl.settings import ConfigError, Section
 from sdl.space import SearchSpace
 from sdl.surrogates.phase_classifier import FeasibilityModel
 
 ENTRY_POINT_GROUP = "sdl.bench_problems"
 BUILTIN_PROBLEMS = ("twin", "branin", "hartmann6", "hartmann6_constrained")
-SECONDS_PER_HOUR = 3600.0  # the joint design's ageing duration is in hours, a furnace's in seconds
 
 
 # -- problems ------------------------------------------------------------------------------------
@@ -109,11 +109,20 @@ class TestFunctionProblem(BenchProblem):
 
 
 class ProcessDesign(Section):
-    """The ageing hold as design variables beside the composition (joint composition and process design)."""
+    """The ageing hold (the twin route's second step, after solutionising) as design variables beside the
+    composition (joint composition and process design)."""
+
+    HOLD: ClassVar[DesignedHold] = DesignedHold(step=2, temperature_k="ageing_temperature_k",
+                                                duration="ageing_duration_h")
 
     ageing_temperature_k: tuple[float, float] = Field(default=(1000.0, 1150.0), description="range of the ageing hold")
     ageing_duration_h: tuple[float, float] = Field(default=(0.5, 24.0), description="range of its duration")
     limits: ProcessLimits = Field(default_factory=ProcessLimits, description="the furnace's: the ranges must fit")
+
+    @property
+    def ranges(self) -> dict[str, tuple[float, float]]:
+        """Each designed parameter's (low, high)."""
+        return {self.HOLD.temperature_k: self.ageing_temperature_k, self.HOLD.duration: self.ageing_duration_h}
 
     @model_validator(mode="after")
     def _fits(self) -> ProcessDesign:
@@ -121,8 +130,9 @@ class ProcessDesign(Section):
         if not (t_low < t_high and 0 < h_low < h_high):
             raise ValueError(f"ranges must be (low, high) with low < high (and durations > 0); got ageing_temperature_k "
                              f"{self.ageing_temperature_k}, ageing_duration_h {self.ageing_duration_h}")
-        for step in (ProcessStep(operation="age", temperature_k=t_low, duration_s=h_high * SECONDS_PER_HOUR),
-                     ProcessStep(operation="age", temperature_k=t_high, duration_s=h_high * SECONDS_PER_HOUR)):
+        ageing = ProcessStep(operation="age", temperature_k=t_low, duration_s=1.0, quench_medium="water")
+        # the ageing step alone (the hold as a one-step route): the solutionising step is the target's
+        for (step,) in corner_routes([ageing], [self.HOLD.model_copy(update={"step": 1})], self.ranges):
             self.limits.check_step(step)  # LimitExceeded (a ValueError) names the limit
         return self
 
@@ -185,8 +195,7 @@ class TwinProblem(BenchProblem):
         design = self.variant.process_design
         space = dict(self.SPACE)
         if design is not None:
-            space["parameters"] = {"ageing_temperature_k": dict(zip(("low", "high"), design.ageing_temperature_k)),
-                                   "ageing_duration_h": dict(zip(("low", "high"), design.ageing_duration_h))}
+            space["parameters"] = {name: dict(zip(("low", "high"), r)) for name, r in design.ranges.items()}
         self.space = SearchSpace.model_validate(space)
         self.objective = ObjectiveConfig(measurement="hardness_hv", direction="maximize")
         self.constraint = ConstraintConfig(measurements=["processable"], at_least=0.5)
@@ -221,13 +230,11 @@ class TwinProblem(BenchProblem):
         target = self.phase_boundary.target
         solution = ProcessStep(operation="solutionise", temperature_k=target.solution_temperature_k,
                                duration_s=self.SOLUTION_DURATION_S, quench_medium="water")
+        age = ProcessStep(operation="age", temperature_k=target.ageing_temperature_k,
+                          duration_s=self.AGEING_DURATION_S, quench_medium="water")
         if self.variant.process_design is None:
-            age = ProcessStep(operation="age", temperature_k=target.ageing_temperature_k,
-                              duration_s=self.AGEING_DURATION_S, quench_medium="water")
             return [[solution, age]] * len(points)
-        return [[solution, ProcessStep(operation="age", temperature_k=p.parameters["ageing_temperature_k"],
-                                       duration_s=p.parameters["ageing_duration_h"] * SECONDS_PER_HOUR,
-                                       quench_medium="water")] for p in points]
+        return [list(designed_route([solution, age], [ProcessDesign.HOLD], p)) for p in points]
 
     def _policy_route(self, composition: dict[str, float]) -> list[ProcessStep]:
         """The route the process planner would hand out for this alloy: the policy's, or the textbook's

@@ -10,7 +10,6 @@ raises :class:`~sdl.settings.ConfigError` naming the field, what was wrong, and 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import re
 from pathlib import Path
@@ -27,6 +26,7 @@ from sdl.experiment import DesignPoint, ProcessStep
 from sdl.instruments.base import driver_parameters
 from sdl.instruments.limits import ProcessLimits
 from sdl.objective import ObjectiveConfig
+from sdl.process_design import DesignedHold, corner_routes, designed_route
 from sdl.settings import Section, load_yaml, validate
 from sdl.space import SearchSpace
 from sdl.wire import ServiceName
@@ -212,34 +212,6 @@ class InstrumentConfig(Section):
         return self
 
 
-DURATION_UNITS_S = {"_s": 1.0, "_min": 60.0, "_h": 3600.0}  # a duration parameter's name ends in its unit
-
-
-class DesignedHold(Section):
-    """A hold of the campaign's ``process`` route that each experiment's design point sets: its temperature
-    and/or its duration are parameters of the space, designed by the planner beside the composition (joint
-    composition and process design). The route's own values for that hold are then not used."""
-
-    step: int = Field(ge=1, description="which step of `process` (1: the first)")
-    temperature_k: str | None = Field(default=None,
-                                      description="the space parameter (kelvin) that sets its temperature")
-    duration: str | None = Field(default=None, description="the space parameter that sets its duration; its name "
-                                                           "ends in its unit: _s, _min or _h (e.g. ageing_duration_h)")
-
-    @model_validator(mode="after")
-    def _something_designed(self) -> DesignedHold:
-        if self.temperature_k is None and self.duration is None:
-            raise ValueError(f"process_design step {self.step}: name the parameter for temperature_k, duration or both")
-        if self.duration is not None and not self.duration.endswith(tuple(DURATION_UNITS_S)):
-            raise ValueError(f"process_design step {self.step}: duration parameter {self.duration!r} must end in its "
-                             f"unit: {', '.join(DURATION_UNITS_S)}")
-        return self
-
-    def seconds(self, value: float) -> float:
-        """The designed duration parameter's value in seconds."""
-        return value * next(f for suffix, f in DURATION_UNITS_S.items() if self.duration.endswith(suffix))
-
-
 class StopConfig(Section):
     max_experiments: int = Field(default=40, ge=1, description="budget: experiments finished, done or failed")
     max_in_flight: int = Field(default=4, ge=1, description="experiments dispatched and not yet finished")
@@ -343,15 +315,7 @@ class CampaignConfig(Section):
 
     def route_for(self, point: DesignPoint) -> tuple[ProcessStep, ...]:
         """The fixed ``process`` route with each designed hold set from ``point``'s parameters."""
-        steps = list(self.process)
-        for hold in self.process_design:
-            update = {}
-            if hold.temperature_k is not None:
-                update["temperature_k"] = float(point.parameters[hold.temperature_k])
-            if hold.duration is not None:
-                update["duration_s"] = hold.seconds(float(point.parameters[hold.duration]))
-            steps[hold.step - 1] = steps[hold.step - 1].model_copy(update=update)
-        return tuple(steps)
+        return designed_route(self.process, self.process_design, point)
 
     def _check_process_design(self) -> None:
         if not self.process_design:
@@ -373,9 +337,8 @@ class CampaignConfig(Section):
     def _extreme_routes(self) -> list[tuple[ProcessStep, ...]]:
         """The route at every corner of the designed parameters' ranges (the fixed route where none is
         designed): the hottest, coldest, longest and shortest a campaign can ask a furnace for."""
-        names = sorted({n for h in self.process_design for n in (h.temperature_k, h.duration) if n is not None})
-        corners = itertools.product(*[(self.space.parameters[n].low, self.space.parameters[n].high) for n in names])
-        return [self.route_for(DesignPoint(parameters=dict(zip(names, corner)))) for corner in corners]
+        ranges = {name: (p.low, p.high) for name, p in self.space.parameters.items()}
+        return corner_routes(self.process, self.process_design, ranges)
 
     def _check_composition_range(self, name: str, balance: str, free: dict[str, tuple[float, float]]) -> None:
         comp = self.space.composition
