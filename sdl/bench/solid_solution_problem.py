@@ -16,7 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -36,6 +37,7 @@ from sdl.settings import Section
 from sdl.space import SearchSpace
 
 COMPOSITION_DECIMALS = 6
+T = TypeVar("T")
 
 
 class SolidSolutionSpec(Section):
@@ -95,12 +97,7 @@ class SolidSolutionProblem(BenchProblem):
         spec = self.spec.model_dump_json(exclude={"reference_search_evaluations"})  # the sample's labels only
         key = hashlib.sha256(x.tobytes() + spec.encode()
                              + f"labels {LABEL_VERSION}".encode()).hexdigest()[:16]
-        path = cache_dir() / f"reference_{key}.npy"
-        try:
-            values = np.load(path)
-        except (OSError, ValueError):  # not there yet, or broken: compute and (re)write it
-            values, _ = self.truth(points)
-            write_atomically(path, lambda f: np.save(f, values))
+        values = _kept_on_disk(cache_dir() / f"reference_{key}.npy", np.load, lambda: self.truth(points)[0], np.save)
         return values, np.ones(len(values), dtype=bool)
 
     def cached_reference(self, key: str, compute: Callable[[], dict[str, float]]) -> dict[str, float]:
@@ -108,10 +105,16 @@ class SolidSolutionProblem(BenchProblem):
         (720 at repeat 3) that every bench of the same problem would otherwise spend again."""
         spec = self.spec.model_dump_json()
         digest = hashlib.sha256(f"{spec} {key} labels {LABEL_VERSION}".encode()).hexdigest()[:16]
-        path = cache_dir() / f"reference_summary_{digest}.json"
-        try:
-            return {k: float(v) for k, v in json.loads(path.read_text()).items()}
-        except (OSError, ValueError, AttributeError):  # not there yet, or broken: compute and (re)write it
-            summary = compute()
-            write_atomically(path, lambda f: f.write(json.dumps(summary).encode()))
-            return summary
+        return _kept_on_disk(cache_dir() / f"reference_summary_{digest}.json",
+                             lambda path: {k: float(v) for k, v in json.loads(path.read_text()).items()}, compute,
+                             lambda f, summary: f.write(json.dumps(summary).encode()))
+
+
+def _kept_on_disk(path: Path, load: Callable[[Path], T], compute: Callable[[], T], save: Callable[[Any, T], Any]) -> T:
+    """``load(path)``, or where it is not there yet or broken, ``compute()`` and (re)write it atomically."""
+    try:
+        return load(path)
+    except (OSError, ValueError, AttributeError):
+        value = compute()
+        write_atomically(path, lambda f: save(f, value))
+        return value
