@@ -31,6 +31,14 @@ same acquisition value to 1e-4 on four twin data sets of 1,000), --planners bo_p
 
     bo_physics_start_f75k90  1.17 s at 100, 3.79 s at 1,000
     hartmann6                0.52 s at 100, 1.11 s at 1,000
+
+Stop 50, the shipped planner now with the gamma lengthscale prior, --planners bo_physics_start_f75k90_gamma
+bo_physics_start_f75k90 --repeats 3 (one run on an idle machine; a run with --repeats 2 just before gave 1.89/4.41
+and 2.32/3.54 s, the spread of this machine):
+
+    bo_physics_start_f75k90_gamma  1.43 s at 100, 3.37 s at 1,000
+    bo_physics_start_f75k90        1.94 s at 100, 3.24 s at 1,000
+    hartmann6                      0.44 s at 100, 1.01 s at 1,000
 """
 
 from __future__ import annotations
