@@ -68,10 +68,18 @@ def designed_route(route: Sequence[ProcessStep], holds: Sequence[DesignedHold],
     return tuple(steps)
 
 
+def corner_points(holds: Sequence[DesignedHold], ranges: Mapping[str, tuple[float, float]]) -> list[dict[str, float]]:
+    """Every corner of the designed parameters' ``ranges`` (name -> (low, high)), as parameter values; one empty
+    point where nothing is designed."""
+    names = sorted({name for hold in holds for name in hold.parameters})
+    missing = [name for name in names if name not in ranges]
+    if missing:
+        raise ValueError(f"designed holds read {missing}, which have no range (ranges given: {sorted(ranges)})")
+    return [dict(zip(names, corner)) for corner in itertools.product(*[ranges[name] for name in names])]
+
+
 def corner_routes(route: Sequence[ProcessStep], holds: Sequence[DesignedHold],
                   ranges: Mapping[str, tuple[float, float]]) -> list[tuple[ProcessStep, ...]]:
-    """The route at every corner of the designed parameters' ``ranges`` (name -> (low, high)); the route itself
-    where nothing is designed."""
-    names = sorted({name for hold in holds for name in hold.parameters})
-    corners = itertools.product(*[ranges[name] for name in names])
-    return [designed_route(route, holds, DesignPoint(parameters=dict(zip(names, corner)))) for corner in corners]
+    """The route at every corner of the designed parameters' ``ranges``; the route itself where nothing is
+    designed."""
+    return [designed_route(route, holds, DesignPoint(parameters=corner)) for corner in corner_points(holds, ranges)]

@@ -18,7 +18,7 @@ from sdl.agents.phase_boundary_host import PhaseBoundarySettings
 from sdl.experiment import DesignPoint, ProcessStep
 from sdl.instruments.limits import ProcessLimits
 from sdl.objective import ConstraintConfig, ObjectiveConfig
-from sdl.process_design import DesignedHold, corner_routes, designed_route
+from sdl.process_design import DesignedHold, corner_points, designed_route
 from sdl.settings import ConfigError, Section
 from sdl.space import SearchSpace
 from sdl.surrogates.phase_classifier import FeasibilityModel
@@ -108,7 +108,7 @@ class TestFunctionProblem(BenchProblem):
         return [{k: float(v[i]) for k, v in values.items()} for i in range(len(points))]
 
 
-class ProcessDesign(Section):
+class AgeingDesign(Section):
     """The ageing hold (the twin route's second step, after solutionising) as design variables beside the
     composition (joint composition and process design)."""
 
@@ -125,15 +125,15 @@ class ProcessDesign(Section):
         return {self.HOLD.temperature_k: self.ageing_temperature_k, self.HOLD.duration: self.ageing_duration_h}
 
     @model_validator(mode="after")
-    def _fits(self) -> ProcessDesign:
+    def _fits(self) -> AgeingDesign:
         (t_low, t_high), (h_low, h_high) = self.ageing_temperature_k, self.ageing_duration_h
         if not (t_low < t_high and 0 < h_low < h_high):
             raise ValueError(f"ranges must be (low, high) with low < high (and durations > 0); got ageing_temperature_k "
                              f"{self.ageing_temperature_k}, ageing_duration_h {self.ageing_duration_h}")
-        ageing = ProcessStep(operation="age", temperature_k=t_low, duration_s=1.0, quench_medium="water")
-        # the ageing step alone (the hold as a one-step route): the solutionising step is the target's
-        for (step,) in corner_routes([ageing], [self.HOLD.model_copy(update={"step": 1})], self.ranges):
-            self.limits.check_step(step)  # LimitExceeded (a ValueError) names the limit
+        ageing = ProcessStep(operation="age", temperature_k=t_low, duration_s=1.0, quench_medium="water")  # overwritten
+        for corner in corner_points([self.HOLD], self.ranges):  # the solutionising step is the target's, not designed
+            # LimitExceeded (a ValueError) names the limit
+            self.limits.check_step(self.HOLD.applied(ageing, corner), number=self.HOLD.step)
         return self
 
 
@@ -145,7 +145,7 @@ class TwinVariant(Section):
     truth_shifts_j_per_mol: dict[str, float] = Field(
         default_factory=dict, description="constants (J/mol) added to parameters of the *truth's* database only, e.g. "
                                           "{'G(L12_FCC,NI:AL:VA;0)': -300}: planners keep the unperturbed one")
-    process_design: ProcessDesign | None = Field(default=None, description="the ageing hold as design variables")
+    process_design: AgeingDesign | None = Field(default=None, description="the ageing hold as design variables")
     process_policy: str | None = Field(
         default=None, description="or: each alloy gets the route a trained process policy plans for it ('shipped', "
                                   "or a policy file or run directory): the planner designs the composition only")
@@ -234,7 +234,7 @@ class TwinProblem(BenchProblem):
                           duration_s=self.AGEING_DURATION_S, quench_medium="water")
         if self.variant.process_design is None:
             return [[solution, age]] * len(points)
-        return [list(designed_route([solution, age], [ProcessDesign.HOLD], p)) for p in points]
+        return [list(designed_route([solution, age], [AgeingDesign.HOLD], p)) for p in points]
 
     def _policy_route(self, composition: dict[str, float]) -> list[ProcessStep]:
         """The route the process planner would hand out for this alloy: the policy's, or the textbook's
