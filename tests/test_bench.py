@@ -87,6 +87,23 @@ def test_bad_problems_and_configs_are_refused_with_the_reason(tmp_path):
     assert "the generative planner works on compositions; the space has none" in result.error
 
 
+def test_bench_builds_only_the_problems_it_is_asked_to_run(tmp_path):
+    """Building a problem can cost minutes (a twin variant tabulates CALPHAD): `--problems` builds only those."""
+    from click.testing import CliRunner
+
+    from sdl.cli import main
+
+    config = tmp_path / "bench.yaml"
+    config.write_text(yaml.safe_dump({"problems": [{"name": "branin"}, {**RING, "name": "broken", "objective": "a +* b"}],
+                                      "planners": [{"name": "random", "kind": "random"}]}))
+    everything = CliRunner().invoke(main, ["bench", str(config)])
+    assert everything.exit_code != 0 and "problem broken: cannot read objective" in everything.output
+    # the broken problem is not built; the run stops at the next check, before any Ray task
+    chosen = CliRunner().invoke(main, ["bench", str(config), "--problems", "branin", "--planners", "nosuch"])
+    assert chosen.exit_code != 0 and "--planners: ['nosuch'] not in the config" in chosen.output
+    assert "cannot read objective" not in chosen.output
+
+
 @pytest.mark.slow  # about 35 s for both peers; .ci/run runs it
 @pytest.mark.parametrize("kind", ["ax", "baybe"])
 def test_peer_adapters_plan_inside_the_space(kind):
