@@ -35,9 +35,9 @@ def bench(config: Path, seeds: int | None, first_seed: int | None, out: Path | N
     from sdl.settings import ConfigError, validate
 
     try:
-        chosen = {n.strip() for n in problems.split(",") if n.strip()} if problems else None
+        chosen = {"planners": _names(planners), "problems": _names(problems)}
         # only the problems run are built to check the planners on them: building a twin variant tabulates CALPHAD
-        cfg = load_bench_config(config, check_on=lambda spec: chosen is None or spec.name in chosen)
+        cfg = load_bench_config(config, check_on=lambda spec: not chosen["problems"] or spec.name in chosen["problems"])
         update: dict = {}
         if seeds is not None:
             update["seeds"] = seeds
@@ -49,13 +49,12 @@ def bench(config: Path, seeds: int | None, first_seed: int | None, out: Path | N
             update["ray_address"] = ray_address
         if baseline is not None:
             update["baseline"] = baseline
-        for option, field, names in (("--planners", "planners", planners), ("--problems", "problems", problems)):
-            if names:
-                wanted = [n.strip() for n in names.split(",") if n.strip()]
+        for field, wanted in chosen.items():
+            if wanted:
                 known = {p.name: p for p in getattr(cfg, field)}
                 unknown = [n for n in wanted if n not in known]
                 if unknown:
-                    raise ConfigError(f"{option}: {unknown} not in the config; it has {sorted(known)}")
+                    raise ConfigError(f"--{field}: {unknown} not in the config; it has {sorted(known)}")
                 update[field] = [known[n] for n in wanted]
         if "planners" in update and baseline is None and cfg.baseline not in {p.name for p in update["planners"]}:
             update["baseline"] = None  # the config's baseline is not run this time: no seed-by-seed table
@@ -66,6 +65,11 @@ def bench(config: Path, seeds: int | None, first_seed: int | None, out: Path | N
         raise click.ClickException(str(e)) from None
     click.echo((Path(result["out"]) / "table.md").read_text())
     click.echo(f"wrote {result['out']}/table.md, regret.png, results.json")
+
+
+def _names(option: str | None) -> list[str]:
+    """The names a comma-separated option gives (none where it is not given)."""
+    return [n.strip() for n in option.split(",") if n.strip()] if option else []
 
 
 @main.command("bench-merge")
