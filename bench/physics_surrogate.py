@@ -151,7 +151,8 @@ def main() -> None:
 
     results: list[dict] = []
     print(f"{'problem':>16} {'n':>3} {'arm':>13} {'RMSE':>6} {'top-10% RMSE':>12} {'NLPD':>6} "
-          f"{'in 50%':>6} {'in 90%':>6} {'in 90%, feas.':>13} {'in 90%, top':>11}   (HV; medians over {len(args.seeds)} seeds)")
+          f"{'in 50%':>6} {'in 90%':>6} {'in 90%, feas.':>13} {'in 90%, top':>11}   "
+          f"(HV; medians over {len(args.seeds)} seeds)")
     for name in args.problems:
         problem = make_problem(specs[name])
         try:
