@@ -48,10 +48,9 @@ import numpy as np
 import torch
 
 from sdl.agents.planner import ProposeRequest, make_planner
-from sdl.bench import BenchPlannerSpec, load_bench_config, make_bench_planner
+from sdl.bench import BenchPlannerSpec, closed_loop, load_bench_config, make_bench_planner
 from sdl.bench.config import problem_context
 from sdl.bench.problems import TwinProblem, make_problem
-from sdl.experiment import Observation
 
 SHIPPED = "bo_physics_start_f75k90_gamma"
 ARMS = ("mean", "kernel", "none", "physics_only")
@@ -80,14 +79,10 @@ def measured_hardness(problem, points, rng: np.random.Generator) -> np.ndarray:
 
 
 def campaign_alloys(problem, spec: BenchPlannerSpec, n: int, seed: int):
-    """The first ``n`` alloys a closed loop of the planner ``spec`` makes (as ``sdl bench`` runs it), with their
-    measurements: the data its model is fitted on in a campaign, gathered where it expects the hardest alloys."""
-    planner = make_bench_planner(spec, problem, seed)
-    rng = np.random.default_rng([seed, 7])
-    observations: list[Observation] = []
-    for _ in range(n):
-        point = planner.propose(ProposeRequest(n=1, observations=observations))[0]
-        observations.append(Observation(point=point, status="done", measurements=problem.measure([point], rng)[0]))
+    """The first ``n`` alloys a closed loop of the planner ``spec`` makes (``sdl bench``'s loop), with their
+    measurements: the data its model is fitted on in a campaign, gathered where it expects the hardest alloys.
+    (The shipped planner weighs by its own CALPHAD: it asks for no feasibility classifier.)"""
+    observations = [o for o, _ in closed_loop(problem, make_bench_planner(spec, problem, seed), n, seed)]
     return [o.point for o in observations], np.array([o.measurements[problem.objective.measurement]
                                                       for o in observations])
 

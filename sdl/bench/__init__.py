@@ -16,7 +16,7 @@ from sdl.bench.config import BenchConfig, BenchPlannerSpec, load_bench_config, m
 from sdl.bench.journal import RunJournal
 from sdl.bench.outputs import merge_results, write_outputs
 from sdl.bench.problems import BenchProblem, FormulaProblem, ProblemSpec, TestFunctionProblem, TwinProblem, make_problem
-from sdl.bench.runner import RunResult, reference, run_one, run_tasks
+from sdl.bench.runner import RunResult, closed_loop, reference, run_one, run_tasks
 
 
 def run_bench(config: BenchConfig, *, progress: bool = True, resume: bool = False) -> dict[str, Any]:
@@ -46,5 +46,5 @@ def run_bench(config: BenchConfig, *, progress: bool = True, resume: bool = Fals
 
 
 __all__ = ["BenchConfig", "BenchPlannerSpec", "BenchProblem", "FormulaProblem", "ProblemSpec", "RunJournal", "RunResult",
-           "TestFunctionProblem", "TwinProblem", "load_bench_config", "make_bench_planner", "make_problem",
-           "merge_results", "reference", "run_bench", "run_one", "run_tasks", "write_outputs"]
+           "TestFunctionProblem", "TwinProblem", "closed_loop", "load_bench_config", "make_bench_planner",
+           "make_problem", "merge_results", "reference", "run_bench", "run_one", "run_tasks", "write_outputs"]

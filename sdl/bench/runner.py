@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from sdl.agents.planner import ProposeRequest, RandomPlanner
+from sdl.agents.planner import Planner, ProposeRequest, RandomPlanner
 from sdl.bench.config import BenchConfig, BenchPlannerSpec, make_bench_planner, problem_context
 from sdl.bench.problems import BenchProblem, ProblemSpec, make_problem, reached
 from sdl.experiment import DesignPoint, Observation
 from sdl.settings import NoSettings
+from sdl.surrogates.phase_classifier import FeasibilityModel
 
 LOST_RUN = "the run's Ray worker was lost: "  # the error of a run that did not end by itself
 
@@ -46,16 +47,9 @@ def run_one(problem_spec: ProblemSpec, planner_spec: BenchPlannerSpec, seed: int
         planner = make_bench_planner(planner_spec, problem, seed)
         feasibility = problem.feasibility_model(seed) if "feasibility" in planner.requires(planner.settings) else None
         result.setup_seconds = time.perf_counter() - started
-        rng = np.random.default_rng([seed, 7])
-        observations: list[Observation] = []
-        for _ in range(problem_spec.budget):
-            t0 = time.perf_counter()
-            point = planner.propose(ProposeRequest(n=1, observations=observations, feasibility=feasibility))[0]
-            result.planner_seconds.append(time.perf_counter() - t0)
-            problem.space.check(point)
-            measured = problem.measure([point], rng)[0]
-            observations.append(Observation(point=point, status="done", measurements=measured))
-            value, feasible = problem.truth([point])
+        for observation, seconds in closed_loop(problem, planner, problem_spec.budget, seed, feasibility):
+            result.planner_seconds.append(seconds)
+            value, feasible = problem.truth([observation.point])
             result.values.append(float(value[0]))
             result.feasible.append(bool(feasible[0]))
     except Exception as e:  # a failing planner is a result of the benchmark, not a crash of it
@@ -63,6 +57,22 @@ def run_one(problem_spec: ProblemSpec, planner_spec: BenchPlannerSpec, seed: int
     finally:
         problem.close()
     return result
+
+
+def closed_loop(problem: BenchProblem, planner: Planner, budget: int, seed: int,
+                feasibility: FeasibilityModel | None = None) -> Iterator[tuple[Observation, float]]:
+    """``budget`` experiments, one at a time: the planner proposes from every result so far, the problem
+    measures the proposal (the noisy view a lab gets, seeded by ``seed``). Yields each observation and the
+    seconds its proposal took."""
+    rng = np.random.default_rng([seed, 7])
+    observations: list[Observation] = []
+    for _ in range(budget):
+        t0 = time.perf_counter()
+        point = planner.propose(ProposeRequest(n=1, observations=observations, feasibility=feasibility))[0]
+        seconds = time.perf_counter() - t0
+        problem.space.check(point)
+        observations.append(Observation(point=point, status="done", measurements=problem.measure([point], rng)[0]))
+        yield observations[-1], seconds
 
 
 def reference(problem: BenchProblem, *, n: int | None = None, seed: int = 12345) -> dict[str, float]:
