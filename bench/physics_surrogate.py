@@ -237,6 +237,7 @@ def main() -> None:
 
 
 def next_experiment_main(args, specs: dict, shipped: BenchPlannerSpec, out: Path) -> None:
+    """``--design next`` per problem: the predictions, their scores per window and pooled, the record and plot."""
     windows = list(zip(args.sizes[:-1], args.sizes[1:]))
     predictions: list[dict] = []
     results: list[dict] = []
