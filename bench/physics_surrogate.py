@@ -112,25 +112,35 @@ def next_experiment_rows(name: str, problem, shipped: BenchPlannerSpec, planners
     return predictions
 
 
-def next_experiment_scores(predictions: list[dict]) -> dict[str, float]:
-    """The pooled predictions' RMSE, NLPD, coverage of the 50 % and 90 % intervals and mean standardised error."""
-    y, mean, sd = (np.array([p[k] for p in predictions]) for k in ("measured_hv", "mean_hv", "sd_hv"))
+def interval_scores(mean: np.ndarray, sd: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """RMSE, NLPD and coverage of the central 50 % and 90 % intervals of measurements ``y`` under N(mean, sd^2)."""
     z = (y - mean) / sd
     return {"rmse_hv": float(np.sqrt(np.mean((y - mean) ** 2))),
             "nlpd": float(np.mean(0.5 * z ** 2 + np.log(sd) + 0.5 * math.log(2 * math.pi))),
-            "coverage_50": float(np.mean(np.abs(z) <= Z50)), "coverage_90": float(np.mean(np.abs(z) <= Z90)),
-            "mean_z": float(np.mean(z)), "predictions": len(z)}
+            "coverage_50": float(np.mean(np.abs(z) <= Z50)), "coverage_90": float(np.mean(np.abs(z) <= Z90))}
+
+
+def next_experiment_scores(predictions: list[dict]) -> dict[str, float]:
+    """The pooled predictions' interval scores and their mean standardised error."""
+    y, mean, sd = (np.array([p[k] for p in predictions]) for k in ("measured_hv", "mean_hv", "sd_hv"))
+    return {**interval_scores(mean, sd, y), "mean_z": float(np.mean((y - mean) / sd)), "predictions": len(y)}
 
 
 def scores(mean: np.ndarray, sd: np.ndarray, y: np.ndarray, top: np.ndarray, feasible: np.ndarray) -> dict[str, float]:
+    """The held-out set's interval scores, with RMSE over the top tenth and 90 % coverage over the processable
+    alloys and the top tenth."""
     z = (y - mean) / sd
-    return {"rmse_hv": float(np.sqrt(np.mean((y - mean) ** 2))),
+    return {**interval_scores(mean, sd, y),
             "rmse_top_hv": float(np.sqrt(np.mean((y[top] - mean[top]) ** 2))),
-            "nlpd": float(np.mean(0.5 * z ** 2 + np.log(sd) + 0.5 * math.log(2 * math.pi))),
-            "coverage_50": float(np.mean(np.abs(z) <= Z50)),
-            "coverage_90": float(np.mean(np.abs(z) <= Z90)),
             "coverage_90_feasible": float(np.mean(np.abs(z[feasible]) <= Z90)),
             "coverage_90_top": float(np.mean(np.abs(z[top]) <= Z90))}
+
+
+def arm_planners(name: str, problem, shipped: BenchPlannerSpec) -> dict:
+    """The shipped planner in each arm on ``problem``; only a twin has CALPHAD physics to ablate."""
+    if not isinstance(problem, TwinProblem):
+        raise SystemExit(f"{name} is not a twin problem: there is no CALPHAD physics to ablate on it")
+    return {arm: make_bench_planner(arm_spec(shipped, arm), problem, seed=0) for arm in ARMS}
 
 
 def predict(planner, arm: str, x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -191,14 +201,12 @@ def main() -> None:
     for name in args.problems:
         problem = make_problem(specs[name])
         try:
-            if not isinstance(problem, TwinProblem):
-                parser.error(f"{name} is not a twin problem: there is no CALPHAD physics to ablate on it")
+            planners = arm_planners(name, problem, shipped)
             started = time.perf_counter()
             test_points = random_alloys(problem, args.test_points, seed=10_000)
             y_test = measured_hardness(problem, test_points, np.random.default_rng([10_000, 7]))
             truth, feasible = problem.truth(test_points)
             top = truth >= np.quantile(truth, 0.9)
-            planners = {arm: make_bench_planner(arm_spec(shipped, arm), problem, seed=0) for arm in ARMS}
             x_test = planners["none"].to_tensor(test_points)
             loops = {seed: campaign_alloys(problem, shipped, max(args.sizes), seed) for seed in args.seeds} \
                 if args.design == "campaign" else {}
@@ -246,10 +254,8 @@ def next_experiment_main(args, specs: dict, shipped: BenchPlannerSpec, out: Path
     for name in args.problems:
         problem = make_problem(specs[name])
         try:
-            if not isinstance(problem, TwinProblem):
-                raise SystemExit(f"{name} is not a twin problem: there is no CALPHAD physics to ablate on it")
+            planners = arm_planners(name, problem, shipped)
             started = time.perf_counter()
-            planners = {arm: make_bench_planner(arm_spec(shipped, arm), problem, seed=0) for arm in ARMS}
             ours = next_experiment_rows(name, problem, shipped, planners, args.sizes, args.seeds)
             predictions += ours
             pooled = [(args.sizes[0], args.sizes[-1])] if len(windows) > 1 else []
