@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from scipy import integrate, optimize
 
 from sdl.agents.layer_analysis import LayerInversionStation
 from sdl.cli import main
-from sdl.env.layered_bar import GradedBar, LayeredBar, sensors_per_layer, uniform_sensors
+from sdl.env.layered_bar import MPA_PER_GPA, GradedBar, LayeredBar, sensors_per_layer, uniform_sensors
 from sdl.experiment import DesignPoint, ExperimentSpec
 from sdl.instruments.base import InstrumentRefused
 from sdl.instruments.tensile_stage import TensileDicStage
@@ -18,6 +19,7 @@ from sdl.surrogates.bar_inversion import (
     BarData,
     NotIdentifiable,
     cramer_rao_sd,
+    graded_cramer_rao_l2,
     read_csv,
     relative_l2_error,
     segmented_fit,
@@ -137,6 +139,36 @@ def test_the_segmented_fits_standard_deviations_match_its_scatter():
     reported = np.median([f.moduli_sd_gpa for f in fits], axis=0)
     bound, _ = cramer_rao_sd(np.array(BAR.moduli_gpa), BAR.interfaces_mm, positions, FORCE_N / BAR.area_mm2, noise)
     assert np.allclose(spread, reported, rtol=0.4) and np.allclose(reported, bound, rtol=0.1)
+
+
+def test_the_graded_bound_is_what_a_fit_that_knows_the_power_law_reaches():
+    """Least squares in (E_0, E_L, p), the efficient estimator here, scatters as the bound says; more
+    sensors or less noise lower the bound."""
+    bar = GradedBar(60.0, 320.0, 1.5, 30.0)
+    positions = uniform_sensors(bar.length_mm, 30)
+    noise = 0.01 * bar.displacement_mm(np.array([bar.length_mm]), FORCE_N)[0]
+    stress = FORCE_N / bar.area_mm2
+    bound = graded_cramer_rao_l2(60.0, 320.0, 1.5, 30.0, positions, stress, noise)
+
+    dense = np.linspace(0.0, 30.0, 4001)
+
+    def profile(theta, z):
+        return theta[0] + (theta[1] - theta[0]) * (z / 30.0) ** theta[2]
+
+    def displacement(theta):  # u = sigma_0 int dz/E, by the trapezoid rule (GradedBar's quadrature is slow)
+        return stress / MPA_PER_GPA * np.interp(positions, dense, integrate.cumulative_trapezoid(
+            1.0 / profile(theta, dense), dense, initial=0.0))
+
+    def fitted(seed: int) -> np.ndarray:
+        measured = bar_data(bar, positions=positions, noise_sd=noise, seed=seed).displacements_mm
+        return optimize.least_squares(lambda theta: (displacement(theta) - measured) / noise, [100.0, 200.0, 1.0],
+                                      bounds=([5.0, 5.0, 0.1], [2000.0, 2000.0, 10.0])).x
+
+    grid = np.linspace(0.0, 30.0, 201)
+    errors = [relative_l2_error(profile(fitted(seed), grid), bar.modulus_gpa(grid)) for seed in range(60)]
+    assert 0.02 < bound < 0.04 and np.sqrt(np.mean(np.square(errors))) == pytest.approx(bound, rel=0.3)
+    assert graded_cramer_rao_l2(60.0, 320.0, 1.5, 30.0, uniform_sensors(30.0, 120), stress, noise) < 0.6 * bound
+    assert graded_cramer_rao_l2(60.0, 320.0, 1.5, 30.0, positions, stress, noise / 2) == pytest.approx(bound / 2)
 
 
 # ---- the PINN ---------------------------------------------------------------------------------------
