@@ -540,15 +540,18 @@ def train_potential(model: InteratomicPotential, structures: Sequence[Atoms],
         for start in range(0, len(order), settings.batch_structures):
             chosen = order[start:start + settings.batch_structures]
             batch = collate([data.batches[k] for k in chosen])
-            with_stress = settings.stress_weight > 0 and all(data.stress[k] is not None for k in chosen)
-            out = model(batch, forces=settings.force_weight > 0, stress=with_stress, create_graph=True)
+            # The stress of every fully periodic cell in the minibatch, also beside a slab (which has none):
+            # all-or-nothing per minibatch would let the labelled surfaces switch the stress term off.
+            with_stress = [i for i, k in enumerate(chosen) if data.stress[k] is not None] \
+                if settings.stress_weight > 0 else []
+            out = model(batch, forces=settings.force_weight > 0, stress=bool(with_stress), create_graph=True)
             loss = settings.energy_weight * ((out["energy"] - data.energy[chosen]) / data.n_atoms[chosen]).square().mean()
             if settings.force_weight > 0:
                 target = torch.cat([data.forces[k] for k in chosen])
                 loss = loss + settings.force_weight * (out["forces"] - target).square().mean()
             if with_stress:
-                target = torch.stack([data.stress[k] for k in chosen])
-                loss = loss + settings.stress_weight * (out["stress"] - target).square().mean()
+                target = torch.stack([data.stress[chosen[i]] for i in with_stress])
+                loss = loss + settings.stress_weight * (out["stress"][with_stress] - target).square().mean()
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

@@ -27,6 +27,7 @@ from sdl.surrogates.mlip import (
     make_batch,
     save_committee,
     train_committee,
+    train_potential,
 )
 
 from conftest import wait_for_service
@@ -248,6 +249,25 @@ def test_training_fits_the_oracle_better_than_an_untrained_model(trained, oracle
     untrained = evaluate_errors(InteratomicPotential(CONFIG, seed=99), test)
     assert fitted["force_mae_mev_per_ang"] < 0.6 * untrained["force_mae_mev_per_ang"]
     assert fitted["energy_mae_mev_per_atom"] < 0.5 * untrained["energy_mae_mev_per_atom"]
+
+
+def test_a_slab_in_the_minibatch_does_not_switch_the_stress_term_off(oracle):
+    """Every minibatch here holds a slab (no stress label) beside strained bulk cells: their stresses
+    are still fitted, as when the weight is zero they are not."""
+    rng = np.random.default_rng(5)
+    cells = []
+    for k in range(3):
+        cell = random_solid_solution(random_composition(ELEMENTS, rng), rng, rattle_ang=0.05)
+        cell.set_cell(cell.cell[:] * (0.96 + 0.04 * k), scale_atoms=True)
+        cells.append(oracle.label(cell))
+    data = cells + [oracle.label(ni_cu_slab(vacuum_ang=8.0))]
+    stress_errors = {}
+    for weight in (10000.0, 0.0):  # a weight that shows within 60 epochs
+        potential = InteratomicPotential(CONFIG, seed=1)
+        train_potential(potential, data, TrainingSettings(epochs=60, batch_structures=len(data), stress_weight=weight),
+                        device="cpu")
+        stress_errors[weight] = evaluate_errors(potential, cells)["stress_mae_mev_per_ang3"]
+    assert stress_errors[10000.0] < 0.5 * stress_errors[0.0], stress_errors
 
 
 def test_committee_and_grade_rise_off_distribution(trained):
