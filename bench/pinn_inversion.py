@@ -78,9 +78,8 @@ def run_row(name: str, specimens: int, device: str, seed: int) -> dict:
                 truth = bar.modulus_gpa(pinn.z_mm)
                 out["pinn"].append((pinn.relative_l2_error(truth),))
                 out["segmented"].append((relative_l2_error(seg.modulus_gpa(pinn.z_mm), truth),))
-                out["crb"].append((graded_cramer_rao_l2(bar.modulus_start_gpa, bar.modulus_end_gpa, bar.exponent,
-                                                        bar.length_mm, data.positions_mm, data.stress_mpa,
-                                                        data.noise_sd_mm, len(pinn.z_mm)),))
+                out["crb"].append((graded_cramer_rao_l2(bar, data.positions_mm, data.stress_mpa, data.noise_sd_mm,
+                                                        len(pinn.z_mm)),))
             out["pinn_s"].append(pinn.seconds)
             out["segmented_s"].append(seg.seconds)
         except NotIdentifiable as e:

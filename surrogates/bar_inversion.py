@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from scipy import integrate, optimize
 
-from sdl.env.layered_bar import MPA_PER_GPA
+from sdl.env.layered_bar import MPA_PER_GPA, GradedBar
 
 SEGMENTED_REFINED = 12  # placements of the breakpoints solved exactly, of those ranked best mid-gap
 
@@ -388,8 +388,7 @@ def cramer_rao_sd(moduli_gpa: np.ndarray, interfaces_mm: np.ndarray, positions_m
     return np.asarray(moduli_gpa) * slope_sd / slopes, breaks_sd
 
 
-def graded_cramer_rao_l2(modulus_start_gpa: float, modulus_end_gpa: float, exponent: float, length_mm: float,
-                         positions_mm: np.ndarray, stress_mpa: float, noise_sd_mm: float,
+def graded_cramer_rao_l2(bar: GradedBar, positions_mm: np.ndarray, stress_mpa: float, noise_sd_mm: float,
                          grid_points: int = 201) -> float:
     """The smallest expected relative L2 error of E(z) any unbiased inversion of these sensors can reach at
     this noise on a power-law graded bar, E(z) = E_0 + (E_L - E_0) (z / L)^p.
@@ -398,17 +397,20 @@ def graded_cramer_rao_l2(modulus_start_gpa: float, modulus_end_gpa: float, expon
     inversion that knows the profile is a power law reaches it, one that does not (the PINN) can only do
     worse, since every bar of the family is also a bar it must answer for. The expectation is over noise
     draws: one specimen's error can exceed it."""
-    dense = np.linspace(0.0, length_mm, 20001)  # u(z) = sigma_0 int_0^z dz'/E by the trapezoid rule
-    t = dense / length_mm
-    power = t ** exponent
-    modulus = modulus_start_gpa + (modulus_end_gpa - modulus_start_gpa) * power
-    log_t = np.log(np.where(t > 0, t, 1.0))
-    # dE/d(E_0, E_L, p); du/dtheta = -sigma_0 int_0^z (dE/dtheta) / E^2 dz'
-    d_modulus = np.stack([1.0 - power, power, (modulus_end_gpa - modulus_start_gpa) * power * log_t])
-    d_compliance = -integrate.cumulative_trapezoid(d_modulus / modulus ** 2, dense, initial=0.0, axis=1)
+    def gradient(z_mm: np.ndarray) -> np.ndarray:  # dE/d(E_0, E_L, p)
+        t = z_mm / bar.length_mm
+        power = t ** bar.exponent
+        log_t = np.log(np.where(t > 0, t, 1.0))
+        return np.stack([1.0 - power, power, (bar.modulus_end_gpa - bar.modulus_start_gpa) * power * log_t])
+
+    # du/dtheta = -sigma_0 int_0^z (dE/dtheta) / E^2 dz', by the trapezoid rule on a fine grid
+    dense = np.linspace(0.0, bar.length_mm, 20001)
+    d_compliance = -integrate.cumulative_trapezoid(gradient(dense) / bar.modulus_gpa(dense) ** 2, dense,
+                                                   initial=0.0, axis=1)
     jacobian = stress_mpa / MPA_PER_GPA * np.stack([np.interp(positions_mm, dense, row) for row in d_compliance],
                                                    axis=1)
     covariance = noise_sd_mm ** 2 * np.linalg.pinv(jacobian.T @ jacobian)
-    grid = np.linspace(0, len(dense) - 1, grid_points).astype(int)
-    variance = np.einsum("ki,kl,li->i", d_modulus[:, grid], covariance, d_modulus[:, grid])
-    return float(np.sqrt(variance.sum() / (modulus[grid] ** 2).sum()))
+    grid = np.linspace(0.0, bar.length_mm, grid_points)
+    g = gradient(grid)
+    variance = np.einsum("ki,kl,li->i", g, covariance, g)
+    return float(np.sqrt(variance.sum() / (bar.modulus_gpa(grid) ** 2).sum()))
