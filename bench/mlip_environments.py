@@ -14,7 +14,9 @@ Prints per seed and arm the final force MAE per set, how well the committee's sp
 errors on the pooled held-out sets (Spearman rho) and the trust level learned from the labelled frames, the oracle calls each arm needs to reach random's
 final mean force MAE over the off-distribution sets (and their ratio to random's calls), the bulk
 error at equal calls against random's, and the kinds each arm selected; writes environments.json and
-environments.png (the first seed's learning curves per set) in ``--out``.
+environments.png (the first seed's learning curves per set) in ``--out``. With ``final_fit_epochs`` in the
+config, each arm's labels are also fitted once more to convergence (the potential a lab would then use)
+and that fit's energy and force MAE per set are printed beside the loop's last model.
 """
 
 from __future__ import annotations
@@ -154,6 +156,14 @@ def main() -> None:
             ratio = "" if calls is None or not r.get("random_calls") else f" ({calls / r['random_calls']:.2f}x random)"
             print(f"| {arm} | {cells} | {calls if calls is not None else '> budget'}{ratio} | "
                   f"{r.get('bulk_vs_random_at_final', {}).get(arm, float('nan')):.2f} |")
+        print("energy MAE (meV/atom; target <= 5) per set, the loop's last model and the production fit on its labels:")
+        for arm, h in r["histories"].items():
+            fits = [("loop", h["errors"][-1])] + ([(f"fit {h['final_fit']['epochs']} ep", h["final_fit"]["errors"])]
+                                                  if "final_fit" in h else [])
+            for label, errors in fits:
+                cells = " | ".join(f"{errors[s]['energy_mae_mev_per_atom']:.1f} / {errors[s]['force_mae_mev_per_ang']:.0f}"
+                                   for s in TEST_SETS)
+                print(f"| {arm} {label} | {cells} |  (energy meV/atom / force meV/A)")
         for arm, h in r["histories"].items():
             rho = h["uncertainty_ranking"]
             level = h["trust_level_ev_per_ang"]

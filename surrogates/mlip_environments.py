@@ -89,6 +89,9 @@ class EnvironmentsConfig(ActiveLearningConfig):
     mix: list[MixEntry] = Field(default_factory=default_mix, min_length=1)
     pool_explorations: int = Field(default=2, ge=1, description="passes over the mix that build the pool")
     environment_tests: EnvironmentTestSettings = EnvironmentTestSettings()
+    # The loop's warm rounds are short (retrain_epochs) so that a round costs little; the potential a lab
+    # then uses is fitted once more on all the labels, to convergence. 0: report the loop's last model only.
+    final_fit_epochs: int = Field(default=0, ge=0, description="epochs of the production fit on each arm's labels")
 
 
 def _oracle_frames(kind: str, config: EnvironmentsConfig, oracle, rng: np.random.Generator, n: int) -> list[Atoms]:
@@ -238,6 +241,12 @@ def run_pool_arm(config: EnvironmentsConfig, selection: str, oracle, initial: li
     history["trust_level_ev_per_ang"] = trust_level([pair for rnd in history["calibration"] for pair in rnd],
                                                     config.target_force_mae_mev_per_ang)
     history["uncertainty_ranking"] = uncertainty_ranking(committee, tests)
+    if config.final_fit_epochs:
+        started = time.perf_counter()
+        train_committee(committee, labelled, retrain.model_copy(update={"epochs": config.final_fit_epochs}),
+                        device=config.device, prepare=False)
+        history["final_fit"] = {"epochs": config.final_fit_epochs, "train_s": time.perf_counter() - started,
+                                "errors": per_set_errors(committee, tests)}
     return history
 
 

@@ -101,7 +101,7 @@ def test_the_pool_loop_labels_from_the_shared_pool_within_budget(committee_and_d
     committee, labelled, oracle, _ = committee_and_data
     config = EnvironmentsConfig(
         elements=ELEMENTS, committee_size=2, device="cpu", initial_structures=len(labelled), per_iteration=2,
-        max_oracle_calls=len(labelled) + 4, retrain_epochs=5, pool_explorations=1,
+        max_oracle_calls=len(labelled) + 4, retrain_epochs=5, final_fit_epochs=3, pool_explorations=1,
         mix=[MixEntry(kind="vacancy", starts=1, temperatures_k=[600]),
              MixEntry(kind="surface_111", starts=1, temperatures_k=[300])],
         exploration={"md_steps": 20, "snapshot_interval": 5})
@@ -119,6 +119,9 @@ def test_the_pool_loop_labels_from_the_shared_pool_within_budget(committee_and_d
     assert all(spread > 0 and error > 0 for r in history["calibration"] for spread, error in r)
     assert history["trust_level_ev_per_ang"] > 0
     assert -1 <= history["uncertainty_ranking"]["worst_atom"] <= 1
+    final = history["final_fit"]  # the production fit on the same 12 labels, measured on the same sets
+    assert final["epochs"] == 3 and set(final["errors"]) == {"bulk", "vacancy"}
+    assert final["errors"] != history["errors"][-1] and final["errors"]["vacancy"]["energy_mae_mev_per_atom"] > 0
 
 
 def test_the_trust_level_is_where_the_expected_error_reaches_the_tolerance():
