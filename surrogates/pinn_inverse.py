@@ -20,7 +20,9 @@ those is finished. A fit that leaves a layer without two points, or whose misfit
 cannot explain, is refused (:mod:`sdl.surrogates.bar_inversion`).
 
 Graded: one network for u and a second for log E(z); the residual is d/dz(E u') (second derivatives by
-forward-mode propagation through the tanh layers, written out because the networks are 1-D).
+forward-mode propagation through the tanh layers, written out because the networks are 1-D). E = (F/A)/u'
+turns the sensors' noise into wiggles of E, so the curvature of ln E carries a prior whose weight the
+stated noise sets (:class:`GradedPinnSettings`).
 
 Uncertainty: randomise-then-optimise. Member 0 is the fit of the data; each further member refits, from
 it, the data plus a fresh draw of the sensor noise (the stated noise floor, or the residual sd of the
@@ -93,8 +95,13 @@ class GradedPinnSettings(PinnSettings):
 
     adam_steps: int = Field(default=2000, ge=0)
     lbfgs_steps: int = Field(default=1000, ge=0)
-    smoothness: float = Field(default=0.0, ge=0, description="penalty on (d log E / dz)^2 (0: the network's own "
-                                                             "smoothness only)")
+    # Second-order Tikhonov on ln E, weighted as a Gaussian prior against the data's likelihood: MAP of
+    # sum r_i^2 / sigma^2 + integral (ln E)''^2 / s^2 is, in the loss's means, a penalty weight
+    # (sigma / u_ref)^2 / (n s^2). So the stated noise and the sensor count set it, not a tuned number.
+    # s = 3: the median RMS of (ln E)'' (z in units of L) over power-law gradings
+    # E_0 + (E_L - E_0)(z/L)^p with p 0.5-3 and end contrast 2-8 (quartiles 2.0 and 6.3).
+    curvature_prior: float | None = Field(default=3.0, gt=0, description="typical RMS curvature of ln E(z) over the "
+                                          "bar, z in units of L (None: no penalty, the networks' own smoothness only)")
 
 
 def torch_device(name: str) -> torch.device:
@@ -366,19 +373,19 @@ class _GradedModel(torch.nn.Module):
         self.log_modulus = BatchedMlp((members,), settings.hidden_size, settings.hidden_layers, generator)
         self.colloc = torch.linspace(0, 1, 4 * settings.collocation_points, dtype=DTYPE)
 
-    def losses(self, z_data: torch.Tensor, u_data: torch.Tensor, smoothness: float) -> dict[str, torch.Tensor]:
+    def losses(self, z_data: torch.Tensor, u_data: torch.Tensor, curvature_weight: float) -> dict[str, torch.Tensor]:
         members = u_data.shape[0]
         points = torch.cat([z_data, self.colloc.to(z_data), z_data.new_tensor([0.0])]).expand(members, -1)
         u, du, ddu = self.displacement(points)
-        log_e, dlog_e, _ = self.log_modulus(points)
+        log_e, dlog_e, ddlog_e = self.log_modulus(points)
         e = torch.exp(log_e)
         p, c = z_data.shape[-1], self.colloc.shape[0]
         data = ((u[:, :p] - u_data) ** 2).mean(-1)
         # d/dz (E u') = E (u'' + (log E)' u')
         pde = ((e * (ddu + dlog_e * du))[:, p:p + c] ** 2).mean(-1)
         boundary = u[:, -1] ** 2 + (e * du)[:, p + c - 1].sub(1.0) ** 2  # u(0) = 0; E u'(L) = 1 (z = 1 is last)
-        smooth = smoothness * (dlog_e[:, p:p + c] ** 2).mean(-1)
-        return {"data": data, "pde": pde, "boundary": boundary, "smoothness": smooth}
+        curvature = curvature_weight * (ddlog_e[:, p:p + c] ** 2).mean(-1)
+        return {"data": data, "pde": pde, "boundary": boundary, "curvature": curvature}
 
 
 def invert_graded(data: BarData, settings: GradedPinnSettings | None = None, grid_points: int = 201
@@ -397,29 +404,37 @@ def invert_graded(data: BarData, settings: GradedPinnSettings | None = None, gri
 
     new = lambda members: _GradedModel(members, settings, generator).to(device)  # noqa: E731
 
-    def loss_fn(model: _GradedModel, targets: torch.Tensor):
+    def loss_fn(model: _GradedModel, targets: torch.Tensor, curvature_weight: float):
         def total(width: float, data_weight: float) -> torch.Tensor:
-            terms = model.losses(z, targets, settings.smoothness)
+            terms = model.losses(z, targets, curvature_weight)
             return (data_weight * terms.pop("data") + sum(terms.values())).sum()
         return total
 
+    def curvature_weight(noise_sd_mm: float) -> float:  # see GradedPinnSettings.curvature_prior
+        prior = settings.curvature_prior
+        return 0.0 if prior is None else (noise_sd_mm / u_ref) ** 2 / (len(z) * prior ** 2)
+
     measured = _noisy_targets(data, 1, 0.0, u_ref, generator, device)
-    best = new(1)
-    _adam(best, loss_fn(best, measured), settings, settings.adam_steps)
-    _lbfgs(best, loss_fn(best, measured), settings)
     noise_sd = data.noise_sd_mm
-    if noise_sd is None:  # the residual of the fit says how noisy the data are
+    weight = 0.0 if noise_sd is None else curvature_weight(noise_sd)
+    best = new(1)
+    _adam(best, loss_fn(best, measured, weight), settings, settings.adam_steps)
+    _lbfgs(best, loss_fn(best, measured, weight), settings)
+    if noise_sd is None:  # the residual of the fit says how noisy the data are; then the prior can weigh in
         with torch.no_grad():
             noise_sd = math.sqrt(float(best.losses(z, measured, 0.0)["data"][0])) * u_ref
+        weight = curvature_weight(noise_sd)
+        if weight:
+            _lbfgs(best, loss_fn(best, measured, weight), settings)
     targets = _noisy_targets(data, settings.members, noise_sd, u_ref, generator, device)
     fitted = [best]
     for k in range(1, settings.members):
         member = _members(best, [0], new(1))
-        _lbfgs(member, loss_fn(member, targets[k:k + 1]), settings)
+        _lbfgs(member, loss_fn(member, targets[k:k + 1], weight), settings)
         fitted.append(member)
     model = _stack(fitted, new(settings.members))
     with torch.no_grad():
-        terms = model.losses(z, targets, settings.smoothness)
+        terms = model.losses(z, targets, weight)
     grid = torch.linspace(0, 1, grid_points, dtype=DTYPE, device=device).expand(settings.members, -1)
     with torch.no_grad():
         modulus = (torch.exp(model.log_modulus(grid)[0]) * e_ref).cpu().numpy()
@@ -427,4 +442,4 @@ def invert_graded(data: BarData, settings: GradedPinnSettings | None = None, gri
     return GradedEstimate(grid[0].cpu().numpy() * data.length_mm, modulus, displacement,
                           math.sqrt(float(terms["data"][0])) * u_ref, time.perf_counter() - started,
                           {"pde_residual": float(terms["pde"][0].sqrt()), "noise_sd_mm": noise_sd,
-                           "members": settings.members, "device": str(device)})
+                           "curvature_weight": weight, "members": settings.members, "device": str(device)})
