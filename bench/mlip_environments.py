@@ -17,6 +17,9 @@ error at equal calls against random's, and the kinds each arm selected; writes e
 environments.png (the first seed's learning curves per set) in ``--out``. With ``final_fit_epochs`` in the
 config, each arm's labels are also fitted once more to convergence (the potential a lab would then use)
 and that fit's energy and force MAE per set are printed beside the loop's last model.
+Each arm's committee is kept in ``--out`` (``{arm}_seed{seed}_loop.pt``, and ``_final.pt`` after the
+final fit; ``sdl.surrogates.mlip.load_committee`` reads them), and environments.json lists the pool
+frames each round labelled, so a result can be examined after the run without repeating it.
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ def one_seed(config, arms: list[str], out: Path) -> dict:
             reference = [labels_of(side.label(a)).forces_ev_per_ang for a in pool]
             side.close()
         histories = {arm: run_pool_arm(config, arm, oracle, initial, committee, pool, tests, reference_forces=reference,
-                                       progress=lambda arm, n: say(f"{arm:>14} {n:>4} calls"))
+                                       progress=lambda arm, n: say(f"{arm:>14} {n:>4} calls"), save_dir=out)
                      for arm in arms}
     finally:
         oracle.close()

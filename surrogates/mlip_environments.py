@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -37,6 +38,7 @@ from sdl.surrogates.mlip import (
     Committee,
     MlipCalculator,
     labels_of,
+    save_committee,
     train_committee,
 )
 from sdl.surrogates.mlip_learning import (
@@ -199,10 +201,14 @@ def per_set_errors(committee: Committee | MaceCommittee, tests: dict[str, list[A
 
 def run_pool_arm(config: EnvironmentsConfig, selection: str, oracle, initial: list[Atoms], committee: Committee,
                  pool: list[Atoms], tests: dict[str, list[Atoms]], *, reference_forces: list[np.ndarray] | None = None,
-                 progress: Callable[[str, int], None] | None = None) -> dict:
+                 progress: Callable[[str, int], None] | None = None, save_dir: Path | None = None) -> dict:
     """One arm from the shared start (``committee`` trained on ``initial``, a copy is taken) over the
     shared ``pool``: per round, score the unlabelled frames, label the best ``per_iteration`` (at most
-    ``max_per_trajectory`` from a trajectory), retrain warm, measure every held-out set."""
+    ``max_per_trajectory`` from a trajectory), retrain warm, measure every held-out set.
+
+    ``history["selected_pool_indices"]`` lists the pool frames labelled per round, so that an arm's
+    labels can be rebuilt from the (seeded) pool. With ``save_dir``, the arm's committee after the
+    loop (and after the final fit) is kept there, ``{arm}_seed{seed}_loop.pt`` / ``_final.pt``."""
     import copy
 
     committee = copy.deepcopy(committee)
@@ -212,7 +218,7 @@ def run_pool_arm(config: EnvironmentsConfig, selection: str, oracle, initial: li
     retrain = config.training.model_copy(update={"epochs": config.retrain_epochs,
                                                  "learning_rate": config.retrain_learning_rate})
     history = {"oracle_calls": [len(labelled)], "errors": [per_set_errors(committee, tests)], "selected_kinds": [],
-               "train_s": [], "calibration": []}
+               "train_s": [], "calibration": [], "selected_pool_indices": []}
     while len(labelled) < config.max_oracle_calls and remaining:
         k = min(config.per_iteration, config.max_oracle_calls - len(labelled), len(remaining))
         if selection == "random":
@@ -236,17 +242,22 @@ def run_pool_arm(config: EnvironmentsConfig, selection: str, oracle, initial: li
         history["oracle_calls"].append(len(labelled))
         history["errors"].append(per_set_errors(committee, tests))
         history["selected_kinds"].append([pool[i].info.get("kind", "?") for i in chosen])
+        history["selected_pool_indices"].append([int(i) for i in chosen])
         if progress is not None:
             progress(selection, len(labelled))
     history["trust_level_ev_per_ang"] = trust_level([pair for rnd in history["calibration"] for pair in rnd],
                                                     config.target_force_mae_mev_per_ang)
     history["uncertainty_ranking"] = uncertainty_ranking(committee, tests)
+    if save_dir is not None:
+        save_committee(committee, save_dir / f"{selection}_seed{config.seed}_loop.pt")
     if config.final_fit_epochs:
         started = time.perf_counter()
         train_committee(committee, labelled, retrain.model_copy(update={"epochs": config.final_fit_epochs}),
                         device=config.device, prepare=False)
         history["final_fit"] = {"epochs": config.final_fit_epochs, "train_s": time.perf_counter() - started,
                                 "errors": per_set_errors(committee, tests)}
+        if save_dir is not None:
+            save_committee(committee, save_dir / f"{selection}_seed{config.seed}_final.pt")
     return history
 
 

@@ -11,11 +11,12 @@ from ase.geometry import get_distances
 from sdl.env.atomistic import random_composition, random_solid_solution
 from sdl.env.cell_kinds import CELL_KINDS, make_cell, vacancy_migration_path
 from sdl.instruments.atomistic import AseCalculatorOracle
-from sdl.surrogates.mlip import Committee, MlipCalculator, train_committee
+from sdl.surrogates.mlip import Committee, MlipCalculator, load_committee, train_committee
 from sdl.surrogates.mlip_environments import (
     EnvironmentsConfig,
     MixEntry,
     explore_pool,
+    per_set_errors,
     run_pool_arm,
     selection_scores,
 )
@@ -110,8 +111,10 @@ def test_the_pool_loop_labels_from_the_shared_pool_within_budget(committee_and_d
     assert all("trajectory" in a.info for a in pool)
     tests = {"bulk": labelled[:2], "vacancy": [AseCalculatorOracle(calculator="emt").label(pool[0])]}
     calls_before = oracle.calls
-    history = run_pool_arm(config, "committee", oracle, labelled, committee, pool, tests)
+    history = run_pool_arm(config, "committee", oracle, labelled, committee, pool, tests, save_dir=tmp_path)
     assert history["oracle_calls"] == [8, 10, 12]
+    chosen = [i for round_ in history["selected_pool_indices"] for i in round_]
+    assert len(set(chosen)) == 4 and [pool[i].info["kind"] for i in chosen] == sum(history["selected_kinds"], [])
     assert oracle.calls - calls_before == 4  # the pool's frames, labelled once each
     assert all(kind in {"vacancy", "surface_111"} for round_ in history["selected_kinds"] for kind in round_)
     assert set(history["errors"][-1]) == {"bulk", "vacancy"}
@@ -122,6 +125,11 @@ def test_the_pool_loop_labels_from_the_shared_pool_within_budget(committee_and_d
     final = history["final_fit"]  # the production fit on the same 12 labels, measured on the same sets
     assert final["epochs"] == 3 and set(final["errors"]) == {"bulk", "vacancy"}
     assert final["errors"] != history["errors"][-1] and final["errors"]["vacancy"]["energy_mae_mev_per_atom"] > 0
+    # the kept committees are the loop's last model and the production fit: each reproduces its recorded errors
+    for name, recorded in (("loop", history["errors"][-1]), ("final", final["errors"])):
+        errors = per_set_errors(load_committee(tmp_path / f"committee_seed0_{name}.pt", device="cpu"), tests)
+        for test_set, by_quantity in recorded.items():
+            assert errors[test_set] == pytest.approx(by_quantity, rel=1e-5), (name, test_set)
 
 
 def test_the_trust_level_is_where_the_expected_error_reaches_the_tolerance():
