@@ -104,8 +104,11 @@ def _oracle_frames(kind: str, config: EnvironmentsConfig, oracle, rng: np.random
     temperatures = {e.kind: e.temperatures_k for e in config.mix}
     frames: list[Atoms] = []
     interval = config.environment_tests.md_interval
+    starts = 0
     while len(frames) < n:
-        cell_kind = kinds[len(frames) % len(kinds)]
+        # alternate the facets per start (each start gives up to 4 frames of one slab)
+        cell_kind = kinds[starts % len(kinds)]
+        starts += 1
         options = temperatures.get(cell_kind, [HOT_TEMPERATURE_K if kind == "hot" else 600.0])
         start = make_cell(cell_kind, random_composition(config.elements, rng), rng, repeat=config.repeat)
         calculator = calculator_class(config.oracle.calculator)(**config.oracle.calculator_options)

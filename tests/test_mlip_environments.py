@@ -15,6 +15,7 @@ from sdl.surrogates.mlip import Committee, MlipCalculator, load_committee, train
 from sdl.surrogates.mlip_environments import (
     EnvironmentsConfig,
     MixEntry,
+    build_environment_tests,
     explore_pool,
     per_set_errors,
     run_pool_arm,
@@ -51,6 +52,16 @@ def test_each_cell_kind_is_physically_what_it_says():
         assert min(get_distances(atoms.positions, cell=atoms.cell, pbc=atoms.pbc)[1][np.triu_indices(len(atoms), 1)]) > 2.0
     with pytest.raises(ValueError, match="unknown cell kind 'grain_boundary'"):
         make_cell("grain_boundary", FRACTIONS, rng)
+
+
+def test_the_held_out_sets_hold_what_their_names_say_both_facets_among_the_surfaces():
+    config = EnvironmentsConfig(elements=ELEMENTS, environment_tests={"per_set": 8, "migration_paths": 1,
+                                                                      "images_per_path": 3, "md_interval": 2})
+    tests = build_environment_tests(config, AseCalculatorOracle(calculator="emt"), np.random.default_rng(0))
+    assert {name: len(frames) for name, frames in tests.items()} == {
+        "bulk": 8, "vacancy": 8, "migration": 3, "surfaces": 8, "strained": 8, "hot": 8}
+    assert [a.info["kind"] for a in tests["surfaces"]] == ["surface_111"] * 4 + ["surface_100"] * 4
+    assert all(len(a) == 31 for a in tests["vacancy"]) and all(a.calc is not None for a in tests["hot"])
 
 
 def test_the_vacancy_hop_runs_from_one_end_state_to_the_other_over_a_barrier():
