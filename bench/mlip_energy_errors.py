@@ -7,7 +7,7 @@ Needs a run of ``bench/mlip_environments.py`` that kept its committees (stop 57 
 sets, the first labels and the pool from the seed (the oracle journal of the run answers the labels) and
 prints: every kept committee's energy / force MAE per set on the held-out sets as this code builds them;
 per arm, the production fit's signed energy error per held-out start (each start gives 4 MD frames of one
-composition, so a set's energy MAE is an average over 3 compositions); the labelled frames per kind, their
+composition, each migration path its NEB images, so a set's energy MAE averages over 2-3 compositions); the labelled frames per kind, their
 true energy per atom and largest force and the fit's training error on them; and refits of the loop's
 committee with other energy weights (the production fit's settings otherwise).
 """
@@ -84,9 +84,10 @@ for arm in args.arms:
         predicted = final.predict(frames)
         signed = np.array([1000 * (p["energy"] - labels_of(a).energy_ev) / len(a) for p, a in zip(predicted, frames)])
         spread = np.array([1000 * p["energy_std"] / len(a) for p, a in zip(predicted, frames)])
-        groups = [signed[k:k + 4] for k in range(0, len(signed), 4)]
+        per_start = config.environment_tests.images_per_path if name == "migration" else 4  # a path, or one MD start
+        groups = [signed[k:k + per_start] for k in range(0, len(signed), per_start)]
         print(f"  {name:9s} MAE {np.abs(signed).mean():5.2f}  mean signed {signed.mean():+5.2f}  "
-              f"per start (4 frames each): " + "  ".join(f"{g.mean():+5.2f}±{g.std():.2f}" for g in groups)
+              f"per start ({per_start} frames each): " + "  ".join(f"{g.mean():+5.2f}±{g.std():.2f}" for g in groups)
               + f"   committee energy sd {spread.mean():.2f}")
         if name == "surfaces":
             print("    test starts: " + ", ".join(
