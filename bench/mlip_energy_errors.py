@@ -20,14 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sdl.env.atomistic import random_composition, random_solid_solution
 from sdl.instruments.atomistic import AseCalculatorOracle
 from sdl.settings import load_yaml
-from sdl.surrogates.mlip import Committee, labels_of, load_committee, train_committee
+from sdl.surrogates.mlip import labels_of, load_committee, train_committee
 from sdl.surrogates.mlip_environments import (
+    FRAMES_PER_TEST_START,
     EnvironmentsConfig,
     build_environment_tests,
-    explore_pool,
+    first_labels_and_pool,
     per_set_errors,
 )
 
@@ -40,18 +40,13 @@ parser.add_argument("--arms", nargs="+", default=["committee", "random"])
 args = parser.parse_args()
 torch.set_num_threads(2)
 config = load_yaml(EnvironmentsConfig, args.config, "config").model_copy(
-    update={"device": "cpu", "seed": args.seed, "max_oracle_calls": 200})
+    update={"device": "cpu", "seed": args.seed})
 result = json.loads((args.run / "environments.json").read_text())[0]
 started = time.perf_counter()
 oracle = AseCalculatorOracle(calculator=config.oracle.calculator, calculator_options=config.oracle.calculator_options,
                              journal_path=args.run / f"oracle_seed{config.seed}.sqlite")
 tests = build_environment_tests(config, oracle, np.random.default_rng(config.seed + 1000))
-rng = np.random.default_rng(config.seed)
-initial = [oracle.label(random_solid_solution(random_composition(config.elements, rng), rng, repeat=config.repeat,
-                                              rattle_ang=0.05)) for _ in range(config.initial_structures)]
-first = Committee.new(config.potential, config.committee_size, seed=config.seed)
-train_committee(first, initial, config.training, device="cpu")
-pool = explore_pool(first, config, np.random.default_rng(config.seed + 2000))
+initial, _, pool = first_labels_and_pool(config, oracle)
 kinds, counts = np.unique([a.info["kind"] for a in pool], return_counts=True)
 print(f"pool rebuilt in {time.perf_counter() - started:.0f} s: {dict(zip(kinds.tolist(), counts.tolist()))}, "
       f"recorded {result['pool']}", flush=True)
@@ -84,29 +79,26 @@ for arm in args.arms:
         predicted = final.predict(frames)
         signed = np.array([1000 * (p["energy"] - labels_of(a).energy_ev) / len(a) for p, a in zip(predicted, frames)])
         spread = np.array([1000 * p["energy_std"] / len(a) for p, a in zip(predicted, frames)])
-        per_start = config.environment_tests.images_per_path if name == "migration" else 4  # a path, or one MD start
+        per_start = config.environment_tests.images_per_path if name == "migration" else FRAMES_PER_TEST_START
         groups = [signed[k:k + per_start] for k in range(0, len(signed), per_start)]
         print(f"  {name:9s} MAE {np.abs(signed).mean():5.2f}  mean signed {signed.mean():+5.2f}  "
               f"per start ({per_start} frames each): " + "  ".join(f"{g.mean():+5.2f}±{g.std():.2f}" for g in groups)
               + f"   committee energy sd {spread.mean():.2f}")
         if name == "surfaces":
             print("    test starts: " + ", ".join(
-                f"{frames[k].info.get('kind', '?')} {frames[k].get_chemical_formula()}" for k in range(0, len(frames), 4)))
+                f"{frames[k].info.get('kind', '?')} {frames[k].get_chemical_formula()}" for k in range(0, len(frames), FRAMES_PER_TEST_START)))
     by_kind: dict[str, list] = {}
     for atoms, kind in zip(labelled, ["initial"] * len(initial) + [pool[i].info["kind"] for i in chosen]):
         by_kind.setdefault(kind, []).append(atoms)
-    predicted_labelled = final.predict(labelled)
-    train_signed = {id(a): 1000 * (p["energy"] - labels_of(a).energy_ev) / len(a) for p, a in zip(predicted_labelled, labelled)}
     for kind, frames in sorted(by_kind.items()):
         e = [per_atom_energy(a) for a in frames]
         f = [max_force(a) for a in frames]
-        t = [train_signed[id(a)] for a in frames]
+        t = [1000 * p["energy"] / len(a) - 1000 * per_atom_energy(a) for p, a in zip(final.predict(frames), frames)]
         print(f"  labelled {kind:12s} n={len(frames):3d}  E/atom {np.mean(e):+.3f}±{np.std(e):.3f} eV  "
               f"max |F| {np.mean(f):.2f} eV/A  training energy error MAE {np.mean(np.abs(t)):.2f} signed {np.mean(t):+.2f}")
-    for name in ("surfaces",):
-        e = [per_atom_energy(a) for a in tests[name]]
-        f = [max_force(a) for a in tests[name]]
-        print(f"  test     {name:12s} n={len(e):3d}  E/atom {np.mean(e):+.3f}±{np.std(e):.3f} eV  max |F| {np.mean(f):.2f} eV/A")
+    e = [per_atom_energy(a) for a in tests["surfaces"]]
+    f = [max_force(a) for a in tests["surfaces"]]
+    print(f"  test     surfaces     n={len(e):3d}  E/atom {np.mean(e):+.3f}±{np.std(e):.3f} eV  max |F| {np.mean(f):.2f} eV/A")
     retrain = config.training.model_copy(update={"epochs": config.final_fit_epochs,
                                                  "learning_rate": config.retrain_learning_rate})
     for weight in args.refit_energy_weights:

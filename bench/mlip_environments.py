@@ -35,14 +35,13 @@ ARMS = ("committee", "committee_mean", "grade", "random", "true_error")
 
 
 def one_seed(config, arms: list[str], out: Path) -> dict:
-    from sdl.env.atomistic import random_composition, random_solid_solution
     from sdl.instruments.atomistic import AseCalculatorOracle
-    from sdl.surrogates.mlip import Committee, labels_of, train_committee
+    from sdl.surrogates.mlip import labels_of
     from sdl.surrogates.mlip_environments import (
         OFF_DISTRIBUTION,
         build_environment_tests,
         calls_to_reach,
-        explore_pool,
+        first_labels_and_pool,
         mean_force_mae,
         run_pool_arm,
     )
@@ -54,12 +53,7 @@ def one_seed(config, arms: list[str], out: Path) -> dict:
     try:
         tests = build_environment_tests(config, oracle, np.random.default_rng(config.seed + 1000))
         say("held-out sets: " + ", ".join(f"{k} {len(v)}" for k, v in tests.items()))
-        rng = np.random.default_rng(config.seed)
-        initial = [oracle.label(random_solid_solution(random_composition(config.elements, rng), rng, repeat=config.repeat,
-                                                      rattle_ang=0.05)) for _ in range(config.initial_structures)]
-        committee = Committee.new(config.potential, config.committee_size, seed=config.seed)
-        train_committee(committee, initial, config.training, device=config.device)
-        pool = explore_pool(committee, config, np.random.default_rng(config.seed + 2000))
+        initial, committee, pool = first_labels_and_pool(config, oracle)
         kinds, counts = np.unique([a.info["kind"] for a in pool], return_counts=True)
         pool_mix = dict(zip(kinds.tolist(), counts.tolist()))
         say(f"pool of {len(pool)} frames: {pool_mix}")

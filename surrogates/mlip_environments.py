@@ -31,7 +31,7 @@ import numpy as np
 from ase import Atoms
 from pydantic import Field
 
-from sdl.env.atomistic import md_snapshots, random_composition
+from sdl.env.atomistic import md_snapshots, random_composition, random_solid_solution
 from sdl.env.cell_kinds import HOT_TEMPERATURE_K, CellKind, make_cell, vacancy_migration_path
 from sdl.settings import Section
 from sdl.surrogates.mlip import (
@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 TEST_SETS = ("bulk", "vacancy", "migration", "surfaces", "strained", "hot")
 OFF_DISTRIBUTION = ("vacancy", "migration", "surfaces", "strained", "hot")
 SELECTIONS = ("committee", "committee_mean", "grade", "random", "true_error")
+FRAMES_PER_TEST_START = 4  # held-out MD frames per start (one composition each)
 
 
 class MixEntry(Section):
@@ -112,7 +113,7 @@ def _oracle_frames(kind: str, config: EnvironmentsConfig, oracle, rng: np.random
         options = temperatures.get(cell_kind, [HOT_TEMPERATURE_K if kind == "hot" else 600.0])
         start = make_cell(cell_kind, random_composition(config.elements, rng), rng, repeat=config.repeat)
         calculator = calculator_class(config.oracle.calculator)(**config.oracle.calculator_options)
-        per_start = min(4, n - len(frames))
+        per_start = min(FRAMES_PER_TEST_START, n - len(frames))
         for frame in md_snapshots(start, calculator, temperature_k=float(rng.choice(options)),
                                   steps=interval * per_start, interval=interval, rng=rng,
                                   timestep_fs=config.exploration.timestep_fs):
@@ -135,6 +136,17 @@ def build_environment_tests(config: EnvironmentsConfig, oracle, rng: np.random.G
         migration += [oracle.label(image) for image in path]
     tests["migration"] = migration
     return {kind: tests[kind] for kind in TEST_SETS}
+
+
+def first_labels_and_pool(config: EnvironmentsConfig, oracle) -> tuple[list[Atoms], Committee, list[Atoms]]:
+    """What every arm of a seed shares, from ``config.seed`` alone: the first labels (random bulk solid
+    solutions, what a lab has first), the committee trained on them, and the pool it explores."""
+    rng = np.random.default_rng(config.seed)
+    initial = [oracle.label(random_solid_solution(random_composition(config.elements, rng), rng, repeat=config.repeat,
+                                                  rattle_ang=0.05)) for _ in range(config.initial_structures)]
+    committee = Committee.new(config.potential, config.committee_size, seed=config.seed)
+    train_committee(committee, initial, config.training, device=config.device)
+    return initial, committee, explore_pool(committee, config, np.random.default_rng(config.seed + 2000))
 
 
 def explore_pool(committee: Committee, config: EnvironmentsConfig, rng: np.random.Generator,
