@@ -222,7 +222,8 @@ def run_pool_arm(config: EnvironmentsConfig, selection: str, oracle, initial: li
     ``max_per_trajectory`` from a trajectory), retrain warm, measure every held-out set.
 
     ``history["selected_pool_indices"]`` lists the pool frames labelled per round, so that an arm's
-    labels can be rebuilt from the (seeded) pool. With ``save_dir``, the arm's committee after the
+    labels can be rebuilt from the seeded pool (:func:`first_labels_and_pool`: the same frames and kinds,
+    the positions equal to torch's MD reproducibility, ~1e-2 eV/A in the largest force). With ``save_dir``, the arm's committee after the
     loop (and after the final fit) is kept there, ``{arm}_seed{seed}_loop.pt`` / ``_final.pt``."""
     import copy
 
