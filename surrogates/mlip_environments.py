@@ -56,7 +56,6 @@ if TYPE_CHECKING:
 TEST_SETS = ("bulk", "vacancy", "migration", "surfaces", "strained", "hot")
 OFF_DISTRIBUTION = ("vacancy", "migration", "surfaces", "strained", "hot")
 SELECTIONS = ("committee", "committee_mean", "grade", "random", "true_error")
-FRAMES_PER_TEST_START = 4  # held-out MD frames per start (one composition each)
 
 
 class MixEntry(Section):
@@ -83,6 +82,10 @@ class EnvironmentTestSettings(Section):
     migration_paths: int = Field(default=2, ge=1)
     images_per_path: int = Field(default=5, ge=1)
     md_interval: int = Field(default=20, ge=1, description="MD steps between test frames (decorrelation)")
+    # Each start is one composition and its frames share that composition's energy offset, so a set's
+    # energy MAE averages per_set / frames_per_start compositions; 1 with a longer md_interval spreads
+    # the same MD over more compositions.
+    frames_per_start: int = Field(default=4, ge=1, description="held-out MD frames per start (one composition)")
 
 
 class EnvironmentsConfig(ActiveLearningConfig):
@@ -96,8 +99,13 @@ class EnvironmentsConfig(ActiveLearningConfig):
     # then uses is fitted once more on all the labels, to convergence. 0: report the loop's last model only.
     final_fit_epochs: int = Field(default=0, ge=0, description="epochs of the production fit on each arm's labels")
 
+    def with_held_out(self, **fields) -> EnvironmentsConfig:
+        """This config with some ``environment_tests`` fields replaced, validated (pydantic's error if not)."""
+        return self.model_copy(update={"environment_tests": EnvironmentTestSettings.model_validate(
+            {**self.environment_tests.model_dump(), **fields})})
 
-def _oracle_frames(kind: str, config: EnvironmentsConfig, oracle, rng: np.random.Generator, n: int) -> list[Atoms]:
+
+def oracle_md_frames(kind: str, config: EnvironmentsConfig, oracle, rng: np.random.Generator, n: int) -> list[Atoms]:
     """``n`` oracle-MD frames of ``kind`` (temperatures from the kind's mix entry, or 600 K)."""
     from sdl.instruments.atomistic import calculator_class
 
@@ -107,13 +115,13 @@ def _oracle_frames(kind: str, config: EnvironmentsConfig, oracle, rng: np.random
     interval = config.environment_tests.md_interval
     starts = 0
     while len(frames) < n:
-        # alternate the facets per start (each start gives up to 4 frames of one slab)
+        # alternate the facets per start (each start gives frames_per_start frames of one slab)
         cell_kind = kinds[starts % len(kinds)]
         starts += 1
         options = temperatures.get(cell_kind, [HOT_TEMPERATURE_K if kind == "hot" else 600.0])
         start = make_cell(cell_kind, random_composition(config.elements, rng), rng, repeat=config.repeat)
         calculator = calculator_class(config.oracle.calculator)(**config.oracle.calculator_options)
-        per_start = min(FRAMES_PER_TEST_START, n - len(frames))
+        per_start = min(config.environment_tests.frames_per_start, n - len(frames))
         for frame in md_snapshots(start, calculator, temperature_k=float(rng.choice(options)),
                                   steps=interval * per_start, interval=interval, rng=rng,
                                   timestep_fs=config.exploration.timestep_fs):
@@ -127,7 +135,7 @@ def build_environment_tests(config: EnvironmentsConfig, oracle, rng: np.random.G
     from sdl.instruments.atomistic import calculator_class
 
     t = config.environment_tests
-    tests = {kind: _oracle_frames(kind, config, oracle, rng, t.per_set) for kind in TEST_SETS if kind != "migration"}
+    tests = {kind: oracle_md_frames(kind, config, oracle, rng, t.per_set) for kind in TEST_SETS if kind != "migration"}
     factory = lambda: calculator_class(config.oracle.calculator)(**config.oracle.calculator_options)  # noqa: E731
     migration = []
     for _ in range(t.migration_paths):

@@ -1,0 +1,171 @@
+"""Is a held-out set's energy offset the labels' distribution? The same label budget from the shared pool,
+with a few frames of one kind swapped for near-equilibrium oracle-MD frames, or for more pool frames.
+
+    python bench/mlip_label_distribution.py configs/mlip_environments_bulk.yaml --seed 2 --kind vacancy --swap 8 \\
+        --out runs/mlip/label_distribution
+
+The pool of ``bench/mlip_environments.py`` (the first committee's MD over the config's mix, the same seed)
+holds distorted frames: the first committee, trained on 10 bulk cells, drives MD where its own forces are
+wrong, and the frames it keeps lie well above the thermal equilibrium the held-out sets are drawn at
+(oracle MD). There, every arm underpredicted the vacancy and migration energies on every frame. Three fits
+from scratch (the config's training settings, ``--epochs``), each on ``--labels`` structures:
+
+- ``pool``: the first labels and random pool frames (what the random arm labels, without its loop);
+- ``pool+oracle_md``: the same, ``--swap`` of its bulk frames replaced by oracle-MD frames of ``--kind``
+  (drawn like the held-out sets, at the kind's temperatures, with another seed: other compositions);
+- ``pool+pool``: the same, ``--swap`` of its bulk frames replaced by unlabelled pool frames of ``--kind``
+  (as many as the pool has left): more frames of the kind, from the pool's distribution.
+
+If the swap for oracle-MD frames removes the kind's energy offset and the swap for pool frames does not, the
+offset is the labels' distribution, not their number. Prints per fit the energy MAE, mean signed energy
+error (meV/atom) and force MAE (meV/A) per held-out set and the labels' largest force per kind; writes
+label_distribution.json in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def signed_energy_errors(committee, frames) -> np.ndarray:
+    """Predicted minus true energy per atom, meV/atom."""
+    from sdl.surrogates.mlip import labels_of
+
+    return np.array([1000 * (p["energy"] - labels_of(a).energy_ev) / len(a)
+                     for p, a in zip(committee.predict(frames), frames)])
+
+
+def largest_force(atoms) -> float:
+    from sdl.surrogates.mlip import labels_of
+
+    return float(np.linalg.norm(labels_of(atoms).forces_ev_per_ang, axis=1).max())
+
+
+def main() -> None:
+    from sdl.surrogates.mlip_environments import OFF_DISTRIBUTION, TEST_SETS
+
+    md_kinds = [k for k in TEST_SETS if k != "migration"]
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="an environments config (YAML)")
+    parser.add_argument("--seed", type=int, default=0, help="the seed of held-out sets, first labels and pool")
+    parser.add_argument("--kind", default="vacancy", choices=[k for k in md_kinds if k != "bulk"],
+                        help="the kind whose frames are swapped in")
+    parser.add_argument("--swap", type=int, default=8, help="bulk frames replaced by frames of --kind")
+    parser.add_argument("--labels", type=int, default=200, help="labels per fit (first labels included)")
+    parser.add_argument("--epochs", type=int, help="training epochs per fit (default: the config's)")
+    parser.add_argument("--held-out", type=json.loads, default=None,
+                        help="JSON of environment_tests fields for a second group of held-out sets, e.g. "
+                             "'{\"frames_per_start\": 1, \"md_interval\": 80}': one composition per frame")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--out", type=Path, default=Path("runs/mlip/label_distribution"))
+    args = parser.parse_args()
+    if args.swap < 1 or args.labels < 1:
+        parser.error("--swap and --labels must be at least 1")
+
+    import torch
+    from pydantic import ValidationError
+
+    from sdl.instruments.atomistic import AseCalculatorOracle
+    from sdl.settings import ConfigError, load_yaml
+    from sdl.surrogates.mlip import Committee, train_committee
+    from sdl.surrogates.mlip_environments import (
+        EnvironmentsConfig,
+            build_environment_tests,
+        first_labels_and_pool,
+        oracle_md_frames,
+        per_set_errors,
+    )
+
+    torch.set_num_threads(args.threads)
+    try:
+        config = load_yaml(EnvironmentsConfig, args.config, "config")
+    except ConfigError as error:
+        raise SystemExit(str(error)) from None
+    config = config.model_copy(update={"device": "cpu", "seed": args.seed})
+    try:
+        if args.held_out is not None and not isinstance(args.held_out, dict):
+            raise TypeError
+        wide = None if args.held_out is None else config.with_held_out(**args.held_out)
+    except TypeError:
+        parser.error("--held-out: give a JSON object of environment_tests fields, e.g. '{\"frames_per_start\": 1}'")
+    except ValidationError as error:
+        parser.error(f"--held-out: {error.errors()[0]['loc']} {error.errors()[0]['msg']} "
+                     f"(fields: {', '.join(type(config.environment_tests).model_fields)})")
+    training = config.training.model_copy(update={"epochs": args.epochs or config.training.epochs})
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    oracle = AseCalculatorOracle(calculator=config.oracle.calculator,
+                                 calculator_options=config.oracle.calculator_options,
+                                 journal_path=args.out / f"oracle_seed{args.seed}.sqlite")
+    groups = {"config": build_environment_tests(config, oracle, np.random.default_rng(config.seed + 1000))}
+    if wide is not None:  # another stream than the config's sets: other compositions
+        groups["--held-out"] = build_environment_tests(wide, oracle, np.random.default_rng(config.seed + 4000))
+    initial, _, pool = first_labels_and_pool(config, oracle)
+    kinds, counts = np.unique([a.info["kind"] for a in pool], return_counts=True)
+    print(f"{time.perf_counter() - started:5.0f} s  held-out sets and pool of {len(pool)} frames: "
+          f"{dict(zip(kinds.tolist(), counts.tolist()))}", flush=True)
+    if args.labels - len(initial) > len(pool):
+        raise SystemExit(f"--labels {args.labels}: the pool has only {len(pool)} frames besides "
+                         f"{len(initial)} first labels")
+
+    rng = np.random.default_rng(config.seed + 7)  # the random arm's stream
+    drawn = [int(i) for i in rng.choice(len(pool), size=args.labels - len(initial), replace=False)]
+    bulk_drawn = [i for i in drawn if pool[i].info["kind"] == "bulk"]
+    pool_kinds = ["surface_111", "surface_100"] if args.kind == "surfaces" else [args.kind]
+    spare = [i for i in range(len(pool)) if pool[i].info["kind"] in pool_kinds and i not in set(drawn)]
+    n_pool_swap = min(args.swap, len(spare), len(bulk_drawn))
+    if n_pool_swap < args.swap:
+        print(f"the pool has {len(spare)} unlabelled {args.kind} frames left: pool+pool swaps {n_pool_swap}")
+    md_frames = oracle_md_frames(args.kind, config, oracle, np.random.default_rng(config.seed + 3000),
+                                 min(args.swap, len(bulk_drawn)))
+    drop_md = set(bulk_drawn[:len(md_frames)])
+    drop_pool = set(bulk_drawn[:n_pool_swap])
+    label = lambda indices: [oracle.label(pool[i]) for i in indices]  # noqa: E731
+    fits = {
+        "pool": list(initial) + label(drawn),
+        "pool+oracle_md": list(initial) + label([i for i in drawn if i not in drop_md]) + md_frames,
+        "pool+pool": list(initial) + label([i for i in drawn if i not in drop_pool]) + label(spare[:n_pool_swap]),
+    }
+    results = {}
+    for name, labels in fits.items():
+        tagged: dict[str, list[float]] = {}
+        for atoms in labels:
+            tagged.setdefault(atoms.info.get("kind", "bulk"), []).append(largest_force(atoms))
+        committee = Committee.new(config.potential, config.committee_size, seed=config.seed)
+        t0 = time.perf_counter()
+        train_committee(committee, labels, training, device="cpu")
+        fit_s = time.perf_counter() - t0
+        results[name] = {"labels": len(labels), "fit_s": fit_s, "labels_per_kind": {k: len(v) for k, v in tagged.items()},
+                         "labels_largest_force_ev_per_ang": {k: float(np.mean(v)) for k, v in tagged.items()}}
+        print(f"{time.perf_counter() - started:5.0f} s  {name:15s} {len(labels)} labels, fit {fit_s:.0f} s; "
+              "labels (n, mean largest force eV/A): " + ", ".join(
+                  f"{k} {len(v)} {np.mean(v):.1f}" for k, v in sorted(tagged.items())), flush=True)
+        for group, tests in groups.items():
+            errors = per_set_errors(committee, tests)
+            signed = {k: float(signed_energy_errors(committee, frames).mean()) for k, frames in tests.items()}
+            results[name][group] = {"errors": errors, "mean_signed_energy_mev_per_atom": signed}
+            print(f"      {group} held-out sets: energy MAE / signed meV/atom, force MAE meV/A: " + ", ".join(
+                f"{k} {errors[k]['energy_mae_mev_per_atom']:.1f} / {signed[k]:+.1f}, "
+                f"{errors[k]['force_mae_mev_per_ang']:.0f}" for k in TEST_SETS), flush=True)
+    oracle.close()
+    for group, tests in groups.items():
+        largest = {k: float(np.mean([largest_force(a) for a in frames])) for k, frames in tests.items()}
+        worst = {name: max(r[group]["errors"][k]["energy_mae_mev_per_atom"] for k in OFF_DISTRIBUTION)
+                 for name, r in results.items()}
+        results_of_group = ", ".join(f"{k} {v:.1f}" for k, v in worst.items())
+        print(f"{group} held-out sets ({len(tests['bulk'])} frames a set): mean largest force eV/A "
+              + ", ".join(f"{k} {v:.1f}" for k, v in largest.items()) + f"; worst off-bulk energy MAE {results_of_group}")
+    (args.out / "label_distribution.json").write_text(json.dumps(
+        {"seed": args.seed, "kind": args.kind, "swap": args.swap, "pool_swap": n_pool_swap,
+         "epochs": training.epochs, "held_out": {k: config.environment_tests.model_dump() if k == "config"
+                                                 else wide.environment_tests.model_dump() for k in groups},
+         "fits": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
