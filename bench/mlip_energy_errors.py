@@ -9,8 +9,8 @@ Needs a run of ``bench/mlip_environments.py`` that kept its committees (stop 57 
 sets, the first labels and the pool from the seed (a copy of the run's oracle journal answers the labels) and
 prints: every kept committee's energy / force MAE per set on the held-out sets as this code builds them;
 per arm, the production fit's signed energy error per held-out start (each start gives ``frames_per_start`` MD
-frames of one composition, 4 in the configs, each migration path its NEB images, so a set's energy MAE averages
-over 2-3 compositions); the labelled frames per kind, their
+frames of one composition, 4 in the configs, each migration path its NEB images, so with the configs a set's
+energy MAE averages over 2-3 compositions); the labelled frames per kind, their
 true energy per atom and largest force and the fit's training error on them; and refits of the loop's
 committee with other energy weights (the production fit's settings otherwise) or with oracle-MD frames of
 some kinds added (``--refit-with-oracle-md vacancy=8``). ``--held-out`` builds the
@@ -148,7 +148,7 @@ for arm in args.arms:
     refits = [(f"energy_weight {weight:g}", labelled, retrain.model_copy(update={"energy_weight": weight}))
               for weight in args.refit_energy_weights]
     if extra_frames:
-        rng = np.random.default_rng(config.seed + 2000)
+        rng = np.random.default_rng(config.seed + 3000)  # not the held-out sets' or the pool's stream
         extra = [a for kind, n in extra_frames.items() for a in oracle_md_frames(kind, held_out, oracle, rng, n)]
         refits.append((f"+ oracle MD {args.refit_with_oracle_md}", labelled + extra, retrain))
     for name, frames, settings in refits:
