@@ -161,6 +161,9 @@ def train_composition_cvae(data: CompositionData, low: Sequence[float], high: Se
                      progress=progress)
 
 
+MAX_GRADIENT_NORM = 100.0
+
+
 def _fit_elbo(model: nn.Module, x: torch.Tensor, conditions: torch.Tensor, reconstruction, *, epochs: int,
               batch_size: int, beta: float, learning_rate: float, seed: int, progress) -> nn.Module:
     """The loop both VAEs share: Adam on minibatches of reconstruction(output, x) + beta x KL(q(z) || N(0, I))."""
@@ -175,6 +178,9 @@ def _fit_elbo(model: nn.Module, x: torch.Tensor, conditions: torch.Tensor, recon
             loss = reconstruction(out, x[batch]) + beta * kl
             optimiser.zero_grad()
             loss.backward()
+            # The microstructure loss sums ~1000 pixels through the fraction projection; a rare huge gradient
+            # then upset Adam's moments and the run ended no better than the uniform field (seen with one thread).
+            nn.utils.clip_grad_norm_(model.parameters(), MAX_GRADIENT_NORM)
             optimiser.step()
             total += float(loss.detach()) * len(batch)
         if progress is not None:
