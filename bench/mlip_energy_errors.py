@@ -27,16 +27,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import ValidationError
 
 from sdl.instruments.atomistic import AseCalculatorOracle
-from sdl.settings import load_yaml
+from sdl.settings import ConfigError, load_yaml
 from sdl.surrogates.mlip import labels_of, load_committee, train_committee
 from sdl.surrogates.mlip_environments import (
     TEST_SETS,
     EnvironmentsConfig,
     build_environment_tests,
+    energy_errors_mev_per_atom,
     first_labels_and_pool,
+    largest_force_ev_per_ang,
     oracle_md_frames,
     per_set_errors,
 )
@@ -67,14 +68,9 @@ torch.set_num_threads(2)
 config = load_yaml(EnvironmentsConfig, args.config, "config").model_copy(
     update={"device": "cpu", "seed": args.seed})
 try:
-    if not isinstance(args.held_out, dict):
-        raise TypeError
-    held_out = config.with_held_out(**args.held_out)
-except TypeError:
-    parser.error("--held-out: give a JSON object of environment_tests fields, e.g. '{\"frames_per_start\": 1}'")
-except ValidationError as error:
-    parser.error(f"--held-out: {error.errors()[0]['loc']} {error.errors()[0]['msg']} "
-                 f"(fields: {', '.join(type(config.environment_tests).model_fields)})")
+    held_out = config.with_held_out(args.held_out)
+except ConfigError as error:
+    parser.error(f"--held-out: {error}")
 if not (args.run / "environments.json").exists():
     parser.error(f"{args.run}: no environments.json; give the --out folder of a bench/mlip_environments.py run")
 result = json.loads((args.run / "environments.json").read_text())[0]
@@ -101,13 +97,9 @@ def per_atom_energy(atoms):
     return labels_of(atoms).energy_ev / len(atoms)
 
 
-def max_force(atoms):
-    return float(np.linalg.norm(labels_of(atoms).forces_ev_per_ang, axis=1).max())
-
-
 for name, frames in tests.items():
     e = [per_atom_energy(a) for a in frames]
-    f = [max_force(a) for a in frames]
+    f = [largest_force_ev_per_ang(a) for a in frames]
     print(f"test     {name:12s} n={len(e):3d}  E/atom {np.mean(e):+.3f}±{np.std(e):.3f} eV  "
           f"max |F| {np.mean(f):.2f} eV/A")
 
@@ -123,7 +115,7 @@ for arm in args.arms:
     for name in ("surfaces", "strained", "vacancy", "migration"):
         frames = tests[name]
         predicted = final.predict(frames)
-        signed = np.array([1000 * (p["energy"] - labels_of(a).energy_ev) / len(a) for p, a in zip(predicted, frames)])
+        signed = energy_errors_mev_per_atom(predicted, frames)
         spread = np.array([1000 * p["energy_std"] / len(a) for p, a in zip(predicted, frames)])
         settings = held_out.environment_tests
         per_start = settings.images_per_path if name == "migration" else settings.frames_per_start
@@ -139,8 +131,8 @@ for arm in args.arms:
         by_kind.setdefault(kind, []).append(atoms)
     for kind, frames in sorted(by_kind.items()):
         e = [per_atom_energy(a) for a in frames]
-        f = [max_force(a) for a in frames]
-        t = [1000 * p["energy"] / len(a) - 1000 * per_atom_energy(a) for p, a in zip(final.predict(frames), frames)]
+        f = [largest_force_ev_per_ang(a) for a in frames]
+        t = energy_errors_mev_per_atom(final.predict(frames), frames)
         print(f"  labelled {kind:12s} n={len(frames):3d}  E/atom {np.mean(e):+.3f}±{np.std(e):.3f} eV  "
               f"max |F| {np.mean(f):.2f} eV/A  training energy error MAE {np.mean(np.abs(t)):.2f} signed {np.mean(t):+.2f}")
     retrain = config.training.model_copy(update={"epochs": config.final_fit_epochs,

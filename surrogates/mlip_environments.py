@@ -33,7 +33,7 @@ from pydantic import Field
 
 from sdl.env.atomistic import md_snapshots, random_composition, random_solid_solution
 from sdl.env.cell_kinds import HOT_TEMPERATURE_K, CellKind, make_cell, vacancy_migration_path
-from sdl.settings import Section
+from sdl.settings import ConfigError, Section, validate
 from sdl.surrogates.mlip import (
     Committee,
     MlipCalculator,
@@ -99,10 +99,17 @@ class EnvironmentsConfig(ActiveLearningConfig):
     # then uses is fitted once more on all the labels, to convergence. 0: report the loop's last model only.
     final_fit_epochs: int = Field(default=0, ge=0, description="epochs of the production fit on each arm's labels")
 
-    def with_held_out(self, **fields) -> EnvironmentsConfig:
-        """This config with some ``environment_tests`` fields replaced, validated (pydantic's error if not)."""
-        return self.model_copy(update={"environment_tests": EnvironmentTestSettings.model_validate(
-            {**self.environment_tests.model_dump(), **fields})})
+    def with_held_out(self, fields: dict) -> EnvironmentsConfig:
+        """This config with some ``environment_tests`` fields replaced; a one-line ConfigError if they are not valid."""
+        allowed = ", ".join(EnvironmentTestSettings.model_fields)
+        if not isinstance(fields, dict):
+            raise ConfigError(f"environment_tests: expected a mapping of its fields ({allowed}), got {fields!r}")
+        try:
+            settings = validate(EnvironmentTestSettings, {**self.environment_tests.model_dump(), **fields},
+                                source="environment_tests")
+        except ConfigError as error:
+            raise ConfigError(f"{error} (fields: {allowed})") from None
+        return self.model_copy(update={"environment_tests": settings})
 
 
 def oracle_md_frames(kind: str, config: EnvironmentsConfig, oracle, rng: np.random.Generator, n: int) -> list[Atoms]:
@@ -209,16 +216,28 @@ def uncertainty_ranking(committee: Committee | MaceCommittee, tests: dict[str, l
                                               [e.mean() for e in errors]).statistic)}
 
 
+def energy_errors_mev_per_atom(predicted: list[dict], structures: list[Atoms]) -> np.ndarray:
+    """Predicted minus labelled energy per atom of each structure, meV/atom (signed: an offset shows)."""
+    return np.array([1000 * (p["energy"] - labels_of(a).energy_ev) / len(a) for p, a in zip(predicted, structures)])
+
+
+def largest_force_ev_per_ang(atoms: Atoms) -> float:
+    """The largest per-atom force of the label: how far a frame is from equilibrium."""
+    return float(np.linalg.norm(labels_of(atoms).forces_ev_per_ang, axis=1).max())
+
+
 def per_set_errors(committee: Committee | MaceCommittee, tests: dict[str, list[Atoms]]) -> dict[str, dict[str, float]]:
-    """Force MAE (meV/A) and energy MAE (meV/atom) on each held-out set (either architecture)."""
+    """Force MAE (meV/A), energy MAE and mean signed energy error (meV/atom) on each held-out set (either
+    architecture)."""
     out = {}
     for name, structures in tests.items():
         predicted = committee.predict(structures)
-        labels = [labels_of(a) for a in structures]
-        forces = np.concatenate([np.abs(p["forces"] - lab.forces_ev_per_ang).ravel() for p, lab in zip(predicted, labels)])
-        energies = [abs(p["energy"] - lab.energy_ev) / len(a) for p, lab, a in zip(predicted, labels, structures)]
+        forces = np.concatenate([np.abs(p["forces"] - labels_of(a).forces_ev_per_ang).ravel()
+                                 for p, a in zip(predicted, structures)])
+        energies = energy_errors_mev_per_atom(predicted, structures)
         out[name] = {"force_mae_mev_per_ang": 1000 * float(forces.mean()),
-                     "energy_mae_mev_per_atom": 1000 * float(np.mean(energies))}
+                     "energy_mae_mev_per_atom": float(np.abs(energies).mean()),
+                     "energy_mean_signed_mev_per_atom": float(energies.mean())}
     return out
 
 

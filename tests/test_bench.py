@@ -83,8 +83,10 @@ def test_bad_problems_and_configs_are_refused_with_the_reason(tmp_path):
     with pytest.raises(ConfigError, match="planner x on problem branin: settings of x: num_restarts: Input should be"):
         load_bench_config(bad)
     # a planner that cannot work on a problem is a result that says why
+    threads = torch.get_num_threads()
     result = run_one(ProblemSpec(name="branin", budget=2), BenchPlannerSpec(name="x", kind="generative"), seed=0)
     assert "the generative planner works on compositions; the space has none" in result.error
+    assert torch.get_num_threads() == threads  # run in-process, it leaves the caller's thread count as it was
 
 
 def test_bench_builds_only_the_problems_it_is_asked_to_run(tmp_path):

@@ -63,9 +63,9 @@ def test_the_held_out_sets_hold_what_their_names_say_both_facets_among_the_surfa
     assert [a.info["kind"] for a in tests["surfaces"]] == ["surface_111"] * 4 + ["surface_100"] * 4
     assert all(len(a) == 31 for a in tests["vacancy"]) and all(a.calc is not None for a in tests["hot"])
     # one frame per start: every frame its own composition (the set's energy MAE then spans compositions)
-    one_each = config.with_held_out(per_set=4, frames_per_start=1)
+    one_each = config.with_held_out({"per_set": 4, "frames_per_start": 1})
     with pytest.raises(ValueError, match="frames_per_start"):
-        config.with_held_out(frames_per_start=0)
+        config.with_held_out({"frames_per_start": 0})
     tests = build_environment_tests(one_each, AseCalculatorOracle(calculator="emt"), np.random.default_rng(1))
     assert [a.info["kind"] for a in tests["surfaces"]] == ["surface_111", "surface_100"] * 2
     assert len({a.get_chemical_formula() for a in tests["bulk"]}) == 4

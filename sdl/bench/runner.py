@@ -39,10 +39,11 @@ def run_one(problem_spec: ProblemSpec, planner_spec: BenchPlannerSpec, seed: int
     """One closed loop: ``budget`` experiments, one at a time."""
     import torch
 
-    torch.set_num_threads(1)  # one Ray task per CPU
     result = RunResult(problem_spec.name, planner_spec.name, seed)
     started = time.perf_counter()
     problem = make_problem(problem_spec)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one Ray task per CPU; restored below, for a caller that runs it in-process
     try:
         planner = make_bench_planner(planner_spec, problem, seed)
         feasibility = problem.feasibility_model(seed) if "feasibility" in planner.requires(planner.settings) else None
@@ -56,6 +57,7 @@ def run_one(problem_spec: ProblemSpec, planner_spec: BenchPlannerSpec, seed: int
         result.error = f"{type(e).__name__}: {e}"
     finally:
         problem.close()
+        torch.set_num_threads(threads)
     return result
 
 
