@@ -8,7 +8,7 @@ The pool of ``bench/mlip_environments.py`` (the first committee's MD over the co
 holds distorted frames: the first committee, trained on 10 bulk cells, drives MD where its own forces are
 wrong, and the frames it keeps lie well above the thermal equilibrium the held-out sets are drawn at
 (oracle MD). There, every arm underpredicted the vacancy and migration energies on every frame. Three fits
-from scratch (the config's training settings, ``--epochs``), each on ``--labels`` structures:
+from scratch (the config's training settings), each on ``--labels`` structures:
 
 - ``pool``: the first labels and random pool frames (what the random arm labels, without its loop);
 - ``pool+oracle_md``: the same, ``--swap`` of its bulk frames replaced by oracle-MD frames of ``--kind``
@@ -17,19 +17,32 @@ from scratch (the config's training settings, ``--epochs``), each on ``--labels`
   (as many as the pool has left): more frames of the kind, from the pool's distribution.
 
 If the swap for oracle-MD frames removes the kind's energy offset and the swap for pool frames does not, the
-offset is the labels' distribution, not their number. Prints per fit the energy MAE, mean signed energy
-error (meV/atom) and force MAE (meV/A) per held-out set and the labels' largest force per kind; writes
-label_distribution.json in ``--out``.
+offset is the labels' distribution, not their number. ``--fits`` picks some of the three; each ``--training``
+(JSON of training settings over the config's, e.g. '{"epochs": 400}' or '{"energy_weight": 1000}') fits
+each of them once more, to ask whether the offset is the fit's convergence instead; ``--architecture mace``
+fits MACE committees (mace-torch from scratch, the same cutoff) on the same labels instead:
+
+    python bench/mlip_label_distribution.py configs/mlip_environments_bulk.yaml --seed 2 --fits pool \
+        --training '{}' --training '{"energy_weight": 1000}' --training '{"epochs": 400}'
+
+Prints per fit the energy MAE, mean signed energy error (meV/atom) and force MAE (meV/A) per held-out set
+and on its own training labels per kind (an offset there too is a fit that has not converged; one only on the
+held-out sets is one that does not generalise), and the labels' largest force per kind; writes
+label_distribution.json in ``--out`` after every fit.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
 
 import numpy as np
+from ase import Atoms
+
+FITS = ("pool", "pool+oracle_md", "pool+pool")
 
 
 def main() -> None:
@@ -43,21 +56,28 @@ def main() -> None:
                         help="the kind whose frames are swapped in")
     parser.add_argument("--swap", type=int, default=8, help="bulk frames replaced by frames of --kind")
     parser.add_argument("--labels", type=int, default=200, help="labels per fit (first labels included)")
-    parser.add_argument("--epochs", type=int, help="training epochs per fit (default: the config's)")
+    parser.add_argument("--fits", nargs="+", choices=FITS, default=list(FITS), help="which fits to run")
+    parser.add_argument("--architecture", choices=("nep", "mace"), default="nep",
+                        help="the project's potential (the config's training) or MACE (MaceSettings' defaults)")
+    parser.add_argument("--committee", type=int, help="models per fit (default: the config's committee_size)")
+    parser.add_argument("--training", type=json.loads, action="append",
+                        help="JSON of training settings over the architecture's, e.g. '{\"epochs\": 400}'; repeat "
+                             "for several fits of each of --fits ('{}' is the default); default: the default")
     parser.add_argument("--held-out", type=json.loads, default=None,
                         help="JSON of environment_tests fields for a second group of held-out sets, e.g. "
                              "'{\"frames_per_start\": 1, \"md_interval\": 80}': one composition per frame")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--out", type=Path, default=Path("runs/mlip/label_distribution"))
     args = parser.parse_args()
-    if args.swap < 1 or args.labels < 1:
-        parser.error("--swap and --labels must be at least 1")
+    if min(args.swap, args.labels, 1 if args.committee is None else args.committee) < 1:
+        parser.error("--swap, --labels and --committee must be at least 1")
 
     import torch
 
     from sdl.instruments.atomistic import AseCalculatorOracle
-    from sdl.settings import ConfigError, load_yaml
-    from sdl.surrogates.mlip import Committee, train_committee
+    from sdl.settings import ConfigError, load_yaml, validate
+    from sdl.surrogates.mace_potential import MaceCommittee, MaceSettings
+    from sdl.surrogates.mlip import Committee, TrainingSettings, train_committee
     from sdl.surrogates.mlip_environments import (
         EnvironmentsConfig,
         build_environment_tests,
@@ -72,11 +92,23 @@ def main() -> None:
     except ConfigError as error:
         raise SystemExit(str(error)) from None
     config = config.model_copy(update={"device": "cpu", "seed": args.seed})
+    # the pool's exploring committee stays the config's (its spread filters the pool); --committee sizes the fits
+    fit_size = config.committee_size if args.committee is None else args.committee
     try:
         wide = None if args.held_out is None else config.with_held_out(args.held_out)
     except ConfigError as error:
         parser.error(f"--held-out: {error}")
-    training = config.training.model_copy(update={"epochs": args.epochs or config.training.epochs})
+    settings_type, defaults = ((TrainingSettings, config.training.model_dump()) if args.architecture == "nep"
+                               else (MaceSettings, {"r_max_ang": config.potential.radial_cutoff_ang}))
+    variants = {}  # label -> settings
+    for override in args.training or [{}]:
+        if not isinstance(override, dict):
+            parser.error(f"--training: expected a JSON object of training settings, got {override!r}")
+        try:
+            variants[json.dumps(override, sort_keys=True) if override else "default"] = validate(
+                settings_type, {**defaults, **override}, source="--training")
+        except ConfigError as error:
+            parser.error(str(error))
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     oracle = AseCalculatorOracle(calculator=config.oracle.calculator,
@@ -113,26 +145,41 @@ def main() -> None:
         + [labelled[i] for i in spare[:n_pool_swap]],
     }
     results = {}
-    for name, labels in fits.items():
-        tagged: dict[str, list[float]] = {}
+    for (fit, labels), (variant, training) in itertools.product(
+            ((k, v) for k, v in fits.items() if k in args.fits), variants.items()):
+        name = " ".join([fit] + ([args.architecture] if args.architecture != "nep" else [])
+                        + ([variant] if len(variants) > 1 else []))
+        tagged: dict[str, list[Atoms]] = {}
         for atoms in labels:
-            tagged.setdefault(atoms.info.get("kind", "bulk"), []).append(largest_force_ev_per_ang(atoms))
-        committee = Committee.new(config.potential, config.committee_size, seed=config.seed)
+            tagged.setdefault(atoms.info.get("kind", "bulk"), []).append(atoms)
+        largest = {k: [largest_force_ev_per_ang(a) for a in v] for k, v in tagged.items()}
         t0 = time.perf_counter()
-        train_committee(committee, labels, training, device="cpu")
+        if args.architecture == "nep":
+            committee = Committee.new(config.potential, fit_size, seed=config.seed)
+            train_committee(committee, labels, training, device="cpu")
+        else:
+            committee = MaceCommittee(config.potential.elements, training, size=fit_size,
+                                      seed=config.seed, device="cpu")
+            committee.train(labels)
         fit_s = time.perf_counter() - t0
-        results[name] = {"labels": len(labels), "fit_s": fit_s,
+        results[name] = {"fit": fit, "architecture": args.architecture, "training": training.model_dump(), "labels": len(labels), "fit_s": fit_s,
                          "labels_per_kind": {k: len(v) for k, v in tagged.items()},
-                         "labels_largest_force_ev_per_ang": {k: float(np.mean(v)) for k, v in tagged.items()}}
+                         "labels_largest_force_ev_per_ang": {k: float(np.mean(v)) for k, v in largest.items()}}
         print(f"{time.perf_counter() - started:5.0f} s  {name:15s} {len(labels)} labels, fit {fit_s:.0f} s; "
               "labels (n, mean largest force eV/A): " + ", ".join(
-                  f"{k} {len(v)} {np.mean(v):.1f}" for k, v in sorted(tagged.items())), flush=True)
-        for group, tests in groups.items():
+                  f"{k} {len(v)} {np.mean(v):.1f}" for k, v in sorted(largest.items())), flush=True)
+        for group, tests in {**groups, "training labels": tagged}.items():
             errors = per_set_errors(committee, tests)
             results[name][group] = {"errors": errors}
-            print(f"      {group} held-out sets: energy MAE / signed meV/atom, force MAE meV/A: " + ", ".join(
-                f"{k} {e['energy_mae_mev_per_atom']:.1f} / {e['energy_mean_signed_mev_per_atom']:+.1f}, "
-                f"{e['force_mae_mev_per_ang']:.0f}" for k, e in errors.items()), flush=True)
+            print(f"      {group}{'' if group == 'training labels' else ' held-out sets'}: energy MAE / signed "
+                  "meV/atom, force MAE meV/A: " + ", ".join(
+                      f"{k} {e['energy_mae_mev_per_atom']:.1f} / {e['energy_mean_signed_mev_per_atom']:+.1f}, "
+                      f"{e['force_mae_mev_per_ang']:.0f}" for k, e in errors.items()), flush=True)
+        (args.out / "label_distribution.json").write_text(json.dumps(
+            {"seed": args.seed, "kind": args.kind, "swap": args.swap, "pool_swap": n_pool_swap,
+             "held_out": {k: config.environment_tests.model_dump() if k == "config"
+                          else wide.environment_tests.model_dump() for k in groups},
+             "fits": results}, indent=1))
     oracle.close()
     for group, tests in groups.items():
         largest = {k: float(np.mean([largest_force_ev_per_ang(a) for a in frames])) for k, frames in tests.items()}
@@ -141,11 +188,6 @@ def main() -> None:
         print(f"{group} held-out sets ({len(tests['bulk'])} frames a set): mean largest force eV/A "
               + ", ".join(f"{k} {v:.1f}" for k, v in largest.items())
               + "; worst off-bulk energy MAE " + ", ".join(f"{k} {v:.1f}" for k, v in worst.items()))
-    (args.out / "label_distribution.json").write_text(json.dumps(
-        {"seed": args.seed, "kind": args.kind, "swap": args.swap, "pool_swap": n_pool_swap,
-         "epochs": training.epochs, "held_out": {k: config.environment_tests.model_dump() if k == "config"
-                                                 else wide.environment_tests.model_dump() for k in groups},
-         "fits": results}, indent=1))
 
 
 if __name__ == "__main__":

@@ -42,6 +42,18 @@ def test_a_mace_committee_trains_predicts_with_a_spread_and_runs_md(labelled):
     assert np.isfinite(system.get_potential_energy()) and abs(system.get_potential_energy() - start) < 5.0
 
 
+def test_stage_two_fits_the_energies_the_force_weighted_loss_leaves_loose(labelled):
+    """mace-torch's Stage Two (energy weight 1000 for the last epochs) against the same epochs without it."""
+    errors = {}
+    for fraction in (0.0, 0.5):
+        committee = MaceCommittee(ELEMENTS, TINY.model_copy(update={"epochs": 12, "stage_two_fraction": fraction}),
+                                  size=1, seed=0, device="cpu")
+        committee.train(labelled[:4])
+        errors[fraction] = np.mean([abs(p["energy"] - a.get_potential_energy()) / len(a)
+                                    for p, a in zip(committee.predict(labelled[:4]), labelled[:4])])
+    assert errors[0.5] < 0.5 * errors[0.0], errors
+
+
 def test_mace_refuses_what_it_cannot_learn(labelled):
     committee = MaceCommittee(["Ni"], TINY, size=1, device="cpu")
     with pytest.raises(ValueError, match=r"structures hold \['Cu'\]; this committee knows \['Ni'\]"):
