@@ -162,7 +162,8 @@ def main() -> None:
                                       seed=config.seed, device="cpu")
             committee.train(labels)
         fit_s = time.perf_counter() - t0
-        results[name] = {"fit": fit, "architecture": args.architecture, "training": training.model_dump(), "labels": len(labels), "fit_s": fit_s,
+        results[name] = {"fit": fit, "architecture": args.architecture, "training": training.model_dump(),
+                         "labels": len(labels), "fit_s": fit_s,
                          "labels_per_kind": {k: len(v) for k, v in tagged.items()},
                          "labels_largest_force_ev_per_ang": {k: float(np.mean(v)) for k, v in largest.items()}}
         print(f"{time.perf_counter() - started:5.0f} s  {name:15s} {len(labels)} labels, fit {fit_s:.0f} s; "
